@@ -91,9 +91,9 @@ EOF
   fi
   local psql=("$bin/psql" -h "$PG_SOCK" -p "$PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -qtA)
   if [ "$(as_pg "${psql[@]}" -c "select 1 from pg_roles where rolname='$PG_USER'")" != 1 ]; then
-    as_pg "${psql[@]}" -c "create role \"$PG_USER\" login password '$PG_PASSWORD'"
+    as_pg "${psql[@]}" -c "create role \"$PG_USER\" login createdb password '$PG_PASSWORD'"
   else
-    as_pg "${psql[@]}" -c "alter role \"$PG_USER\" password '$PG_PASSWORD'"
+    as_pg "${psql[@]}" -c "alter role \"$PG_USER\" login createdb password '$PG_PASSWORD'"
   fi
   if [ "$(as_pg "${psql[@]}" -c "select 1 from pg_database where datname='$PG_DB'")" != 1 ]; then
     as_pg "${psql[@]}" -c "create database \"$PG_DB\" owner \"$PG_USER\""

@@ -1,0 +1,70 @@
+"""Shared fixtures. Tests run against the real PostgreSQL and Kafka that `scripts/services.sh up`
+starts (the README's test command does that first). They use their own database
+(`streamflow_test`) and their own topic prefix, so they never touch the demo's data."""
+
+from __future__ import annotations
+
+import os
+import uuid
+
+os.environ.setdefault("POSTGRES_DB", "streamflow_test")
+os.environ["POSTGRES_DB"] = os.environ.get("STREAMFLOW_TEST_DB", "streamflow_test")
+os.environ.setdefault("STREAMFLOW_TOPIC_PREFIX", f"test{uuid.uuid4().hex[:8]}")
+os.environ.setdefault("FEAST_PROJECT", "streamflow_test")
+
+import psycopg  # noqa: E402
+import pytest  # noqa: E402
+
+from streamflow import config  # noqa: E402
+
+
+def _ensure_database(settings: config.PostgresSettings) -> None:
+    admin = psycopg.connect(
+        config.PostgresSettings(
+            settings.host, settings.port, "streamflow", settings.user, settings.password
+        ).conninfo,
+        autocommit=True,
+    )
+    with admin:
+        exists = admin.execute(
+            "select 1 from pg_database where datname = %s", (settings.database,)
+        ).fetchone()
+        if not exists:
+            admin.execute(f'create database "{settings.database}"')
+
+
+@pytest.fixture(scope="session")
+def pg_settings() -> config.PostgresSettings:
+    settings = config.postgres()
+    try:
+        _ensure_database(settings)
+    except psycopg.OperationalError as exc:
+        pytest.fail(
+            f"PostgreSQL is not reachable at {settings.describe()} ({exc}); "
+            "start it with: scripts/services.sh up",
+            pytrace=False,
+        )
+    return settings
+
+
+@pytest.fixture()
+def pg_conn(pg_settings):
+    conn = psycopg.connect(pg_settings.conninfo, autocommit=True)
+    yield conn
+    conn.close()
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    servers = config.kafka_bootstrap()
+    try:
+        KafkaAdminClient(bootstrap_servers=servers, request_timeout_ms=10_000).close()
+    except KafkaError as exc:
+        pytest.fail(
+            f"Kafka is not reachable at {servers} ({exc}); start it with: scripts/services.sh up",
+            pytrace=False,
+        )
+    return servers
