@@ -1,0 +1,50 @@
+"""`streamflow` command: one entry point for every job of the pipeline.
+
+    streamflow generate | load | apply | materialize | training-set | lookup
+    streamflow produce | consume | lag | api        (the long-running processes)
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "generate": ("streamflow.datagen.generate", "main", "write snapshot CSVs (faker, seeded)"),
+    "load": ("streamflow.batch.load", "main", "validate and load snapshot folders into PostgreSQL"),
+    "apply": ("streamflow.apply_cmd", "main", "create tables and register the Feast definitions"),
+    "materialize": ("streamflow.online", "materialize_main", "copy batch values to the online store"),
+    "training-set": ("streamflow.training", "main", "build a point-in-time training set (parquet)"),
+    "lookup": ("streamflow.online", "lookup_main", "print users' online features"),
+    "produce": ("producer.main", "main", "replay snapshots as Kafka events"),
+    "consume": ("consumer.main", "main", "consume events into Feast push sources"),
+    "lag": ("streamflow.lag.cli", "main", "consumer lag per partition, in messages and seconds"),
+    "api": ("api.main", "main", "serve the online feature API"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: streamflow <command> [options]", "", "commands:"]
+    lines += [f"  {name:14} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"streamflow: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module, func, _ = COMMANDS[name]
+    try:
+        return int(getattr(importlib.import_module(module), func)(rest) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""StreamFlow's own Feast store classes on PostgreSQL (named in feature_store.yaml)."""

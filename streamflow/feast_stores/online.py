@@ -1,0 +1,227 @@
+"""StreamFlow's Feast online store on PostgreSQL: newest event wins, one row per entity and view.
+
+Named in feature_store.yaml as ``streamflow.feast_stores.online.StreamflowOnlineStore``.
+What it changes against Feast's stock ``PostgreSQLOnlineStore`` (see shared/DESIGN.md):
+
+* **Newest wins.** A write never replaces a value with an older one: inside one batch the
+  newest row per entity is kept (``DISTINCT ON``), and the merge into the table only updates a
+  row whose stored event time is not newer. Replays and ``materialize`` of an older range leave
+  newer values alone; writing the same event twice changes nothing (no new row version).
+* **One row per entity and feature view** (feature names and serialized values in two arrays)
+  instead of one row per feature, written by ``COPY`` into a staging table and one
+  ``INSERT ... ON CONFLICT`` merge, instead of ``executemany``. No full-text index.
+* **Connections that heal.** One ``psycopg_pool`` pool per process; a failed write rolls back
+  and hands its connection back (broken ones are discarded), so a database outage never
+  poisons later calls.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from datetime import datetime, timezone
+from typing import Any, Callable, Literal, Optional, Sequence
+
+from psycopg import sql
+from psycopg_pool import ConnectionPool
+
+from feast import Entity, FeatureView, RepoConfig
+from feast.infra.key_encoding_utils import serialize_entity_key
+from feast.infra.online_stores.online_store import OnlineStore
+from feast.infra.utils.postgres.connection_utils import _get_conninfo, _get_conn_kwargs
+from feast.infra.utils.postgres.postgres_config import PostgreSQLConfig
+from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+log = logging.getLogger(__name__)
+
+STORE_TYPE = "streamflow.feast_stores.online.StreamflowOnlineStore"
+
+
+class StreamflowOnlineStoreConfig(PostgreSQLConfig):
+    type: Literal["streamflow.feast_stores.online.StreamflowOnlineStore"] = STORE_TYPE
+    connect_timeout: int = 5
+    """Seconds to wait for a new connection before giving up (an outage fails fast)."""
+
+
+def table_name(project: str, view: FeatureView | str) -> str:
+    name = view if isinstance(view, str) else view.name
+    return f"{project}_{name}"
+
+
+def _utc(ts: Optional[datetime]) -> Optional[datetime]:
+    if ts is None:
+        return None
+    if ts.tzinfo is None:
+        return ts.replace(tzinfo=timezone.utc)
+    return ts.astimezone(timezone.utc)
+
+
+_pools: dict[str, ConnectionPool] = {}
+_pools_lock = threading.Lock()
+
+
+def connection_pool(config: StreamflowOnlineStoreConfig) -> ConnectionPool:
+    """The process's pool for this database (created on first use, shared by every store)."""
+    conninfo = _get_conninfo(config)
+    with _pools_lock:
+        pool = _pools.get(conninfo)
+        if pool is None or pool.closed:
+            kwargs = dict(_get_conn_kwargs(config))
+            kwargs["connect_timeout"] = config.connect_timeout
+            pool = ConnectionPool(
+                conninfo=conninfo,
+                min_size=config.min_conn,
+                max_size=config.max_conn,
+                kwargs=kwargs,
+                check=ConnectionPool.check_connection,
+                reconnect_timeout=0,
+                open=False,
+                name="streamflow-online",
+            )
+            pool.open(wait=False)
+            _pools[conninfo] = pool
+        return pool
+
+
+def close_pools() -> None:
+    """Close every pool of this process (API shutdown, tests)."""
+    with _pools_lock:
+        for pool in _pools.values():
+            pool.close()
+        _pools.clear()
+
+
+class StreamflowOnlineStore(OnlineStore):
+    """Feast online store on PostgreSQL where the newest event wins."""
+
+    def _conn(self, config: RepoConfig, timeout: float = 10.0):
+        return connection_pool(config.online_store).connection(timeout=timeout)
+
+    # -- writes ---------------------------------------------------------------------------------
+
+    def online_write_batch(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        data: list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, Optional[datetime]]],
+        progress: Optional[Callable[[int], Any]],
+    ) -> None:
+        if not data:
+            return
+        version = config.entity_key_serialization_version
+        rows = []
+        for entity_key, values, event_ts, created_ts in data:
+            names = list(values)
+            rows.append(
+                (
+                    serialize_entity_key(entity_key, entity_key_serialization_version=version),
+                    names,
+                    [values[n].SerializeToString() for n in names],
+                    _utc(event_ts),
+                    _utc(created_ts),
+                )
+            )
+        self.write_rows(config, table.name, rows)
+        if progress:
+            progress(len(data))
+
+    def write_rows(self, config: RepoConfig, view_name: str, rows: Sequence[tuple]) -> int:
+        """Merge (entity_key, names, values, event_ts, created_ts) rows; returns rows changed."""
+        target = sql.Identifier(table_name(config.project, view_name))
+        with self._conn(config) as conn:
+            with conn.cursor() as cur:
+                cur.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS streamflow_online_stage ("
+                    " entity_key BYTEA, names TEXT[], vals BYTEA[],"
+                    " event_ts TIMESTAMPTZ, created_ts TIMESTAMPTZ) ON COMMIT DELETE ROWS"
+                )
+                with cur.copy(
+                    "COPY streamflow_online_stage (entity_key, names, vals, event_ts, created_ts)"
+                    " FROM STDIN (FORMAT BINARY)"
+                ) as copy:
+                    copy.set_types(["bytea", "text[]", "bytea[]", "timestamptz", "timestamptz"])
+                    for row in rows:
+                        copy.write_row(row)
+                cur.execute(
+                    sql.SQL(
+                        """
+                        INSERT INTO {target} AS t (entity_key, names, vals, event_ts, created_ts)
+                        SELECT DISTINCT ON (entity_key) entity_key, names, vals, event_ts, created_ts
+                        FROM streamflow_online_stage
+                        ORDER BY entity_key, event_ts DESC, created_ts DESC NULLS LAST
+                        ON CONFLICT (entity_key) DO UPDATE SET
+                            names = EXCLUDED.names, vals = EXCLUDED.vals,
+                            event_ts = EXCLUDED.event_ts, created_ts = EXCLUDED.created_ts
+                        WHERE t.event_ts < EXCLUDED.event_ts
+                           OR (t.event_ts = EXCLUDED.event_ts
+                               AND (t.names, t.vals) IS DISTINCT FROM (EXCLUDED.names, EXCLUDED.vals))
+                        """
+                    ).format(target=target)
+                )
+                changed = cur.rowcount
+        return changed
+
+    # -- reads ----------------------------------------------------------------------------------
+
+    def online_read(
+        self,
+        config: RepoConfig,
+        table: FeatureView,
+        entity_keys: list[EntityKeyProto],
+        requested_features: Optional[list[str]] = None,
+    ) -> list[tuple[Optional[datetime], Optional[dict[str, ValueProto]]]]:
+        version = config.entity_key_serialization_version
+        keys = [serialize_entity_key(k, entity_key_serialization_version=version) for k in entity_keys]
+        query = sql.SQL(
+            "SELECT entity_key, names, vals, event_ts FROM {} WHERE entity_key = ANY(%s)"
+        ).format(sql.Identifier(table_name(config.project, table)))
+        with self._conn(config) as conn:
+            rows = conn.execute(query, (keys,)).fetchall()
+        wanted = set(requested_features) if requested_features else None
+        found: dict[bytes, tuple[datetime, dict[str, ValueProto]]] = {}
+        for key, names, vals, event_ts in rows:
+            values = {}
+            for name, raw in zip(names, vals):
+                if wanted is None or name in wanted:
+                    proto = ValueProto()
+                    proto.ParseFromString(raw)
+                    values[name] = proto
+            found[bytes(key)] = (event_ts, values)
+        return [found.get(k, (None, None)) for k in keys]
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def update(
+        self,
+        config: RepoConfig,
+        tables_to_delete: Sequence[FeatureView],
+        tables_to_keep: Sequence[FeatureView],
+        entities_to_delete: Sequence[Entity],
+        entities_to_keep: Sequence[Entity],
+        partial: bool,
+    ):
+        with self._conn(config) as conn:
+            for view in tables_to_delete:
+                conn.execute(
+                    sql.SQL("DROP TABLE IF EXISTS {}").format(
+                        sql.Identifier(table_name(config.project, view))
+                    )
+                )
+            for view in tables_to_keep:
+                conn.execute(
+                    sql.SQL(
+                        "CREATE TABLE IF NOT EXISTS {} ("
+                        " entity_key BYTEA PRIMARY KEY,"
+                        " names TEXT[] NOT NULL,"
+                        " vals BYTEA[] NOT NULL,"
+                        " event_ts TIMESTAMPTZ NOT NULL,"
+                        " created_ts TIMESTAMPTZ)"
+                    ).format(sql.Identifier(table_name(config.project, view)))
+                )
+
+    def teardown(self, config: RepoConfig, tables: Sequence[FeatureView], entities: Sequence[Entity]):
+        self.update(config, tables, [], entities, [], partial=False)
+
+
+__all__ = ["StreamflowOnlineStore", "StreamflowOnlineStoreConfig", "close_pools", "table_name"]

@@ -1,0 +1,71 @@
+"""Access to StreamFlow's Feast feature store: open it, apply the definitions, push validated rows."""
+
+from __future__ import annotations
+
+import logging
+import os
+from contextlib import contextmanager
+from functools import lru_cache
+
+import pandas as pd
+
+from streamflow import config, schema
+from streamflow.errors import ServiceUnavailable
+from streamflow.push_validation import validate_frame
+
+log = logging.getLogger(__name__)
+
+
+@lru_cache(maxsize=None)
+def _store(repo: str, project: str):
+    from feast import FeatureStore
+
+    return FeatureStore(repo_path=repo)
+
+
+def get_store():
+    """The process's FeatureStore for the configured repo and project (opened once)."""
+    return _store(str(config.feature_repo_dir()), os.environ["FEAST_PROJECT"])
+
+
+@contextmanager
+def database_errors(action: str):
+    """Turn a PostgreSQL connection failure into a clear ServiceUnavailable."""
+    import psycopg
+    import psycopg_pool
+    import sqlalchemy.exc
+
+    try:
+        yield
+    except (psycopg.OperationalError, psycopg_pool.PoolTimeout, sqlalchemy.exc.OperationalError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ServiceUnavailable(
+            f"{action}: PostgreSQL at {config.postgres().describe()} is not reachable ({first})"
+        ) from None
+
+
+def apply() -> list[str]:
+    """Create the warehouse tables and register every Feast object (idempotent)."""
+    from feature_repo import definitions
+    from streamflow import warehouse
+    import psycopg
+
+    with database_errors("feast apply"):
+        with psycopg.connect(config.postgres().conninfo, connect_timeout=5) as conn:
+            warehouse.ensure_schema(conn)
+        objects = definitions.all_objects()
+        get_store().apply(objects)
+    names = [o.name for o in objects]
+    log.info("applied %d Feast objects to project %s: %s", len(names), os.environ["FEAST_PROJECT"], ", ".join(names))
+    return names
+
+
+def push(table: schema.Table, frame: pd.DataFrame, where: str = "push") -> int:
+    """Validate a frame against the registry, then push it online and offline. Returns rows."""
+    from feast.data_source import PushMode
+
+    typed = validate_frame(table, frame, where=where)
+    if typed.empty:
+        return 0
+    get_store().push(table.push_source, typed, to=PushMode.ONLINE_AND_OFFLINE)
+    return len(typed)

@@ -1,0 +1,76 @@
+"""Online retrieval: materialize batch data into the online store, and look users up."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from datetime import datetime, timezone
+
+from streamflow import logs, schema
+from streamflow.errors import StreamflowError
+from streamflow.feature_store import database_errors, get_store
+
+log = logging.getLogger("streamflow.online")
+
+
+def materialize(start: datetime, end: datetime) -> None:
+    store = get_store()
+    with database_errors("materialize"):
+        store.materialize(start_date=start, end_date=end)
+
+
+def lookup(user_ids: list[str]) -> list[dict]:
+    """Every feature of the churn feature service, per user (None where unknown)."""
+    store = get_store()
+    with database_errors("online lookup"):
+        service = store.get_feature_service(schema.FEATURE_SERVICE)
+        result = store.get_online_features(
+            features=service, entity_rows=[{schema.KEY: u} for u in user_ids]
+        ).to_dict()
+    return [{k: result[k][i] for k in result} for i in range(len(user_ids))]
+
+
+def _parse_time(text: str) -> datetime:
+    ts = datetime.fromisoformat(text)
+    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+
+
+def materialize_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="streamflow materialize",
+                                     description="Copy the newest batch values in a time range to the online store.")
+    parser.add_argument("--start", type=_parse_time, default=_parse_time("2024-01-01"))
+    parser.add_argument("--end", type=_parse_time, default=datetime.now(timezone.utc))
+    args = parser.parse_args(argv)
+    logs.setup()
+    try:
+        materialize(args.start, args.end)
+    except StreamflowError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    print(f"materialized {args.start.isoformat()} .. {args.end.isoformat()}")
+    return 0
+
+
+def lookup_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="streamflow lookup", description="Print users' online features.")
+    parser.add_argument("user_ids", nargs="+")
+    args = parser.parse_args(argv)
+    logs.setup()
+    bad = [u for u in args.user_ids if not schema.USER_ID_PATTERN.match(u)]
+    if bad:
+        log.error("not a user id (expected like 7590-VHVEG): %s", ", ".join(bad))
+        return 2
+    try:
+        rows = lookup(args.user_ids)
+    except StreamflowError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    for row in rows:
+        user = row.pop(schema.KEY)
+        if all(v is None for v in row.values()):
+            print(f"{user}: not found in the online store")
+            continue
+        print(f"{user}:")
+        for name, value in row.items():
+            print(f"  {name:32} {value}")
+    return 0

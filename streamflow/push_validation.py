@@ -1,0 +1,130 @@
+"""Validation of what is pushed into Feast, against the table registry.
+
+Stock Feast fails late and vaguely on a malformed push (a bare ``KeyError``, ``ValueError`` or
+``AssertionError`` from pandas or pyarrow) and silently coerces some bad values (``7.9`` into an
+Int64 becomes 7). Everything StreamFlow pushes goes through :func:`validate_frame` first, which
+raises :class:`PushValidationError` naming the push, the row, the user and the field.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from streamflow import schema
+from streamflow.errors import StreamflowError
+
+
+class PushValidationError(StreamflowError, ValueError):
+    """A frame that does not match its table in the registry."""
+
+
+def push_columns(table: schema.Table) -> list[str]:
+    """Columns of a push frame (and of the batch source it writes to), in order."""
+    return [schema.KEY, schema.SNAPSHOT_TIME, *table.feature_names]
+
+
+def _fail(where: str, frame: pd.DataFrame, mask: np.ndarray, field: str, what: str) -> None:
+    idx = np.flatnonzero(mask)
+    pos = int(idx[0])
+    user = frame[schema.KEY].iloc[pos] if schema.KEY in frame else "?"
+    value = frame[field].iloc[pos]
+    more = f" ({len(idx) - 1} more rows like it)" if len(idx) > 1 else ""
+    raise PushValidationError(
+        f"{where}: row {pos} (user {user}), field {field}: {what} (got {value!r}){more}"
+    )
+
+
+def _is_integral(series: pd.Series) -> np.ndarray:
+    values = series.to_numpy(dtype="float64", na_value=np.nan)
+    return np.isfinite(values) & (np.floor(values) == values)
+
+
+def _check_column(where: str, frame: pd.DataFrame, col: schema.Column) -> pd.Series:
+    s = frame[col.name]
+    null = s.isna().to_numpy()
+    if not col.nullable and null.any():
+        _fail(where, frame, null, col.name, "must not be null")
+    present = ~null
+    if col.kind == "int":
+        if pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s):
+            _fail(where, frame, present, col.name, "expected an integer")
+        bad = present & ~_is_integral(s)
+        if bad.any():
+            _fail(where, frame, bad, col.name, "expected an integer")
+        out = s.astype("Int64")
+    elif col.kind == "float":
+        if pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s):
+            _fail(where, frame, present, col.name, "expected a number")
+        values = s.to_numpy(dtype="float64", na_value=np.nan)
+        bad = present & ~np.isfinite(values)
+        if bad.any():
+            _fail(where, frame, bad, col.name, "expected a finite number")
+        out = s.astype("Float64")
+    elif col.kind == "bool":
+        if not pd.api.types.is_bool_dtype(s):
+            ok = s.map(lambda v: v is None or isinstance(v, (bool, np.bool_)) or v is pd.NA).to_numpy(dtype=bool)
+            if (~ok).any():
+                _fail(where, frame, ~ok, col.name, "expected true or false")
+        out = s.astype("boolean")
+    elif col.kind == "str":
+        ok = s.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool) | null
+        if (~ok).any():
+            _fail(where, frame, ~ok, col.name, "expected a string")
+        if col.choices is not None:
+            bad = present & ~s.isin(col.choices).to_numpy()
+            if bad.any():
+                _fail(where, frame, bad, col.name, f"expected one of {', '.join(col.choices)}")
+        out = s.astype("string")
+    elif col.kind == "date":
+        if pd.api.types.is_datetime64_any_dtype(s):
+            out = pd.to_datetime(s, utc=True)
+        else:
+            parsed = pd.to_datetime(s, utc=True, errors="coerce", format="ISO8601")
+            bad = present & parsed.isna().to_numpy()
+            if bad.any():
+                _fail(where, frame, bad, col.name, "expected a date YYYY-MM-DD")
+            out = parsed
+    else:  # pragma: no cover - the registry only has the kinds above
+        raise AssertionError(col.kind)
+    if col.kind in ("int", "float") and (col.min is not None or col.max is not None):
+        values = out.to_numpy(dtype="float64", na_value=np.nan)
+        bad = present & (
+            (values < (col.min if col.min is not None else -np.inf))
+            | (values > (col.max if col.max is not None else np.inf))
+        )
+        if bad.any():
+            _fail(where, frame, bad, col.name, f"out of range [{col.min}, {col.max}]")
+    return out
+
+
+def validate_frame(table: schema.Table, frame: pd.DataFrame, where: str = "push") -> pd.DataFrame:
+    """Check a push frame against the registry; return it typed, with columns in push order."""
+    expected = push_columns(table)
+    missing = [c for c in expected if c not in frame.columns]
+    extra = [c for c in frame.columns if c not in expected]
+    if missing or extra:
+        raise PushValidationError(
+            f"{where} ({table.push_source}): columns do not match table {table.name}: "
+            f"missing {missing or 'none'}, unexpected {extra or 'none'}"
+        )
+    frame = frame.reset_index(drop=True)
+    out = {}
+    keys = frame[schema.KEY]
+    bad = ~keys.map(lambda v: isinstance(v, str) and bool(schema.USER_ID_PATTERN.match(v))).to_numpy(dtype=bool)
+    if bad.any():
+        _fail(where, frame, bad, schema.KEY, "expected a user id like 7590-VHVEG")
+    out[schema.KEY] = keys.astype("string")
+    ts = frame[schema.SNAPSHOT_TIME]
+    if not pd.api.types.is_datetime64_any_dtype(ts) or getattr(ts.dt, "tz", None) is None:
+        raise PushValidationError(
+            f"{where} ({table.push_source}): field {schema.SNAPSHOT_TIME} must be a timezone-aware "
+            f"timestamp column, got dtype {ts.dtype}"
+        )
+    nat = ts.isna().to_numpy()
+    if nat.any():
+        _fail(where, frame, nat, schema.SNAPSHOT_TIME, "must not be null")
+    out[schema.SNAPSHOT_TIME] = ts.dt.tz_convert("UTC")
+    for col in table.columns:
+        out[col.name] = _check_column(f"{where} ({table.push_source})", frame, col)
+    return pd.DataFrame(out)
