@@ -1,0 +1,69 @@
+"""streamflow-consumer: one member of the consumer group that feeds Feast's push sources.
+
+    streamflow consume [--group G] [--until-drained] [--metrics-port 9108]
+
+Run several processes with the same group to share the partitions. SIGTERM/SIGINT finish the
+current batch (or abandon it, uncommitted, while its writes are being retried), commit what was
+written and leave the group.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+
+from consumer.runner import ConsumerSettings, StreamConsumer
+from streamflow import logs
+from streamflow.errors import StreamflowError
+from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
+
+log = logging.getLogger("consumer")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamflow consume", description=__doc__.splitlines()[0])
+    p.add_argument("--group", default=os.environ.get("STREAMFLOW_CONSUMER_GROUP", "streamflow-consumer"))
+    p.add_argument("--max-batch", type=int, default=int(os.environ.get("STREAMFLOW_MAX_BATCH", "5000")),
+                   help="most events per batch (one write and one commit per batch)")
+    p.add_argument("--until-drained", action="store_true",
+                   help="stop once every assigned partition is consumed to its end")
+    p.add_argument("--max-idle", type=float, default=None, help="stop after this many seconds without events")
+    p.add_argument("--metrics-port", type=int,
+                   default=int(os.environ["STREAMFLOW_METRICS_PORT"]) if os.environ.get("STREAMFLOW_METRICS_PORT") else None,
+                   help="serve Prometheus metrics on this port")
+    p.add_argument("--partitions", type=int, default=None, help="partitions of topics created (default 4)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logs.setup()
+    try:
+        ensure_topics(table_topics() + [dead_letter_topic()], partitions=args.partitions)
+        consumer = StreamConsumer(ConsumerSettings(group_id=args.group, max_batch=args.max_batch,
+                                                   until_drained=args.until_drained,
+                                                   max_idle_seconds=args.max_idle))
+    except StreamflowError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    if args.metrics_port:
+        consumer.metrics.serve(args.metrics_port)
+        log.info("metrics on http://127.0.0.1:%d/metrics", args.metrics_port)
+
+    def stop(signum, _frame):
+        log.info("signal %s: finishing the current batch, then leaving the group", signal.Signals(signum).name)
+        consumer.stop()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    stats = consumer.run()
+    print("consumed {consumed:.0f}, written {written:.0f}, dead-lettered {dead_lettered:.0f}, "
+          "batches {batches:.0f}, write retries {write_retries:.0f}".format(**stats))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

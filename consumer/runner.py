@@ -1,0 +1,226 @@
+"""The consumer loop: poll a batch, validate, write online and offline, then commit.
+
+Guarantees (shared/DESIGN.md):
+* at-least-once: offsets are committed only after the batch's writes and its dead-letter
+  records are acknowledged; a failed write is retried with backoff, never committed past;
+* idempotent and newest-wins writes come from our Feast store classes, so a redelivered batch
+  changes nothing and an older event never overwrites a newer value;
+* an invalid event goes to the dead-letter topic with its reason and source offset, is counted,
+  and the events around it are written.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from dataclasses import dataclass
+
+import pandas as pd
+from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
+from kafka.errors import CommitFailedError, KafkaError
+
+from consumer.dead_letter import DeadLetterError, DeadLetterQueue
+from consumer.metrics import ConsumerMetrics
+from streamflow import config, events, schema
+from streamflow.errors import ServiceUnavailable
+from streamflow.feature_store import push
+from streamflow.push_validation import PushValidationError, push_columns
+
+log = logging.getLogger("consumer")
+
+
+@dataclass
+class ConsumerSettings:
+    group_id: str = "streamflow-consumer"
+    bootstrap: str = ""
+    max_batch: int = 5000
+    poll_timeout_ms: int = 500
+    retry_initial: float = 0.5
+    retry_max: float = 15.0
+    until_drained: bool = False
+    max_idle_seconds: float | None = None
+
+
+def events_frame(table: schema.Table, batch: list[events.Event]) -> pd.DataFrame:
+    """A push frame for one table; of several events of one user and time, the last one."""
+    rows = {schema.KEY: [e.user_id for e in batch], schema.SNAPSHOT_TIME: [e.event_time for e in batch]}
+    for name in table.feature_names:
+        rows[name] = [e.values[name] for e in batch]
+    frame = pd.DataFrame(rows, columns=push_columns(table))
+    frame[schema.SNAPSHOT_TIME] = pd.to_datetime(frame[schema.SNAPSHOT_TIME], utc=True)
+    for col in table.columns:
+        if col.kind == "date":
+            frame[col.name] = pd.to_datetime(frame[col.name], utc=True)
+        elif col.kind in ("int", "float", "bool"):
+            frame[col.name] = frame[col.name].astype(col.pandas_dtype)
+    return frame.drop_duplicates([schema.KEY, schema.SNAPSHOT_TIME], keep="last")
+
+
+class StreamConsumer:
+    """One member of the consumer group."""
+
+    def __init__(self, settings: ConsumerSettings, metrics: ConsumerMetrics | None = None):
+        self.settings = settings
+        self.settings.bootstrap = settings.bootstrap or config.kafka_bootstrap()
+        self.metrics = metrics or ConsumerMetrics()
+        self.stopping = threading.Event()
+        self.topics = [t.topic for t in schema.TABLES]
+        try:
+            self.consumer = KafkaConsumer(
+                bootstrap_servers=self.settings.bootstrap,
+                group_id=settings.group_id,
+                client_id=f"streamflow-consumer-{settings.group_id}",
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+                max_poll_records=settings.max_batch,
+                max_poll_interval_ms=600_000,
+                session_timeout_ms=15_000,
+                heartbeat_interval_ms=3_000,
+                fetch_max_bytes=32 * 1024 * 1024,
+                max_partition_fetch_bytes=4 * 1024 * 1024,
+            )
+            self.dead_letters = DeadLetterQueue(self.settings.bootstrap)
+        except KafkaError as exc:
+            raise ServiceUnavailable(f"Kafka at {self.settings.bootstrap} is not reachable ({exc})") from None
+        self.consumer.subscribe(self.topics)
+
+    # -- one batch ------------------------------------------------------------------------------
+
+    def process(self, records: dict[TopicPartition, list]) -> dict[TopicPartition, int]:
+        """Validate and write one polled batch; returns the next offset per partition."""
+        good: dict[str, list[events.Event]] = defaultdict(list)
+        good_records: dict[str, list] = defaultdict(list)
+        next_offsets: dict[TopicPartition, int] = {}
+        for tp, recs in records.items():
+            self.metrics.consumed.labels(tp.topic).inc(len(recs))
+            for rec in recs:
+                try:
+                    event = events.decode(rec.topic, rec.key, rec.value)
+                except events.InvalidEvent as exc:
+                    self.dead_letters.send(rec, exc.reason, exc.field)
+                    self.metrics.dead_lettered.labels(rec.topic).inc()
+                    continue
+                good[event.table.name].append(event)
+                good_records[event.table.name].append(rec)
+            next_offsets[tp] = recs[-1].offset + 1
+        self._write_with_retry(good, good_records)
+        self.dead_letters.flush()
+        return next_offsets
+
+    def _write(self, good: dict[str, list[events.Event]], good_records: dict[str, list]) -> None:
+        started = time.perf_counter()
+        for name, batch in good.items():
+            table = schema.table(name)
+            try:
+                written = push(table, events_frame(table, batch), where=f"batch of {table.topic}")
+            except PushValidationError as exc:
+                # Cannot happen for decoded events; if it does, keep the flow and the evidence.
+                log.error("batch of %s rejected by push validation: %s", name, exc)
+                for rec in good_records[name]:
+                    self.dead_letters.send(rec, f"push validation: {exc}")
+                    self.metrics.dead_lettered.labels(rec.topic).inc()
+                continue
+            self.metrics.written.labels(name).inc(len(batch))
+            log.debug("wrote %d rows (%d events) of %s", written, len(batch), name)
+        done = time.time()
+        self.metrics.write_latency.observe(time.perf_counter() - started)
+        for recs in good_records.values():
+            for rec in recs:
+                if rec.timestamp and rec.timestamp > 0:
+                    self.metrics.freshness.observe(max(0.0, done - rec.timestamp / 1000))
+
+    def _write_with_retry(self, good, good_records) -> None:
+        delay = self.settings.retry_initial
+        attempt = 0
+        while True:
+            try:
+                self._write(good, good_records)
+                if attempt:
+                    log.info("write succeeded after %d retries", attempt)
+                return
+            except Exception as exc:  # noqa: BLE001 - any failed write is retried, never committed
+                attempt += 1
+                self.metrics.write_retries.inc()
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                log.warning("write failed (attempt %d), retrying in %.1f s: %s: %s",
+                            attempt, delay, type(exc).__name__, first[:300])
+                if self.stopping.wait(delay):
+                    raise StopRequested() from None
+                delay = min(delay * 2, self.settings.retry_max)
+
+    def commit(self, next_offsets: dict[TopicPartition, int]) -> bool:
+        if not next_offsets:
+            return True
+        try:
+            self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in next_offsets.items()})
+        except CommitFailedError as exc:
+            # The group rebalanced while we wrote: the new owner re-reads these (idempotent) events.
+            log.warning("commit failed after a rebalance; events will be redelivered: %s", exc)
+            return False
+        except KafkaError as exc:
+            # Commits are cumulative: the next successful one covers these offsets too.
+            log.warning("commit failed (%s); the next commit will cover these offsets", exc)
+            return False
+        self.metrics.batches.inc()
+        self.metrics.last_commit.set_to_current_time()
+        return True
+
+    # -- the loop -------------------------------------------------------------------------------
+
+    def drained(self) -> bool:
+        assigned = self.consumer.assignment()
+        if not assigned:
+            return False
+        ends = self.consumer.end_offsets(list(assigned))
+        return all(self.consumer.position(tp) >= ends[tp] for tp in assigned)
+
+    def run(self) -> dict[str, float]:
+        log.info("consumer of group %s joining, topics: %s", self.settings.group_id, ", ".join(self.topics))
+        idle_since = time.monotonic()
+        last_report = time.monotonic()
+        try:
+            while not self.stopping.is_set():
+                records = self.consumer.poll(timeout_ms=self.settings.poll_timeout_ms)
+                if not records:
+                    if self.settings.until_drained and self.drained():
+                        log.info("drained: every assigned partition is consumed up to its end")
+                        break
+                    if self.settings.max_idle_seconds and time.monotonic() - idle_since > self.settings.max_idle_seconds:
+                        log.info("idle for %.0f s: stopping", self.settings.max_idle_seconds)
+                        break
+                    continue
+                idle_since = time.monotonic()
+                try:
+                    next_offsets = self.process(records)
+                except StopRequested:
+                    log.warning("stop requested during retries: batch abandoned, not committed")
+                    break
+                except DeadLetterError as exc:
+                    log.warning("%s: re-reading the batch", exc)
+                    for tp, recs in records.items():
+                        self.consumer.seek(tp, recs[0].offset)
+                    continue
+                self.commit(next_offsets)
+                if time.monotonic() - last_report > 10:
+                    last_report = time.monotonic()
+                    log.info("progress: %s", self.metrics.snapshot())
+        finally:
+            self.close()
+        stats = self.metrics.snapshot()
+        log.info("stopped: %s", stats)
+        return stats
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def close(self) -> None:
+        try:
+            self.dead_letters.close()
+        finally:
+            self.consumer.close()  # leaves the group
+
+
+class StopRequested(Exception):
+    """Raised inside a retry loop when the consumer is asked to stop."""

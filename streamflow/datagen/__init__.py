@@ -1,0 +1,5 @@
+"""Deterministic generator of snapshot data in the format of /work/shared/DATA.md.
+
+Use ``streamflow.datagen.generate.generate`` from Python, or the command line:
+``python -m streamflow.datagen.generate --users 7043 --out data``.
+"""

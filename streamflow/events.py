@@ -1,0 +1,183 @@
+"""The event contract between producer and consumer, built on the table registry.
+
+One Kafka record per snapshot row: key = user_id (UTF-8), value = a JSON object with the row's
+columns plus ``event_timestamp`` (the snapshot's as_of, ISO 8601, UTC) and ``snapshot`` (its id);
+headers ``table`` and ``event_timestamp``. Event time travels in the payload and a header, never
+as the record timestamp (historical record timestamps make time-based retention delete segments
+at once, KAFKA-7910).
+
+:func:`decode` is the consumer's strict validation: it either returns a typed row or raises
+:class:`InvalidEvent` with a reason fit for the dead-letter topic.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+
+from streamflow import schema
+
+MAX_EVENT_BYTES = 1_000_000
+"""Largest event value accepted (bytes); larger ones are dead-lettered."""
+
+EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=timezone.utc)
+FUTURE_TOLERANCE = timedelta(days=1)
+
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+_SNAPSHOT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class InvalidEvent(ValueError):
+    """An event that does not satisfy the contract; ``reason`` says why (for the DLQ)."""
+
+    def __init__(self, reason: str, field: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.field = field
+
+
+@dataclass(frozen=True)
+class Event:
+    table: schema.Table
+    user_id: str
+    event_time: datetime
+    snapshot: str | None
+    values: dict[str, Any]
+    """Feature values, typed (bool, int, float, str, None; dates as UTC datetimes)."""
+
+
+# --- producing -------------------------------------------------------------------------------
+
+
+def _json_value(column: schema.Column, value: Any) -> Any:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if column.kind == "date":
+        return value.isoformat()[:10] if hasattr(value, "isoformat") else str(value)[:10]
+    if column.kind == "int":
+        return int(value)
+    if column.kind == "float":
+        return float(value)
+    if column.kind == "bool":
+        return bool(value)
+    return str(value)
+
+
+def encode_value(table: schema.Table, row: dict[str, Any], as_of: date, snapshot: str) -> bytes:
+    """JSON value of the event for one snapshot row (row maps column names to values)."""
+    payload = {schema.KEY: row[schema.KEY]}
+    for col in table.columns:
+        payload[col.name] = _json_value(col, row.get(col.name))
+    payload[schema.EVENT_TIME] = schema.as_of_timestamp(as_of).isoformat()
+    payload[schema.EVENT_SNAPSHOT] = snapshot
+    return orjson.dumps(payload)
+
+
+def headers(table: schema.Table, as_of: date) -> list[tuple[str, bytes]]:
+    return [
+        (schema.EVENT_TABLE_HEADER, table.name.encode()),
+        (schema.EVENT_TIME_HEADER, schema.as_of_timestamp(as_of).isoformat().encode()),
+    ]
+
+
+# --- consuming -------------------------------------------------------------------------------
+
+
+def _typed(column: schema.Column, value: Any) -> Any:
+    if value is None:
+        if column.nullable:
+            return None
+        raise InvalidEvent(f"field {column.name}: must not be null", column.name)
+    kind = column.kind
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise InvalidEvent(f"field {column.name}: expected true or false, got {value!r:.40}", column.name)
+        return value
+    if kind == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise InvalidEvent(f"field {column.name}: expected an integer, got {value!r:.40}", column.name)
+    elif kind == "float":
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise InvalidEvent(f"field {column.name}: expected a number, got {value!r:.40}", column.name)
+        if not math.isfinite(value):
+            raise InvalidEvent(f"field {column.name}: expected a finite number", column.name)
+        value = float(value)
+    elif kind == "str":
+        if not isinstance(value, str):
+            raise InvalidEvent(f"field {column.name}: expected a string, got {value!r:.40}", column.name)
+        if column.choices is not None and value not in column.choices:
+            raise InvalidEvent(
+                f"field {column.name}: {value!r:.40} is not one of {', '.join(column.choices)}", column.name
+            )
+        return value
+    elif kind == "date":
+        if not isinstance(value, str) or not _DATE.match(value):
+            raise InvalidEvent(f"field {column.name}: expected a date YYYY-MM-DD, got {value!r:.40}", column.name)
+        try:
+            return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+        except ValueError:
+            raise InvalidEvent(f"field {column.name}: not a calendar date: {value!r}", column.name) from None
+    if (column.min is not None and value < column.min) or (column.max is not None and value > column.max):
+        raise InvalidEvent(
+            f"field {column.name}: {value!r} out of range [{column.min}, {column.max}]", column.name
+        )
+    return value
+
+
+def _event_time(value: Any, now: datetime) -> datetime:
+    if not isinstance(value, str):
+        raise InvalidEvent(f"field {schema.EVENT_TIME}: expected an ISO 8601 string", schema.EVENT_TIME)
+    try:
+        ts = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidEvent(f"field {schema.EVENT_TIME}: not ISO 8601: {value!r:.40}", schema.EVENT_TIME) from None
+    if ts.tzinfo is None:
+        raise InvalidEvent(f"field {schema.EVENT_TIME}: no time zone in {value!r:.40}", schema.EVENT_TIME)
+    ts = ts.astimezone(timezone.utc)
+    if ts < EARLIEST_EVENT_TIME or ts > now + FUTURE_TOLERANCE:
+        raise InvalidEvent(f"field {schema.EVENT_TIME}: {value} is implausibly far in the past or future",
+                           schema.EVENT_TIME)
+    return ts
+
+
+def decode(topic: str, key: bytes | None, value: bytes | None, now: datetime | None = None) -> Event:
+    """Validate one Kafka record against the contract; raise InvalidEvent with the reason."""
+    table = schema.table_for_topic(topic)
+    if table is None:
+        raise InvalidEvent(f"unknown table: topic {topic!r} belongs to no table of the registry")
+    if value is None:
+        raise InvalidEvent("empty value (tombstone)")
+    if len(value) > MAX_EVENT_BYTES:
+        raise InvalidEvent(f"payload of {len(value)} bytes is over the limit of {MAX_EVENT_BYTES}")
+    try:
+        payload = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise InvalidEvent(f"not a JSON object but {type(payload).__name__}")
+    expected = [schema.KEY, *table.feature_names, schema.EVENT_TIME, schema.EVENT_SNAPSHOT]
+    missing = [f for f in expected if f not in payload]
+    extra = [f for f in payload if f not in expected]
+    if missing or extra:
+        raise InvalidEvent(
+            f"fields do not match table {table.name}: missing {missing or 'none'}, unexpected {extra or 'none'}"
+        )
+    user_id = payload[schema.KEY]
+    if not isinstance(user_id, str) or not schema.USER_ID_PATTERN.match(user_id):
+        raise InvalidEvent(f"field {schema.KEY}: not a user id like 7590-VHVEG: {user_id!r:.40}", schema.KEY)
+    if key is None:
+        raise InvalidEvent("record has no key (expected the user_id)")
+    if key != user_id.encode():
+        raise InvalidEvent(f"record key {key[:40]!r} does not match user_id {user_id}")
+    event_time = _event_time(payload[schema.EVENT_TIME], now or datetime.now(timezone.utc))
+    snapshot = payload[schema.EVENT_SNAPSHOT]
+    if snapshot is not None and (not isinstance(snapshot, str) or not _SNAPSHOT.match(snapshot)):
+        raise InvalidEvent(f"field {schema.EVENT_SNAPSHOT}: expected a snapshot id, got {snapshot!r:.40}",
+                           schema.EVENT_SNAPSHOT)
+    values = {col.name: _typed(col, payload[col.name]) for col in table.columns}
+    return Event(table=table, user_id=user_id, event_time=event_time, snapshot=snapshot, values=values)
