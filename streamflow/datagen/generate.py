@@ -65,6 +65,7 @@ _CHURN_DRIFT = {"contract": [-1.79, -1.78, -1.76], "net": [0.0, 0.76, -0.29],
 
 _DRIFT_WATCH_MEAN, _DRIFT_WATCH_SD = -0.6, 1.5
 _DRIFT_REBUFFER_P, _DRIFT_FAILED_P, _DRIFT_TICKETS_P = 0.25, 0.03, 0.05
+_STATIC_TABLES = ("users", "subscriptions")  # the drift leaves them unchanged
 
 
 # --- month_000 ------------------------------------------------------------------------------
@@ -73,7 +74,7 @@ _DRIFT_REBUFFER_P, _DRIFT_FAILED_P, _DRIFT_TICKETS_P = 0.25, 0.03, 0.05
 def _categorical(rng: np.random.Generator, p: np.ndarray) -> np.ndarray:
     """One category index per row of p (an n × k matrix of probabilities)."""
     cum = np.cumsum(p, axis=-1)
-    u = rng.random(cum.shape[0])
+    u = rng.random(len(p))
     return (u[:, None] >= cum[:, :-1]).sum(axis=1)
 
 
@@ -286,7 +287,7 @@ def validate(users: int, seed: int, snapshots: Sequence[str], chunk_size: int) -
 
 
 def _open_files(folders: dict[str, Path], stack: ExitStack) -> dict[tuple[str, str], TextIO]:
-    files = {}
+    files: dict[tuple[str, str], TextIO] = {}
     for snapshot, folder in folders.items():
         folder.mkdir(parents=True, exist_ok=True)
         for table in schema.TABLES:
@@ -325,18 +326,24 @@ def generate(
                     seconds[snapshot] += time.perf_counter() - t0
             bar.update(stop - start)
     for snapshot, folder in folders.items():
-        log.info("wrote %s: %d users x %d tables in %.1f s", folder, users, len(schema.TABLES), seconds[snapshot])
-    log.info("generated %d snapshot(s) of %d users in %.1f s", len(folders), users, time.perf_counter() - started)
+        log.info("wrote %s: %d users x %d tables in %.1f s",
+                 folder, users, len(schema.TABLES), seconds[snapshot])
+    log.info("generated %d snapshot(s) of %d users in %.1f s",
+             len(folders), users, time.perf_counter() - started)
     return folders
 
 
-def _write_month(files: dict, snapshot: str, cols: dict[str, np.ndarray], static: dict[str, str]) -> None:
+def _write_month(
+    files: dict[tuple[str, str], TextIO], snapshot: str, cols: dict[str, np.ndarray], static: dict[str, str]
+) -> None:
     """Append one chunk of one snapshot; users and subscriptions text is shared by all months."""
     for table in schema.TABLES:
-        if table.name in ("users", "subscriptions"):
-            text = static.setdefault(table.name, _csv(table, cols))
-        else:
+        if table.name not in _STATIC_TABLES:
             text = _csv(table, cols)
+        elif table.name in static:
+            text = static[table.name]
+        else:
+            text = static[table.name] = _csv(table, cols)
         files[snapshot, table.name].write(text)
 
 
