@@ -48,6 +48,7 @@ def events_frame(table: schema.Table, batch: list[events.Event]) -> pd.DataFrame
     rows = {schema.KEY: [e.user_id for e in batch], schema.SNAPSHOT_TIME: [e.event_time for e in batch]}
     for name in table.feature_names:
         rows[name] = [e.values[name] for e in batch]
+    rows[schema.EVENT_SNAPSHOT] = [e.snapshot for e in batch]
     frame = pd.DataFrame(rows, columns=push_columns(table))
     frame[schema.SNAPSHOT_TIME] = pd.to_datetime(frame[schema.SNAPSHOT_TIME], utc=True)
     for col in table.columns:

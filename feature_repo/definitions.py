@@ -29,7 +29,7 @@ user = Entity(
 
 def source_query(table: schema.Table) -> str:
     """The columns Feast reads from (and, for pushes, writes to) a snapshot table."""
-    cols = ", ".join([schema.KEY, schema.SNAPSHOT_TIME, *table.feature_names])
+    cols = ", ".join([schema.KEY, schema.SNAPSHOT_TIME, *table.feature_names, schema.EVENT_SNAPSHOT])
     return f"SELECT {cols} FROM {table.snapshot_table}"
 
 

@@ -92,7 +92,6 @@ def make_producer(bootstrap: str | None = None, **overrides) -> KafkaProducer:
         max_in_flight_requests_per_connection=5,
         linger_ms=10,
         batch_size=512 * 1024,
-        buffer_memory=64 * 1024 * 1024,
         max_block_ms=60_000,
         retry_backoff_ms=200,
     )
@@ -144,7 +143,7 @@ class Replayer:
         started = time.perf_counter()
         previous: date | None = None
         for folder, snapshot_id, as_of in snapshot_order(folders):
-            frames = read_snapshot(folder, tables=tables)  # validates every file first
+            frames = read_snapshot(folder)  # validates every file of the snapshot first
             gap = event_time_gap(previous, as_of, self.speedup)
             if gap:
                 log.info("pacing by event time: waiting %.1f s before %s", gap, snapshot_id)

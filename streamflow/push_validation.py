@@ -21,7 +21,7 @@ class PushValidationError(StreamflowError, ValueError):
 
 def push_columns(table: schema.Table) -> list[str]:
     """Columns of a push frame (and of the batch source it writes to), in order."""
-    return [schema.KEY, schema.SNAPSHOT_TIME, *table.feature_names]
+    return [schema.KEY, schema.SNAPSHOT_TIME, *table.feature_names, schema.EVENT_SNAPSHOT]
 
 
 def _fail(where: str, frame: pd.DataFrame, mask: np.ndarray, field: str, what: str) -> None:
@@ -127,4 +127,9 @@ def validate_frame(table: schema.Table, frame: pd.DataFrame, where: str = "push"
     out[schema.SNAPSHOT_TIME] = ts.dt.tz_convert("UTC")
     for col in table.columns:
         out[col.name] = _check_column(f"{where} ({table.push_source})", frame, col)
+    snap = frame[schema.EVENT_SNAPSHOT]
+    bad = ~snap.map(lambda v: v is None or v is pd.NA or (isinstance(v, str) and 0 < len(v) <= 64)).to_numpy(dtype=bool)
+    if bad.any():
+        _fail(where, frame, bad, schema.EVENT_SNAPSHOT, "expected a snapshot id or null")
+    out[schema.EVENT_SNAPSHOT] = snap.astype("string")
     return pd.DataFrame(out)

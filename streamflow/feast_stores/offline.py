@@ -24,7 +24,7 @@ from feast.infra.offline_stores.contrib.postgres_offline_store.postgres import (
 from streamflow import schema
 from streamflow.feast_stores.online import connection_pool
 from streamflow.push_validation import validate_frame
-from streamflow.warehouse import merge_snapshot_frame
+from streamflow import warehouse
 
 STORE_TYPE = "streamflow.feast_stores.offline.StreamflowOfflineStore"
 
@@ -49,6 +49,29 @@ class StreamflowOfflineStore(PostgreSQLOfflineStore):
         spec = schema.table_for_feature_view(feature_view.name)
         frame = validate_frame(spec, table.to_pandas(), where=f"offline write to {feature_view.name}")
         with connection_pool(config.offline_store).connection(timeout=10.0) as conn:
-            merge_snapshot_frame(conn, spec, frame)
+            merge_frame(conn, spec, frame)
         if progress:
             progress(table.num_rows)
+
+
+def _rows(table: schema.Table, frame):
+    """Plain Python rows in staging-column order (None for nulls, dates as dates)."""
+    frame = frame[warehouse.staging_columns(table)].astype(object)
+    frame = frame.where(frame.notna(), None)
+    for col in table.columns:
+        if col.kind == "date":
+            frame[col.name] = [v.date() if v is not None else None for v in frame[col.name]]
+    return frame.itertuples(index=False, name=None)
+
+
+def merge_frame(conn, table: schema.Table, frame) -> warehouse.MergeCounts:
+    """COPY a validated frame into a staging table and merge it into the snapshot and base tables.
+
+    One transaction: either every row is merged or none. Rows equal to the stored ones change
+    nothing, so a replayed batch leaves the tables as they were.
+    """
+    with conn.transaction(), conn.cursor() as cur:
+        stage = "streamflow_offline_stage"
+        warehouse.create_staging_table(cur, table, stage)
+        warehouse.copy_rows(cur, stage, warehouse.staging_columns(table), _rows(table, frame))
+        return warehouse.upsert_snapshot_rows(cur, table, stage)
