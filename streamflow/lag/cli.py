@@ -1,0 +1,196 @@
+"""`streamflow lag`: a consumer group's lag per partition, in messages and seconds, with statuses.
+
+    streamflow lag [--group G] [--json] [--watch [SECONDS]] [--window N] [--samples N]
+
+Prints the columns of ``kafka-consumer-groups.sh --describe`` plus LAG-SECONDS (age of the oldest
+unconsumed event, by its produce time) and a Burrow-style STATUS, then per-topic and group totals.
+A status compares samples, so without --watch the command takes --samples samples (default 3)
+--interval seconds apart (default 1) and reports the last one evaluated over all of them; with
+--watch it samples every SECONDS (default 5) until interrupted (or --samples are taken) and the
+statuses are evaluated over the last --window samples. --json prints the same data as one JSON
+object (with --watch: one object per line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import time
+from typing import Any, TextIO
+
+from streamflow import logs
+from streamflow.errors import StreamflowError
+from streamflow.lag.monitor import DEFAULT_GROUP, GroupLag, LagMonitor
+from streamflow.lag.status import GroupStatus, Status, StatusEvaluator, group_status
+
+log = logging.getLogger("streamflow.lag")
+
+COLUMNS = ("GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", "LAG-SECONDS",
+           "CONSUMER-ID", "HOST", "CLIENT-ID", "STATUS")
+TOTAL_COLUMNS = ("GROUP", "TOPIC", "PARTITIONS", "LAG", "LAG-SECONDS", "STATUS")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamflow lag", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[4:]))
+    p.add_argument("--group", default=os.environ.get("STREAMFLOW_CONSUMER_GROUP", DEFAULT_GROUP),
+                   help="consumer group (default: %(default)s)")
+    p.add_argument("--topic", action="append", dest="topics", metavar="TOPIC",
+                   help="topic to report (repeatable; default: the table topics)")
+    p.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
+    p.add_argument("--watch", nargs="?", type=float, const=5.0, default=None, metavar="SECONDS",
+                   help="refresh every SECONDS (default 5) until interrupted")
+    p.add_argument("--window", type=int, default=5, metavar="N",
+                   help="samples the statuses are evaluated over (default %(default)s)")
+    p.add_argument("--stop-after", type=float, default=None, metavar="SECONDS",
+                   help="an unmoved committed offset with lag is STOP after this long, STALL before "
+                        "(default: 60 s)")
+    p.add_argument("--samples", type=int, default=None, metavar="N",
+                   help="samples to take (default 3, or unlimited with --watch)")
+    p.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
+                   help="seconds between samples without --watch (default %(default)s)")
+    p.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS)")
+    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="connection and request timeout (default %(default)s)")
+    return p
+
+
+# -- rendering ----------------------------------------------------------------------------------
+
+
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value < 100:
+        return f"{value:.1f}"
+    return f"{value:.0f}"
+
+
+def report(sample: GroupLag, status: GroupStatus) -> dict[str, Any]:
+    """The JSON document of one sample and its evaluation."""
+    doc = sample.to_dict()
+    doc["status"] = status.status.value
+    doc["samples"] = status.samples
+    for topic_doc, topic in zip(doc["topics"], sample.topics):
+        statuses = []
+        for pdoc in topic_doc["partitions"]:
+            ps = status.partitions.get((pdoc["topic"], pdoc["partition"]))
+            pdoc["status"] = ps.status.value if ps else Status.UNKNOWN.value
+            pdoc["status_reason"] = ps.reason if ps else "not evaluated"
+            statuses.append(Status(pdoc["status"]))
+        topic_doc["status"] = group_status(statuses).value
+    return doc
+
+
+def _table(rows: list[tuple[str, ...]], out: TextIO) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        out.write("  ".join(cell.ljust(w) for cell, w in zip(r, widths)).rstrip() + "\n")
+
+
+def render(sample: GroupLag, status: GroupStatus, out: TextIO) -> None:
+    doc = report(sample, status)
+    rows: list[tuple[str, ...]] = [COLUMNS]
+    totals: list[tuple[str, ...]] = [TOTAL_COLUMNS]
+    notes: list[str] = []
+    for topic in doc["topics"]:
+        for p in topic["partitions"]:
+            rows.append((
+                sample.group, p["topic"], str(p["partition"]),
+                str(p["committed_offset"]) if p["committed_offset"] is not None else "-",
+                str(p["log_end_offset"]), str(p["lag"]), _seconds(p["lag_seconds"]),
+                p["consumer_id"] or "-", p["host"] or "-", p["client_id"] or "-", p["status"],
+            ))
+            if p["status"] not in (Status.OK.value, Status.UNKNOWN.value):
+                notes.append(f"{p['topic']}[{p['partition']}] {p['status']}: {p['status_reason']}")
+        totals.append((sample.group, topic["topic"], str(len(topic["partitions"])), str(topic["lag"]),
+                       _seconds(topic["lag_seconds"]), topic["status"]))
+    _table(rows, out)
+    out.write("\n")
+    _table(totals, out)
+    out.write("\n")
+    members = f"{sample.members} member{'s' if sample.members != 1 else ''}"
+    span = ""
+    if status.samples > 1:
+        span = f" over {status.samples} samples"
+    out.write(f"group {sample.group} ({sample.state}, {members}): lag {sample.lag} messages, "
+              f"oldest unconsumed event {_seconds(sample.lag_seconds)} s old, status {status.status.value}{span}\n")
+    if status.status == Status.UNKNOWN:
+        out.write("status UNKNOWN: one sample cannot tell progress; take more (--samples, --watch)\n")
+    for note in notes:
+        out.write(f"  {note}\n")
+    if sample.state == "Dead" and all(p.committed_offset is None for p in sample.partitions):
+        out.write(f"note: group {sample.group} has no members and no committed offsets "
+                  f"(it never consumed, or was deleted): lag counts from the log start\n")
+    if sample.missing_topics:
+        out.write(f"note: topics not on the broker: {', '.join(sample.missing_topics)}\n")
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def _error(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.window < 2:
+        parser().error("--window must be at least 2")
+    if args.watch is not None and args.watch <= 0:
+        parser().error("--watch SECONDS must be positive")
+    if args.samples is not None and args.samples < 1:
+        parser().error("--samples must be at least 1")
+    level = os.environ.get("STREAMFLOW_LOG_LEVEL", "WARNING").upper()
+    logs.setup(level)
+    if level != "DEBUG":
+        # kafka-python logs every refused connection at ERROR; the one-line error below says it.
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    samples = args.samples if args.samples is not None else (None if args.watch is not None else 3)
+    interval = args.watch if args.watch is not None else args.interval
+    evaluator = StatusEvaluator(window=args.window, stop_after_seconds=args.stop_after,
+                                min_samples=min(2, args.window))
+    out = sys.stdout
+    clear = args.watch is not None and not args.json and out.isatty()
+    monitor = LagMonitor(args.bootstrap, group=args.group, topics=args.topics, timeout=args.timeout,
+                         read_timeout=min(3.0, args.timeout))
+    taken = 0
+    try:
+        while True:
+            started = time.monotonic()
+            sample = monitor.sample()
+            if not sample.topics:
+                _error(f"none of the topics exist on Kafka at {monitor.bootstrap}: "
+                       f"{', '.join(sample.missing_topics)} (nothing produced yet?)")
+                return 1
+            status = evaluator.add(sample)
+            taken += 1
+            last = samples is not None and taken >= samples
+            if args.watch is not None or last:
+                if args.json:
+                    out.write(json.dumps(report(sample, status)) + "\n")
+                else:
+                    if clear:
+                        out.write("\033[2J\033[H")
+                    elif args.watch is not None and taken > 1:
+                        out.write("\n")
+                    render(sample, status, out)
+                out.flush()
+            if last:
+                return 0
+            time.sleep(max(0.0, interval - (time.monotonic() - started)))
+    except StreamflowError as exc:
+        _error(str(exc))
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 0 if args.watch is not None else 130
+    finally:
+        monitor.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

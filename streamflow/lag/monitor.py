@@ -1,0 +1,464 @@
+"""Sample a consumer group's lag: per partition in messages and in seconds, with its owner.
+
+For every partition of the group's topics (by default the table topics of the registry):
+
+* ``committed_offset`` -- the group's committed offset (``None`` if it never committed one);
+* ``log_start_offset`` / ``log_end_offset`` -- the partition's earliest and next offset;
+* ``lag`` -- messages not yet consumed: ``end - committed``, or ``end - start`` when the group
+  never committed (the consumer starts at the earliest offset, ``auto_offset_reset="earliest"``);
+  never negative;
+* ``lag_seconds`` -- how long the oldest unconsumed event has been waiting: now minus the
+  *record timestamp* (produce time) of the record at the committed offset, 0 when caught up.
+  The produce time is when the event became pending; the event time (payload and header
+  ``event_timestamp``) of a replayed snapshot can be months old and says nothing about the
+  consumer, so it is reported separately (``oldest_event_time``, ``event_lag_seconds``);
+* the member that owns the partition (``consumer_id``, ``client_id``, ``host``) from the group's
+  member assignments, ``None`` when nobody owns it (the group is empty or rebalancing).
+
+The record at the committed offset is read with one reader :class:`~kafka.KafkaConsumer` that
+has no group (``assign`` + ``seek``, never commits), created on the first sample that needs it
+and reused by the following ones. If the committed offset is below the log start (retention
+deleted the records) the oldest record that still exists is read instead; if the offset holds no
+record (a compacted-away record or a transaction marker) the first record after it is used.
+
+Offsets are read in the order ``kafka-consumer-groups.sh`` reads them: committed offsets first,
+then log-end offsets, so a sample never shows a committed offset above the log end because of a
+race with the consumer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka.admin import OffsetSpec
+from kafka.errors import KafkaError
+
+from streamflow import config, schema
+from streamflow.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+DEFAULT_GROUP = "streamflow-consumer"
+
+
+def _iso(ts: datetime | None) -> str | None:
+    return ts.isoformat() if ts is not None else None
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, 3) if value is not None else None
+
+
+@dataclass
+class PartitionLag:
+    topic: str
+    partition: int
+    committed_offset: int | None
+    """The group's committed offset; None if it never committed one for this partition."""
+    log_start_offset: int
+    log_end_offset: int
+    lag: int
+    """Messages not yet consumed (end - committed, or end - start when never committed)."""
+    lag_seconds: float | None
+    """Age of the oldest unconsumed event by its produce time (record timestamp); 0 when caught
+    up; None when lag > 0 but its record could not be read within the timeout."""
+    oldest_produced_at: datetime | None = None
+    """Record timestamp of the oldest unconsumed record (None when caught up)."""
+    oldest_event_time: datetime | None = None
+    """Event time (header / payload ``event_timestamp``) of the oldest unconsumed record."""
+    event_lag_seconds: float | None = None
+    """now - oldest_event_time: how old the pending event's *data* is (0 when caught up)."""
+    oldest_offset: int | None = None
+    """Offset of the record that lag_seconds was measured on."""
+    consumer_id: str | None = None
+    """member_id of the group member that owns the partition; None when nobody does."""
+    client_id: str | None = None
+    host: str | None = None
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.topic, self.partition)
+
+    @property
+    def position(self) -> int:
+        """Where the group resumes: the committed offset, or the log start if it never committed."""
+        return self.committed_offset if self.committed_offset is not None else self.log_start_offset
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic,
+            "partition": self.partition,
+            "committed_offset": self.committed_offset,
+            "log_start_offset": self.log_start_offset,
+            "log_end_offset": self.log_end_offset,
+            "lag": self.lag,
+            "lag_seconds": _round(self.lag_seconds),
+            "oldest_offset": self.oldest_offset,
+            "oldest_produced_at": _iso(self.oldest_produced_at),
+            "oldest_event_time": _iso(self.oldest_event_time),
+            "event_lag_seconds": _round(self.event_lag_seconds),
+            "consumer_id": self.consumer_id,
+            "client_id": self.client_id,
+            "host": self.host,
+        }
+
+
+def _max_seconds(values: list[float | None]) -> float | None:
+    known = [v for v in values if v is not None]
+    return max(known) if known else None
+
+
+@dataclass
+class TopicLag:
+    topic: str
+    partitions: list[PartitionLag]
+
+    @property
+    def lag(self) -> int:
+        return sum(p.lag for p in self.partitions)
+
+    @property
+    def lag_seconds(self) -> float | None:
+        """The oldest unconsumed event of the topic (max over partitions); 0 when caught up."""
+        if self.lag == 0:
+            return 0.0
+        return _max_seconds([p.lag_seconds for p in self.partitions if p.lag > 0])
+
+    @property
+    def log_end_offset(self) -> int:
+        return sum(p.log_end_offset for p in self.partitions)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "topic": self.topic,
+            "lag": self.lag,
+            "lag_seconds": _round(self.lag_seconds),
+            "partitions": [p.to_dict() for p in self.partitions],
+        }
+
+
+@dataclass
+class GroupLag:
+    group: str
+    state: str
+    """Group state from DescribeGroups: Stable, PreparingRebalance, Empty, Dead (never existed), ..."""
+    sampled_at: datetime
+    topics: list[TopicLag]
+    missing_topics: list[str] = field(default_factory=list)
+    """Requested topics that do not exist on the broker."""
+    members: int = 0
+
+    @property
+    def partitions(self) -> Iterator[PartitionLag]:
+        for t in self.topics:
+            yield from t.partitions
+
+    def partition(self, topic: str, partition: int) -> PartitionLag:
+        for p in self.partitions:
+            if p.topic == topic and p.partition == partition:
+                return p
+        raise KeyError(f"no partition {topic}[{partition}] in the sample of group {self.group}")
+
+    def topic(self, name: str) -> TopicLag:
+        for t in self.topics:
+            if t.topic == name:
+                return t
+        raise KeyError(f"no topic {name} in the sample of group {self.group}")
+
+    @property
+    def lag(self) -> int:
+        return sum(t.lag for t in self.topics)
+
+    @property
+    def lag_seconds(self) -> float | None:
+        if self.lag == 0:
+            return 0.0
+        return _max_seconds([t.lag_seconds for t in self.topics if t.lag > 0])
+
+    @property
+    def timestamp(self) -> float:
+        """sampled_at as Unix seconds."""
+        return self.sampled_at.timestamp()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "group": self.group,
+            "state": self.state,
+            "members": self.members,
+            "sampled_at": self.sampled_at.isoformat(),
+            "lag": self.lag,
+            "lag_seconds": _round(self.lag_seconds),
+            "topics": [t.to_dict() for t in self.topics],
+            "missing_topics": list(self.missing_topics),
+        }
+
+
+def _header_time(headers: Any) -> str | None:
+    for name, value in headers or ():
+        if name == schema.EVENT_TIME_HEADER and value is not None:
+            return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+    return None
+
+
+def event_time_of(record: Any) -> datetime | None:
+    """Event time of a record: the ``event_timestamp`` header, else the payload field; None if absent
+    or unreadable (an invalid event is the consumer's business, not the monitor's)."""
+    raw = _header_time(getattr(record, "headers", None))
+    if raw is None and record.value:
+        try:
+            payload = orjson.loads(record.value)
+        except orjson.JSONDecodeError:
+            payload = None
+        if isinstance(payload, dict) and isinstance(payload.get(schema.EVENT_TIME), str):
+            raw = payload[schema.EVENT_TIME]
+    if raw is None:
+        return None
+    try:
+        ts = datetime.fromisoformat(raw)
+    except ValueError:
+        return None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=timezone.utc)
+    return ts.astimezone(timezone.utc)
+
+
+class LagMonitor:
+    """Samples the lag of one consumer group on a set of topics.
+
+    ``bootstrap`` defaults to ``KAFKA_BOOTSTRAP_SERVERS``; ``topics`` to the table topics of the
+    registry. ``timeout`` bounds connecting and each admin request (seconds); ``read_timeout``
+    bounds reading the oldest unconsumed records of one sample. Kafka errors are raised as
+    :class:`~streamflow.errors.ServiceUnavailable`. Use as a context manager or call ``close``.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str | None = None,
+        group: str = DEFAULT_GROUP,
+        topics: list[str] | None = None,
+        *,
+        timeout: float = 10.0,
+        read_timeout: float = 3.0,
+    ):
+        self.bootstrap = bootstrap or config.kafka_bootstrap()
+        self.group = group
+        if topics is None:
+            from streamflow.kafka_topics import table_topics
+
+            topics = table_topics()
+        self.topics = list(topics)
+        self.timeout = timeout
+        self.read_timeout = read_timeout
+        self._admin: KafkaAdminClient | None = None
+        self._reader: KafkaConsumer | None = None
+
+    # -- clients --------------------------------------------------------------------------------
+
+    def _unavailable(self, what: str, exc: Exception) -> ServiceUnavailable:
+        return ServiceUnavailable(f"Kafka at {self.bootstrap}: {what} failed ({exc})")
+
+    @property
+    def admin(self) -> KafkaAdminClient:
+        if self._admin is None:
+            ms = int(self.timeout * 1000)
+            try:
+                self._admin = KafkaAdminClient(
+                    bootstrap_servers=self.bootstrap,
+                    client_id="streamflow-lag-monitor",
+                    request_timeout_ms=ms,
+                    bootstrap_timeout_ms=ms,
+                )
+            except KafkaError as exc:
+                raise ServiceUnavailable(f"Kafka at {self.bootstrap} is not reachable ({exc})") from None
+        return self._admin
+
+    @property
+    def reader(self) -> KafkaConsumer:
+        if self._reader is None:
+            ms = int(self.timeout * 1000)
+            try:
+                self._reader = KafkaConsumer(
+                    bootstrap_servers=self.bootstrap,
+                    client_id="streamflow-lag-reader",
+                    group_id=None,
+                    enable_auto_commit=False,
+                    auto_offset_reset="earliest",
+                    fetch_max_wait_ms=100,
+                    max_partition_fetch_bytes=64 * 1024,
+                    request_timeout_ms=max(ms, 1000),
+                    bootstrap_timeout_ms=ms,
+                )
+            except KafkaError as exc:
+                raise ServiceUnavailable(f"Kafka at {self.bootstrap} is not reachable ({exc})") from None
+        return self._reader
+
+    def close(self) -> None:
+        for client in (self._reader, self._admin):
+            if client is None:
+                continue
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                log.debug("closing %r failed", client, exc_info=True)
+        self._reader = self._admin = None
+
+    def __enter__(self) -> LagMonitor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- one sample ----------------------------------------------------------------------------
+
+    def _partitions(self) -> tuple[list[TopicPartition], list[str]]:
+        try:
+            described = self.admin.describe_topics(self.topics)
+        except KafkaError as exc:
+            raise self._unavailable("describing topics", exc) from None
+        found: dict[str, list[int]] = {}
+        for t in described:
+            if t.get("error_code", 0) == 0 and t.get("partitions"):
+                found[t["name"]] = sorted(p["partition_index"] for p in t["partitions"])
+        tps = [TopicPartition(topic, p) for topic in self.topics if topic in found for p in found[topic]]
+        return tps, [topic for topic in self.topics if topic not in found]
+
+    def _owners(self) -> tuple[str, int, dict[TopicPartition, tuple[str, str, str]]]:
+        try:
+            described = self.admin.describe_groups([self.group]).get(self.group)
+        except KafkaError as exc:
+            raise self._unavailable(f"describing group {self.group}", exc) from None
+        if not described:
+            return "Dead", 0, {}
+        if described.get("error"):
+            # A group that never existed (or was deleted) answers GroupIdNotFound with state Dead.
+            if "GroupIdNotFound" not in described["error"]:
+                log.warning("describing group %s: %s", self.group, described["error"])
+            return described.get("group_state") or "Dead", 0, {}
+        owners: dict[TopicPartition, tuple[str, str, str]] = {}
+        members = described.get("members") or []
+        for m in members:
+            assignment = m.get("member_assignment")
+            if not isinstance(assignment, dict):
+                continue
+            for a in assignment.get("assigned_partitions") or []:
+                for p in a.get("partitions") or []:
+                    owners[TopicPartition(a["topic"], p)] = (
+                        m.get("member_id"),
+                        m.get("client_id"),
+                        (m.get("client_host") or "").lstrip("/") or None,
+                    )
+        return described.get("group_state") or "Unknown", len(members), owners
+
+    def _offsets(self, tps: list[TopicPartition]):
+        try:
+            committed = self.admin.list_group_offsets({self.group: tps}).get(self.group, {})
+            start = self.admin.list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in tps})
+            end = self.admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in tps})
+        except KafkaError as exc:
+            raise self._unavailable(f"reading offsets of group {self.group}", exc) from None
+        return committed, start, end
+
+    def read_records(self, positions: dict[TopicPartition, int]) -> dict[TopicPartition, Any]:
+        """The first record at or after each offset (partitions without one within the read timeout
+        are left out). Uses the shared reader consumer: no group, no commits."""
+        if not positions:
+            return {}
+        reader = self.reader
+        found: dict[TopicPartition, Any] = {}
+        try:
+            if reader.paused():
+                reader.resume(*reader.paused())
+            reader.assign(list(positions))
+            for tp, offset in positions.items():
+                reader.seek(tp, offset)
+            deadline = time.monotonic() + self.read_timeout
+            while len(found) < len(positions):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                batch = reader.poll(timeout_ms=int(min(remaining, 0.5) * 1000) or 1)
+                done = []
+                for tp, records in batch.items():
+                    if tp in found or tp not in positions:
+                        continue
+                    for rec in records:
+                        if rec.offset >= positions[tp]:
+                            found[tp] = rec
+                            done.append(tp)
+                            break
+                if done:
+                    reader.pause(*done)
+            missing = [tp for tp in positions if tp not in found]
+            if missing:
+                log.warning("could not read the oldest unconsumed record of %s within %.1f s",
+                            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in missing), self.read_timeout)
+        except KafkaError as exc:
+            raise self._unavailable("reading the oldest unconsumed records", exc) from None
+        finally:
+            try:
+                if reader.paused():
+                    reader.resume(*reader.paused())
+            except KafkaError:
+                pass
+        return found
+
+    def sample(self) -> GroupLag:
+        """One sample of the group's lag on its topics (see the module docstring)."""
+        tps, missing = self._partitions()
+        committed: dict = {}
+        start: dict = {}
+        end: dict = {}
+        if tps:
+            committed, start, end = self._offsets(tps)
+        state, members, owners = self._owners()
+
+        rows: list[PartitionLag] = []
+        to_read: dict[TopicPartition, int] = {}
+        for tp in tps:
+            c = committed.get(tp)
+            c_off = c.offset if c is not None and c.offset is not None and c.offset >= 0 else None
+            s_off, e_off = start[tp].offset, end[tp].offset
+            position = c_off if c_off is not None else s_off
+            lag = max(0, e_off - position)
+            owner = owners.get(tp, (None, None, None))
+            row = PartitionLag(
+                topic=tp.topic, partition=tp.partition, committed_offset=c_off,
+                log_start_offset=s_off, log_end_offset=e_off, lag=lag,
+                lag_seconds=0.0 if lag == 0 else None,
+                event_lag_seconds=0.0 if lag == 0 else None,
+                consumer_id=owner[0], client_id=owner[1], host=owner[2],
+            )
+            rows.append(row)
+            if lag > 0:
+                # Below the log start the records are gone: the oldest pending one is the first left.
+                to_read[tp] = max(position, s_off)
+
+        records = self.read_records(to_read)
+        now = time.time()
+        for row in rows:
+            rec = records.get(TopicPartition(row.topic, row.partition))
+            if rec is None:
+                continue
+            row.oldest_offset = rec.offset
+            if rec.timestamp is not None and rec.timestamp >= 0:
+                row.oldest_produced_at = datetime.fromtimestamp(rec.timestamp / 1000, tz=timezone.utc)
+                row.lag_seconds = max(0.0, now - rec.timestamp / 1000)
+            row.oldest_event_time = event_time_of(rec)
+            if row.oldest_event_time is not None:
+                row.event_lag_seconds = max(0.0, now - row.oldest_event_time.timestamp())
+
+        by_topic: dict[str, list[PartitionLag]] = {}
+        for row in rows:
+            by_topic.setdefault(row.topic, []).append(row)
+        topics = [TopicLag(topic, by_topic[topic]) for topic in self.topics if topic in by_topic]
+        return GroupLag(
+            group=self.group, state=state, sampled_at=datetime.fromtimestamp(now, tz=timezone.utc),
+            topics=topics, missing_topics=missing, members=members,
+        )
