@@ -65,7 +65,7 @@ class StreamConsumer:
     def __init__(self, settings: ConsumerSettings, metrics: ConsumerMetrics | None = None):
         self.settings = settings
         self.settings.bootstrap = settings.bootstrap or config.kafka_bootstrap()
-        self.metrics = metrics or ConsumerMetrics()
+        self.metrics = metrics if metrics is not None else ConsumerMetrics()
         self.stopping = threading.Event()
         self.topics = [t.topic for t in schema.TABLES]
         try:
@@ -85,6 +85,8 @@ class StreamConsumer:
             self.dead_letters = DeadLetterQueue(self.settings.bootstrap)
         except KafkaError as exc:
             raise ServiceUnavailable(f"Kafka at {self.settings.bootstrap} is not reachable ({exc})") from None
+        for topic in self.topics:  # load topic metadata first, so the first assignment sees partitions
+            self.consumer.partitions_for_topic(topic)
         self.consumer.subscribe(self.topics)
 
     # -- one batch ------------------------------------------------------------------------------
@@ -95,13 +97,13 @@ class StreamConsumer:
         good_records: dict[str, list] = defaultdict(list)
         next_offsets: dict[TopicPartition, int] = {}
         for tp, recs in records.items():
-            self.metrics.consumed.labels(tp.topic).inc(len(recs))
+            self.metrics.count(self.metrics.consumed, tp.topic, len(recs))
             for rec in recs:
                 try:
                     event = events.decode(rec.topic, rec.key, rec.value)
                 except events.InvalidEvent as exc:
                     self.dead_letters.send(rec, exc.reason, exc.field)
-                    self.metrics.dead_lettered.labels(rec.topic).inc()
+                    self.metrics.count(self.metrics.dead_lettered, rec.topic)
                     continue
                 good[event.table.name].append(event)
                 good_records[event.table.name].append(rec)
@@ -121,9 +123,9 @@ class StreamConsumer:
                 log.error("batch of %s rejected by push validation: %s", name, exc)
                 for rec in good_records[name]:
                     self.dead_letters.send(rec, f"push validation: {exc}")
-                    self.metrics.dead_lettered.labels(rec.topic).inc()
+                    self.metrics.count(self.metrics.dead_lettered, rec.topic)
                 continue
-            self.metrics.written.labels(name).inc(len(batch))
+            self.metrics.count(self.metrics.written, name, len(batch))
             log.debug("wrote %d rows (%d events) of %s", written, len(batch), name)
         done = time.time()
         self.metrics.write_latency.observe(time.perf_counter() - started)
@@ -143,7 +145,7 @@ class StreamConsumer:
                 return
             except Exception as exc:  # noqa: BLE001 - any failed write is retried, never committed
                 attempt += 1
-                self.metrics.write_retries.inc()
+                self.metrics.retried()
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 log.warning("write failed (attempt %d), retrying in %.1f s: %s: %s",
                             attempt, delay, type(exc).__name__, first[:300])
@@ -164,8 +166,7 @@ class StreamConsumer:
             # Commits are cumulative: the next successful one covers these offsets too.
             log.warning("commit failed (%s); the next commit will cover these offsets", exc)
             return False
-        self.metrics.batches.inc()
-        self.metrics.last_commit.set_to_current_time()
+        self.metrics.committed()
         return True
 
     # -- the loop -------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ def test_replay_both_months_leaves_month_001_online_and_matches_batch_training_s
     pd.testing.assert_frame_equal(streamed, batch)
     pd.testing.assert_frame_equal(streamed_feb, batch_feb)
     # point in time: January's training set holds January's values, not February's
-    jan = pd.read_csv(m0 / "usage_agg_30d.csv").sort_values(schema.KEY).reset_index(drop=True)
+    jan = pd.read_csv(m0 / "usage_agg_30d.csv", float_precision="round_trip").sort_values(schema.KEY).reset_index(drop=True)
     assert streamed["watch_hours_30d"].tolist() == jan["watch_hours_30d"].tolist()
 
 

@@ -290,6 +290,7 @@ class LagMonitor:
                     group_id=None,
                     enable_auto_commit=False,
                     auto_offset_reset="earliest",
+                    allow_auto_create_topics=False,
                     fetch_max_wait_ms=100,
                     max_partition_fetch_bytes=64 * 1024,
                     request_timeout_ms=max(ms, 1000),
@@ -373,8 +374,6 @@ class LagMonitor:
         reader = self.reader
         found: dict[TopicPartition, Any] = {}
         try:
-            if reader.paused():
-                reader.resume(*reader.paused())
             reader.assign(list(positions))
             for tp, offset in positions.items():
                 reader.seek(tp, offset)
@@ -403,10 +402,11 @@ class LagMonitor:
             raise self._unavailable("reading the oldest unconsumed records", exc) from None
         finally:
             try:
-                if reader.paused():
-                    reader.resume(*reader.paused())
+                # Between samples the reader holds no partitions: nothing is fetched or kept in its
+                # metadata (a deleted topic would otherwise make it log errors until closed).
+                reader.assign([])
             except KafkaError:
-                pass
+                log.debug("unassigning the reader failed", exc_info=True)
         return found
 
     def sample(self) -> GroupLag:

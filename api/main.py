@@ -1,0 +1,66 @@
+"""`streamflow api` / `streamflow-api`: serve the online feature API with uvicorn.
+
+    streamflow api [--host 127.0.0.1] [--port 8000] [--workers 1]
+
+Every flag falls back to an environment variable (STREAMFLOW_API_HOST, STREAMFLOW_API_PORT,
+STREAMFLOW_API_WORKERS, STREAMFLOW_LOG_LEVEL); PostgreSQL and Feast come from the usual
+POSTGRES_* and FEAST_PROJECT variables (streamflow.config).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from streamflow import logs
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range 0-65535: {port}")
+    return port
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="streamflow api", description="Serve the online feature API.")
+    parser.add_argument("--host", default=os.environ.get("STREAMFLOW_API_HOST", "127.0.0.1"),
+                        help="address to listen on (env STREAMFLOW_API_HOST; default 127.0.0.1)")
+    parser.add_argument("--port", type=_port, default=os.environ.get("STREAMFLOW_API_PORT", "8000"),
+                        help="port to listen on (env STREAMFLOW_API_PORT; default 8000)")
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("STREAMFLOW_API_WORKERS", "1")),
+                        help="worker processes (env STREAMFLOW_API_WORKERS; default 1)")
+    parser.add_argument("--log-level", default=os.environ.get("STREAMFLOW_LOG_LEVEL", "INFO"),
+                        help="log level (env STREAMFLOW_LOG_LEVEL; default INFO)")
+    parser.add_argument("--access-log", action="store_true", help="log every request (costs latency)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.workers < 1:
+        print("streamflow api: --workers must be at least 1", file=sys.stderr)
+        return 2
+    logs.setup(args.log_level)
+    import uvicorn
+
+    uvicorn.run(
+        "api.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        log_level=args.log_level.lower(),
+        log_config=None,  # keep streamflow.logs' format
+        access_log=args.access_log,
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

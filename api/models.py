@@ -1,0 +1,91 @@
+"""Request and response models of the online feature API (they make its OpenAPI schema)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from streamflow import schema
+
+from api.features import MAX_BATCH
+
+UserId = Annotated[
+    str,
+    StringConstraints(pattern=schema.USER_ID_PATTERN.pattern),
+]
+"""A user id: four digits, a dash, five capital letters (e.g. 7590-VHVEG)."""
+
+FeatureValue = Union[bool, int, float, str, None]
+
+
+class ViewFeatures(BaseModel):
+    """The features of one feature view for one user, with how fresh they are."""
+
+    found: bool = Field(description="Whether the online store has a row of this view for the user.")
+    event_timestamp: Optional[datetime] = Field(
+        description="Event time of the values (the snapshot's as_of or the streamed event's time), UTC; "
+        "null when the view has no row for the user."
+    )
+    age_seconds: Optional[float] = Field(
+        description="Seconds between event_timestamp and the time of the answer (how stale the values are)."
+    )
+    features: dict[str, FeatureValue] = Field(
+        description="Feature name -> value (dates as YYYY-MM-DD); empty when the view has no row for the user. "
+        "A null value is a value that is unknown in the data (e.g. plan_stream_tv without internet service)."
+    )
+
+
+class UserFeatures(BaseModel):
+    """Every requested feature of one user, grouped by feature view."""
+
+    user_id: str
+    found: bool = Field(description="False when the online store has no row of any requested view for the user.")
+    views: dict[str, ViewFeatures] = Field(
+        description="Feature view -> its features; empty when the user is not found."
+    )
+
+
+class FeaturesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_ids: list[UserId] = Field(
+        max_length=MAX_BATCH,
+        description=f"Users to look up, at most {MAX_BATCH}; answers come back in this order.",
+        examples=[["7590-VHVEG", "5575-GNVDE"]],
+    )
+    features: Optional[list[str]] = Field(
+        default=None,
+        description="Features to return as view:feature (e.g. subs_profile_fv:contract_type); default: "
+        f"every feature of the feature service {schema.FEATURE_SERVICE}.",
+    )
+
+
+class BatchFeatures(BaseModel):
+    results: list[UserFeatures] = Field(description="One entry per requested id, in request order.")
+    found: int = Field(description="How many entries were found.")
+    not_found: int = Field(description="How many entries were not found.")
+
+
+class ErrorResponse(BaseModel):
+    """Every error of the API: a stable code and a readable message (never internals)."""
+
+    error: str = Field(description="Machine-readable code, e.g. not_found, invalid_request, unavailable.")
+    detail: str = Field(description="What went wrong, for a human.")
+
+
+class Health(BaseModel):
+    status: str = "ok"
+
+
+class CheckResult(BaseModel):
+    ok: bool
+    detail: Optional[str] = None
+    seconds: float
+
+
+class Readiness(BaseModel):
+    status: str = Field(description="ready or unavailable")
+    checks: dict[str, CheckResult] = Field(description="postgres and feast_registry")
+    failing: list[str] = Field(default_factory=list, description="Names of the failing checks.")
