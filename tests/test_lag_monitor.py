@@ -126,13 +126,16 @@ def test_offsets_and_lag_agree_with_the_admin_client(admin, monitor, loaded, top
 
 
 def test_lag_seconds_is_the_age_of_the_record_at_the_committed_offset(monitor, loaded, topic):
+    before = time.time()
     sample = monitor.sample()
+    after = time.time()
     p0, p1, p2 = (sample.partition(topic, p) for p in range(PARTITIONS))
-    # p0: the record at offset 4 was produced 30 s before the test started (its neighbours 31 / 29 s).
+    # p0: the record at offset 4 was produced 30 s before `loaded` (its neighbours 31 / 29 s).
     assert p0.oldest_offset == 4
-    assert p0.oldest_produced_at.timestamp() == pytest.approx((loaded - 30_000) / 1000, abs=0.001)
-    assert p0.lag_seconds == pytest.approx(time.time() - (loaded - 30_000) / 1000, abs=1.0)
-    assert 29.0 <= p0.lag_seconds <= 31.0
+    produced = (loaded - 30_000) / 1000
+    assert p0.oldest_produced_at.timestamp() == pytest.approx(produced, abs=0.001)
+    assert before - produced - 0.01 <= p0.lag_seconds <= after - produced + 0.01
+    assert p0.lag_seconds == pytest.approx(30.0, abs=1.0 + (before - loaded / 1000))
     assert p0.lag_seconds == pytest.approx(sample.timestamp - p0.oldest_produced_at.timestamp(), abs=0.01)
     # The event time is reported too, but is not the lag.
     assert p0.oldest_event_time.isoformat() == "2024-01-31T00:00:00+00:00"
@@ -141,7 +144,8 @@ def test_lag_seconds_is_the_age_of_the_record_at_the_committed_offset(monitor, l
     assert p1.lag == 0 and p1.lag_seconds == 0.0 and p1.oldest_produced_at is None
     # p2 never committed: the oldest pending event is the first record.
     assert p2.oldest_offset == 0
-    assert 19.0 <= p2.lag_seconds <= 21.0
+    produced = (loaded - 20_000) / 1000
+    assert before - produced - 0.01 <= p2.lag_seconds <= after - produced + 0.01
     assert sample.topic(topic).lag_seconds == pytest.approx(p0.lag_seconds)
     assert sample.lag_seconds == pytest.approx(p0.lag_seconds)
 
@@ -156,9 +160,12 @@ def test_caught_up_group_has_zero_lag(kafka_bootstrap, admin, monitor, loaded, t
 
 
 def test_owner_of_each_partition(kafka_bootstrap, monitor, loaded, topic, group):
+    # kafka-python 3 race: a group leader that lacks the topic's metadata when it assigns hands out
+    # nothing and only notices at the next metadata refresh. Fetch the metadata first, refresh often.
     member = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group, client_id="lagtest-member",
-                           enable_auto_commit=False)
+                           enable_auto_commit=False, metadata_max_age_ms=1000)
     try:
+        assert member.partitions_for_topic(topic) == set(range(PARTITIONS))
         member.subscribe([topic])
         deadline = time.monotonic() + 15
         while len(member.assignment()) < PARTITIONS and time.monotonic() < deadline:
@@ -179,10 +186,10 @@ def test_owner_of_each_partition(kafka_bootstrap, monitor, loaded, topic, group)
 
 
 def test_stopped_consumer_turns_stall_then_stop(monitor, loaded, topic):
-    ev = StatusEvaluator(window=3, stop_after_seconds=1.5)
+    ev = StatusEvaluator(window=3, stop_after_seconds=2.0)
     first = monitor.sample()
     assert ev.add(first).partition(topic, 0).status == Status.UNKNOWN
-    time.sleep(0.8)
+    time.sleep(0.5)
     second = monitor.sample()
     st = ev.add(second)
     assert st.partition(topic, 0).status == Status.STALL
@@ -192,12 +199,12 @@ def test_stopped_consumer_turns_stall_then_stop(monitor, loaded, topic):
     # Nothing moves, so the oldest pending event just gets older.
     elapsed = second.timestamp - first.timestamp
     grown = second.partition(topic, 0).lag_seconds - first.partition(topic, 0).lag_seconds
-    assert grown == pytest.approx(elapsed, abs=0.05) and grown > 0.5
+    assert grown == pytest.approx(elapsed, abs=0.05) and grown >= 0.5
     assert second.partition(topic, 0).lag == first.partition(topic, 0).lag == 6
-    time.sleep(1.0)
+    time.sleep(1.6)
     st = ev.add(monitor.sample())
-    assert st.partition(topic, 0).status == Status.STOP
-    assert st.partition(topic, 0).stuck_seconds > 1.5
+    assert st.partition(topic, 0).status == Status.STOP  # unmoved for > 2 s
+    assert st.partition(topic, 0).stuck_seconds > 2.0
     assert st.status == Status.ERR
 
 
@@ -238,6 +245,7 @@ def test_missing_topics_are_reported(kafka_bootstrap, group):
 
 
 def test_cli_json_agrees_with_the_admin_client(capsys, admin, kafka_bootstrap, loaded, topic, group):
+    started = time.time()
     rc = cli.main(["--bootstrap", kafka_bootstrap, "--group", group, "--topic", topic, "--json",
                    "--samples", "2", "--interval", "0.3"])
     out = capsys.readouterr().out
@@ -253,7 +261,8 @@ def test_cli_json_agrees_with_the_admin_client(capsys, admin, kafka_bootstrap, l
     for p, (committed, end) in expected.items():
         assert (rows[p]["committed_offset"], rows[p]["log_end_offset"]) == (committed, end)
     assert [rows[p]["status"] for p in range(PARTITIONS)] == ["STALL", "OK", "STALL"]
-    assert 29.0 <= rows[0]["lag_seconds"] <= 32.0
+    produced = (loaded - 30_000) / 1000
+    assert started - produced <= rows[0]["lag_seconds"] <= time.time() - produced
 
 
 def test_cli_table(capsys, kafka_bootstrap, loaded, topic, group):
@@ -313,6 +322,12 @@ def test_metrics_from_a_sample(monitor, loaded, topic, group):
     assert value("streamflow_consumer_topic_lag_messages", topic=topic) == 12
     assert value("streamflow_consumer_group_lag_messages") == 12
     assert value("streamflow_consumer_group_status") == 2  # ERR
+    # Another registry's lag metrics are independent (prometheus_client's multiprocess mode, which
+    # importing Feast turns on, would otherwise share same-named metrics).
+    other = CollectorRegistry()
+    register_lag_metrics(other)
+    assert other.get_sample_value("streamflow_consumer_lag_messages",
+                                  {"group": group, "topic": topic, "partition": "0"}) is None
     # A topic that leaves the samples takes its series with it.
     sample.topics = []
     metrics.update(sample)

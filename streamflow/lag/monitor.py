@@ -236,6 +236,7 @@ class LagMonitor:
     registry. ``timeout`` bounds connecting and each admin request (seconds); ``read_timeout``
     bounds reading the oldest unconsumed records of one sample. Kafka errors are raised as
     :class:`~streamflow.errors.ServiceUnavailable`. Use as a context manager or call ``close``.
+    Not thread-safe: sample from one thread (e.g. a background task of the API).
     """
 
     def __init__(
@@ -330,7 +331,7 @@ class LagMonitor:
         tps = [TopicPartition(topic, p) for topic in self.topics if topic in found for p in found[topic]]
         return tps, [topic for topic in self.topics if topic not in found]
 
-    def _owners(self) -> tuple[str, int, dict[TopicPartition, tuple[str, str, str]]]:
+    def _owners(self) -> tuple[str, int, dict[TopicPartition, tuple[str | None, str | None, str | None]]]:
         try:
             described = self.admin.describe_groups([self.group]).get(self.group)
         except KafkaError as exc:
@@ -342,7 +343,7 @@ class LagMonitor:
             if "GroupIdNotFound" not in described["error"]:
                 log.warning("describing group %s: %s", self.group, described["error"])
             return described.get("group_state") or "Dead", 0, {}
-        owners: dict[TopicPartition, tuple[str, str, str]] = {}
+        owners: dict[TopicPartition, tuple[str | None, str | None, str | None]] = {}
         members = described.get("members") or []
         for m in members:
             assignment = m.get("member_assignment")
