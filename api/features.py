@@ -31,6 +31,7 @@ from typing import Any, Callable, Optional
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+import psycopg
 from psycopg import sql
 
 from streamflow import schema
@@ -178,22 +179,40 @@ def load_catalog(store) -> Catalog:
 
 
 class MultiViewOnlineStore(StreamflowOnlineStore):
-    """StreamflowOnlineStore plus a read of several views in one query (one pool checkout)."""
+    """StreamflowOnlineStore plus a read of several views in one query.
 
-    _queries: dict[tuple[str, tuple[str, ...]], sql.Composed] = {}
+    Per lookup: one pool checkout (the pool pings the connection) and one query, in autocommit
+    so that no BEGIN/COMMIT round trips are added; the connection goes back to the pool in the
+    mode it came in. The pool of ``connection_pool()`` is looked up once, not per call (building
+    its conninfo costs a quarter of a millisecond), and again only after it was closed.
+    """
 
-    def _query(self, project: str, view_names: tuple[str, ...]) -> sql.Composed:
-        key = (project, view_names)
+    def __init__(self) -> None:
+        super().__init__()
+        self._pool = None
+        self._pool_for = None
+        self._queries: dict[tuple[str, tuple[str, ...], bool], bytes] = {}
+
+    def _conn(self, config, timeout: float = 10.0):
+        pool = self._pool
+        if pool is None or pool.closed or self._pool_for is not config.online_store:
+            pool = connection_pool(config.online_store)
+            self._pool, self._pool_for = pool, config.online_store
+        return pool.connection(timeout=timeout)
+
+    def _query(self, conn, project: str, view_names: tuple[str, ...], one: bool) -> bytes:
+        """SELECT over the views' tables; for one key ``= key`` (0.25 ms faster than ``= ANY``)."""
+        key = (project, view_names, one)
         query = self._queries.get(key)
         if query is None:
+            where = sql.SQL("entity_key = %(keys)s" if one else "entity_key = ANY(%(keys)s)")
             parts = [
-                sql.SQL(
-                    "SELECT {i}::int2 AS v, entity_key, names, vals, event_ts FROM {t}"
-                    " WHERE entity_key = ANY(%(keys)s)"
-                ).format(i=sql.Literal(i), t=sql.Identifier(table_name(project, name)))
+                sql.SQL("SELECT {i}::int2 AS v, entity_key, names, vals, event_ts FROM {t} WHERE {where}").format(
+                    i=sql.Literal(i), t=sql.Identifier(table_name(project, name)), where=where
+                )
                 for i, name in enumerate(view_names)
             ]
-            query = sql.SQL(" UNION ALL ").join(parts)
+            query = sql.SQL(" UNION ALL ").join(parts).as_bytes(conn)
             self._queries[key] = query
         return query
 
@@ -211,9 +230,20 @@ class MultiViewOnlineStore(StreamflowOnlineStore):
         return self.read_serialized(config, views, keys, requested_features, timeout)
 
     def read_serialized(self, config, views, keys: list[bytes], requested_features, timeout):
-        query = self._query(config.project, tuple(v.name for v in views))
+        """``online_read_views`` with the entity keys already serialized."""
+        if not keys:
+            return [[] for _ in views]
         with self._conn(config, timeout=timeout) as conn:
-            rows = conn.execute(query, {"keys": keys}).fetchall()
+            one = len(keys) == 1
+            query = self._query(conn, config.project, tuple(v.name for v in views), one)
+            conn.autocommit = True
+            try:
+                rows = conn.execute(query, {"keys": keys[0] if one else keys}).fetchall()
+            finally:
+                try:
+                    conn.autocommit = False
+                except psycopg.Error:
+                    pass  # a broken connection: the pool discards it
         wanted = [set(r) if r else None for r in requested_features]
         found: list[dict[bytes, tuple[datetime, dict[str, ValueProto]]]] = [{} for _ in views]
         for v, key, names, vals, event_ts in rows:
@@ -413,8 +443,7 @@ class FeatureReader:
 
     def check_postgres(self) -> None:
         def probe():
-            pool = connection_pool(self.config.online_store)
-            with pool.connection(timeout=min(self.db_timeout, CHECK_TIMEOUT)) as conn:
+            with self.online._conn(self.config, timeout=min(self.db_timeout, CHECK_TIMEOUT)) as conn:
                 conn.execute("SELECT 1").fetchone()
 
         self._run_check("postgres", probe, "PostgreSQL (online store) is not reachable")

@@ -127,6 +127,22 @@ def wait_ready(proc: subprocess.Popen, port: int, timeout: float, log_path: Path
     raise SystemExit(f"the API was not ready within {timeout:.0f} s:\n{log_path.read_text()[-3000:]}")
 
 
+def server_histogram(port: int) -> dict:
+    """The server's own latency histogram of GET /features/{user_id} (200s): share under each bound."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", "/metrics")
+    text = conn.getresponse().read().decode()
+    buckets = {}
+    for line in text.splitlines():
+        if (line.startswith("streamflow_api_request_duration_seconds_bucket{")
+                and 'route="/features/{user_id}"' in line and 'status="200"' in line):
+            le = line.split('le="', 1)[1].split('"', 1)[0]
+            buckets[le] = float(line.rsplit(" ", 1)[1])
+    total = buckets.get("+Inf", 0.0)
+    return {f"<= {float(le) * 1000:g} ms": round(n / total, 4) for le, n in buckets.items()
+            if le != "+Inf" and total} | {"requests": int(total)}
+
+
 def stop_server(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
@@ -321,6 +337,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("no users online after loading; see the errors above")
 
     count = int(args.rate * args.duration)
+    load_before = os.getloadavg()
     port = free_port()
     log_path = Path(tempfile.gettempdir()) / f"streamflow-api-bench-{port}.log"
     proc = start_server(port, args.workers, log_path)
@@ -328,14 +345,20 @@ def main(argv: list[str] | None = None) -> int:
         startup = wait_ready(proc, port, 180, log_path)
         if args.warmup > 0:
             steady_load(port, users, args.rate, int(args.rate * args.warmup), args.threads, args.seed + 1)
+        before = server_histogram(port)["requests"]
         api = steady_load(port, users, args.rate, count, args.threads, args.seed)
+        api["server_histogram"] = server_histogram(port)
+        api["server_histogram"]["note"] = f"cumulative since start-up, incl. {before} warm-up requests"
     finally:
         stop_server(proc)
+    load_after = os.getloadavg()
 
     pace = 1.0 / args.rate
     result = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform(),
+                    "loadavg_before": [round(x, 2) for x in load_before],
+                    "loadavg_after_api": [round(x, 2) for x in load_after]},
         "database": config.postgres().describe(),
         "feast_project": os.environ["FEAST_PROJECT"],
         "users_asked": len(users),
@@ -350,8 +373,12 @@ def main(argv: list[str] | None = None) -> int:
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\n{count} x GET /features/{{user_id}} at {args.rate:g} req/s target, "
           f"{api['achieved_rate']} achieved; statuses {api['statuses']}; "
-          f"{args.workers} uvicorn worker(s), {os.cpu_count()} CPUs\n")
+          f"{args.workers} uvicorn worker(s), {os.cpu_count()} CPUs; load average before "
+          f"{load_before[0]:.2f}, after {load_after[0]:.2f} (other processes share the CPUs)\n")
     print(table(result))
+    hist = api["server_histogram"]
+    print("\nserver-side (its own histogram, warm-up included): "
+          + ", ".join(f"{hist[k] * 100:.1f}% {k}" for k in ("<= 5 ms", "<= 10 ms", "<= 25 ms") if k in hist))
     print(f"\nwritten to {args.out}")
     bad = sum(n for s, n in api["statuses"].items() if s != "200")
     return 1 if bad else 0

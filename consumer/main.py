@@ -34,6 +34,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-port", type=int,
                    default=int(os.environ["STREAMFLOW_METRICS_PORT"]) if os.environ.get("STREAMFLOW_METRICS_PORT") else None,
                    help="serve Prometheus metrics on this port")
+    p.add_argument("--metrics-addr", default=os.environ.get("STREAMFLOW_METRICS_ADDR", "127.0.0.1"),
+                   help="address of the metrics server (0.0.0.0 in a container)")
     p.add_argument("--partitions", type=int, default=None, help="partitions of topics created (default 4)")
     return p
 
@@ -50,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return exc.exit_code
     if args.metrics_port:
-        consumer.metrics.serve(args.metrics_port)
-        log.info("metrics on http://127.0.0.1:%d/metrics", args.metrics_port)
+        consumer.metrics.serve(args.metrics_port, args.metrics_addr)
+        log.info("metrics on http://%s:%d/metrics", args.metrics_addr, args.metrics_port)
 
     def stop(signum, _frame):
         log.info("signal %s: finishing the current batch, then leaving the group", signal.Signals(signum).name)

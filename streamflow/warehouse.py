@@ -318,6 +318,13 @@ def _changed(a: str, b: str, names: list[str]) -> sql.Composed:
     return sql.SQL("{} IS DISTINCT FROM {}").format(_row(a, names), _row(b, names))
 
 
+def _not_older(old: str, new: str) -> sql.Composed:
+    """old.as_of <= new.as_of AND (the base table's guard: an older row never wins)."""
+    return sql.SQL("{}.{} <= {}.{} AND ").format(
+        sql.Identifier(old), sql.Identifier(AS_OF), sql.Identifier(new), sql.Identifier(AS_OF)
+    )
+
+
 def _merge(
     cur: psycopg.Cursor,
     target: str,
@@ -329,32 +336,27 @@ def _merge(
     newer_only: bool,
     touch: list[str],
 ) -> int:
-    ident = sql.Identifier(target)
-    join = sql.SQL(" AND ").join(
-        sql.SQL("o.{0} = s.{0}").format(sql.Identifier(k)) for k in key
-    )
-    newer = sql.SQL("{}.{} <= {}.{} AND ")
-    keep_old = newer.format(sql.Identifier("o"), sql.Identifier(AS_OF), sql.Identifier("s"), sql.Identifier(AS_OF))
-    keep_t = newer.format(sql.Identifier("t"), sql.Identifier(AS_OF), sql.Identifier("excluded"), sql.Identifier(AS_OF))
-    sets = [sql.SQL("{0} = excluded.{0}").format(sql.Identifier(n)) for n in updated]
-    sets += [sql.SQL("{} = now()").format(sql.Identifier(n)) for n in touch]
+    """INSERT the staged rows (s) that are new or change a stored row (o); rows written."""
     stmt = sql.SQL(
         "INSERT INTO {target} AS t ({names}) "
         "SELECT {s_names} FROM {staged} LEFT JOIN {target} AS o ON {join} "
-        "WHERE o.{first_key} IS NULL OR ({keep_old}{changed_old}) "
-        "ON CONFLICT ({key}) DO UPDATE SET {sets} WHERE {keep_t}{changed_t}"
+        "WHERE o.{first_key} IS NULL OR ({old_guard}{changed_old}) "
+        "ON CONFLICT ({key}) DO UPDATE SET {sets} WHERE {t_guard}{changed_t}"
     ).format(
-        target=ident,
+        target=sql.Identifier(target),
         names=_ids(names),
         s_names=sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(n)) for n in names),
         staged=staged,
-        join=join,
+        join=sql.SQL(" AND ").join(sql.SQL("o.{0} = s.{0}").format(sql.Identifier(k)) for k in key),
         first_key=sql.Identifier(key[0]),
-        keep_old=keep_old if newer_only else sql.SQL(""),
+        old_guard=_not_older("o", "s") if newer_only else sql.SQL(""),
         changed_old=_changed("o", "s", updated),
         key=_ids(key),
-        sets=sql.SQL(", ").join(sets),
-        keep_t=keep_t if newer_only else sql.SQL(""),
+        sets=sql.SQL(", ").join(
+            [sql.SQL("{0} = excluded.{0}").format(sql.Identifier(n)) for n in updated]
+            + [sql.SQL("{} = now()").format(sql.Identifier(n)) for n in touch]
+        ),
+        t_guard=_not_older("t", "excluded") if newer_only else sql.SQL(""),
         changed_t=_changed("t", "excluded", updated),
     )
     cur.execute(stmt)

@@ -134,7 +134,7 @@ def group_members(group: str) -> int:
 
     admin = KafkaAdminClient(bootstrap_servers=config.kafka_bootstrap())
     try:
-        described = admin.describe_groups([group])
+        described = admin.describe_groups([group]).get(group) or {}
     finally:
         admin.close()
-    return sum(len(g.members) for g in described)
+    return len(described.get("members") or [])

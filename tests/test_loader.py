@@ -88,8 +88,26 @@ def month_001(tmp_path) -> Path:
 # --- the database --------------------------------------------------------------------------------
 
 
+# Other test modules (and other checkouts' runs) share the streamflow_test database; these
+# tests keep their warehouse tables in a schema of their own, through search_path: SET on
+# pg_conn, PGOPTIONS for the connections the loader and its CLI open themselves.
+PRIVATE_SCHEMA = f"loader_test_{os.getpid()}"
+
+
+@pytest.fixture(scope="module")
+def private_schema(pg_settings):
+    import psycopg
+
+    with psycopg.connect(pg_settings.conninfo, autocommit=True) as admin:
+        admin.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(PRIVATE_SCHEMA)))
+        yield PRIVATE_SCHEMA
+        admin.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(PRIVATE_SCHEMA)))
+
+
 @pytest.fixture(autouse=True)
-def clean_warehouse(pg_conn):
+def clean_warehouse(pg_conn, private_schema, monkeypatch):
+    monkeypatch.setenv("PGOPTIONS", f"-c search_path={private_schema}")
+    pg_conn.execute(sql.SQL("SET search_path TO {}").format(sql.Identifier(private_schema)))
     warehouse.drop_schema(pg_conn)
     yield
 
@@ -292,6 +310,13 @@ def drop_row(table: str, row: int):
     return mutate
 
 
+def add_field(table: str, row: int):
+    def mutate(rows, header):
+        rows[table][row] = rows[table][row] + ["7"]
+
+    return mutate
+
+
 def drop_field(table: str, row: int):
     def mutate(rows, header):
         rows[table][row] = rows[table][row][:-1]
@@ -337,6 +362,8 @@ BAD_FILES = {
                   ["line 2", "column watch_hours_30d", "not a finite number", "(got 'NaN')"]),
     "inf float": (edit_cell("support_agg_90d", 3, "ticket_avg_resolution_hrs_90d", "inf"), None, "support_agg_90d.csv",
                   ["line 5", "column ticket_avg_resolution_hrs_90d", "not a finite number"]),
+    "float underflow": (edit_cell("usage_agg_30d", 2, "avg_session_mins_7d", "1e-400"), None, "usage_agg_30d.csv",
+                        ["line 4", "column avg_session_mins_7d", "too close to zero", "(got '1e-400')"]),
     "out of range": (edit_cell("subscriptions", 4, "months_active", "5000"), None, "subscriptions.csv",
                      ["line 6", "column months_active", "between 0 and 1200", "(got '5000')"]),
     "negative": (edit_cell("subscriptions", 1, "monthly_fee", "-0.5"), None, "subscriptions.csv",
@@ -352,13 +379,21 @@ BAD_FILES = {
     "duplicate key": (edit_cell("labels", 5, "user_id", user_id(2)), None, "labels.csv",
                       ["line 7", "column user_id", "duplicate key", "also on line 4"]),
     "short row": (drop_field("payments_agg_90d", 3), None, "payments_agg_90d.csv",
-                  ["line 5", "column failed_payments_90d", "1 fields, expected 2"]),
+                  ["line 5", "column failed_payments_90d", "only 1 of the 2 fields"]),
+    "long row": (add_field("usage_agg_30d", 8), None, "usage_agg_30d.csv",
+                 ["line 10", "column rebuffer_events_7d", "7 fields, not 6"]),
+    "blank line": (None, {"labels": b"user_id,churn_label\n" + b"\n".join(
+                       f"{user_id(i)},True".encode() for i in range(N)).replace(b"\n", b"\n\n", 1) + b"\n"},
+                   "labels.csv", ["line 3", "column user_id", "empty line"]),
+    "quoted file, short row": (None, {"labels": b"user_id,churn_label\n" + b"".join(
+                                   f'"{user_id(i)}",True\n'.encode() for i in range(N - 1)) + b'"oops"\n'},
+                               "labels.csv", ["line 13", "column churn_label", "only 1 of the 2 fields"]),
     "empty file": (None, {"support_agg_90d": b""}, "support_agg_90d.csv",
                    ["line 1", "column user_id", "empty"]),
     "header only": (None, {"labels": b"user_id,churn_label\n"}, "labels.csv",
                     ["line 2", "column user_id", "no rows"]),
     "non-UTF-8 bytes": (None, {"users": _users_with_latin1()}, "users.csv",
-                        ["line 4", "column user_gender", "not valid UTF-8"]),
+                        ["line 4", "column user_gender", "not valid UTF-8", "(got 'F\\xe9male')"]),
     "user not in users.csv": (edit_cell("labels", 9, "user_id", "9999-ZZZZZ"), None, "labels.csv",
                               ["line 11", "column user_id", "not in users.csv", "(got '9999-ZZZZZ')"]),
     "user missing from a file": (drop_row("payments_agg_90d", 10), None, "payments_agg_90d.csv",

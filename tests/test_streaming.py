@@ -202,7 +202,7 @@ def test_bad_events_go_to_dead_letter_topic_and_good_ones_around_them_are_writte
 def test_two_consumer_processes_share_partitions_and_produce_the_exact_state(snapshots, fresh, tmp_path):
     m0, m1 = snapshots
     logs = [tmp_path / "c1.log", tmp_path / "c2.log"]
-    procs = [pipeline.consumer_process(fresh, "--max-idle", "10", "--max-batch", "100", log_path=p) for p in logs]
+    procs = [pipeline.consumer_process(fresh, "--max-idle", "30", "--max-batch", "100", log_path=p) for p in logs]
     deadline = time.monotonic() + 90
     while pipeline.group_members(fresh) < 2 and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -50,10 +50,11 @@ _BOM = b"\xef\xbb\xbf"
 _INT = r"^-?[0-9]+$"
 _INT_64 = r"^-?[0-9]{1,18}$"
 _FLOAT = r"^-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
+_ZERO = r"^-?0*\.?0*(?:[eE][+-]?[0-9]+)?$"
 _NOT_FINITE = r"(?i)^[+-]?(?:nan|inf|infinity)$"
 _DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 _DATE_RANGE = (date(1678, 1, 1), date(2261, 12, 31))  # what datetime64[ns] can hold
-_VALUE_SHOWN = 60
+_VALUE_SHOWN = 160  # long enough for a whole header line
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,8 @@ class Problem:
 def _show(value: str) -> str:
     if len(value) > _VALUE_SHOWN:
         value = value[:_VALUE_SHOWN] + "..."
-    return "'" + value.encode("unicode_escape").decode("ascii").replace("'", "\\'") + "'"
+    shown = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in value)
+    return "'" + shown.replace("'", "\\'") + "'"
 
 
 class _Problems:
@@ -215,10 +217,10 @@ def _wrong_width(problems, line, got, width, header, text):
         what = f"empty line; expected {width} fields"
         column = header[0]
     elif got < width:
-        what = f"missing: the row has {got} fields, expected {width}"
+        what = f"missing: the row has only {got} of the {width} fields"
         column = header[got]
     else:
-        what = f"the row has {got} fields, expected {width} (extra fields after this column)"
+        what = f"extra fields after this last column: the row has {got} fields, not {width}"
         column = header[-1]
     problems.items.append(Problem(problems.path, line, column, what, text))
 
@@ -272,7 +274,9 @@ def _read_strings(data: bytes, table: schema.Table, problems: _Problems):
     except pa.ArrowInvalid:
         strings = None
     lines_in_file = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
-    if strings is None or strings.num_rows != lines_in_file - 1:
+    # pyarrow reads a blank line as a row of empty strings: look for those ourselves.
+    blank_line = b"\n\n" in data or b"\n\r\n" in data
+    if strings is None or strings.num_rows != lines_in_file - 1 or blank_line:
         _count_fields(data, width, header, problems)
         if not problems:  # pyarrow failed for a reason the field count does not explain
             return _split_quoted(data.decode("utf-8"), width, header, problems)
@@ -304,10 +308,11 @@ def _fmt(x: float) -> str:
 
 
 def _check_range(column: schema.Column, numbers: np.ndarray, ok: np.ndarray, strings, lines, problems):
+    """Report the well-formed numbers (ok) outside column.min..column.max."""
+    if column.min is None and column.max is None:
+        return
     lo = -math.inf if column.min is None else column.min
     hi = math.inf if column.max is None else column.max
-    if column.min is None and column.max is None:
-        return ok
     out = ok & ((numbers < lo) | (numbers > hi))
     if column.min is not None and column.max is not None:
         what = f"out of range: must be between {_fmt(lo)} and {_fmt(hi)}"
@@ -316,25 +321,33 @@ def _check_range(column: schema.Column, numbers: np.ndarray, ok: np.ndarray, str
     else:
         what = f"out of range: must be at most {_fmt(hi)}"
     problems.add_mask(out, column.name, what, strings, lines)
-    return ok & ~out
+
+
+def _underflows(strings: pa.Array, values: np.ndarray, ok: np.ndarray) -> np.ndarray:
+    """Literals like 1e-400 that parse to 0 without being zero (PostgreSQL's float8 rejects them)."""
+    tiny = np.zeros(len(values), dtype=bool)
+    zeros = np.flatnonzero(ok & (values == 0))
+    if len(zeros):
+        literal_zero = _match(strings.take(pa.array(zeros)), _ZERO)
+        tiny[zeros[~literal_zero]] = True
+    return tiny
 
 
 def _to_dates(strings: pa.Array, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Days since 1970 of the well-formed strings, and which of them are real days."""
     safe = pc.if_else(pa.array(ok), strings, "1970-01-01")
+    real = ok.copy()
+    epoch = date(1970, 1, 1).toordinal()
     try:
         days = _np(pc.cast(safe, pa.date32()).cast(pa.int32())).astype(np.int64)
-        real = ok.copy()
     except pa.ArrowInvalid:  # some impossible day (2023-02-30): find them one by one
         days = np.zeros(len(strings), dtype=np.int64)
-        real = ok.copy()
-        epoch = date(1970, 1, 1).toordinal()
         for i in np.flatnonzero(ok):
             try:
                 days[i] = date.fromisoformat(strings[int(i)].as_py()).toordinal() - epoch
             except ValueError:
                 real[i] = False
-    lo, hi = (d.toordinal() - date(1970, 1, 1).toordinal() for d in _DATE_RANGE)
+    lo, hi = (d.toordinal() - epoch for d in _DATE_RANGE)
     real &= (days >= lo) & (days <= hi)
     return days, real
 
@@ -386,7 +399,9 @@ def _check_column(column: schema.Column, strings: pa.Array, lines: np.ndarray, p
         values = _np(pc.cast(pc.if_else(pa.array(ok), strings, "0"), pa.float64()))
         huge = ok & ~np.isfinite(values)
         problems.add_mask(huge, name, "not a finite number (too large for a float)", strings, lines)
-        _check_range(column, values, ok & ~huge, strings, lines, problems)
+        tiny = _underflows(strings, values, ok)
+        problems.add_mask(tiny, name, "too close to zero for a float (PostgreSQL rejects it)", strings, lines)
+        _check_range(column, values, ok & ~huge & ~tiny, strings, lines, problems)
     elif kind == "date":
         ok = _match(strings, _DATE)
         values, real = _to_dates(strings, ok)
@@ -465,7 +480,8 @@ def _check_data(result: CheckedFile, data: bytes, problems: _Problems, frame: bo
     if not data or data.isspace():
         problems.add(1, schema.KEY, f"the file is empty; expected the header '{wanted}'", "")
         return result
-    first_line = data[: data.find(b"\n") % (len(data) + 1)].rstrip(b"\r").decode("utf-8", "replace")
+    end = data.find(b"\n")
+    first_line = data[: end if end >= 0 else len(data)].rstrip(b"\r").decode("utf-8", "replace")
     found = next(csv.reader([first_line]), [])
     _check_utf8(data, found or table.header, problems)
     if problems:
@@ -526,13 +542,19 @@ def _check_duplicates(user_ids: pa.Array, lines: np.ndarray, problems: _Problems
         )
 
 
-def check_user_sets(files: dict[str, CheckedFile], limit: int = MAX_PROBLEMS) -> list[Problem]:
-    """Problems where a file's user_ids differ from users.csv's (files that passed only)."""
+def check_user_sets(
+    files: dict[str, CheckedFile], limit: int = MAX_PROBLEMS
+) -> tuple[list[Problem], int]:
+    """Where a file's user_ids differ from users.csv's (files that passed only).
+
+    Returns the first problems of each file and how many there are in all.
+    """
     users = files.get(USERS_TABLE)
     if users is None or not users.ok:
-        return []
+        return [], 0
     ref = users.user_ids
     found: list[Problem] = []
+    count = 0
     for name, f in files.items():
         if name == USERS_TABLE or not f.ok:
             continue
@@ -540,13 +562,14 @@ def check_user_sets(files: dict[str, CheckedFile], limit: int = MAX_PROBLEMS) ->
             continue  # same users in the same order: the usual case
         extra = np.flatnonzero(~_np(pc.is_in(f.user_ids, value_set=ref)))
         missing = np.flatnonzero(~_np(pc.is_in(ref, value_set=f.user_ids)))
+        count += len(extra) + len(missing)
         for i in extra[:limit]:
             found.append(
                 Problem(
                     f.path,
                     int(f.lines[i]),
                     schema.KEY,
-                    f"user is not in {users.path.name} ({len(extra)} such users in this file)",
+                    f"user is not in {users.path.name}",
                     f.user_ids[int(i)].as_py(),
                 )
             )
@@ -557,10 +580,10 @@ def check_user_sets(files: dict[str, CheckedFile], limit: int = MAX_PROBLEMS) ->
                     None,
                     schema.KEY,
                     f"no row for user '{ref[int(i)].as_py()}' of {users.path.name} "
-                    f"(line {int(users.lines[i])} there; {len(missing)} users missing in this file)",
+                    f"(line {int(users.lines[i])} there)",
                 )
             )
-    return found
+    return found, count
 
 
 def raise_problems(problems: Sequence[Problem], total: int | None = None) -> None:
@@ -574,7 +597,8 @@ def raise_problems(problems: Sequence[Problem], total: int | None = None) -> Non
     else:
         files = len({p.path for p in problems})
         where = f" in {files} files" if files > 1 else ""
-        message = f"{total} problems{where}; the first {len(shown)}:\n" + "\n".join(
+        first = f"; the first {len(shown)}" if total > len(shown) else ""
+        message = f"{total} problems{where}{first}:\n" + "\n".join(
             f"  {p}" for p in shown
         )
     error = DataValidationError(message)
@@ -590,8 +614,8 @@ def check_snapshot(folder: Path | str, *, frame: bool = False) -> dict[str, Chec
     files = {t.name: check_file(folder / t.file, t, frame=frame) for t in schema.TABLES}
     problems = [p for f in files.values() for p in f.problems]
     total = sum(f.problem_count for f in files.values())
-    cross = check_user_sets(files)
-    raise_problems(problems + cross, total + len(cross))
+    cross, cross_count = check_user_sets(files)
+    raise_problems(problems + cross, total + cross_count)
     return files
 
 
