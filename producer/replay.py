@@ -91,7 +91,7 @@ def make_producer(bootstrap: str | None = None, **overrides) -> KafkaProducer:
         request_timeout_ms=30_000,
         max_in_flight_requests_per_connection=5,
         linger_ms=10,
-        batch_size=512 * 1024,
+        batch_size=64 * 1024,
         max_block_ms=60_000,
         retry_backoff_ms=200,
     )
