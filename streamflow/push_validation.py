@@ -35,9 +35,30 @@ def _fail(where: str, frame: pd.DataFrame, mask: np.ndarray, field: str, what: s
     )
 
 
-def _is_integral(series: pd.Series) -> np.ndarray:
-    values = series.to_numpy(dtype="float64", na_value=np.nan)
-    return np.isfinite(values) & (np.floor(values) == values)
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+
+
+def _numbers(where: str, frame: pd.DataFrame, field: str, present: np.ndarray, what: str) -> np.ndarray:
+    """The column as float64 (NaN for nulls); a non-numeric value fails, naming its row."""
+    s = frame[field]
+    if pd.api.types.is_bool_dtype(s):
+        _fail(where, frame, present, field, what)
+    if not pd.api.types.is_numeric_dtype(s):
+        ok = s.map(_is_number).to_numpy(dtype=bool)
+        bad = present & ~ok
+        if bad.any():
+            _fail(where, frame, bad, field, what)
+        s = pd.to_numeric(s.where(ok), errors="coerce")
+    return s.to_numpy(dtype="float64", na_value=np.nan)
+
+
+def _check_range(where: str, frame: pd.DataFrame, col: schema.Column, values: np.ndarray, present: np.ndarray) -> None:
+    low = col.min if col.min is not None else -np.inf
+    high = col.max if col.max is not None else np.inf
+    bad = present & ((values < low) | (values > high))
+    if bad.any():
+        _fail(where, frame, bad, col.name, f"out of range [{col.min}, {col.max}]")
 
 
 def _check_column(where: str, frame: pd.DataFrame, col: schema.Column) -> pd.Series:
@@ -46,21 +67,24 @@ def _check_column(where: str, frame: pd.DataFrame, col: schema.Column) -> pd.Ser
     if not col.nullable and null.any():
         _fail(where, frame, null, col.name, "must not be null")
     present = ~null
-    if col.kind == "int":
-        if pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s):
-            _fail(where, frame, present, col.name, "expected an integer")
-        bad = present & ~_is_integral(s)
-        if bad.any():
-            _fail(where, frame, bad, col.name, "expected an integer")
-        out = s.astype("Int64")
-    elif col.kind == "float":
-        if pd.api.types.is_bool_dtype(s) or not pd.api.types.is_numeric_dtype(s):
-            _fail(where, frame, present, col.name, "expected a number")
-        values = s.to_numpy(dtype="float64", na_value=np.nan)
+    if col.kind in ("int", "float"):
+        what = "expected an integer" if col.kind == "int" else "expected a number"
+        values = _numbers(where, frame, col.name, present, what)
         bad = present & ~np.isfinite(values)
         if bad.any():
-            _fail(where, frame, bad, col.name, "expected a finite number")
-        out = s.astype("Float64")
+            _fail(where, frame, bad, col.name, "expected a finite number" if col.kind == "float" else what)
+        if col.kind == "int":
+            bad = present & (np.floor(values) != values)
+            if bad.any():
+                _fail(where, frame, bad, col.name, what)
+        _check_range(where, frame, col, values, present)
+        if col.kind == "int":
+            out = pd.array(np.where(present, values, 0).astype("int64"), dtype="Int64")
+            out[~present] = pd.NA
+            out = pd.Series(out, index=s.index)
+        else:
+            out = pd.Series(pd.array(values, dtype="Float64"), index=s.index)
+            out[~present] = pd.NA
     elif col.kind == "bool":
         if not pd.api.types.is_bool_dtype(s):
             ok = s.map(lambda v: v is None or isinstance(v, (bool, np.bool_)) or v is pd.NA).to_numpy(dtype=bool)
@@ -87,14 +111,6 @@ def _check_column(where: str, frame: pd.DataFrame, col: schema.Column) -> pd.Ser
             out = parsed
     else:  # pragma: no cover - the registry only has the kinds above
         raise AssertionError(col.kind)
-    if col.kind in ("int", "float") and (col.min is not None or col.max is not None):
-        values = out.to_numpy(dtype="float64", na_value=np.nan)
-        bad = present & (
-            (values < (col.min if col.min is not None else -np.inf))
-            | (values > (col.max if col.max is not None else np.inf))
-        )
-        if bad.any():
-            _fail(where, frame, bad, col.name, f"out of range [{col.min}, {col.max}]")
     return out
 
 

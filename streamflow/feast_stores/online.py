@@ -7,8 +7,8 @@ What it changes against Feast's stock ``PostgreSQLOnlineStore`` (see shared/DESI
   newest row per entity is kept (``DISTINCT ON``), and the merge into the table only updates a
   row whose stored event time is not newer. Replays and ``materialize`` of an older range leave
   newer values alone; writing the same event twice changes nothing (no new row version).
-* **One row per entity and feature view** (feature names and serialized values in two arrays)
-  instead of one row per feature, written by ``COPY`` into a staging table and one
+* **One row per entity and feature view** (the feature names, comma-separated, and their values
+  as one serialized ``RepeatedValue``) instead of one row per feature, written by ``COPY`` into a staging table and one
   ``INSERT ... ON CONFLICT`` merge, instead of ``executemany``. No full-text index.
 * **Connections that heal.** One ``psycopg_pool`` pool per process; a failed write rolls back
   and hands its connection back (broken ones are discarded), so a database outage never
@@ -31,6 +31,7 @@ from feast.infra.online_stores.online_store import OnlineStore
 from feast.infra.utils.postgres.connection_utils import _get_conninfo, _get_conn_kwargs
 from feast.infra.utils.postgres.postgres_config import PostgreSQLConfig
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
+from feast.protos.feast.types.Value_pb2 import RepeatedValue
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,37 @@ class StreamflowOnlineStoreConfig(PostgreSQLConfig):
 def table_name(project: str, view: FeatureView | str) -> str:
     name = view if isinstance(view, str) else view.name
     return f"{project}_{name}"
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+_FIELD1_PREFIX = [b"\x0a" + _varint(n) for n in range(16384)]
+"""Tag of RepeatedValue.val plus the length varint, for every length under 16 KiB."""
+
+
+def encode_values(values) -> bytes:
+    """The protobuf encoding of RepeatedValue(val=values), built without copying the messages."""
+    parts = []
+    for value in values:
+        raw = value.SerializeToString()
+        n = len(raw)
+        parts.append(_FIELD1_PREFIX[n] if n < 16384 else b"\x0a" + _varint(n))
+        parts.append(raw)
+    return b"".join(parts)
+
+
+def decode_values(raw: bytes) -> list[ValueProto]:
+    return list(RepeatedValue.FromString(raw).val)
 
 
 def _utc(ts: Optional[datetime]) -> Optional[datetime]:
@@ -112,12 +144,11 @@ class StreamflowOnlineStore(OnlineStore):
         version = config.entity_key_serialization_version
         rows = []
         for entity_key, values, event_ts, created_ts in data:
-            names = list(values)
             rows.append(
                 (
                     serialize_entity_key(entity_key, entity_key_serialization_version=version),
-                    names,
-                    [values[n].SerializeToString() for n in names],
+                    ",".join(values),
+                    encode_values(values.values()),
                     _utc(event_ts),
                     _utc(created_ts),
                 )
@@ -133,14 +164,14 @@ class StreamflowOnlineStore(OnlineStore):
             with conn.cursor() as cur:
                 cur.execute(
                     "CREATE TEMP TABLE IF NOT EXISTS streamflow_online_stage ("
-                    " entity_key BYTEA, names TEXT[], vals BYTEA[],"
+                    " entity_key BYTEA, names TEXT, vals BYTEA,"
                     " event_ts TIMESTAMPTZ, created_ts TIMESTAMPTZ) ON COMMIT DELETE ROWS"
                 )
                 with cur.copy(
                     "COPY streamflow_online_stage (entity_key, names, vals, event_ts, created_ts)"
                     " FROM STDIN (FORMAT BINARY)"
                 ) as copy:
-                    copy.set_types(["bytea", "text[]", "bytea[]", "timestamptz", "timestamptz"])
+                    copy.set_types(["bytea", "text", "bytea", "timestamptz", "timestamptz"])
                     for row in rows:
                         copy.write_row(row)
                 cur.execute(
@@ -181,12 +212,11 @@ class StreamflowOnlineStore(OnlineStore):
         wanted = set(requested_features) if requested_features else None
         found: dict[bytes, tuple[datetime, dict[str, ValueProto]]] = {}
         for key, names, vals, event_ts in rows:
-            values = {}
-            for name, raw in zip(names, vals):
-                if wanted is None or name in wanted:
-                    proto = ValueProto()
-                    proto.ParseFromString(raw)
-                    values[name] = proto
+            values = {
+                name: proto
+                for name, proto in zip(names.split(","), decode_values(vals))
+                if wanted is None or name in wanted
+            }
             found[bytes(key)] = (event_ts, values)
         return [found.get(k, (None, None)) for k in keys]
 
@@ -209,15 +239,25 @@ class StreamflowOnlineStore(OnlineStore):
                     )
                 )
             for view in tables_to_keep:
+                name = table_name(config.project, view)
+                layout = conn.execute(
+                    "SELECT data_type FROM information_schema.columns"
+                    " WHERE table_schema = current_schema() AND table_name = %s AND column_name = 'vals'",
+                    (name,),
+                ).fetchone()
+                if layout is not None and layout[0] != "bytea":
+                    # An older layout: the online store is derived data, rebuilt by materialize/replay.
+                    log.warning("online table %s has an older layout (%s): recreating it", name, layout[0])
+                    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(name)))
                 conn.execute(
                     sql.SQL(
                         "CREATE TABLE IF NOT EXISTS {} ("
                         " entity_key BYTEA PRIMARY KEY,"
-                        " names TEXT[] NOT NULL,"
-                        " vals BYTEA[] NOT NULL,"
+                        " names TEXT NOT NULL,"
+                        " vals BYTEA NOT NULL,"
                         " event_ts TIMESTAMPTZ NOT NULL,"
                         " created_ts TIMESTAMPTZ)"
-                    ).format(sql.Identifier(table_name(config.project, view)))
+                    ).format(sql.Identifier(name))
                 )
 
     def teardown(self, config: RepoConfig, tables: Sequence[FeatureView], entities: Sequence[Entity]):
