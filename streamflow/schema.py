@@ -220,11 +220,16 @@ def table(name: str) -> Table:
         raise KeyError(f"unknown table {name!r}; known: {', '.join(TABLES_BY_NAME)}") from None
 
 
+_TOPIC_MAPS: dict[str, dict[str, Table]] = {}
+
+
 def table_for_topic(topic: str) -> Table | None:
-    for t in TABLES:
-        if t.topic == topic:
-            return t
-    return None
+    """The table whose topic this is (under the configured topic prefix), or None."""
+    prefix = config.topic_prefix()
+    topics = _TOPIC_MAPS.get(prefix)
+    if topics is None:
+        topics = _TOPIC_MAPS[prefix] = {t.topic: t for t in TABLES}
+    return topics.get(topic)
 
 
 def table_for_feature_view(view: str) -> Table:

@@ -219,3 +219,24 @@ def test_two_consumer_processes_share_partitions_and_produce_the_exact_state(sna
     assert all(w > 0 for w in written), text
     assert sum(written) >= 2 * 6 * USERS
     assert pipeline.online_state(users_of(m1)) == pipeline.expected_online(m1)
+
+
+def test_sigterm_finishes_the_batch_commits_and_leaves_the_group(snapshots, fresh, tmp_path):
+    m0, m1 = snapshots
+    pipeline.replay([m0, m1])
+    log = tmp_path / "consumer.log"
+    proc = pipeline.consumer_process(fresh, "--max-batch", "50", log_path=log)
+    deadline = time.monotonic() + 120
+    while pipeline.committed_total(fresh) == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0, log.read_text()
+    text = log.read_text()
+    assert "SIGTERM" in text
+    assert pipeline.group_members(fresh) == 0  # it left the group instead of timing out of it
+    # what it reported as written is committed: nothing it wrote is redelivered
+    written = int([ln for ln in text.splitlines() if ln.startswith("consumed ")][-1].split("written ")[1].split(",")[0])
+    assert pipeline.committed_total(fresh) == written
+    stats = pipeline.drain(fresh)
+    assert stats["consumed"] == 2 * 6 * USERS - written
+    assert pipeline.online_state(users_of(m1)) == pipeline.expected_online(m1)
