@@ -71,6 +71,8 @@ def lookup_main(argv: list[str] | None = None) -> int:
             print(f"{user}: not found in the online store")
             continue
         print(f"{user}:")
-        for name, value in row.items():
-            print(f"  {name:32} {value}")
+        for table in schema.FEATURE_TABLES:
+            print(f"  {table.feature_view}")
+            for name in table.feature_names:
+                print(f"    {name:32} {row.get(name)}")
     return 0
