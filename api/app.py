@@ -4,7 +4,11 @@
     POST /features             the same for up to 1,000 users, in request order
     GET  /health               liveness (the process answers)
     GET  /ready                PostgreSQL and the Feast registry answer (503 naming the failing part)
-    GET  /metrics              Prometheus: requests and latency per route template and status
+    GET  /metrics              Prometheus: requests and latency per route template and status,
+                               consumer lag per partition (messages, seconds, status)
+    GET  /lag                  consumer lag per partition and totals, with a Burrow-style status
+    GET  /lag/history          recent lag and freshness per topic (for the dashboard)
+    GET  /dashboard            a page that plots lag and freshness, refreshing by itself
 
 Endpoints are plain ``def`` functions (FastAPI runs them on its thread pool): the reads are
 blocking psycopg calls through our Feast online store class, and a slow database must not
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import os
 import time
 from contextlib import asynccontextmanager
 from typing import Annotated, Optional
@@ -30,7 +35,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from api import models
+from api import lag_routes, models
 from api.features import (
     MAX_BATCH,
     FeatureReader,
@@ -41,6 +46,8 @@ from api.features import (
     parse_selection,
 )
 from streamflow import schema
+from streamflow.lag.metrics import register_lag_metrics
+from streamflow.lag.sampler import LagSampler
 
 log = logging.getLogger("api")
 
@@ -175,7 +182,17 @@ def _user(result: UserResult) -> dict:
     }
 
 
-def create_app(reader: FeatureReader | None = None, *, store=None, freeze_gc: bool = False) -> FastAPI:
+def lag_sampler_from_env(metrics_registry: CollectorRegistry) -> LagSampler:
+    """The lag sampler of the consumer group the API watches (STREAMFLOW_CONSUMER_GROUP)."""
+    return LagSampler(
+        group=os.environ.get("STREAMFLOW_CONSUMER_GROUP", "streamflow-consumer"),
+        interval=float(os.environ.get("STREAMFLOW_LAG_INTERVAL", "5")),
+        metrics=register_lag_metrics(metrics_registry),
+    )
+
+
+def create_app(reader: FeatureReader | None = None, *, store=None, freeze_gc: bool = False,
+               lag: bool = True) -> FastAPI:
     """The API application. ``reader`` or ``store`` replace the configured Feast store (tests).
 
     ``freeze_gc`` (the server does it): once started, move every object alive to the garbage
@@ -184,10 +201,13 @@ def create_app(reader: FeatureReader | None = None, *, store=None, freeze_gc: bo
     """
     reader = reader or FeatureReader(store=store)
     metrics = Metrics()
+    sampler = lag_sampler_from_env(metrics.registry) if lag else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await run_in_threadpool(reader.start)
+        if sampler is not None:
+            sampler.start()
         if freeze_gc:
             gc.collect()
             gc.freeze()
@@ -195,6 +215,8 @@ def create_app(reader: FeatureReader | None = None, *, store=None, freeze_gc: bo
         try:
             yield
         finally:
+            if sampler is not None:
+                await run_in_threadpool(sampler.stop)
             await run_in_threadpool(reader.stop)
 
     app = FastAPI(
@@ -205,6 +227,8 @@ def create_app(reader: FeatureReader | None = None, *, store=None, freeze_gc: bo
     )
     app.state.reader = reader
     app.state.metrics = metrics
+    app.state.lag_sampler = sampler
+    app.include_router(lag_routes.router)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 
     # -- errors: JSON, never internals ----------------------------------------------------------

@@ -39,6 +39,7 @@ from streamflow.feast_stores.online import (
     StreamflowOnlineStore,
     close_pools,
     connection_pool,
+    decode_values,
     table_name,
 )
 
@@ -248,13 +249,12 @@ class MultiViewOnlineStore(StreamflowOnlineStore):
         found: list[dict[bytes, tuple[datetime, dict[str, ValueProto]]]] = [{} for _ in views]
         for v, key, names, vals, event_ts in rows:
             want = wanted[v]
-            values = {}
-            for name, raw in zip(names, vals):
-                if want is None or name in want:
-                    proto = ValueProto()
-                    proto.ParseFromString(raw)
-                    values[name] = proto
-            found[v][bytes(key)] = (event_ts, values)
+            # The row layout of StreamflowOnlineStore: names comma-separated, values one RepeatedValue.
+            found[v][bytes(key)] = (event_ts, {
+                name: proto
+                for name, proto in zip(names.split(","), decode_values(vals))
+                if want is None or name in want
+            })
         return [[f.get(k, (None, None)) for k in keys] for f in found]
 
 

@@ -5,9 +5,9 @@
 
 What it does, in one run:
 
-1. Makes sure the configured database (POSTGRES_*, FEAST_PROJECT; default the demo's
-   ``streamflow``) has users online; if not, generates ``--load-users`` users, applies the
-   Feast definitions, loads both snapshots and materializes them.
+1. Applies the Feast definitions to the configured database (POSTGRES_*, FEAST_PROJECT;
+   default the demo's ``streamflow``; idempotent) and reuses the users it has online; if it
+   has none, generates ``--load-users`` users, loads both snapshots and materializes them.
 2. Starts ``python -m api.main`` (uvicorn) in a subprocess on a free port of 127.0.0.1 and
    waits for ``GET /ready``.
 3. Sends ``GET /features/{user_id}`` for random known users at a steady (open-loop) rate from
@@ -80,12 +80,10 @@ def online_users(limit: int) -> list[str]:
 def load_data(users: int) -> None:
     from streamflow.batch.load import load_snapshot
     from streamflow.datagen.generate import generate
-    from streamflow.feature_store import apply
     from streamflow.online import materialize
 
     print(f"no users online in {config.postgres().describe()} project {os.environ['FEAST_PROJECT']}: "
           f"loading {users} generated users", file=sys.stderr)
-    apply()
     with tempfile.TemporaryDirectory() as tmp:
         for folder in generate(Path(tmp), users=users, progress=False).values():
             load_snapshot(folder)
@@ -335,6 +333,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
 
+    from streamflow.feature_store import apply
+
+    apply()  # idempotent: the registry and the online tables in their current layout
     users = online_users(args.users)
     if not users:
         load_data(args.load_users)

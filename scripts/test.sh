@@ -4,10 +4,10 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 scripts/bootstrap.sh
-# docker-compose validates docker-compose.yml in the tests (no Docker engine needed)
-if ! command -v docker-compose >/dev/null && [ "$(id -u)" = 0 ]; then
-  echo "[test] installing docker-compose with apt-get" >&2
-  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose >/dev/null
+# docker-compose validates docker-compose.yml (no Docker engine needed); chromium loads the dashboard
+if [ "$(id -u)" = 0 ] && { ! command -v docker-compose >/dev/null || ! command -v chromium >/dev/null; }; then
+  echo "[test] installing docker-compose and chromium with apt-get" >&2
+  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose chromium >/dev/null
 fi
 scripts/services.sh up
 export STREAMFLOW_NO_PROGRESS=1

@@ -1,0 +1,107 @@
+"""The lag dashboard, loaded in headless Chromium: charts drawn with data, no console errors."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import orjson
+import pytest
+from kafka import KafkaProducer
+
+from streamflow import config
+from streamflow.kafka_topics import ensure_topics, table_topics
+from tests import pipeline
+
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--enable-logging=stderr", "--v=0",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
+
+
+@pytest.fixture()
+def lagging_api(monkeypatch, kafka_bootstrap, pg_settings, tmp_path):
+    """An API process watching a group that has pending events and no consumer."""
+    prefix = pipeline.fresh_prefix()
+    monkeypatch.setenv("STREAMFLOW_TOPIC_PREFIX", prefix)
+    group = f"{prefix}-group"
+    ensure_topics(table_topics(), partitions=2)
+    producer = KafkaProducer(bootstrap_servers=config.kafka_bootstrap())
+    for i in range(50):
+        producer.send(table_topics()[0], key=b"1234-ABCDE", value=orjson.dumps({"i": i}))
+    producer.flush()
+    producer.close()
+    port = free_port()
+    log = open(tmp_path / "api.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "api.main", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=config.REPO_ROOT, stdout=log, stderr=log,
+        env={**os.environ, "STREAMFLOW_CONSUMER_GROUP": group, "STREAMFLOW_LAG_INTERVAL": "1"},
+    )
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health")
+        time.sleep(4)  # a few lag samples for the charts
+        yield f"http://127.0.0.1:{port}", group
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_lag_endpoint_reports_the_pending_events(lagging_api):
+    base, group = lagging_api
+    with urllib.request.urlopen(f"{base}/lag", timeout=10) as resp:
+        body = orjson.loads(resp.read())
+    assert body["group"] == group
+    assert body["sample"]["lag"] == 50
+    assert body["sample"]["lag_seconds"] > 0
+    with urllib.request.urlopen(f"{base}/lag/history", timeout=10) as resp:
+        assert len(orjson.loads(resp.read())["points"]) >= 2
+    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    assert f'streamflow_consumer_lag_messages{{group="{group}"' in text
+
+
+def test_dashboard_renders_charts_with_data_and_no_console_errors(lagging_api, tmp_path):
+    chromium = shutil.which("chromium")
+    if chromium is None:
+        pytest.fail("chromium is not installed (scripts/test.sh installs it with apt-get)", pytrace=False)
+    base, _ = lagging_api
+    result = subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=6000",
+         "--dump-dom", f"{base}/dashboard"],
+        capture_output=True, text=True, timeout=120,
+    )
+    dom = result.stdout
+    assert 'data-ready="1"' in dom, result.stderr[-2000:]
+    for chart in ("chart-lag", "chart-lag-seconds"):
+        tag = dom.split(f'data-testid="{chart}"')[0].rsplit("<canvas", 1)[1] + dom.split(f'data-testid="{chart}"')[1].split(">")[0]
+        points = int(tag.split('data-points="')[1].split('"')[0])
+        assert points >= 2, (chart, tag)
+    assert "<tr><td>" in dom  # the partitions table has rows
+    console_errors = [line for line in result.stderr.splitlines()
+                      if "CONSOLE" in line and ("Uncaught" in line or "rror" in line)]
+    assert console_errors == []
