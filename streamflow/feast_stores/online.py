@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Literal, Optional, Sequence
 
@@ -89,30 +90,58 @@ def _utc(ts: Optional[datetime]) -> Optional[datetime]:
     return ts.astimezone(timezone.utc)
 
 
-_pools: dict[str, ConnectionPool] = {}
+_pools: dict[tuple, ConnectionPool] = {}
 _pools_lock = threading.Lock()
+
+RECHECK_AFTER_IDLE = 2.0
+"""Seconds a pooled connection may sit idle before it is checked (one round trip) on checkout."""
+
+
+def _mark_returned(conn) -> None:
+    conn._streamflow_returned_at = time.monotonic()
+
+
+def _check_if_idle(conn) -> None:
+    """Check a connection that was idle for a while (a recently used one is known good)."""
+    if time.monotonic() - getattr(conn, "_streamflow_returned_at", 0.0) > RECHECK_AFTER_IDLE:
+        ConnectionPool.check_connection(conn)
+
+
+def _pool_key(config) -> tuple:
+    return (config.host, config.port, config.database, config.user, config.password, config.sslmode,
+            config.min_conn, config.max_conn)
 
 
 def connection_pool(config: StreamflowOnlineStoreConfig) -> ConnectionPool:
-    """The process's pool for this database (created on first use, shared by every store)."""
-    conninfo = _get_conninfo(config)
+    """The process's pool for this database (created on first use, shared by every store).
+
+    Broken connections are discarded: a connection idle for more than RECHECK_AFTER_IDLE seconds
+    is checked before it is handed out, and one that fails during use is closed by the pool when
+    it comes back, so a database outage never poisons later calls.
+    """
+    key = _pool_key(config)
+    pool = _pools.get(key)
+    if pool is not None and not pool.closed:
+        return pool
     with _pools_lock:
-        pool = _pools.get(conninfo)
+        pool = _pools.get(key)
         if pool is None or pool.closed:
             kwargs = dict(_get_conn_kwargs(config))
-            kwargs["connect_timeout"] = config.connect_timeout
+            kwargs["connect_timeout"] = getattr(config, "connect_timeout", 5)
+            kwargs["autocommit"] = True  # reads need no transaction; writes open one explicitly
             pool = ConnectionPool(
-                conninfo=conninfo,
+                conninfo=_get_conninfo(config),
                 min_size=config.min_conn,
                 max_size=config.max_conn,
                 kwargs=kwargs,
-                check=ConnectionPool.check_connection,
+                check=_check_if_idle,
+                reset=_mark_returned,
                 reconnect_timeout=0,
                 open=False,
                 name="streamflow-online",
             )
             pool.open(wait=False)
-            _pools[conninfo] = pool
+            _pools[key] = pool
         return pool
 
 
@@ -160,7 +189,7 @@ class StreamflowOnlineStore(OnlineStore):
     def write_rows(self, config: RepoConfig, view_name: str, rows: Sequence[tuple]) -> int:
         """Merge (entity_key, names, values, event_ts, created_ts) rows; returns rows changed."""
         target = sql.Identifier(table_name(config.project, view_name))
-        with self._conn(config) as conn:
+        with self._conn(config) as conn, conn.transaction():
             with conn.cursor() as cur:
                 cur.execute(
                     "CREATE TEMP TABLE IF NOT EXISTS streamflow_online_stage ("
