@@ -4,6 +4,7 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+mkdir -p out
 USERS="${USERS:-7043}"
 step() { printf '\n==> %s\n' "$*"; }
 sf() { .venv/bin/streamflow "$@"; }
@@ -22,4 +23,15 @@ step "lag after consuming"; sf lag || true
 step "training set for 2024-02-29 from what was streamed"; sf training-set --as-of 2024-02-29
 users=$(sed -n '2p;3p;4p' data/month_001/users.csv | cut -d, -f1)
 step "online lookups (newest values: month_001)"; sf lookup $users
+step "the online feature API: GET /features/{user_id}"
+port="${STREAMFLOW_API_PORT:-8000}"
+sf api --port "$port" >out/api-demo.log 2>&1 &
+api_pid=$!
+trap 'kill $api_pid 2>/dev/null || true' EXIT
+get() { .venv/bin/python -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' "http://127.0.0.1:$port$1"; }
+for _ in $(seq 1 120); do get /health >/dev/null 2>&1 && break; sleep 0.5; done
+first=$(echo "$users" | head -n 1)
+get "/features/$first" | .venv/bin/python -m json.tool | head -n 30
+echo "lag (GET /lag): $(get /lag | .venv/bin/python -c 'import json,sys; d=json.load(sys.stdin); s=d["sample"]; print(s["lag"], "messages,", s["lag_seconds"], "s,", (d["status"] or {}).get("status"))')"
+kill $api_pid; wait $api_pid 2>/dev/null || true
 echo; echo "done. Services keep running: scripts/services.sh status | down"
