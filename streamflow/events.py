@@ -25,6 +25,9 @@ from streamflow import schema
 MAX_EVENT_BYTES = 1_000_000
 """Largest event value accepted (bytes); larger ones are dead-lettered."""
 
+DATE_RANGE = (date(1678, 1, 1), date(2261, 12, 31))
+"""Days a date feature may hold: what pandas' datetime64[ns] can (the loader accepts the same)."""
+
 EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=timezone.utc)
 FUTURE_TOLERANCE = timedelta(days=1)
 
@@ -119,9 +122,15 @@ def _typed(column: schema.Column, value: Any) -> Any:
         if not isinstance(value, str) or not _DATE.match(value):
             raise InvalidEvent(f"field {column.name}: expected a date YYYY-MM-DD, got {value!r:.40}", column.name)
         try:
-            return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+            day = datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
         except ValueError:
             raise InvalidEvent(f"field {column.name}: not a calendar date: {value!r}", column.name) from None
+        lo, hi = DATE_RANGE
+        if not lo <= day.date() <= hi:
+            # An event the push could never write (pandas cannot hold the day) must not reach it:
+            # it would be retried forever and stop the flow.
+            raise InvalidEvent(f"field {column.name}: {value} out of range [{lo}, {hi}]", column.name)
+        return day
     if (column.min is not None and value < column.min) or (column.max is not None and value > column.max):
         raise InvalidEvent(
             f"field {column.name}: {value!r} out of range [{column.min}, {column.max}]", column.name
@@ -138,16 +147,23 @@ def _event_time(value: Any, now: datetime) -> datetime:
         raise InvalidEvent(f"field {schema.EVENT_TIME}: not ISO 8601: {value!r:.40}", schema.EVENT_TIME) from None
     if ts.tzinfo is None:
         raise InvalidEvent(f"field {schema.EVENT_TIME}: no time zone in {value!r:.40}", schema.EVENT_TIME)
-    ts = ts.astimezone(timezone.utc)
-    if ts < EARLIEST_EVENT_TIME or ts > now + FUTURE_TOLERANCE:
+    try:
+        ts = ts.astimezone(timezone.utc)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-05:00 is beyond year 9999 in UTC
+        ts = None
+    if ts is None or ts < EARLIEST_EVENT_TIME or ts > now + FUTURE_TOLERANCE:
         raise InvalidEvent(f"field {schema.EVENT_TIME}: {value} is implausibly far in the past or future",
                            schema.EVENT_TIME)
     return ts
 
 
-def decode(topic: str, key: bytes | None, value: bytes | None, now: datetime | None = None) -> Event:
-    """Validate one Kafka record against the contract; raise InvalidEvent with the reason."""
-    table = schema.table_for_topic(topic)
+def decode(topic: str, key: bytes | None, value: bytes | None, now: datetime | None = None,
+           table: schema.Table | None = None) -> Event:
+    """Validate one Kafka record against the contract; raise InvalidEvent with the reason.
+
+    ``table`` is the topic's table when the caller resolved it already (once per partition).
+    """
+    table = table or schema.table_for_topic(topic)
     if table is None:
         raise InvalidEvent(f"unknown table: topic {topic!r} belongs to no table of the registry")
     if value is None:

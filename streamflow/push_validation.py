@@ -92,7 +92,10 @@ def _check_column(where: str, frame: pd.DataFrame, col: schema.Column) -> pd.Ser
                 _fail(where, frame, ~ok, col.name, "expected true or false")
         out = s.astype("boolean")
     elif col.kind == "str":
-        ok = s.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool) | null
+        if isinstance(s.dtype, pd.StringDtype):
+            ok = np.ones(len(s), dtype=bool)
+        else:
+            ok = s.map(lambda v: isinstance(v, str)).to_numpy(dtype=bool) | null
         if (~ok).any():
             _fail(where, frame, ~ok, col.name, "expected a string")
         if col.choices is not None:
@@ -127,7 +130,10 @@ def validate_frame(table: schema.Table, frame: pd.DataFrame, where: str = "push"
     frame = frame.reset_index(drop=True)
     out = {}
     keys = frame[schema.KEY]
-    bad = ~keys.map(lambda v: isinstance(v, str) and bool(schema.USER_ID_PATTERN.match(v))).to_numpy(dtype=bool)
+    if isinstance(keys.dtype, pd.StringDtype):
+        bad = ~keys.str.fullmatch(schema.USER_ID_PATTERN.pattern).fillna(False).to_numpy(dtype=bool)
+    else:
+        bad = ~keys.map(lambda v: isinstance(v, str) and bool(schema.USER_ID_PATTERN.match(v))).to_numpy(dtype=bool)
     if bad.any():
         _fail(where, frame, bad, schema.KEY, "expected a user id like 7590-VHVEG")
     out[schema.KEY] = keys.astype("string")
@@ -144,7 +150,11 @@ def validate_frame(table: schema.Table, frame: pd.DataFrame, where: str = "push"
     for col in table.columns:
         out[col.name] = _check_column(f"{where} ({table.push_source})", frame, col)
     snap = frame[schema.EVENT_SNAPSHOT]
-    bad = ~snap.map(lambda v: v is None or v is pd.NA or (isinstance(v, str) and 0 < len(v) <= 64)).to_numpy(dtype=bool)
+    if isinstance(snap.dtype, pd.StringDtype):
+        lengths = snap.str.len()
+        bad = (snap.notna() & ~lengths.between(1, 64)).fillna(False).to_numpy(dtype=bool)
+    else:
+        bad = ~snap.map(lambda v: v is None or v is pd.NA or (isinstance(v, str) and 0 < len(v) <= 64)).to_numpy(dtype=bool)
     if bad.any():
         _fail(where, frame, bad, schema.EVENT_SNAPSHOT, "expected a snapshot id or null")
     out[schema.EVENT_SNAPSHOT] = snap.astype("string")

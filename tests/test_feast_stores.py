@@ -134,3 +134,16 @@ def test_a_failed_write_does_not_poison_later_calls(store):
             conn.execute(f'ALTER TABLE "{online}_away" RENAME TO "{online}"')
     push(USAGE, usage_frame([("9999-IIIII", FEB, 3.0)]))
     assert online_watch_hours("9999-IIIII") == 3.0
+
+
+def test_fast_entity_key_serialization_equals_feasts():
+    from feast.infra.key_encoding_utils import serialize_entity_key
+    from feast.protos.feast.types.EntityKey_pb2 import EntityKey
+
+    from streamflow.feast_stores.online import entity_key_bytes
+
+    for key in (EntityKey(join_keys=["user_id"], entity_values=[Value(string_val="7590-VHVEG")]),
+                EntityKey(join_keys=["user_id"], entity_values=[Value(string_val="é-ü")]),
+                EntityKey(join_keys=["n"], entity_values=[Value(int64_val=42)]),
+                EntityKey(join_keys=["b", "a"], entity_values=[Value(string_val="x"), Value(int64_val=1)])):
+        assert entity_key_bytes(key, 3) == serialize_entity_key(key, entity_key_serialization_version=3)

@@ -54,14 +54,13 @@ class StreamflowOfflineStore(PostgreSQLOfflineStore):
             progress(table.num_rows)
 
 
-def _rows(table: schema.Table, frame):
-    """Plain Python rows in staging-column order (None for nulls, dates as dates)."""
-    frame = frame[warehouse.staging_columns(table)].astype(object)
-    frame = frame.where(frame.notna(), None)
+def _csv(table: schema.Table, frame) -> bytes:
+    """The frame's staging columns as CSV (empty = NULL, dates as days, floats at full precision)."""
+    frame = frame[warehouse.staging_columns(table)].copy()
     for col in table.columns:
         if col.kind == "date":
-            frame[col.name] = [v.date() if v is not None else None for v in frame[col.name]]
-    return frame.itertuples(index=False, name=None)
+            frame[col.name] = frame[col.name].dt.strftime("%Y-%m-%d")
+    return frame.to_csv(index=False, header=False).encode("utf-8")
 
 
 def merge_frame(conn, table: schema.Table, frame) -> warehouse.MergeCounts:
@@ -73,5 +72,5 @@ def merge_frame(conn, table: schema.Table, frame) -> warehouse.MergeCounts:
     with conn.transaction(), conn.cursor() as cur:
         stage = "streamflow_offline_stage"
         warehouse.create_staging_table(cur, table, stage)
-        warehouse.copy_rows(cur, stage, warehouse.staging_columns(table), _rows(table, frame))
+        warehouse.copy_csv(cur, stage, warehouse.staging_columns(table), _csv(table, frame), header=False)
         return warehouse.upsert_snapshot_rows(cur, table, stage)

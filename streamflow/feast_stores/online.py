@@ -18,6 +18,7 @@ What it changes against Feast's stock ``PostgreSQLOnlineStore`` (see shared/DESI
 from __future__ import annotations
 
 import logging
+import struct
 import threading
 import time
 from datetime import datetime, timezone
@@ -26,7 +27,7 @@ from typing import Any, Callable, Literal, Optional, Sequence
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from feast import Entity, FeatureView, RepoConfig
+from feast import Entity, FeatureView, RepoConfig, ValueType
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.online_store import OnlineStore
 from feast.infra.utils.postgres.connection_utils import _get_conninfo, _get_conn_kwargs
@@ -80,6 +81,22 @@ def encode_values(values) -> bytes:
 
 def decode_values(raw: bytes) -> list[ValueProto]:
     return list(RepeatedValue.FromString(raw).val)
+
+
+_STRING = struct.pack("<I", ValueType.STRING.value)
+_ONE_KEY = struct.pack("<I", 1)
+
+
+def entity_key_bytes(entity_key: EntityKeyProto, version: int) -> bytes:
+    """Feast's serialize_entity_key, with a fast path for one string join key (user_id)."""
+    if version >= 3 and len(entity_key.join_keys) == 1:
+        value = entity_key.entity_values[0]
+        if value.WhichOneof("val") == "string_val":
+            name = entity_key.join_keys[0].encode()
+            raw = value.string_val.encode()
+            return b"".join((_ONE_KEY, _STRING, struct.pack("<I", len(name)), name,
+                             _STRING, struct.pack("<I", len(raw)), raw))
+    return serialize_entity_key(entity_key, entity_key_serialization_version=version)
 
 
 def _utc(ts: Optional[datetime]) -> Optional[datetime]:
@@ -175,7 +192,7 @@ class StreamflowOnlineStore(OnlineStore):
         for entity_key, values, event_ts, created_ts in data:
             rows.append(
                 (
-                    serialize_entity_key(entity_key, entity_key_serialization_version=version),
+                    entity_key_bytes(entity_key, version),
                     ",".join(values),
                     encode_values(values.values()),
                     _utc(event_ts),
@@ -232,7 +249,7 @@ class StreamflowOnlineStore(OnlineStore):
         requested_features: Optional[list[str]] = None,
     ) -> list[tuple[Optional[datetime], Optional[dict[str, ValueProto]]]]:
         version = config.entity_key_serialization_version
-        keys = [serialize_entity_key(k, entity_key_serialization_version=version) for k in entity_keys]
+        keys = [entity_key_bytes(k, version) for k in entity_keys]
         query = sql.SQL(
             "SELECT entity_key, names, vals, event_ts FROM {} WHERE entity_key = ANY(%s)"
         ).format(sql.Identifier(table_name(config.project, table)))
