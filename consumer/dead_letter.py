@@ -7,6 +7,7 @@ import logging
 
 import orjson
 from kafka import KafkaProducer
+from kafka.errors import KafkaError
 
 from streamflow import config
 from streamflow.kafka_topics import dead_letter_topic
@@ -15,6 +16,8 @@ log = logging.getLogger("consumer.dead_letter")
 
 MAX_PAYLOAD_COPY = 64 * 1024
 """Bytes of the original value copied into the dead-letter record (the rest is cut)."""
+MAX_KEY_COPY = 1024
+"""Bytes of the original key copied into the dead-letter record (a key is a user id: short)."""
 
 
 def dead_letter_value(record, reason: str, field: str | None) -> bytes:
@@ -29,7 +32,8 @@ def dead_letter_value(record, reason: str, field: str | None) -> bytes:
             "offset": record.offset,
             "timestamp_ms": record.timestamp,
         },
-        "key": record.key.decode("utf-8", "replace") if record.key is not None else None,
+        "key": record.key[:MAX_KEY_COPY].decode("utf-8", "replace") if record.key is not None else None,
+        "key_bytes": len(record.key) if record.key is not None else None,
         "value_bytes": len(value) if record.value is not None else None,
         "value_truncated": len(value) > MAX_PAYLOAD_COPY,
     }
@@ -54,28 +58,47 @@ class DeadLetterQueue:
             enable_idempotence=True,
             linger_ms=5,
             max_request_size=2 * 1024 * 1024,
+            reconnect_backoff_max_ms=2_000,  # back soon after a broker restart (default 30 s)
         )
         self.pending: list = []
+        self.unsent: list[BaseException] = []
 
     def send(self, record, reason: str, field: str | None = None) -> None:
         headers = [
             ("dlq_reason", reason.encode()[:1000]),
             ("source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
         ]
-        self.pending.append(
-            self.producer.send(self.topic, key=record.key, value=dead_letter_value(record, reason, field),
-                               headers=headers)
-        )
+        # A huge key would make the dead-letter record too large to send: keep its start only.
+        key = record.key[:MAX_KEY_COPY] if record.key is not None else None
+        try:
+            future = self.producer.send(self.topic, key=key, value=dead_letter_value(record, reason, field),
+                                        headers=headers)
+        except KafkaError as exc:  # e.g. no metadata within max_block_ms: the broker is away
+            self.unsent.append(exc)
+            return
+        self.pending.append(future)
 
     def flush(self, timeout: float = 60.0) -> None:
-        """Block until every dead-letter record is acknowledged (before offsets are committed)."""
-        if not self.pending:
+        """Block until every dead-letter record is acknowledged (before offsets are committed).
+
+        Raises DeadLetterError when one was not (the caller re-reads the batch, uncommitted).
+        """
+        if not self.pending and not self.unsent:
             return
-        self.producer.flush(timeout=timeout)
+        flush_error = None
+        try:
+            self.producer.flush(timeout=timeout)
+        except KafkaError as exc:  # not everything acknowledged within the timeout
+            flush_error = exc
         failed = [f for f in self.pending if not f.succeeded()]
-        self.pending = []
-        if failed:
-            raise DeadLetterError(f"{len(failed)} dead-letter records were not acknowledged: {failed[0].exception}")
+        unsent = self.unsent
+        self.pending, self.unsent = [], []
+        if failed or unsent:
+            first = unsent[0] if unsent else (failed[0].exception or flush_error)
+            raise DeadLetterError(f"{len(failed) + len(unsent)} dead-letter records were not acknowledged: {first}")
 
     def close(self) -> None:
-        self.producer.close(timeout=10)
+        try:
+            self.producer.close(timeout=10)
+        except KafkaError as exc:  # records still unacknowledged: their batch was not committed
+            log.warning("closing the dead-letter producer: %s", exc)

@@ -31,6 +31,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--until-drained", action="store_true",
                    help="stop once every assigned partition is consumed to its end")
     p.add_argument("--max-idle", type=float, default=None, help="stop after this many seconds without events")
+    p.add_argument("--instance-id", default=os.environ.get("STREAMFLOW_CONSUMER_INSTANCE_ID") or None,
+                   help="static group membership: a restarted consumer with the same id resumes its "
+                        "partitions at once instead of after the session timeout (15 s); one id per process")
     p.add_argument("--metrics-port", type=int,
                    default=int(os.environ["STREAMFLOW_METRICS_PORT"]) if os.environ.get("STREAMFLOW_METRICS_PORT") else None,
                    help="serve Prometheus metrics on this port")
@@ -47,7 +50,8 @@ def main(argv: list[str] | None = None) -> int:
         ensure_topics(table_topics() + [dead_letter_topic()], partitions=args.partitions)
         consumer = StreamConsumer(ConsumerSettings(group_id=args.group, max_batch=args.max_batch,
                                                    until_drained=args.until_drained,
-                                                   max_idle_seconds=args.max_idle))
+                                                   max_idle_seconds=args.max_idle,
+                                                   instance_id=args.instance_id))
     except StreamflowError as exc:
         log.error("%s", exc)
         return exc.exit_code

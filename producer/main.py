@@ -14,7 +14,9 @@ import signal
 import sys
 from pathlib import Path
 
-from producer.replay import Replayer, make_producer, prepare_topics
+from kafka.errors import KafkaError
+
+from producer.replay import DELIVERY_TIMEOUT, Replayer, make_producer, prepare_topics
 from streamflow import config, logs, schema
 from streamflow.errors import StreamflowError
 
@@ -41,6 +43,9 @@ def parser() -> argparse.ArgumentParser:
     pace.add_argument("--speedup", type=float, default=None,
                       help="pace by event time: one month of event time takes 1/X of a month")
     p.add_argument("--partitions", type=int, default=None, help="partitions of topics created (default 4)")
+    p.add_argument("--delivery-timeout", type=float, default=DELIVERY_TIMEOUT, metavar="SECONDS",
+                   help="give up on an event the broker has not acknowledged after this long, retries "
+                        "included; it is reported and the exit code is 1 (default %(default).0f)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -55,8 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         folders = [resolve_folder(n) for n in names]
         tables = [schema.table(n) for n in args.tables] if args.tables else None
         prepare_topics(args.partitions)
-        replayer = Replayer(make_producer(), rate=args.rate, speedup=args.speedup,
-                            progress=not args.no_progress and logs.progress_enabled())
+        replayer = Replayer(make_producer(delivery_timeout=args.delivery_timeout), rate=args.rate,
+                            speedup=args.speedup, progress=not args.no_progress and logs.progress_enabled())
     except (StreamflowError, ValueError) as exc:
         log.error("%s", exc)
         return getattr(exc, "exit_code", 2)
@@ -73,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         log.error("%s", exc)
         return exc.exit_code
     finally:
-        replayer.producer.close(timeout=10)
+        try:
+            replayer.producer.close(timeout=10)
+        except KafkaError as exc:  # events still unacknowledged: counted below, not a traceback
+            log.error("closing the producer: %s", exc)
     print(stats.summary())
     if stats.total_failed or stats.unacknowledged:
         log.error("%d events failed and %d were not acknowledged", stats.total_failed,

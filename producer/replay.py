@@ -79,21 +79,31 @@ class ReplayStats:
         return "\n".join(lines)
 
 
-def make_producer(bootstrap: str | None = None, **overrides) -> KafkaProducer:
+DELIVERY_TIMEOUT = 120.0
+"""Seconds an event may wait for the broker's acknowledgement (retries included) before it is
+reported as failed."""
+
+
+def make_producer(bootstrap: str | None = None, delivery_timeout: float = DELIVERY_TIMEOUT,
+                  **overrides) -> KafkaProducer:
     servers = bootstrap or config.kafka_bootstrap()
+    delivery_ms = max(1_000, int(delivery_timeout * 1000))
+    linger_ms = 10
     settings = dict(
         bootstrap_servers=servers,
         client_id="streamflow-producer",
         acks="all",
         enable_idempotence=True,
         retries=2_147_483_647,
-        delivery_timeout_ms=120_000,
-        request_timeout_ms=30_000,
+        delivery_timeout_ms=delivery_ms,
+        # kafka-python wants delivery_timeout_ms >= linger_ms + request_timeout_ms
+        request_timeout_ms=min(30_000, delivery_ms - linger_ms),
         max_in_flight_requests_per_connection=5,
-        linger_ms=10,
+        linger_ms=linger_ms,
         batch_size=64 * 1024,
-        max_block_ms=60_000,
+        max_block_ms=min(60_000, delivery_ms),
         retry_backoff_ms=200,
+        reconnect_backoff_max_ms=2_000,  # back soon after a broker restart (kafka-python's default: 30 s)
     )
     settings.update(overrides)
     try:
@@ -137,10 +147,27 @@ class Replayer:
         future.add_callback(lambda _md, t=topic: self.stats.ack(t))
         future.add_errback(lambda exc, t=topic: self.stats.fail(t, exc))
 
+    def load_metadata(self, topics: list[str]) -> None:
+        """Partitions of every topic before the first event: should the broker go away later, a
+        send to a topic without metadata would block for max_block_ms, event after event."""
+        for topic in topics:
+            try:
+                self.producer.partitions_for(topic)
+            except KafkaError as exc:
+                raise ServiceUnavailable(f"Kafka: no metadata for topic {topic} ({exc})") from None
+
     def replay(self, folders: list[Path], tables: list[schema.Table] | None = None,
-               flush_timeout: float = 180.0) -> ReplayStats:
+               flush_timeout: float | None = None) -> ReplayStats:
         tables = tables or list(schema.TABLES)
+        if flush_timeout is None:
+            # Every event has failed or been acknowledged after the delivery timeout; the margin is
+            # for kafka-python, which stops expiring batches while it waits for a new producer id
+            # (after an expired retry) from a broker that is away. What is still unacknowledged at
+            # the end is reported (exit code 1).
+            delivery = self.producer.config["delivery_timeout_ms"] / 1000
+            flush_timeout = delivery + min(60.0, delivery)
         started = time.perf_counter()
+        self.load_metadata([t.topic for t in tables])
         previous: date | None = None
         for folder, snapshot_id, as_of in snapshot_order(folders):
             frames = read_snapshot(folder)  # validates every file of the snapshot first

@@ -138,3 +138,141 @@ def group_members(group: str) -> int:
     finally:
         admin.close()
     return len(described.get("members") or [])
+
+
+# --- reliability scenarios (tests/test_reliability.py, tests/test_bad_input.py) --------------------
+
+
+def committed_offsets(group: str) -> dict:
+    """TopicPartition -> the group's committed offset (partitions without a commit are absent)."""
+    from kafka import KafkaAdminClient
+
+    admin = KafkaAdminClient(bootstrap_servers=config.kafka_bootstrap())
+    try:
+        offsets = admin.list_group_offsets({group: None}).get(group, {})
+    finally:
+        admin.close()
+    return {tp: om.offset for tp, om in offsets.items() if om.offset is not None and om.offset >= 0}
+
+
+def end_offsets(topics: list[str]) -> dict:
+    """TopicPartition -> log-end offset, for every partition of the topics."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    reader = KafkaConsumer(bootstrap_servers=config.kafka_bootstrap(), group_id=None, enable_auto_commit=False)
+    try:
+        tps = [TopicPartition(t, p) for t in topics for p in sorted(reader.partitions_for_topic(t) or ())]
+        return dict(reader.end_offsets(tps)) if tps else {}
+    finally:
+        reader.close()
+
+
+def caught_up(group: str, topics: list[str] | None = None) -> bool:
+    """Whether the group has committed every partition of the topics up to its log end."""
+    ends = end_offsets(topics or [t.topic for t in schema.TABLES])
+    committed = committed_offsets(group)
+    return all(committed.get(tp, 0) >= end for tp, end in ends.items())
+
+
+def read_topic(topic: str, timeout: float = 30.0) -> list:
+    """Every record of a topic, from the beginning up to its log end at the time of the call."""
+    import time as _time
+
+    from kafka import KafkaConsumer, TopicPartition
+
+    reader = KafkaConsumer(bootstrap_servers=config.kafka_bootstrap(), group_id=None, enable_auto_commit=False,
+                           auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024,
+                           fetch_max_bytes=32 * 1024 * 1024)
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
+        if not tps:
+            return []
+        reader.assign(tps)
+        reader.seek_to_beginning(*tps)
+        ends = reader.end_offsets(tps)
+        records = []
+        deadline = _time.monotonic() + timeout
+        while any(reader.position(tp) < ends[tp] for tp in tps):
+            if _time.monotonic() > deadline:
+                raise TimeoutError(f"could not read {topic} to its end within {timeout} s")
+            for recs in reader.poll(timeout_ms=500).values():
+                records.extend(recs)
+        return records
+    finally:
+        reader.close()
+
+
+def offline_check(folders: list[Path]) -> dict[str, int]:
+    """Compare the offline snapshot tables with the snapshot folders (every table, every month).
+
+    Returns counts: expected rows, rows found, lost (expected, missing), unexpected (present, not
+    expected), wrong (present with other values), duplicates (more than one row per user and as_of).
+    """
+    counts = dict(expected=0, found=0, lost=0, unexpected=0, wrong=0, duplicates=0)
+    frames = {folder: read_snapshot(folder) for folder in folders}
+    for table in schema.TABLES:
+        expected: dict[tuple[str, str], tuple] = {}
+        for folder in folders:
+            day = schema.snapshot_as_of(folder.name).isoformat()
+            for row in frames[folder][table.name].to_dict("records"):
+                expected[(row[schema.KEY], day)] = tuple(_norm(row[c]) for c in table.feature_names)
+        rows = offline_rows(table)
+        found: dict[tuple[str, str], tuple] = {}
+        for row in rows.to_dict("records"):
+            as_of = pd.Timestamp(row[schema.SNAPSHOT_TIME]).tz_convert("UTC").date().isoformat()
+            key = (row[schema.KEY], as_of)
+            if key in found:
+                counts["duplicates"] += 1
+            found[key] = tuple(_norm(row[c]) for c in table.feature_names)
+        counts["expected"] += len(expected)
+        counts["found"] += len(rows)
+        counts["lost"] += len(expected.keys() - found.keys())
+        counts["unexpected"] += len(found.keys() - expected.keys())
+        counts["wrong"] += sum(1 for k in expected.keys() & found.keys() if expected[k] != found[k])
+    return counts
+
+
+def online_mismatches(folder: Path) -> int:
+    """Users whose online features differ from a snapshot folder's values (every table)."""
+    expected = expected_online(folder)
+    actual = online_state(list(expected))
+    return sum(1 for user, values in expected.items() if actual.get(user) != values)
+
+
+RELIABILITY_RESULTS = REPO / "bench" / "results" / "reliability.json"
+
+
+def record_reliability(scenario: str, **figures) -> None:
+    """Print a scenario's figures and merge them into bench/results/reliability.json."""
+    import json
+    import time as _time
+
+    figures = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in figures.items()}
+    print(f"\n[reliability] {scenario}: {json.dumps(figures)}")
+    RELIABILITY_RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        doc = json.loads(RELIABILITY_RESULTS.read_text())
+    except (OSError, ValueError):
+        doc = {}
+    doc.setdefault("scenarios", {})[scenario] = {**figures, "measured_at": _time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    tmp = RELIABILITY_RESULTS.with_suffix(".tmp")
+    tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    tmp.replace(RELIABILITY_RESULTS)
+
+
+def delete_topics(prefix: str) -> None:
+    """Delete a test's topics: every topic named <prefix>.* or <prefix>x.* (cleanup, never fails)."""
+    from kafka import KafkaAdminClient
+
+    try:
+        admin = KafkaAdminClient(bootstrap_servers=config.kafka_bootstrap(), request_timeout_ms=15_000)
+    except Exception:  # noqa: BLE001 - cleanup only
+        return
+    try:
+        mine = [t for t in admin.list_topics() if t.startswith((f"{prefix}.", f"{prefix}x."))]
+        if mine:
+            admin.delete_topics(mine)
+    except Exception:  # noqa: BLE001 - cleanup only
+        pass
+    finally:
+        admin.close()

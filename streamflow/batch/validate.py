@@ -55,6 +55,7 @@ _NOT_FINITE = r"(?i)^[+-]?(?:nan|inf|infinity)$"
 _DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 _DATE_RANGE = (date(1678, 1, 1), date(2261, 12, 31))  # what datetime64[ns] can hold
 _VALUE_SHOWN = 160  # long enough for a whole header line
+_NAME_SHOWN = 64
 
 
 @dataclass(frozen=True)
@@ -72,11 +73,18 @@ class Problem:
         if self.line is not None:
             where += f", line {self.line}"
         if self.column is not None:
-            where += f", column {self.column}"
+            where += f", column {_show_name(self.column)}"
         text = f"{where}: {self.what}"
         if self.value is not None:
             text += f" (got {_show(self.value)})"
         return text
+
+
+def _show_name(name: str) -> str:
+    """A column name as found in a file: control characters escaped, cut when very long."""
+    if len(name) > _NAME_SHOWN:
+        name = name[:_NAME_SHOWN] + "..."
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in name)
 
 
 def _show(value: str) -> str:
@@ -227,6 +235,8 @@ def _wrong_width(problems, line, got, width, header, text):
 
 def _split_quoted(text: str, width: int, header: Sequence[str], problems: _Problems):
     """Parse CSV that uses quotes with the csv module (slow path): columns and row lines."""
+    if csv.field_size_limit() < len(text):  # a very long value is reported as such, not as malformed CSV
+        csv.field_size_limit(len(text))
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     columns: list[list[str]] = [[] for _ in range(width)]
     lines: list[int] = []
@@ -252,6 +262,25 @@ def _split_quoted(text: str, width: int, header: Sequence[str], problems: _Probl
     return strings, np.asarray(lines, dtype=np.int64)
 
 
+def _read_arrow(data: bytes, header: Sequence[str], block_size: int | None = None) -> pa.Table:
+    """Every cell of unquoted CSV bytes as a string (pyarrow; raises ArrowInvalid)."""
+    read_options = pacsv.ReadOptions(column_names=header, skip_rows=1)
+    if block_size is not None:
+        read_options.block_size = block_size
+    return pacsv.read_csv(
+        io.BytesIO(data),
+        read_options=read_options,
+        parse_options=pacsv.ParseOptions(
+            quote_char=False, newlines_in_values=False, ignore_empty_lines=False
+        ),
+        convert_options=pacsv.ConvertOptions(
+            column_types={name: pa.string() for name in header},
+            strings_can_be_null=False,
+            quoted_strings_can_be_null=False,
+        ),
+    )
+
+
 def _read_strings(data: bytes, table: schema.Table, problems: _Problems):
     """All cells as strings (a pyarrow Table in header order) and the file line of each row."""
     header = table.header
@@ -259,20 +288,15 @@ def _read_strings(data: bytes, table: schema.Table, problems: _Problems):
     if b'"' in data or (b"\r" in data and data.count(b"\r") != data.count(b"\r\n")):
         return _split_quoted(data.decode("utf-8"), width, header, problems)
     try:
-        strings = pacsv.read_csv(
-            io.BytesIO(data),
-            read_options=pacsv.ReadOptions(column_names=header, skip_rows=1),
-            parse_options=pacsv.ParseOptions(
-                quote_char=False, newlines_in_values=False, ignore_empty_lines=False
-            ),
-            convert_options=pacsv.ConvertOptions(
-                column_types={name: pa.string() for name in header},
-                strings_can_be_null=False,
-                quoted_strings_can_be_null=False,
-            ),
-        )
-    except pa.ArrowInvalid:
+        strings = _read_arrow(data, header)
+    except pa.ArrowInvalid as exc:
         strings = None
+        if "straddl" in str(exc):
+            # A line longer than pyarrow's block (a few MB): read again with one block for all.
+            try:
+                strings = _read_arrow(data, header, block_size=min(len(data) + 1, 2**31 - 1))
+            except pa.ArrowInvalid:
+                strings = None
     lines_in_file = data.count(b"\n") + (0 if data.endswith(b"\n") else 1)
     # pyarrow reads a blank line as a row of empty strings: look for those ourselves.
     blank_line = b"\n\n" in data or b"\n\r\n" in data
@@ -481,8 +505,13 @@ def _check_data(result: CheckedFile, data: bytes, problems: _Problems, frame: bo
         problems.add(1, schema.KEY, f"the file is empty; expected the header '{wanted}'", "")
         return result
     end = data.find(b"\n")
-    first_line = data[: end if end >= 0 else len(data)].rstrip(b"\r").decode("utf-8", "replace")
-    found = next(csv.reader([first_line]), [])
+    # The header ends at the first line break, \n, \r\n or a lone \r (old Mac line endings).
+    first_line = data[: end if end >= 0 else len(data)].rstrip(b"\r").split(b"\r", 1)[0]
+    first_line = first_line.decode("utf-8", "replace")
+    try:
+        found = next(csv.reader([first_line]), [])
+    except csv.Error:  # e.g. a stray quote in a binary file: the header check reports it
+        found = first_line.split(",")
     _check_utf8(data, found or table.header, problems)
     if problems:
         return result
