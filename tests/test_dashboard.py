@@ -69,6 +69,7 @@ def lagging_api(monkeypatch, kafka_bootstrap, pg_settings, tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+        pipeline.delete_topics(prefix)
 
 
 def test_lag_endpoint_reports_the_pending_events(lagging_api):

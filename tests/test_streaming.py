@@ -37,7 +37,8 @@ def fresh(monkeypatch, pg_settings, kafka_bootstrap):
     prefix = pipeline.fresh_prefix()
     monkeypatch.setenv("STREAMFLOW_TOPIC_PREFIX", prefix)
     pipeline.reset_store()
-    return f"{prefix}-group"
+    yield f"{prefix}-group"
+    pipeline.delete_topics(prefix)
 
 
 def users_of(folder) -> list[str]:
