@@ -68,3 +68,18 @@ def kafka_bootstrap() -> str:
             pytrace=False,
         )
     return servers
+
+
+@pytest.fixture()
+def fresh(monkeypatch, pg_settings, kafka_bootstrap):
+    """Fresh topics (their own prefix, deleted afterwards) and empty stores for one pipeline test;
+    returns a consumer group name of its own."""
+    from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
+    from tests import pipeline
+
+    prefix = pipeline.fresh_prefix()
+    monkeypatch.setenv("STREAMFLOW_TOPIC_PREFIX", prefix)
+    pipeline.reset_store()
+    ensure_topics(table_topics() + [dead_letter_topic()], partitions=4)
+    yield f"{prefix}-group"
+    pipeline.delete_topics(prefix)

@@ -23,6 +23,11 @@ def fresh_prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}"
 
 
+def users_of(folder: Path) -> list[str]:
+    """The user ids of a snapshot folder, in file order."""
+    return pd.read_csv(folder / "users.csv", usecols=[schema.KEY])[schema.KEY].tolist()
+
+
 def reset_store() -> None:
     """Empty warehouse and online tables, then apply the Feast definitions again."""
     from feature_repo import definitions

@@ -40,18 +40,8 @@ def snapshots(tmp_path_factory):
     return out / "month_000", out / "month_001"
 
 
-@pytest.fixture()
-def fresh(monkeypatch, pg_settings, kafka_bootstrap):
-    """Fresh topics (prefix) and empty stores for one test; returns a consumer group name."""
-    prefix = pipeline.fresh_prefix()
-    monkeypatch.setenv("STREAMFLOW_TOPIC_PREFIX", prefix)
-    pipeline.reset_store()
-    yield f"{prefix}-group"
-    pipeline.delete_topics(prefix)
 
 
-def users_of(folder: Path) -> list[str]:
-    return pd.read_csv(folder / "users.csv", usecols=[schema.KEY])[schema.KEY].tolist()
 
 
 def db_dump() -> dict[str, tuple]:
@@ -345,7 +335,7 @@ def kafka_corpus(user: str, other: str) -> list[tuple[str, bytes | None, bytes |
 
 def test_bad_kafka_records_go_to_the_dead_letter_topic_and_nothing_stored_changes(snapshots, fresh):
     m0, m1 = snapshots
-    users = users_of(m0)
+    users = pipeline.users_of(m0)
     ensure_topics(table_topics() + [dead_letter_topic()], partitions=4)
     pipeline.replay([m0])
     first = pipeline.drain(fresh)
@@ -432,7 +422,7 @@ def test_bad_api_requests_get_clear_errors_and_change_nothing(snapshots, fresh):
     from fastapi.testclient import TestClient
 
     m0, _ = snapshots
-    users = users_of(m0)
+    users = pipeline.users_of(m0)
     pipeline.replay([m0])
     pipeline.drain(fresh)
     stored = db_dump()

@@ -49,15 +49,6 @@ def snapshots(tmp_path_factory):
     return out / "month_000", out / "month_001"
 
 
-@pytest.fixture()
-def fresh(monkeypatch, pg_settings, kafka_bootstrap):
-    """Fresh topics (prefix) and empty stores for one test; returns a consumer group name."""
-    prefix = pipeline.fresh_prefix()
-    monkeypatch.setenv("STREAMFLOW_TOPIC_PREFIX", prefix)
-    pipeline.reset_store()
-    ensure_topics(table_topics() + [dead_letter_topic()], partitions=4)
-    yield f"{prefix}-group"
-    pipeline.delete_topics(prefix)
 
 
 # --- helpers -------------------------------------------------------------------------------------

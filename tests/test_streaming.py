@@ -31,18 +31,8 @@ def snapshots(tmp_path_factory):
     return out / "month_000", out / "month_001"
 
 
-@pytest.fixture()
-def fresh(monkeypatch, pg_settings, kafka_bootstrap):
-    """Fresh topics (prefix) and empty stores for one test; returns a consumer group name."""
-    prefix = pipeline.fresh_prefix()
-    monkeypatch.setenv("STREAMFLOW_TOPIC_PREFIX", prefix)
-    pipeline.reset_store()
-    yield f"{prefix}-group"
-    pipeline.delete_topics(prefix)
 
 
-def users_of(folder) -> list[str]:
-    return pd.read_csv(folder / "users.csv", usecols=[schema.KEY])[schema.KEY].tolist()
 
 
 def test_replay_both_months_leaves_month_001_online_and_matches_batch_training_set(snapshots, fresh):
@@ -51,7 +41,7 @@ def test_replay_both_months_leaves_month_001_online_and_matches_batch_training_s
     stats = pipeline.drain(fresh)
     assert stats["written"] == 2 * 6 * USERS
     assert stats["dead_lettered"] == 0
-    users = users_of(m0)
+    users = pipeline.users_of(m0)
     assert pipeline.online_state(users) == pipeline.expected_online(m1)
 
     streamed = build_training_set(schema.SNAPSHOTS["month_000"])
@@ -74,12 +64,12 @@ def test_older_snapshot_after_newer_changes_nothing_online(snapshots, fresh):
     m0, m1 = snapshots
     pipeline.replay([m1])
     pipeline.drain(fresh)
-    before = pipeline.online_state(users_of(m1))
+    before = pipeline.online_state(pipeline.users_of(m1))
     times_before = pipeline.online_event_times("usage_agg_30d_fv")
     pipeline.replay([m0])
     stats = pipeline.drain(fresh)
     assert stats["written"] == 6 * USERS  # consumed and written offline, but not online
-    assert pipeline.online_state(users_of(m1)) == before == pipeline.expected_online(m1)
+    assert pipeline.online_state(pipeline.users_of(m1)) == before == pipeline.expected_online(m1)
     assert pipeline.online_event_times("usage_agg_30d_fv") == times_before
     # the offline store kept both months
     assert len(pipeline.offline_rows(schema.table("usage_agg_30d"))) == 2 * USERS
@@ -90,14 +80,14 @@ def test_replaying_the_same_snapshot_twice_changes_nothing(snapshots, fresh, pg_
     pipeline.replay([m0])
     pipeline.drain(fresh)
     offline_before = {t.name: pipeline.offline_rows(t) for t in schema.TABLES}
-    online_before = pipeline.online_state(users_of(m0))
+    online_before = pipeline.online_state(pipeline.users_of(m0))
     xmin_before = pg_conn.execute("SELECT count(*), max(xmin::text::bigint) FROM usage_agg_30d_snapshots").fetchone()
     pipeline.replay([m0])
     stats = pipeline.drain(fresh)
     assert stats["consumed"] == 6 * USERS
     for t in schema.TABLES:
         pd.testing.assert_frame_equal(pipeline.offline_rows(t), offline_before[t.name])
-    assert pipeline.online_state(users_of(m0)) == online_before
+    assert pipeline.online_state(pipeline.users_of(m0)) == online_before
     # no row was rewritten (same row versions)
     assert pg_conn.execute("SELECT count(*), max(xmin::text::bigint) FROM usage_agg_30d_snapshots").fetchone() == xmin_before
 
@@ -120,7 +110,7 @@ def test_sigkill_mid_replay_then_restart_loses_nothing(snapshots, fresh, tmp_pat
     assert committed < 2 * 6 * USERS, "the consumer finished before it could be killed"
     stats = pipeline.drain(fresh)
     assert stats["consumed"] >= 2 * 6 * USERS - committed
-    assert pipeline.online_state(users_of(m1)) == pipeline.expected_online(m1)
+    assert pipeline.online_state(pipeline.users_of(m1)) == pipeline.expected_online(m1)
     for t in schema.TABLES:
         rows = pipeline.offline_rows(t)
         assert len(rows) == 2 * USERS
@@ -170,7 +160,7 @@ def _bad_corpus(user: str) -> list[tuple[str, bytes | None, bytes | None, str]]:
 
 def test_bad_events_go_to_dead_letter_topic_and_good_ones_around_them_are_written(snapshots, fresh):
     m0, _ = snapshots
-    users = users_of(m0)
+    users = pipeline.users_of(m0)
     corpus = _bad_corpus(users[0])
     producer = KafkaProducer(bootstrap_servers=config.kafka_bootstrap(), max_request_size=2_000_000)
     from streamflow.kafka_topics import ensure_topics, table_topics
@@ -219,7 +209,7 @@ def test_two_consumer_processes_share_partitions_and_produce_the_exact_state(sna
     # both did work, and together they wrote every event at least once
     assert all(w > 0 for w in written), text
     assert sum(written) >= 2 * 6 * USERS
-    assert pipeline.online_state(users_of(m1)) == pipeline.expected_online(m1)
+    assert pipeline.online_state(pipeline.users_of(m1)) == pipeline.expected_online(m1)
 
 
 def test_sigterm_finishes_the_batch_commits_and_leaves_the_group(snapshots, fresh, tmp_path):
@@ -240,4 +230,4 @@ def test_sigterm_finishes_the_batch_commits_and_leaves_the_group(snapshots, fres
     assert pipeline.committed_total(fresh) == written
     stats = pipeline.drain(fresh)
     assert stats["consumed"] == 2 * 6 * USERS - written
-    assert pipeline.online_state(users_of(m1)) == pipeline.expected_online(m1)
+    assert pipeline.online_state(pipeline.users_of(m1)) == pipeline.expected_online(m1)
