@@ -1,0 +1,1 @@
+"""StreamFlow benchmarks against the stock Feast baselines: `python -m bench.run` (see bench/run.py)."""

@@ -1,0 +1,258 @@
+"""Shared set-up of the benchmarks: their own database, Feast projects and topics; data; the stock store.
+
+Importing this module points the process at the benchmarks' own resources BEFORE any streamflow
+module is imported (it must be the first import of every benchmark module):
+
+* database ``streamflow_bench`` (created if missing), Feast project ``streamflow_bench`` for our
+  store classes and ``streamflow_bench_stock`` for the stock ones (same SQL registry, same
+  warehouse tables, their own online tables);
+* a fresh topic prefix per run and per benchmark (``bench<run>-<name>-<id>``), deleted at the end.
+
+So the benchmarks never touch the demo's (``streamflow``) or the tests' (``streamflow_test``) data.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+import warnings
+
+
+def quiet_warnings() -> None:
+    """Hide library deprecation chatter (Feast re-adds its own filters on import: call again after)."""
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    warnings.filterwarnings("ignore", message="pandas only supports SQLAlchemy")
+
+
+quiet_warnings()
+
+RUN_ID = uuid.uuid4().hex[:8]
+BASE_PREFIX = f"bench{RUN_ID}"
+os.environ["POSTGRES_DB"] = "streamflow_bench"
+os.environ["FEAST_PROJECT"] = "streamflow_bench"
+os.environ["STREAMFLOW_TOPIC_PREFIX"] = BASE_PREFIX
+os.environ.setdefault("STREAMFLOW_LOG_LEVEL", "WARNING")
+
+import contextlib  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from functools import lru_cache  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import psycopg  # noqa: E402
+
+from streamflow import config, schema, warehouse  # noqa: E402
+
+STOCK_PROJECT = "streamflow_bench_stock"
+REPO = config.REPO_ROOT
+RESULTS = REPO / "bench" / "results"
+PROFILE = False  # set by bench.run --profile: wrap our side of each benchmark in pyinstrument
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+# --- database and Feast ---------------------------------------------------------------------------
+
+
+def ensure_database() -> None:
+    """Create the benchmarks' database when missing (as tests/conftest.py does for the tests')."""
+    settings = config.postgres()
+    admin = config.PostgresSettings(settings.host, settings.port, "streamflow", settings.user, settings.password)
+    with psycopg.connect(admin.conninfo, autocommit=True, connect_timeout=5) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (settings.database,)).fetchone():
+            conn.execute(f'CREATE DATABASE "{settings.database}"')
+
+
+def connect(**kwargs) -> psycopg.Connection:
+    return psycopg.connect(config.postgres().conninfo, connect_timeout=5, **kwargs)
+
+
+def reset() -> None:
+    """Empty warehouse and online tables of both projects, then apply both projects again."""
+    from feature_repo import definitions
+    from streamflow.feature_store import apply
+
+    with connect(autocommit=True) as conn:
+        warehouse.drop_schema(conn)
+        for project in (os.environ["FEAST_PROJECT"], STOCK_PROJECT):
+            for view in definitions.FEATURE_VIEWS.values():
+                conn.execute(f'DROP TABLE IF EXISTS "{project}_{view.name}"')
+    apply()
+    stock_store().apply(definitions.all_objects())  # the stock online store's own update(): tables, indexes
+
+
+def our_store():
+    from streamflow.feature_store import get_store
+
+    return get_store()
+
+
+@lru_cache(maxsize=None)
+def stock_store():
+    """A FeatureStore on the same database whose online and offline stores are Feast's stock
+    PostgreSQL classes (``type: postgres``), in project streamflow_bench_stock."""
+    import yaml
+    from feast import FeatureStore, RepoConfig
+
+    repo = config.feature_repo_dir()
+    raw = yaml.safe_load(os.path.expandvars((repo / "feature_store.yaml").read_text()))
+    raw["project"] = STOCK_PROJECT
+    raw["online_store"] = {**raw["online_store"], "type": "postgres"}
+    raw["offline_store"] = {**raw["offline_store"], "type": "postgres"}
+    repo_config = RepoConfig(**raw)
+    repo_config.repo_path = repo
+    return FeatureStore(repo_path=str(repo), config=repo_config)
+
+
+def server_versions() -> dict[str, str]:
+    with connect() as conn:
+        pg = conn.execute("SHOW server_version").fetchone()[0]
+    jars = sorted((REPO / ".services" / "kafka" / "lib").glob("kafka_2.13-*.jar"))
+    kafka = jars[0].stem.split("-", 1)[1] if jars else "unknown"
+    return {"postgresql": pg, "kafka": kafka}
+
+
+def service_ids() -> tuple:
+    """PostgreSQL's start time and the Kafka broker's pid: a change means a restart in between
+    (other sessions' fault tests restart the shared services)."""
+    try:
+        with connect() as conn:
+            pg = conn.execute("SELECT pg_postmaster_start_time()").fetchone()[0]
+    except psycopg.Error:
+        pg = None
+    pid_file = REPO / ".services" / "kafka" / "kafka.pid"
+    kafka = pid_file.read_text().strip() if pid_file.exists() else None
+    return pg, kafka
+
+
+def machine() -> dict:
+    import platform
+
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    ram = 0
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                ram = int(line.split()[1]) * 1024
+    return {"nproc": os.cpu_count(), "ram_gib": round(ram / 2**30, 1), "cpu": cpu,
+            "python": platform.python_version(), **server_versions(),
+            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+# --- Kafka topics -----------------------------------------------------------------------------------
+
+
+def use_topics(name: str, partitions: int = 4) -> str:
+    """Point this process (and the subprocesses it starts) at fresh topics for one benchmark."""
+    from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
+
+    prefix = f"{BASE_PREFIX}-{name}-{uuid.uuid4().hex[:4]}"  # fresh on a second attempt too
+    os.environ["STREAMFLOW_TOPIC_PREFIX"] = prefix
+    ensure_topics(table_topics() + [dead_letter_topic()], partitions=partitions)
+    return prefix
+
+
+def delete_run_topics() -> None:
+    """Delete the topics this run created (their names start with this run's prefix)."""
+    from streamflow.kafka_topics import admin_client
+
+    admin = admin_client()
+    try:
+        ours = [t for t in admin.list_topics() if t.startswith(BASE_PREFIX)]
+        if ours:
+            admin.delete_topics(ours, timeout_ms=30_000)
+    finally:
+        admin.close()
+
+
+# --- data -------------------------------------------------------------------------------------------
+
+_DATA_DIR: Path | None = None
+
+
+def data_dir() -> Path:
+    global _DATA_DIR
+    if _DATA_DIR is None:
+        _DATA_DIR = Path(tempfile.mkdtemp(prefix="streamflow-bench-"))
+    return _DATA_DIR
+
+
+def remove_data() -> None:
+    if _DATA_DIR is not None:
+        shutil.rmtree(_DATA_DIR, ignore_errors=True)
+
+
+def snapshots(users: int) -> dict[str, Path]:
+    """month_000 and month_001 of ``users`` generated users (seed 42), generated once per run."""
+    from streamflow.datagen.generate import generate
+
+    out = data_dir() / f"users_{users}"
+    if not (out / "month_001" / "labels.csv").exists():
+        started = time.perf_counter()
+        generate(out, users=users, progress=False)
+        say(f"  generated {users:,} users x 2 months in {time.perf_counter() - started:.1f} s")
+    return {name: out / name for name in ("month_000", "month_001")}
+
+
+def load_warehouse(users: int) -> None:
+    """Warehouse tables holding exactly both months of ``users`` users (batch load)."""
+    from streamflow.batch.load import load_snapshot
+
+    folders = snapshots(users)
+    started = time.perf_counter()
+    with connect(autocommit=True) as conn:
+        warehouse.drop_schema(conn)
+        warehouse.ensure_schema(conn)
+    for folder in folders.values():
+        load_snapshot(folder)
+    with connect(autocommit=True) as conn:  # settle the fresh rows (hint bits, statistics): fair to both readers
+        for table in schema.TABLES:
+            conn.execute(f"VACUUM (ANALYZE) {table.snapshot_table}")
+    say(f"  loaded {users:,} users x 2 months in {time.perf_counter() - started:.1f} s")
+
+
+# --- measuring --------------------------------------------------------------------------------------
+
+
+def rate(count: float, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("nan")
+
+
+@contextlib.contextmanager
+def profiled(name: str):
+    """With --profile, record a pyinstrument profile of the block to bench/results/profile_<name>.txt."""
+    if not PROFILE:
+        yield
+        return
+    from pyinstrument import Profiler
+
+    profiler = Profiler(interval=0.001)
+    profiler.start()
+    try:
+        yield
+    finally:
+        profiler.stop()
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        path = RESULTS / f"profile_{name}.txt"
+        path.write_text(profiler.output_text(unicode=True, color=False, show_all=False))
+        profiler.last_session.save(str(path.with_suffix(".pyisession")))  # pyinstrument --load F --show-all
+        say(f"  profile written to {path}")
+
+
+def row(benchmark: str, measure: str, ours: float | None, baseline: float | None, unit: str,
+        goal: str = "", met: bool | None = None, higher_is_better: bool = True, note: str = "") -> dict:
+    """One line of the results table; ratio = ours / baseline (baseline / ours when lower is better)."""
+    ratio = None
+    if ours and baseline:
+        ratio = ours / baseline if higher_is_better else baseline / ours
+    return {"benchmark": benchmark, "measure": measure, "ours": ours, "baseline": baseline, "unit": unit,
+            "ratio": ratio, "goal": goal, "met": met, "note": note}
