@@ -182,11 +182,12 @@ class Replayer:
             with tqdm(total=total, unit="ev", desc=snapshot_id, disable=not self.progress) as bar:
                 for table in tables:
                     hdrs = events.headers(table, as_of)
+                    topic = table.topic  # read once per table, not per event
                     for row in _records(frames[table.name]):
                         if self.stopped.is_set():
                             break
                         value = events.encode_value(table, row, as_of, snapshot_id)
-                        self._send(table.topic, row[schema.KEY].encode(), value, hdrs)
+                        self._send(topic, row[schema.KEY].encode(), value, hdrs)
                         self.limiter.wait()
                         bar.update()
             if self.stopped.is_set():
