@@ -59,12 +59,10 @@ def say(text: str) -> None:
 
 
 def ensure_database() -> None:
-    """Create the benchmarks' database when missing (as tests/conftest.py does for the tests')."""
-    settings = config.postgres()
-    admin = config.PostgresSettings(settings.host, settings.port, "streamflow", settings.user, settings.password)
-    with psycopg.connect(admin.conninfo, autocommit=True, connect_timeout=5) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (settings.database,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{settings.database}"')
+    """Create the benchmarks' database when missing."""
+    from streamflow import warehouse
+
+    warehouse.ensure_database()
 
 
 def connect(**kwargs) -> psycopg.Connection:

@@ -101,10 +101,7 @@ def prepare_database() -> None:
     from streamflow.feature_store import apply
 
     settings = config.postgres()
-    admin = config.PostgresSettings(settings.host, settings.port, "streamflow", settings.user, settings.password)
-    with psycopg.connect(admin.conninfo, autocommit=True, connect_timeout=5) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (settings.database,)).fetchone():
-            conn.execute(f'CREATE DATABASE "{settings.database}"')
+    warehouse.ensure_database(settings)
     with psycopg.connect(settings.conninfo, autocommit=True, connect_timeout=5) as conn:
         warehouse.drop_schema(conn)
         for view in definitions.FEATURE_VIEWS.values():

@@ -193,6 +193,21 @@ def drop_schema(conn: Cursorish, tables: Sequence[schema.Table] = schema.TABLES)
     _cursor(conn).execute(sql.SQL("DROP TABLE IF EXISTS {}").format(_ids(names)))
 
 
+def ensure_database(settings=None) -> None:
+    """Create the configured database when it does not exist (tests and benchmarks use their own).
+
+    Connects to the default ``streamflow`` database with the same user, which needs CREATEDB
+    (scripts/services.sh grants it).
+    """
+    from streamflow import config
+
+    settings = settings or config.postgres()
+    admin = config.PostgresSettings(settings.host, settings.port, "streamflow", settings.user, settings.password)
+    with psycopg.connect(admin.conninfo, autocommit=True, connect_timeout=5) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (settings.database,)).fetchone():
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.database)))
+
+
 # --- staging -------------------------------------------------------------------------------------
 
 

@@ -15,29 +15,14 @@ os.environ.setdefault("FEAST_PROJECT", "streamflow_test")
 import psycopg  # noqa: E402
 import pytest  # noqa: E402
 
-from streamflow import config  # noqa: E402
-
-
-def _ensure_database(settings: config.PostgresSettings) -> None:
-    admin = psycopg.connect(
-        config.PostgresSettings(
-            settings.host, settings.port, "streamflow", settings.user, settings.password
-        ).conninfo,
-        autocommit=True,
-    )
-    with admin:
-        exists = admin.execute(
-            "select 1 from pg_database where datname = %s", (settings.database,)
-        ).fetchone()
-        if not exists:
-            admin.execute(f'create database "{settings.database}"')
+from streamflow import config, warehouse  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def pg_settings() -> config.PostgresSettings:
     settings = config.postgres()
     try:
-        _ensure_database(settings)
+        warehouse.ensure_database(settings)
     except psycopg.OperationalError as exc:
         pytest.fail(
             f"PostgreSQL is not reachable at {settings.describe()} ({exc}); "
