@@ -31,7 +31,7 @@ trap 'kill $api_pid 2>/dev/null || true' EXIT
 get() { .venv/bin/python -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' "http://127.0.0.1:$port$1"; }
 for _ in $(seq 1 120); do get /health >/dev/null 2>&1 && break; sleep 0.5; done
 first=$(echo "$users" | head -n 1)
-get "/features/$first" | .venv/bin/python -m json.tool | head -n 30
+get "/features/$first" | .venv/bin/python -m json.tool | sed -n '1,30p'  # sed reads it all: no SIGPIPE
 echo "lag (GET /lag): $(get /lag | .venv/bin/python -c 'import json,sys; d=json.load(sys.stdin); s=d["sample"]; print(s["lag"], "messages,", s["lag_seconds"], "s,", (d["status"] or {}).get("status"))')"
 kill $api_pid; wait $api_pid 2>/dev/null || true
 echo; echo "done. Services keep running: scripts/services.sh status | down"
