@@ -3,7 +3,7 @@
 Importing this module points the process at the benchmarks' own resources BEFORE any streamflow
 module is imported (it must be the first import of every benchmark module):
 
-* database ``streamflow_bench`` (created if missing), Feast project ``streamflow_bench`` for our
+* database ``streamflow_bench`` (or ``$STREAMFLOW_BENCH_DB``; created if missing), Feast project ``streamflow_bench`` for our
   store classes and ``streamflow_bench_stock`` for the stock ones (same SQL registry, same
   warehouse tables, their own online tables);
 * a fresh topic prefix per run and per benchmark (``bench<run>-<name>-<id>``), deleted at the end.
@@ -28,7 +28,7 @@ quiet_warnings()
 
 RUN_ID = uuid.uuid4().hex[:8]
 BASE_PREFIX = f"bench{RUN_ID}"
-os.environ["POSTGRES_DB"] = "streamflow_bench"
+os.environ["POSTGRES_DB"] = os.environ.get("STREAMFLOW_BENCH_DB", "streamflow_bench")
 os.environ["FEAST_PROJECT"] = "streamflow_bench"
 os.environ["STREAMFLOW_TOPIC_PREFIX"] = BASE_PREFIX
 os.environ.setdefault("STREAMFLOW_LOG_LEVEL", "WARNING")
