@@ -91,14 +91,15 @@ def our_store():
 
 @lru_cache(maxsize=None)
 def stock_store():
-    """A FeatureStore on the same database whose online and offline stores are Feast's stock
-    PostgreSQL classes (``type: postgres``), in project streamflow_bench_stock."""
+    """A FeatureStore on the same database whose provider (``local``) and online and offline stores
+    (``type: postgres``) are Feast's stock classes, in project streamflow_bench_stock."""
     import yaml
     from feast import FeatureStore, RepoConfig
 
     repo = config.feature_repo_dir()
     raw = yaml.safe_load(os.path.expandvars((repo / "feature_store.yaml").read_text()))
     raw["project"] = STOCK_PROJECT
+    raw["provider"] = "local"
     raw["online_store"] = {**raw["online_store"], "type": "postgres"}
     raw["offline_store"] = {**raw["offline_store"], "type": "postgres"}
     repo_config = RepoConfig(**raw)

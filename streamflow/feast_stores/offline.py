@@ -14,6 +14,8 @@ from __future__ import annotations
 from typing import Any, Callable, Literal, Optional
 
 import pyarrow
+import pyarrow.compute as pc
+import pyarrow.csv as pa_csv
 
 from feast import FeatureView, RepoConfig
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres import (
@@ -55,12 +57,21 @@ class StreamflowOfflineStore(PostgreSQLOfflineStore):
 
 
 def _csv(table: schema.Table, frame) -> bytes:
-    """The frame's staging columns as CSV (empty = NULL, dates as days, floats at full precision)."""
-    frame = frame[warehouse.staging_columns(table)].copy()
-    for col in table.columns:
-        if col.kind == "date":
-            frame[col.name] = frame[col.name].dt.strftime("%Y-%m-%d")
-    return frame.to_csv(index=False, header=False).encode("utf-8")
+    """The frame's staging columns as CSV for COPY, written by Arrow's C++ CSV writer.
+
+    Every valid value is quoted and a null is an unquoted empty field, so COPY tells NULL from
+    an empty string; dates are days, times are UTC with microseconds, floats are written at
+    full (shortest round-trip) precision.
+    """
+    arrow = pyarrow.Table.from_pandas(frame[warehouse.staging_columns(table)], preserve_index=False)
+    for col in [schema.SNAPSHOT_TIME, *(c.name for c in table.columns if c.kind == "date")]:
+        i = arrow.schema.get_field_index(col)
+        utc = pc.cast(arrow.column(i), options=pc.CastOptions(pyarrow.timestamp("us", tz="UTC"),
+                                                              allow_time_truncate=True))
+        arrow = arrow.set_column(i, col, pc.cast(utc, pyarrow.date32()) if col != schema.SNAPSHOT_TIME else utc)
+    sink = pyarrow.BufferOutputStream()
+    pa_csv.write_csv(arrow, sink, pa_csv.WriteOptions(include_header=False, quoting_style="all_valid"))
+    return sink.getvalue().to_pybytes()
 
 
 def merge_frame(conn, table: schema.Table, frame) -> warehouse.MergeCounts:

@@ -24,6 +24,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Literal, Optional, Sequence
 
+import numpy as np
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
@@ -35,6 +36,8 @@ from feast.infra.utils.postgres.postgres_config import PostgreSQLConfig
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import RepeatedValue
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+
+from streamflow.feast_stores.value_encoding import varint
 
 log = logging.getLogger(__name__)
 
@@ -52,19 +55,7 @@ def table_name(project: str, view: FeatureView | str) -> str:
     return f"{project}_{name}"
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-_FIELD1_PREFIX = [b"\x0a" + _varint(n) for n in range(16384)]
+_FIELD1_PREFIX = [b"\x0a" + varint(n) for n in range(16384)]
 """Tag of RepeatedValue.val plus the length varint, for every length under 16 KiB."""
 
 
@@ -74,7 +65,7 @@ def encode_values(values) -> bytes:
     for value in values:
         raw = value.SerializeToString()
         n = len(raw)
-        parts.append(_FIELD1_PREFIX[n] if n < 16384 else b"\x0a" + _varint(n))
+        parts.append(_FIELD1_PREFIX[n] if n < 16384 else b"\x0a" + varint(n))
         parts.append(raw)
     return b"".join(parts)
 
@@ -97,6 +88,34 @@ def entity_key_bytes(entity_key: EntityKeyProto, version: int) -> bytes:
             return b"".join((_ONE_KEY, _STRING, struct.pack("<I", len(name)), name,
                              _STRING, struct.pack("<I", len(raw)), raw))
     return serialize_entity_key(entity_key, entity_key_serialization_version=version)
+
+
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00" + b"\x00\x00\x00\x00" + b"\x00\x00\x00\x00"
+_COPY_TRAILER = b"\xff\xff"
+_PG_EPOCH_US = 946_684_800_000_000
+"""PostgreSQL's binary timestamps count microseconds from 2000-01-01 UTC."""
+
+
+def binary_copy_payload(keys: Sequence[bytes], names: str, vals: Sequence[bytes], event_us: np.ndarray) -> bytes:
+    """A whole binary COPY stream of (entity_key, names, vals, event_ts, created_ts=NULL) rows.
+
+    Built in one pass over prepared columns: psycopg's row-by-row formatter adapts every value
+    of every row, which is most of the cost of a large write.
+    """
+    if not (len(keys) == len(vals) == len(event_us)):
+        raise ValueError(f"column lengths differ: {len(keys)} keys, {len(vals)} values, {len(event_us)} times")
+    raw_names = names.encode("utf-8")
+    names_field = struct.pack(">i", len(raw_names)) + raw_names
+    stamps = (np.asarray(event_us, dtype=np.int64) - _PG_EPOCH_US).astype(">i8").tobytes()
+    pack = struct.Struct(">i").pack
+    ts_len, no_created, fields = b"\x00\x00\x00\x08", b"\xff\xff\xff\xff", b"\x00\x05"
+    parts = [_COPY_SIGNATURE]
+    append = parts.append
+    for i, (key, value) in enumerate(zip(keys, vals)):
+        append(b"".join((fields, pack(len(key)), key, names_field, pack(len(value)), value,
+                         ts_len, stamps[8 * i:8 * i + 8], no_created)))
+    append(_COPY_TRAILER)
+    return b"".join(parts)
 
 
 def _utc(ts: Optional[datetime]) -> Optional[datetime]:
@@ -205,6 +224,26 @@ class StreamflowOnlineStore(OnlineStore):
 
     def write_rows(self, config: RepoConfig, view_name: str, rows: Sequence[tuple]) -> int:
         """Merge (entity_key, names, values, event_ts, created_ts) rows; returns rows changed."""
+
+        def load(copy) -> None:
+            copy.set_types(["bytea", "text", "bytea", "timestamptz", "timestamptz"])
+            for row in rows:
+                copy.write_row(row)
+
+        return self._merge(config, view_name, load)
+
+    def write_encoded(self, config: RepoConfig, view_name: str, keys: Sequence[bytes], names: str,
+                      vals: Sequence[bytes], event_us: np.ndarray) -> int:
+        """Merge rows already in the table's format (see value_encoding); returns rows changed.
+
+        keys: serialized entity keys; names: the comma-joined feature names shared by every row;
+        vals: RepeatedValue encodings; event_us: event times in microseconds since the Unix epoch.
+        """
+        payload = binary_copy_payload(keys, names, vals, event_us)
+        return self._merge(config, view_name, lambda copy: copy.write(payload))
+
+    def _merge(self, config: RepoConfig, view_name: str, load: Callable[[Any], None]) -> int:
+        """COPY rows into a staging table (load fills the COPY) and merge them: newest wins."""
         target = sql.Identifier(table_name(config.project, view_name))
         with self._conn(config) as conn, conn.transaction():
             with conn.cursor() as cur:
@@ -217,9 +256,7 @@ class StreamflowOnlineStore(OnlineStore):
                     "COPY streamflow_online_stage (entity_key, names, vals, event_ts, created_ts)"
                     " FROM STDIN (FORMAT BINARY)"
                 ) as copy:
-                    copy.set_types(["bytea", "text", "bytea", "timestamptz", "timestamptz"])
-                    for row in rows:
-                        copy.write_row(row)
+                    load(copy)
                 cur.execute(
                     sql.SQL(
                         """
