@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
@@ -121,10 +122,9 @@ def _typed(column: schema.Column, value: Any) -> Any:
     elif kind == "date":
         if not isinstance(value, str) or not _DATE.match(value):
             raise InvalidEvent(f"field {column.name}: expected a date YYYY-MM-DD, got {value!r:.40}", column.name)
-        try:
-            day = datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
-        except ValueError:
-            raise InvalidEvent(f"field {column.name}: not a calendar date: {value!r}", column.name) from None
+        day = _day(value)
+        if day is None:
+            raise InvalidEvent(f"field {column.name}: not a calendar date: {value!r}", column.name)
         lo, hi = DATE_RANGE
         if not lo <= day.date() <= hi:
             # An event the push could never write (pandas cannot hold the day) must not reach it:
@@ -138,19 +138,83 @@ def _typed(column: schema.Column, value: Any) -> Any:
     return value
 
 
-def _event_time(value: Any, now: datetime) -> datetime:
-    if not isinstance(value, str):
-        raise InvalidEvent(f"field {schema.EVENT_TIME}: expected an ISO 8601 string", schema.EVENT_TIME)
+_NOT_ISO, _NO_ZONE = object(), object()
+
+
+@lru_cache(maxsize=4096)
+def _utc_time(value: str):
+    """An ISO 8601 time as UTC; _NOT_ISO, _NO_ZONE, or None when beyond year 9999 in UTC.
+
+    Cached: the events of one snapshot share their event time.
+    """
     try:
         ts = datetime.fromisoformat(value)
     except ValueError:
-        raise InvalidEvent(f"field {schema.EVENT_TIME}: not ISO 8601: {value!r:.40}", schema.EVENT_TIME) from None
+        return _NOT_ISO
     if ts.tzinfo is None:
-        raise InvalidEvent(f"field {schema.EVENT_TIME}: no time zone in {value!r:.40}", schema.EVENT_TIME)
+        return _NO_ZONE
     try:
-        ts = ts.astimezone(timezone.utc)
+        return ts.astimezone(timezone.utc)
     except OverflowError:  # e.g. 9999-12-31T23:59:59-05:00 is beyond year 9999 in UTC
-        ts = None
+        return None
+
+
+def _checker(column: schema.Column):
+    """A check of one column's value with a fast path for the common valid case.
+
+    Anything off the fast path (nulls, wrong types, out of range, ints given for floats) goes to
+    _typed, which gives the same result or the error with its reason.
+    """
+    lo = column.min if column.min is not None else -math.inf
+    hi = column.max if column.max is not None else math.inf
+    kind = column.kind
+    if kind == "int":
+        def check(value):
+            return value if type(value) is int and lo <= value <= hi else _typed(column, value)
+    elif kind == "float":
+        def check(value):  # value - value is 0.0 only for a finite float
+            return value if type(value) is float and lo <= value <= hi and value - value == 0.0 \
+                else _typed(column, value)
+    elif kind == "bool":
+        def check(value):
+            return value if value is True or value is False else _typed(column, value)
+    elif kind == "str" and column.choices is not None:
+        choices = frozenset(column.choices)
+
+        def check(value):
+            return value if type(value) is str and value in choices else _typed(column, value)
+    elif kind == "str":
+        def check(value):
+            return value if type(value) is str else _typed(column, value)
+    else:
+        def check(value):
+            return _typed(column, value)
+    return check
+
+
+@dataclass(frozen=True)
+class _Contract:
+    """What decode checks of one table's events, prepared once."""
+
+    fields: tuple[str, ...]
+    field_set: frozenset
+    checkers: tuple
+
+
+@lru_cache(maxsize=None)
+def _contract(table: schema.Table) -> _Contract:
+    fields = (schema.KEY, *table.feature_names, schema.EVENT_TIME, schema.EVENT_SNAPSHOT)
+    return _Contract(fields, frozenset(fields), tuple((c.name, _checker(c)) for c in table.columns))
+
+
+def _event_time(value: Any, now: datetime) -> datetime:
+    if not isinstance(value, str):
+        raise InvalidEvent(f"field {schema.EVENT_TIME}: expected an ISO 8601 string", schema.EVENT_TIME)
+    ts = _utc_time(value)
+    if ts is _NOT_ISO:
+        raise InvalidEvent(f"field {schema.EVENT_TIME}: not ISO 8601: {value!r:.40}", schema.EVENT_TIME)
+    if ts is _NO_ZONE:
+        raise InvalidEvent(f"field {schema.EVENT_TIME}: no time zone in {value!r:.40}", schema.EVENT_TIME)
     if ts is None or ts < EARLIEST_EVENT_TIME or ts > now + FUTURE_TOLERANCE:
         raise InvalidEvent(f"field {schema.EVENT_TIME}: {value} is implausibly far in the past or future",
                            schema.EVENT_TIME)
@@ -176,10 +240,10 @@ def decode(topic: str, key: bytes | None, value: bytes | None, now: datetime | N
         raise InvalidEvent(f"not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise InvalidEvent(f"not a JSON object but {type(payload).__name__}")
-    expected = [schema.KEY, *table.feature_names, schema.EVENT_TIME, schema.EVENT_SNAPSHOT]
-    missing = [f for f in expected if f not in payload]
-    extra = [f for f in payload if f not in expected]
-    if missing or extra:
+    contract = _contract(table)
+    if payload.keys() != contract.field_set:
+        missing = [f for f in contract.fields if f not in payload]
+        extra = [f for f in payload if f not in contract.field_set]
         raise InvalidEvent(
             f"fields do not match table {table.name}: missing {missing or 'none'}, unexpected {extra or 'none'}"
         )
@@ -195,5 +259,5 @@ def decode(topic: str, key: bytes | None, value: bytes | None, now: datetime | N
     if snapshot is not None and (not isinstance(snapshot, str) or not _SNAPSHOT.match(snapshot)):
         raise InvalidEvent(f"field {schema.EVENT_SNAPSHOT}: expected a snapshot id, got {snapshot!r:.40}",
                            schema.EVENT_SNAPSHOT)
-    values = {col.name: _typed(col, payload[col.name]) for col in table.columns}
+    values = {name: check(payload[name]) for name, check in contract.checkers}
     return Event(table=table, user_id=user_id, event_time=event_time, snapshot=snapshot, values=values)
