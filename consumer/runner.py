@@ -15,9 +15,10 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.errors import CommitFailedError, KafkaError
@@ -47,21 +48,40 @@ class ConsumerSettings:
     partitions back at once, without waiting for the dead one's session to expire."""
 
 
+_NAT = np.iinfo(np.int64).min
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def utc_times(values: list[datetime | None]) -> pd.Series:
+    """UTC datetimes (None = NaT) as a datetime64[ns, UTC] column, converting each distinct value once.
+
+    The events of a snapshot share their event time and dates repeat, so this is a lookup per
+    event instead of pandas' per-object datetime inference.
+    """
+    nanos: dict[datetime | None, int] = {None: _NAT}
+    for value in values:
+        if value not in nanos:
+            nanos[value] = (value - _EPOCH) // _MICROSECOND * 1_000
+    stamps = np.fromiter((nanos[v] for v in values), dtype=np.int64, count=len(values))
+    return pd.Series(pd.to_datetime(stamps.view("datetime64[ns]"), utc=True))
+
+
 def events_frame(table: schema.Table, batch: list[events.Event]) -> pd.DataFrame:
-    """A push frame for one table; of several events of one user and time, the last one."""
-    rows = {schema.KEY: [e.user_id for e in batch], schema.SNAPSHOT_TIME: [e.event_time for e in batch]}
-    for name in table.feature_names:
-        rows[name] = [e.values[name] for e in batch]
-    rows[schema.EVENT_SNAPSHOT] = [e.snapshot for e in batch]
-    frame = pd.DataFrame(rows, columns=push_columns(table))
-    frame[schema.SNAPSHOT_TIME] = pd.to_datetime(frame[schema.SNAPSHOT_TIME], utc=True)
-    frame[schema.KEY] = frame[schema.KEY].astype("string")
-    frame[schema.EVENT_SNAPSHOT] = frame[schema.EVENT_SNAPSHOT].astype("string")
+    """A push frame for one table; of several events of one user and time, the last one.
+
+    Every column is built in its registry dtype straight from the decoded (already type-checked)
+    values.
+    """
+    columns = {
+        schema.KEY: pd.Series(pd.array([e.user_id for e in batch], dtype="string")),
+        schema.SNAPSHOT_TIME: utc_times([e.event_time for e in batch]),
+    }
     for col in table.columns:
-        if col.kind == "date":
-            frame[col.name] = pd.to_datetime(frame[col.name], utc=True)
-        else:  # values were type-checked by events.decode
-            frame[col.name] = frame[col.name].astype(col.pandas_dtype)
+        values = [e.values[col.name] for e in batch]
+        columns[col.name] = utc_times(values) if col.kind == "date" else pd.Series(pd.array(values, dtype=col.pandas_dtype))
+    columns[schema.EVENT_SNAPSHOT] = pd.Series(pd.array([e.snapshot for e in batch], dtype="string"))
+    frame = pd.DataFrame(columns, columns=push_columns(table))
     return frame.drop_duplicates([schema.KEY, schema.SNAPSHOT_TIME], keep="last")
 
 
