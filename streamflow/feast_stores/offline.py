@@ -81,11 +81,22 @@ class StreamflowOfflineStore(PostgreSQLOfflineStore):
         progress: Optional[Callable[[int], Any]],
     ) -> None:
         spec = schema.table_for_feature_view(feature_view.name)
-        frame = validate_frame(spec, table.to_pandas(), where=f"offline write to {feature_view.name}")
+        frame = validate_frame(spec, table.to_pandas(types_mapper=_NULLABLE_DTYPES.get),
+                               where=f"offline write to {feature_view.name}")
         with connection_pool(config.offline_store).connection(timeout=10.0) as conn:
             merge_frame(conn, spec, frame)
         if progress:
             progress(table.num_rows)
+
+
+_NULLABLE_DTYPES = {
+    pyarrow.string(): pd.StringDtype(),
+    pyarrow.large_string(): pd.StringDtype(),
+    pyarrow.int64(): pd.Int64Dtype(),
+    pyarrow.float64(): pd.Float64Dtype(),
+    pyarrow.bool_(): pd.BooleanDtype(),
+}
+"""Arrow types read back as pandas' nullable dtypes (the registry's), so validation stays vectorised."""
 
 
 def _csv(table: schema.Table, frame) -> bytes:
