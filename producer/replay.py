@@ -4,6 +4,11 @@ Snapshots are replayed in event-time order, table by table; every file is valida
 the registry before the first event of its snapshot is sent. The producer is idempotent with
 acks=all; every send is tracked, and the summary says how many events each topic acknowledged
 and how many failed.
+
+The work per event is kept to the send itself: the events of a chunk of rows are encoded column by
+column (``events.encode_frame``, the same bytes as ``events.encode_value`` row by row), their
+partitions are computed for the whole chunk (``producer.partitioning``, the default partitioner's
+choice) and every send of a topic shares one pair of delivery callbacks.
 """
 
 from __future__ import annotations
@@ -12,16 +17,19 @@ import logging
 import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
 import pandas as pd
 from kafka import KafkaProducer
+from kafka.partitioner import DefaultPartitioner
 from kafka.errors import KafkaError, KafkaTimeoutError
 from tqdm import tqdm
 
 from producer.pacing import RateLimiter, event_time_gap
+from producer.partitioning import key_partitions
 from streamflow import config, events, schema
 from streamflow.batch.validate import read_snapshot
 from streamflow.errors import ServiceUnavailable
@@ -30,6 +38,10 @@ from streamflow.kafka_topics import ensure_topics
 log = logging.getLogger("producer")
 
 CHUNK_ROWS = 20_000
+"""Rows encoded at once."""
+
+SEND_BLOCK = 500
+"""Events sent between two progress updates."""
 
 
 @dataclass
@@ -119,10 +131,31 @@ def snapshot_order(folders: list[Path]) -> list[tuple[Path, str, date]]:
 
 
 def _records(frame: pd.DataFrame):
-    """Rows of a typed frame as dicts of plain Python values (None for nulls), chunk by chunk."""
-    for start in range(0, len(frame), CHUNK_ROWS):
-        chunk = frame.iloc[start : start + CHUNK_ROWS]
+    """Rows of a typed frame as dicts of plain Python values (None for nulls), chunk by chunk: the
+    input of the per-row reference encoding, events.encode_value."""
+    for chunk in _chunks(frame):
         yield from chunk.astype(object).where(chunk.notna(), None).to_dict("records")
+
+
+def _chunks(frame: pd.DataFrame):
+    for start in range(0, len(frame), CHUNK_ROWS):
+        yield frame.iloc[start : start + CHUNK_ROWS]
+
+
+class _Delivery:
+    """The delivery callbacks of every send to one topic (one object per topic, not a closure
+    per send)."""
+
+    __slots__ = ("stats", "topic")
+
+    def __init__(self, stats: ReplayStats, topic: str):
+        self.stats, self.topic = stats, topic
+
+    def ack(self, _metadata) -> None:
+        self.stats.ack(self.topic)
+
+    def fail(self, error: BaseException) -> None:
+        self.stats.fail(self.topic, error)
 
 
 class Replayer:
@@ -136,25 +169,68 @@ class Replayer:
         self.progress = progress
         self.stats = ReplayStats()
         self.stopped = threading.Event()
+        self._deliveries: dict[str, _Delivery] = {}
 
-    def _send(self, topic: str, key: bytes, value: bytes, headers) -> None:
-        self.stats.sent[topic] += 1
-        try:
-            future = self.producer.send(topic, key=key, value=value, headers=headers)
-        except KafkaTimeoutError as exc:  # buffer full and the broker is not taking data
-            self.stats.fail(topic, exc)
-            return
-        future.add_callback(lambda _md, t=topic: self.stats.ack(t))
-        future.add_errback(lambda exc, t=topic: self.stats.fail(t, exc))
+    def _partitions(self, topic: str, keys: list[bytes]) -> list[int | None]:
+        """The partition of each key, as the producer's default partitioner would choose it; None
+        (the producer chooses) when it has another partitioner or no metadata for the topic."""
+        if type(self.producer.config.get("partitioner")) is DefaultPartitioner:
+            try:
+                partitions = self.producer.partitions_for(topic)
+            except KafkaError:
+                partitions = None
+            if partitions:
+                return key_partitions(keys, partitions)
+        return [None] * len(keys)
+
+    def _send(self, topic: str, keys: list[bytes], values: list[bytes], headers, bar) -> None:
+        """Send one chunk of encoded events in order, paced, every send tracked."""
+        send = self.producer.send
+        stats = self.stats
+        stopped = self.stopped
+        wait = self.limiter.wait if self.limiter.rate else None
+        delivery = self._deliveries.get(topic)
+        if delivery is None:
+            delivery = self._deliveries[topic] = _Delivery(stats, topic)
+        ack, fail = delivery.ack, delivery.fail
+        partitions = self._partitions(topic, keys)
+        for start in range(0, len(keys), SEND_BLOCK):
+            end = start + SEND_BLOCK
+            sent = 0
+            try:
+                for key, value, partition in zip(keys[start:end], values[start:end], partitions[start:end]):
+                    if stopped.is_set():
+                        break
+                    sent += 1
+                    try:
+                        future = send(topic, key=key, value=value, headers=headers, partition=partition)
+                    except KafkaTimeoutError as exc:  # buffer full and the broker is not taking data
+                        stats.fail(topic, exc)
+                    else:
+                        future.add_callback(ack)
+                        future.add_errback(fail)
+                    if wait is not None:
+                        wait()
+            finally:  # counted also when a send raises something else
+                stats.sent[topic] += sent
+                bar.update(sent)
+            if stopped.is_set():
+                return
 
     def load_metadata(self, topics: list[str]) -> None:
         """Partitions of every topic before the first event: should the broker go away later, a
         send to a topic without metadata would block for max_block_ms, event after event."""
-        for topic in topics:
+        def partitions(topic: str):
             try:
-                self.producer.partitions_for(topic)
+                return self.producer.partitions_for(topic)
             except KafkaError as exc:
                 raise ServiceUnavailable(f"Kafka: no metadata for topic {topic} ({exc})") from None
+
+        # All topics at once (the producer is thread-safe): their metadata comes in one or two
+        # requests instead of one request per topic, each after the producer's retry backoff.
+        with ThreadPoolExecutor(max_workers=max(1, len(topics)), thread_name_prefix="metadata") as pool:
+            for _ in pool.map(partitions, topics):
+                pass
 
     def replay(self, folders: list[Path], tables: list[schema.Table] | None = None,
                flush_timeout: float | None = None) -> ReplayStats:
@@ -183,13 +259,11 @@ class Replayer:
                 for table in tables:
                     hdrs = events.headers(table, as_of)
                     topic = table.topic  # read once per table, not per event
-                    for row in _records(frames[table.name]):
+                    for chunk in _chunks(frames[table.name]):
                         if self.stopped.is_set():
                             break
-                        value = events.encode_value(table, row, as_of, snapshot_id)
-                        self._send(topic, row[schema.KEY].encode(), value, hdrs)
-                        self.limiter.wait()
-                        bar.update()
+                        keys, values = events.encode_frame(table, chunk, as_of, snapshot_id)
+                        self._send(topic, keys, values, hdrs, bar)
             if self.stopped.is_set():
                 log.warning("stopped before the end of %s", snapshot_id)
                 break

@@ -19,7 +19,9 @@ from functools import lru_cache
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
+import numpy as np
 import orjson
+import pandas as pd
 
 from streamflow import schema
 
@@ -80,6 +82,69 @@ def encode_value(table: schema.Table, row: dict[str, Any], as_of: date, snapshot
     payload[schema.EVENT_TIME] = schema.as_of_timestamp(as_of).isoformat()
     payload[schema.EVENT_SNAPSHOT] = snapshot
     return orjson.dumps(payload)
+
+
+def _json_fragments(column: schema.Column, values: Any) -> list[bytes]:
+    """The JSON text of every value of one typed column (registry dtype), as encode_value writes
+    it: the same orjson serialization of the same Python values, done for the whole column."""
+    array = pd.array(values) if not isinstance(values, pd.api.extensions.ExtensionArray) else values
+    null = np.asarray(pd.isna(array), dtype=bool)
+    kind = column.kind
+    if kind == "date":
+        stamps = pd.DatetimeIndex(array)
+        if stamps.tz is not None:
+            stamps = stamps.tz_convert("UTC").tz_localize(None)
+        # the UTC day, as Timestamp.isoformat()[:10] has it (4-digit years: datetime64[ns] holds 1677-2262)
+        days = stamps.to_numpy(dtype="datetime64[ns]").astype("datetime64[D]").astype("S10").tolist()
+        out = [b'"%b"' % d for d in days]
+        for i in np.flatnonzero(null).tolist():
+            out[i] = b"null"
+        return out
+    if kind in ("int", "float", "bool"):
+        dtype, fill = {"int": ("int64", 0), "float": ("float64", 0.0), "bool": ("bool", False)}[kind]
+        plain = array.to_numpy(dtype=dtype, na_value=fill).tolist()  # Python ints, floats, bools
+        for i in np.flatnonzero(null).tolist():
+            plain[i] = None
+        # A JSON list of numbers, true, false and null has no comma but between its items; orjson
+        # writes NaN and infinities as null, as encode_value does.
+        return orjson.dumps(plain)[1:-1].split(b",") if plain else []
+    texts: dict[Any, bytes] = {}
+    out = []
+    for value in array.to_numpy(dtype=object, na_value=None).tolist():
+        text = texts.get(value)
+        if text is None:
+            text = texts[value] = b"null" if value is None else orjson.dumps(str(value))
+        out.append(text)
+    return out
+
+
+def encode_frame(table: schema.Table, frame: pd.DataFrame, as_of: date, snapshot: str
+                 ) -> tuple[list[bytes], list[bytes]]:
+    """Keys and JSON values of the events of many snapshot rows at once, column by column.
+
+    ``frame`` holds the key and the table's columns in the registry's dtypes (what
+    ``read_snapshot`` returns). The values are byte for byte what :func:`encode_value` gives for
+    each row (tests/test_producer_encoding.py checks it): every column is serialized by orjson as a
+    whole, the constant fields once, and each event is one formatting of a per-table template.
+    """
+    ids = frame[schema.KEY].to_numpy(dtype=object, na_value=None).tolist()
+    keys = [user_id.encode() for user_id in ids]
+    # When no id needs escaping in JSON (the registry's id pattern), its JSON text is the key in
+    # quotes: the JSON list of all ids is then exactly the quoted keys joined by commas (any
+    # escape would make it longer).
+    plain_ids = orjson.dumps(ids) == b'["' + b'","'.join(keys) + b'"]' if keys else True
+    def literal(*parts: Any) -> bytes:  # JSON text of names and constants, escaped for the template
+        return b"".join(p if isinstance(p, bytes) else orjson.dumps(p) for p in parts).replace(b"%", b"%%")
+
+    template = b"".join([
+        literal(b"{", schema.KEY, b":"), b'"%b"' if plain_ids else b"%b",
+        *(literal(b",", col.name, b":") + b"%b" for col in table.columns),
+        literal(b",", schema.EVENT_TIME, b":", schema.as_of_timestamp(as_of).isoformat(),
+                b",", schema.EVENT_SNAPSHOT, b":", snapshot, b"}"),
+    ])
+    columns = [keys if plain_ids else [orjson.dumps(i) for i in ids]]
+    columns += [_json_fragments(col, frame[col.name].array) for col in table.columns]
+    return keys, [template % parts for parts in zip(*columns)]
 
 
 def headers(table: schema.Table, as_of: date) -> list[tuple[str, bytes]]:
