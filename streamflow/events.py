@@ -157,6 +157,15 @@ def headers(table: schema.Table, as_of: date) -> list[tuple[str, bytes]]:
 # --- consuming -------------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=1 << 16)
+def _day(value: str) -> datetime | None:
+    """A YYYY-MM-DD string as midnight UTC, None if it is no calendar date (days repeat: cached)."""
+    try:
+        return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
 def _typed(column: schema.Column, value: Any) -> Any:
     if value is None:
         if column.nullable:
