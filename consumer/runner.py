@@ -27,7 +27,7 @@ from consumer.dead_letter import DeadLetterError, DeadLetterQueue
 from consumer.metrics import ConsumerMetrics
 from streamflow import config, events, schema
 from streamflow.errors import ServiceUnavailable
-from streamflow.feature_store import get_store, push
+from streamflow.feature_store import database_errors, get_store, push
 from streamflow.push_validation import PushValidationError, push_columns
 
 log = logging.getLogger("consumer")
@@ -116,7 +116,8 @@ class StreamConsumer:
         except KafkaError as exc:
             raise ServiceUnavailable(f"Kafka at {self.settings.bootstrap} is not reachable ({exc})") from None
         # Open the feature store (Feast import, registry) before joining, not in the first batch.
-        get_store().list_feature_views()
+        with database_errors("opening the feature store"):
+            get_store().list_feature_views()
         for topic in self.topics:  # load topic metadata first, so the first assignment sees partitions
             self.consumer.partitions_for_topic(topic)
         self.consumer.subscribe(self.topics)

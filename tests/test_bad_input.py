@@ -456,3 +456,21 @@ def test_bad_api_requests_get_clear_errors_and_change_nothing(snapshots, fresh):
     pipeline.record_reliability(
         "5c. bad API requests", events=total, answered_4xx=sum(answers.values()), answered_5xx=0,
         by_status={str(k): v for k, v in sorted(answers.items())}, rows_changed=0, lost=0, duplicates=0)
+
+
+def test_consumer_with_postgres_unreachable_exits_clearly(tmp_path, kafka_bootstrap, monkeypatch):
+    """The consumer started while PostgreSQL is down: one clear line and exit code, no traceback."""
+    import subprocess
+    import sys
+
+    from streamflow.errors import ServiceUnavailable
+
+    monkeypatch.setenv("STREAMFLOW_TOPIC_PREFIX", pipeline.fresh_prefix())
+    env = {**os.environ, "POSTGRES_PORT": "1", "POSTGRES_PASSWORD": "s3cret-pw"}
+    done = subprocess.run([sys.executable, "-m", "consumer.main", "--group", "unreachable-pg", "--until-drained"],
+                          cwd=pipeline.REPO, env=env, capture_output=True, text=True, timeout=120)
+    output = done.stdout + done.stderr
+    assert done.returncode == ServiceUnavailable.exit_code, output[-2000:]
+    assert "PostgreSQL" in output and "not reachable" in output
+    assert "Traceback" not in output and "s3cret-pw" not in output
+    pipeline.delete_topics(os.environ["STREAMFLOW_TOPIC_PREFIX"])
