@@ -13,6 +13,7 @@ choice) and every send of a topic shares one pair of delivery callbacks.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -96,6 +97,19 @@ DELIVERY_TIMEOUT = 120.0
 reported as failed."""
 
 
+class _Producer(KafkaProducer):
+    """kafka-python's producer with a finalizer that does not raise.
+
+    When events are still unacknowledged while the broker is away, ``close(timeout)`` raises (they
+    are reported and the exit code is 1) and leaves the producer open; kafka-python's finalizer then
+    closes it again when the object is collected and, failing again, prints the timeout as a
+    traceback at exit."""
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            super().__del__()
+
+
 def make_producer(bootstrap: str | None = None, delivery_timeout: float = DELIVERY_TIMEOUT,
                   **overrides) -> KafkaProducer:
     servers = bootstrap or config.kafka_bootstrap()
@@ -119,7 +133,7 @@ def make_producer(bootstrap: str | None = None, delivery_timeout: float = DELIVE
     )
     settings.update(overrides)
     try:
-        return KafkaProducer(**settings)
+        return _Producer(**settings)
     except KafkaError as exc:
         raise ServiceUnavailable(f"Kafka at {servers} is not reachable ({exc})") from None
 
