@@ -7,16 +7,35 @@ import os
 import sys
 
 
+LIBRARIES = ("feast", "kafka", "urllib3", "sqlalchemy", "psycopg")
+"""Loggers of the libraries we run on."""
+
+
+class OperatorFormatter(logging.Formatter):
+    """One line per record; a library's exception is summed up on that line, not as a traceback.
+
+    kafka-python, for one, logs a full traceback when the broker drops a connection, which it then
+    handles itself (reconnects): an expected event for an operator, not a crash. At DEBUG level
+    every traceback is shown.
+    """
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.exc_info and record.name.split(".")[0] in LIBRARIES and logging.getLogger().level > logging.DEBUG:
+            exc = record.exc_info[1]
+            summary = f"{type(exc).__name__}: {exc}" if exc is not None else ""
+            record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})
+            line = super().format(record)
+            return f"{line} ({summary})" if summary else line
+        return super().format(record)
+
+
 def setup(level: str | None = None) -> None:
     level = (level or os.environ.get("STREAMFLOW_LOG_LEVEL", "INFO")).upper()
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)-5s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OperatorFormatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s", "%H:%M:%S"))
+    logging.basicConfig(level=level, handlers=[handler])
     # Feast and kafka-python are chatty at INFO; their warnings still show.
-    for noisy in ("feast", "kafka", "urllib3", "sqlalchemy", "psycopg.pool"):
+    for noisy in ("feast", "kafka", "urllib3", "sqlalchemy", "psycopg.pool"):  # not psycopg itself
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
