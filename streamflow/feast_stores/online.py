@@ -28,7 +28,7 @@ import numpy as np
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
-from feast import Entity, FeatureView, RepoConfig, ValueType
+from feast import Entity, FeatureView, RepoConfig
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.online_store import OnlineStore
 from feast.infra.utils.postgres.connection_utils import _get_conninfo, _get_conn_kwargs
@@ -37,7 +37,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import RepeatedValue
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
-from streamflow.feast_stores.value_encoding import varint
+from streamflow.feast_stores.value_encoding import element, string_entity_key
 
 log = logging.getLogger(__name__)
 
@@ -55,27 +55,13 @@ def table_name(project: str, view: FeatureView | str) -> str:
     return f"{project}_{name}"
 
 
-_FIELD1_PREFIX = [b"\x0a" + varint(n) for n in range(16384)]
-"""Tag of RepeatedValue.val plus the length varint, for every length under 16 KiB."""
-
-
 def encode_values(values) -> bytes:
     """The protobuf encoding of RepeatedValue(val=values), built without copying the messages."""
-    parts = []
-    for value in values:
-        raw = value.SerializeToString()
-        n = len(raw)
-        parts.append(_FIELD1_PREFIX[n] if n < 16384 else b"\x0a" + varint(n))
-        parts.append(raw)
-    return b"".join(parts)
+    return b"".join([element(value.SerializeToString()) for value in values])
 
 
 def decode_values(raw: bytes) -> list[ValueProto]:
     return list(RepeatedValue.FromString(raw).val)
-
-
-_STRING = struct.pack("<I", ValueType.STRING.value)
-_ONE_KEY = struct.pack("<I", 1)
 
 
 def entity_key_bytes(entity_key: EntityKeyProto, version: int) -> bytes:
@@ -83,10 +69,7 @@ def entity_key_bytes(entity_key: EntityKeyProto, version: int) -> bytes:
     if version >= 3 and len(entity_key.join_keys) == 1:
         value = entity_key.entity_values[0]
         if value.WhichOneof("val") == "string_val":
-            name = entity_key.join_keys[0].encode()
-            raw = value.string_val.encode()
-            return b"".join((_ONE_KEY, _STRING, struct.pack("<I", len(name)), name,
-                             _STRING, struct.pack("<I", len(raw)), raw))
+            return string_entity_key(entity_key.join_keys[0], value.string_val)
     return serialize_entity_key(entity_key, entity_key_serialization_version=version)
 
 

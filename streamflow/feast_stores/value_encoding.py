@@ -58,22 +58,27 @@ def varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _element(value: bytes) -> bytes:
-    """A Value's encoding wrapped as one element of RepeatedValue.val (field 1)."""
-    return b"\x0a" + varint(len(value)) + value
+_ELEMENT_PREFIX = [b"\x0a" + varint(n) for n in range(16384)]
+"""Tag of RepeatedValue.val plus the length varint, for every length under 16 KiB."""
+
+
+def element(value: bytes) -> bytes:
+    """A serialized Value wrapped as one element of RepeatedValue.val (field 1)."""
+    n = len(value)
+    return (_ELEMENT_PREFIX[n] if n < 16384 else b"\x0a" + varint(n)) + value
 
 
 @lru_cache(maxsize=1 << 16)
 def _int_element(tag: bytes, n: int) -> bytes:
-    return _element(tag + varint(n))
+    return element(tag + varint(n))
 
 
 def _string_element(s: str) -> bytes:
     raw = s.encode("utf-8")
-    return _element(_TAG_STRING + varint(len(raw)) + raw)
+    return element(_TAG_STRING + varint(len(raw)) + raw)
 
 
-_BOOL_ELEMENTS = {True: _element(_TAG_BOOL + b"\x01"), False: _element(_TAG_BOOL + b"\x00")}
+_BOOL_ELEMENTS = {True: element(_TAG_BOOL + b"\x01"), False: element(_TAG_BOOL + b"\x00")}
 
 
 def _with_nulls(encoded: list[bytes], array: pa.ChunkedArray) -> list[bytes]:
@@ -144,16 +149,27 @@ def encode_rows(table: pa.Table, features: list[tuple[str, ValueType]]) -> list[
 
 _STRING_TYPE = struct.pack("<I", ValueType.STRING.value)
 _ONE_KEY = struct.pack("<I", 1)
+_pack_length = struct.Struct("<I").pack
+
+
+@lru_cache(maxsize=64)
+def _string_key_prefix(join_key: str) -> bytes:
+    name = join_key.encode()
+    return _ONE_KEY + _STRING_TYPE + _pack_length(len(name)) + name + _STRING_TYPE
+
+
+def string_entity_key(join_key: str, value: str) -> bytes:
+    """Feast's serialize_entity_key (version 3) of an entity with one string join key."""
+    raw = value.encode("utf-8")
+    return _string_key_prefix(join_key) + _pack_length(len(raw)) + raw
 
 
 def string_entity_keys(join_key: str, array: pa.ChunkedArray) -> list[bytes]:
-    """Feast's serialize_entity_key (version 3) for a single string join key, per row."""
-    name = join_key.encode()
-    prefix = _ONE_KEY + _STRING_TYPE + struct.pack("<I", len(name)) + name + _STRING_TYPE
-    pack = struct.Struct("<I").pack
+    """string_entity_key of every row of a column."""
+    prefix = _string_key_prefix(join_key)
 
     def key(value: str) -> bytes:
         raw = value.encode("utf-8")
-        return prefix + pack(len(raw)) + raw
+        return prefix + _pack_length(len(raw)) + raw
 
     return list(map(key, array.cast(pa.string()).to_pylist()))
