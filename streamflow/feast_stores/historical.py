@@ -54,7 +54,7 @@ from feast.infra.registry.base_registry import BaseRegistry
 from feast.repo_config import RepoConfig
 from feast.type_map import arrow_to_pg_type, pg_type_code_to_arrow
 
-from streamflow import schema
+from streamflow import schema, warehouse
 from streamflow.feast_stores.online import connection_pool
 
 log = logging.getLogger(__name__)
@@ -241,25 +241,21 @@ def _csv_writable(field: pa.Field) -> bool:
                                       pa.types.is_boolean, pa.types.is_timestamp))
 
 
-def _frame_csv(arrow: pa.Table) -> pa.Buffer:
-    """The entity rows as CSV: every value quoted, a null an unquoted empty field (COPY's NULL),
-    floats at shortest round-trip precision; time-zone-aware timestamps as UTC wall times (Arrow
-    formats zoned timestamps 40 times slower), which ``_copy_frame_csv`` reads as UTC."""
+def _utc_wall_times(arrow: pa.Table) -> pa.Table:
+    """Time-zone-aware timestamps as UTC wall times (Arrow formats zoned timestamps 40 times
+    slower as CSV); ``_copy_frame_csv`` reads them back as UTC."""
     for i, field in enumerate(arrow.schema):
         if pa.types.is_timestamp(field.type) and field.type.tz:
             arrow = arrow.set_column(i, field.name, arrow.column(i).cast(pa.timestamp(field.type.unit)))
-    sink = pa.BufferOutputStream()
-    pa_csv.write_csv(arrow, sink, pa_csv.WriteOptions(include_header=False, quoting_style="all_valid"))
-    return sink.getvalue()
+    return arrow
 
 
-def _copy_frame_csv(cur, table: sql.Identifier, arrow: pa.Table) -> None:
-    """COPY the Arrow-written CSV, with the session time zone UTC while it is read."""
-    names = sql.SQL(", ").join(_ident(f.name) for f in arrow.schema)
+def _copy_frame_csv(cur, table: str, arrow: pa.Table) -> None:
+    """COPY the entity rows as Arrow-written CSV, with the session time zone UTC while it is read."""
     (zone,) = cur.execute("SHOW TimeZone").fetchone()
     cur.execute("SET LOCAL TimeZone = 'UTC'")
-    with cur.copy(sql.SQL("COPY {} ({}) FROM STDIN (FORMAT csv)").format(table, names)) as copy:
-        copy.write(_frame_csv(arrow))
+    warehouse.copy_csv(cur, table, [f.name for f in arrow.schema],
+                       warehouse.arrow_csv(_utc_wall_times(arrow)), header=False)
     cur.execute("SELECT set_config('TimeZone', %s, true)", (zone,))  # the query compares in the server's zone
 
 
@@ -284,7 +280,7 @@ def copy_entity_frame(cur, frame: pd.DataFrame) -> sql.Identifier:
     cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
     cur.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(table, sql.SQL(", ").join(columns)))
     if all(_csv_writable(f) for f in arrow.schema):
-        _copy_frame_csv(cur, table, arrow)
+        _copy_frame_csv(cur, ENTITY_TABLE, arrow)
     else:
         _copy_frame_rows(cur, table, frame)
     cur.execute(sql.SQL("ANALYZE {}").format(table))  # temp tables get no autovacuum statistics

@@ -20,7 +20,6 @@ from typing import Any, Callable, List, Literal, Optional, Union
 import pandas as pd
 import pyarrow
 import pyarrow.compute as pc
-import pyarrow.csv as pa_csv
 
 from feast import FeatureView, RepoConfig
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres import (
@@ -99,22 +98,16 @@ _NULLABLE_DTYPES = {
 """Arrow types read back as pandas' nullable dtypes (the registry's), so validation stays vectorised."""
 
 
-def _csv(table: schema.Table, frame) -> bytes:
-    """The frame's staging columns as CSV for COPY, written by Arrow's C++ CSV writer.
-
-    Every valid value is quoted and a null is an unquoted empty field, so COPY tells NULL from
-    an empty string; dates are days, times are UTC with microseconds, floats are written at
-    full (shortest round-trip) precision.
-    """
+def _csv(table: schema.Table, frame) -> pyarrow.Buffer:
+    """The frame's staging columns as CSV for COPY (warehouse.arrow_csv): dates as days, times
+    as UTC with microseconds."""
     arrow = pyarrow.Table.from_pandas(frame[warehouse.staging_columns(table)], preserve_index=False)
     for col in [schema.SNAPSHOT_TIME, *(c.name for c in table.columns if c.kind == "date")]:
         i = arrow.schema.get_field_index(col)
         utc = pc.cast(arrow.column(i), options=pc.CastOptions(pyarrow.timestamp("us", tz="UTC"),
                                                               allow_time_truncate=True))
         arrow = arrow.set_column(i, col, pc.cast(utc, pyarrow.date32()) if col != schema.SNAPSHOT_TIME else utc)
-    sink = pyarrow.BufferOutputStream()
-    pa_csv.write_csv(arrow, sink, pa_csv.WriteOptions(include_header=False, quoting_style="all_valid"))
-    return sink.getvalue().to_pybytes()
+    return warehouse.arrow_csv(arrow)
 
 
 def merge_frame(conn, table: schema.Table, frame) -> warehouse.MergeCounts:
