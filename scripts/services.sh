@@ -56,9 +56,26 @@ pg_running() {
   [ -f "$PG_DATA/PG_VERSION" ] && as_pg "$bin/pg_ctl" -D "$PG_DATA" status >/dev/null 2>&1
 }
 
+# As root, the postgres user must be able to reach the state directory: a checkout under a
+# private directory (mktemp -d makes them 0700) gets search permission (o+x, not read) on the
+# directories on the way that lack it.
+pg_reachable() {
+  [ "$(id -u)" = 0 ] || return 0
+  runuser -u postgres -- test -x "$STATE" && return 0
+  local dir="$STATE"
+  while [ "$dir" != / ]; do
+    if ! runuser -u postgres -- test -x "$dir"; then
+      log "letting the postgres user through $dir (chmod o+x)"
+      chmod o+x "$dir"
+    fi
+    dir=$(dirname "$dir")
+  done
+}
+
 pg_up() {
   local bin; bin=$(pg_bin)
   mkdir -p "$STATE" "$PG_SOCK"
+  pg_reachable
   if [ "$(id -u)" = 0 ]; then chown postgres "$PG_SOCK"; fi
   if [ ! -f "$PG_DATA/PG_VERSION" ]; then
     log "initialising PostgreSQL data directory $PG_DATA"
