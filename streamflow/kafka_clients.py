@@ -1,0 +1,239 @@
+"""Every Kafka client of StreamFlow is built here, from one set of settings.
+
+Producer, consumer-group member, dead-letter producer, admin client and group-less readers (lag
+monitor, tests, benchmarks) all come from the functions below, so bootstrap servers, client ids,
+timeouts, reconnect backoff and sizes are chosen once and hold together:
+
+* ``max_request_size`` of every producer equals ``KAFKA_MESSAGE_MAX_BYTES``, the limit that
+  ``scripts/services.sh`` and docker-compose give the broker (``message.max.bytes``). A client
+  limit above the broker's makes kafka-python 3.0 fail every later send of that producer after the
+  broker refuses one record; at or below it, an oversized record is refused by the client alone.
+* reconnect backoff tops out at 2 s (kafka-python's default, 30 s, kept processes away for half a
+  minute after a broker restart).
+
+No other module calls ``KafkaProducer(``, ``KafkaConsumer(`` or ``KafkaAdminClient(``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass, replace
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaError
+
+from streamflow import config
+from streamflow.errors import ServiceUnavailable
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ServiceUnavailable(f"{name}={raw!r}: expected an integer") from None
+
+
+@dataclass(frozen=True)
+class KafkaSettings:
+    """What every client shares. ``from_env()`` reads it from the environment."""
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    """KAFKA_BOOTSTRAP_SERVERS: host:port[,host:port…] of one or more brokers of the cluster."""
+    client_id_prefix: str = "streamflow"
+    """STREAMFLOW_KAFKA_CLIENT_ID: prefix of every client id (the broker logs and quotas see it)."""
+    message_max_bytes: int = 2 * MIB
+    """KAFKA_MESSAGE_MAX_BYTES: the broker's message.max.bytes; producers never ask for more."""
+    request_timeout_ms: int = 30_000
+    """STREAMFLOW_KAFKA_REQUEST_TIMEOUT_MS: how long one request may wait for the broker."""
+    reconnect_backoff_ms: int = 100
+    reconnect_backoff_max_ms: int = 2_000
+    """STREAMFLOW_KAFKA_RECONNECT_BACKOFF_MAX_MS: the longest wait between two reconnects."""
+    retry_backoff_ms: int = 200
+    bootstrap_timeout_ms: int = 15_000
+    """STREAMFLOW_KAFKA_BOOTSTRAP_TIMEOUT_MS: how long building a client waits for a first broker."""
+    replication_factor: int = 0
+    """STREAMFLOW_REPLICATION_FACTOR: replicas of the topics created (0: min(3, brokers))."""
+
+    @classmethod
+    def from_env(cls) -> KafkaSettings:
+        d = cls()
+        return cls(
+            bootstrap_servers=config.kafka_bootstrap() or d.bootstrap_servers,
+            client_id_prefix=os.environ.get("STREAMFLOW_KAFKA_CLIENT_ID") or d.client_id_prefix,
+            message_max_bytes=_int_env("KAFKA_MESSAGE_MAX_BYTES", d.message_max_bytes),
+            request_timeout_ms=_int_env("STREAMFLOW_KAFKA_REQUEST_TIMEOUT_MS", d.request_timeout_ms),
+            reconnect_backoff_max_ms=_int_env("STREAMFLOW_KAFKA_RECONNECT_BACKOFF_MAX_MS",
+                                              d.reconnect_backoff_max_ms),
+            bootstrap_timeout_ms=_int_env("STREAMFLOW_KAFKA_BOOTSTRAP_TIMEOUT_MS", d.bootstrap_timeout_ms),
+            replication_factor=_int_env("STREAMFLOW_REPLICATION_FACTOR", d.replication_factor),
+        )
+
+    def with_bootstrap(self, servers: str | None) -> KafkaSettings:
+        return replace(self, bootstrap_servers=servers) if servers else self
+
+    def client_id(self, role: str) -> str:
+        return f"{self.client_id_prefix}-{role}"
+
+    @property
+    def max_request_size(self) -> int:
+        """The largest request a producer builds: the broker's limit, never more."""
+        return self.message_max_bytes
+
+    def common(self, role: str) -> dict:
+        """The options every client takes."""
+        return dict(
+            bootstrap_servers=self.bootstrap_servers.split(","),
+            client_id=self.client_id(role),
+            request_timeout_ms=self.request_timeout_ms,
+            reconnect_backoff_ms=self.reconnect_backoff_ms,
+            reconnect_backoff_max_ms=self.reconnect_backoff_max_ms,
+            retry_backoff_ms=self.retry_backoff_ms,
+            bootstrap_timeout_ms=self.bootstrap_timeout_ms,
+        )
+
+
+def settings(bootstrap: str | None = None) -> KafkaSettings:
+    """The settings in effect (from the environment), optionally for other bootstrap servers."""
+    return KafkaSettings.from_env().with_bootstrap(bootstrap)
+
+
+def unreachable(servers: str, exc: BaseException, what: str = "") -> ServiceUnavailable:
+    doing = f": {what}" if what else ""
+    return ServiceUnavailable(f"Kafka at {servers} is not reachable{doing} ({type(exc).__name__}: {exc})")
+
+
+class Producer(KafkaProducer):
+    """kafka-python's producer with a finalizer that does not raise.
+
+    When events are still unacknowledged while the broker is away, ``close(timeout)`` raises (they
+    are reported and the exit code is 1) and leaves the producer open; kafka-python's finalizer then
+    closes it again when the object is collected and, failing again, prints the timeout as a
+    traceback at exit."""
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            super().__del__()
+
+
+def _build(cls, servers: str, options: dict):
+    try:
+        return cls(**options)
+    except KafkaError as exc:
+        raise unreachable(servers, exc) from None
+
+
+DELIVERY_TIMEOUT = 120.0
+"""Seconds an event may wait for the broker's acknowledgement (retries included) before it is
+reported as failed."""
+
+
+def producer(role: str = "producer", *, delivery_timeout: float = DELIVERY_TIMEOUT,
+             kafka: KafkaSettings | None = None, **overrides) -> Producer:
+    """An idempotent producer with acks=all: an acknowledged event is on every in-sync replica,
+    written once even when a send is retried."""
+    s = kafka or settings()
+    delivery_ms = max(1_000, int(delivery_timeout * 1000))
+    linger_ms = overrides.get("linger_ms", 10)
+    options = dict(
+        s.common(role),
+        acks="all",
+        enable_idempotence=True,
+        retries=2_147_483_647,
+        delivery_timeout_ms=delivery_ms,
+        # kafka-python wants delivery_timeout_ms >= linger_ms + request_timeout_ms
+        request_timeout_ms=min(s.request_timeout_ms, delivery_ms - linger_ms),
+        max_in_flight_requests_per_connection=5,
+        linger_ms=linger_ms,
+        batch_size=64 * 1024,
+        max_request_size=s.max_request_size,
+        max_block_ms=min(60_000, delivery_ms),
+    )
+    options.update(overrides)
+    if options["max_request_size"] > s.message_max_bytes:
+        raise ValueError(f"max_request_size {options['max_request_size']} is above the broker's "
+                         f"message.max.bytes ({s.message_max_bytes}, KAFKA_MESSAGE_MAX_BYTES)")
+    return _build(Producer, s.bootstrap_servers, options)
+
+
+def dead_letter_producer(*, kafka: KafkaSettings | None = None) -> Producer:
+    """The consumer's producer of dead letters (acknowledged before the batch is committed)."""
+    return producer("dead-letter", linger_ms=5, delivery_timeout=60.0, kafka=kafka)
+
+
+def group_consumer(group_id: str, *, role: str = "consumer", kafka: KafkaSettings | None = None,
+                   **overrides) -> KafkaConsumer:
+    """A member of a consumer group that commits by itself (auto-commit off)."""
+    s = kafka or settings()
+    options = dict(
+        s.common(f"{role}-{group_id}"),
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_interval_ms=600_000,
+        session_timeout_ms=15_000,
+        heartbeat_interval_ms=3_000,
+        fetch_max_bytes=32 * MIB,
+        max_partition_fetch_bytes=max(4 * MIB, s.message_max_bytes),
+        allow_auto_create_topics=False,
+    )
+    options.update(overrides)
+    return _build(KafkaConsumer, s.bootstrap_servers, options)
+
+
+def reader(role: str = "reader", *, kafka: KafkaSettings | None = None, **overrides) -> KafkaConsumer:
+    """A consumer outside any group (it commits nothing): reads partitions it is assigned."""
+    s = kafka or settings()
+    options = dict(
+        s.common(role),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        allow_auto_create_topics=False,
+        fetch_max_bytes=32 * MIB,
+        max_partition_fetch_bytes=max(4 * MIB, s.message_max_bytes),
+    )
+    options.update(overrides)
+    return _build(KafkaConsumer, s.bootstrap_servers, options)
+
+
+def admin(role: str = "admin", *, kafka: KafkaSettings | None = None, **overrides) -> KafkaAdminClient:
+    s = kafka or settings()
+    options = dict(s.common(role))
+    options.update(overrides)
+    return _build(KafkaAdminClient, s.bootstrap_servers, options)
+
+
+@contextlib.contextmanager
+def admin_session(role: str = "admin", **overrides):
+    """An admin client that is closed afterwards."""
+    client = admin(role, **overrides)
+    try:
+        yield client
+    finally:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+def close_quietly(client, timeout: float | None = 0) -> None:
+    """Close a client that may be broken; never raises."""
+    if client is None:
+        return
+    try:
+        if timeout is None:
+            client.close()
+        else:
+            client.close(timeout)
+    except TypeError:
+        with contextlib.suppress(Exception):
+            client.close()
+    except Exception:  # noqa: BLE001 - a broken client may fail to close: it is dropped anyway
+        log.debug("closing %r failed", client, exc_info=True)
