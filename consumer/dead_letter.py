@@ -6,10 +6,7 @@ import base64
 import logging
 
 import orjson
-from kafka import KafkaProducer
-from kafka.errors import KafkaError
-
-from streamflow import config
+from streamflow import kafka_clients
 from streamflow.kafka_topics import dead_letter_topic
 
 log = logging.getLogger("consumer.dead_letter")
@@ -49,19 +46,26 @@ class DeadLetterError(RuntimeError):
 
 
 class DeadLetterQueue:
-    def __init__(self, bootstrap: str | None = None, topic: str | None = None):
+    def __init__(self, bootstrap: str | None = None, topic: str | None = None,
+                 kafka: kafka_clients.KafkaSettings | None = None):
         self.topic = topic or dead_letter_topic()
-        self.producer = KafkaProducer(
-            bootstrap_servers=bootstrap or config.kafka_bootstrap(),
-            client_id="streamflow-dead-letter",
-            acks="all",
-            enable_idempotence=True,
-            linger_ms=5,
-            max_request_size=2 * 1024 * 1024,
-            reconnect_backoff_max_ms=2_000,  # back soon after a broker restart (default 30 s)
-        )
+        self.kafka = kafka or kafka_clients.settings(bootstrap)
+        self.producer = kafka_clients.dead_letter_producer(kafka=self.kafka)
         self.pending: list = []
         self.unsent: list[BaseException] = []
+
+    def reset(self) -> None:
+        """Replace the producer after a failed flush: a kafka-python producer that had a record
+        refused can fail every later send, and the batch is re-read anyway. When no new one can be
+        built yet (the broker is away), the old one stays and the next flush tells."""
+        try:
+            fresh = kafka_clients.dead_letter_producer(kafka=self.kafka)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("could not replace the dead-letter producer yet: %s", exc)
+            return
+        kafka_clients.close_quietly(self.producer, 0)
+        self.producer = fresh
+        self.pending, self.unsent = [], []
 
     def send(self, record, reason: str, field: str | None = None) -> None:
         headers = [
@@ -73,7 +77,7 @@ class DeadLetterQueue:
         try:
             future = self.producer.send(self.topic, key=key, value=dead_letter_value(record, reason, field),
                                         headers=headers)
-        except KafkaError as exc:  # e.g. no metadata within max_block_ms: the broker is away
+        except Exception as exc:  # noqa: BLE001 - e.g. no metadata within max_block_ms: the broker is away
             self.unsent.append(exc)
             return
         self.pending.append(future)
@@ -88,7 +92,7 @@ class DeadLetterQueue:
         flush_error = None
         try:
             self.producer.flush(timeout=timeout)
-        except KafkaError as exc:  # not everything acknowledged within the timeout
+        except Exception as exc:  # noqa: BLE001 - not everything acknowledged within the timeout
             flush_error = exc
         failed = [f for f in self.pending if not f.succeeded()]
         unsent = self.unsent
@@ -100,5 +104,5 @@ class DeadLetterQueue:
     def close(self) -> None:
         try:
             self.producer.close(timeout=10)
-        except KafkaError as exc:  # records still unacknowledged: their batch was not committed
+        except Exception as exc:  # noqa: BLE001 - records unacknowledged: their batch was not committed
             log.warning("closing the dead-letter producer: %s", exc)

@@ -1,10 +1,12 @@
 """streamflow-consumer: one member of the consumer group that feeds Feast's push sources.
 
-    streamflow consume [--group G] [--until-drained] [--metrics-port 9108]
+    streamflow consume [--group G] [--until-drained] [--metrics-port 9108] [--max-outage SECONDS]
 
 Run several processes with the same group to share the partitions. SIGTERM/SIGINT finish the
 current batch (or abandon it, uncommitted, while its writes are being retried), commit what was
-written and leave the group.
+written and leave the group. No error of the Kafka client ends it: each is one log line, then a
+backoff; a client that keeps failing is replaced by a new one that rejoins the group. It exits
+(code 4) only when Kafka stays unreachable longer than --max-outage, if given.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import logging
 import os
 import signal
 import sys
+import threading
 
+from consumer.outage import Outage
 from consumer.runner import ConsumerSettings, StreamConsumer
-from streamflow import logs
+from streamflow import kafka_clients, logs
 from streamflow.errors import StreamflowError
 from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
 
@@ -40,19 +44,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics-addr", default=os.environ.get("STREAMFLOW_METRICS_ADDR", "127.0.0.1"),
                    help="address of the metrics server (0.0.0.0 in a container)")
     p.add_argument("--partitions", type=int, default=None, help="partitions of topics created (default 4)")
+    p.add_argument("--max-outage", type=float, metavar="SECONDS",
+                   default=float(os.environ["STREAMFLOW_MAX_OUTAGE"]) if os.environ.get("STREAMFLOW_MAX_OUTAGE") else None,
+                   help="exit (code 4) once Kafka has been unreachable this long; default: wait forever")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logs.setup()
+    settings = ConsumerSettings(group_id=args.group, max_batch=args.max_batch, until_drained=args.until_drained,
+                                max_idle_seconds=args.max_idle, instance_id=args.instance_id,
+                                max_outage=args.max_outage)
+    starting = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: starting.set())
+    signal.signal(signal.SIGINT, lambda *_: starting.set())
     try:
-        ensure_topics(table_topics() + [dead_letter_topic()], partitions=args.partitions)
-        consumer = StreamConsumer(ConsumerSettings(group_id=args.group, max_batch=args.max_batch,
-                                                   until_drained=args.until_drained,
-                                                   max_idle_seconds=args.max_idle,
-                                                   instance_id=args.instance_id))
+        outage = Outage(kafka_clients.settings().bootstrap_servers, starting, max_outage=args.max_outage)
+        outage.connect("creating the topics",
+                       lambda: ensure_topics(table_topics() + [dead_letter_topic()], partitions=args.partitions))
+        consumer = StreamConsumer(settings, stopping=starting)
     except StreamflowError as exc:
+        if starting.is_set():
+            log.info("stopped while starting")
+            return 0
         log.error("%s", exc)
         return exc.exit_code
     if args.metrics_port:
@@ -65,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    stats = consumer.run()
+    try:
+        stats = consumer.run()
+    except StreamflowError as exc:  # the outage budget ran out
+        log.error("%s", exc)
+        return exc.exit_code
     print("consumed {consumed:.0f}, written {written:.0f}, dead-lettered {dead_lettered:.0f}, "
           "batches {batches:.0f}, write retries {write_retries:.0f}".format(**stats))
     return 0

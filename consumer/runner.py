@@ -21,12 +21,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
-from kafka.errors import CommitFailedError, KafkaError
+from kafka.errors import CommitFailedError
 
 from consumer.dead_letter import DeadLetterError, DeadLetterQueue
 from consumer.metrics import ConsumerMetrics
-from streamflow import config, events, schema
-from streamflow.errors import ServiceUnavailable
+from consumer.outage import Outage, OutageExceeded
+from streamflow import events, kafka_clients, schema
 from streamflow.feature_store import database_errors, get_store, push
 from streamflow.push_validation import PushValidationError, push_columns
 
@@ -46,6 +46,10 @@ class ConsumerSettings:
     instance_id: str | None = None
     """Static group membership (KIP-345): a consumer restarted with the same instance id takes its
     partitions back at once, without waiting for the dead one's session to expire."""
+    max_outage: float | None = None
+    """Seconds Kafka may stay unreachable before the consumer gives up (None: wait forever)."""
+    probe_interval: float = 2.0
+    """While no records come, seconds between two checks that the broker still answers."""
 
 
 _NAT = np.iinfo(np.int64).min
@@ -88,39 +92,58 @@ def events_frame(table: schema.Table, batch: list[events.Event]) -> pd.DataFrame
 class StreamConsumer:
     """One member of the consumer group."""
 
-    def __init__(self, settings: ConsumerSettings, metrics: ConsumerMetrics | None = None):
+    def __init__(self, settings: ConsumerSettings, metrics: ConsumerMetrics | None = None,
+                 stopping: threading.Event | None = None):
         self.settings = settings
-        self.settings.bootstrap = settings.bootstrap or config.kafka_bootstrap()
+        self.kafka = kafka_clients.settings(settings.bootstrap or None)
+        self.settings.bootstrap = self.kafka.bootstrap_servers
         self.metrics = metrics if metrics is not None else ConsumerMetrics()
-        self.stopping = threading.Event()
+        self.stopping = stopping if stopping is not None else threading.Event()
         self.topics = [t.topic for t in schema.TABLES]
-        try:
-            self.consumer = KafkaConsumer(
-                bootstrap_servers=self.settings.bootstrap,
-                group_id=settings.group_id,
-                client_id=f"streamflow-consumer-{settings.group_id}",
-                group_instance_id=settings.instance_id,
-                enable_auto_commit=False,
-                auto_offset_reset="earliest",
-                max_poll_records=settings.max_batch,
-                max_poll_interval_ms=600_000,
-                session_timeout_ms=15_000,
-                heartbeat_interval_ms=3_000,
-                fetch_max_bytes=32 * 1024 * 1024,
-                max_partition_fetch_bytes=4 * 1024 * 1024,
-                # kafka-python backs off up to 30 s between reconnects (Java clients: 1 s), which
-                # kept the consumer away for half a minute after a broker restart.
-                reconnect_backoff_max_ms=2_000,
-            )
-            self.dead_letters = DeadLetterQueue(self.settings.bootstrap)
-        except KafkaError as exc:
-            raise ServiceUnavailable(f"Kafka at {self.settings.bootstrap} is not reachable ({exc})") from None
+        self.outage = Outage(self.kafka.bootstrap_servers, self.stopping, max_outage=settings.max_outage)
+        self.rebuilds = 0
+        self.consumer = self.outage.connect("connecting the consumer", self._new_consumer)
+        self.dead_letters = self.outage.connect("connecting the dead-letter producer",
+                                                lambda: DeadLetterQueue(kafka=self.kafka))
         # Open the feature store (Feast import, registry) before joining, not in the first batch.
         with database_errors("opening the feature store"):
             get_store().list_feature_views()
+        self._subscribe()
+
+    def _new_consumer(self) -> KafkaConsumer:
+        return kafka_clients.group_consumer(
+            self.settings.group_id, kafka=self.kafka,
+            group_instance_id=self.settings.instance_id,
+            max_poll_records=self.settings.max_batch,
+        )
+
+    def _subscribe(self) -> None:
         for topic in self.topics:  # load topic metadata first, so the first assignment sees partitions
             self.consumer.partitions_for_topic(topic)
         self.consumer.subscribe(self.topics)
+
+    def rebuild(self) -> bool:
+        """Close a client that keeps failing and build a new one, which joins the group again and
+        starts at the group's committed offsets (what was not committed is read again)."""
+        self.outage.rebuild_wanted = False
+        log.warning("replacing the Kafka consumer client after %d failed calls; it rejoins group %s "
+                    "at the committed offsets", self.outage.failures, self.settings.group_id)
+        self._close_consumer()
+        try:
+            self.consumer = self._new_consumer()
+            self._subscribe()
+        except Exception as exc:  # noqa: BLE001 - not reachable yet: try again after the backoff
+            self.outage.failed("building a new consumer", exc)
+            self.outage.rebuild_wanted = True
+            return False
+        self.rebuilds += 1
+        return True
+
+    def _close_consumer(self) -> None:
+        try:
+            self.consumer.close(autocommit=False, timeout_ms=2_000)
+        except Exception:  # noqa: BLE001 - a broken client may fail to close: it is dropped anyway
+            log.debug("closing the old consumer failed", exc_info=True)
 
     # -- one batch ------------------------------------------------------------------------------
 
@@ -197,38 +220,77 @@ class StreamConsumer:
             # The group rebalanced while we wrote: the new owner re-reads these (idempotent) events.
             log.warning("commit failed after a rebalance; events will be redelivered: %s", exc)
             return False
-        except KafkaError as exc:
-            # Commits are cumulative: the next successful one covers these offsets too.
-            log.warning("commit failed (%s); the next commit will cover these offsets", exc)
+        except OutageExceeded:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the next successful commit covers these offsets
+            self.outage.failed("commit (the next commit covers these offsets)", exc)
             return False
+        self.outage.ok()
         self.metrics.committed()
         return True
 
     # -- the loop -------------------------------------------------------------------------------
 
     def drained(self) -> bool:
-        assigned = self.consumer.assignment()
+        """Whether every assigned partition is consumed to its end; False when Kafka does not say."""
+        assigned = self.outage.call("assignment", self.consumer.assignment, default=set())
         if not assigned:
             return False
-        ends = self.consumer.end_offsets(list(assigned))
-        return all(self.consumer.position(tp) >= ends[tp] for tp in assigned)
+        ends = self.outage.call("end_offsets", self.consumer.end_offsets, list(assigned),
+                                timeout_ms=self.kafka.request_timeout_ms)
+        if ends is None:
+            return False
+        for tp in assigned:
+            position = self.outage.call("position", self.consumer.position, tp,
+                                        timeout_ms=self.kafka.request_timeout_ms)
+            if position is None or position < ends[tp]:
+                return False
+        self.outage.ok()
+        return True
+
+    def probe(self) -> None:
+        """While no records come: does the broker still answer? (ends or extends an outage)"""
+        assigned = self.outage.call("assignment", self.consumer.assignment, default=set())
+        if assigned:
+            ok = self.outage.call("end_offsets", self.consumer.end_offsets, list(assigned),
+                                  timeout_ms=5_000) is not None
+        else:
+            ok = self.outage.call("bootstrap", self.consumer.bootstrap, timeout_ms=5_000, refresh=True,
+                                  default=False) is not False
+        if ok:
+            self.outage.ok()
+
+    def poll(self) -> dict:
+        records = self.outage.call("poll", self.consumer.poll, timeout_ms=self.settings.poll_timeout_ms,
+                                   default={})
+        if records:
+            self.outage.ok()
+        return records
 
     def run(self) -> dict[str, float]:
         log.info("consumer of group %s joining, topics: %s", self.settings.group_id, ", ".join(self.topics))
         idle_since = time.monotonic()
-        last_report = time.monotonic()
+        last_report = last_probe = time.monotonic()
         try:
             while not self.stopping.is_set():
-                records = self.consumer.poll(timeout_ms=self.settings.poll_timeout_ms)
+                self.outage.check_budget()
+                if self.outage.rebuild_wanted:
+                    self.rebuild()
+                    continue
+                records = self.poll()
                 if not records:
-                    if self.settings.until_drained and self.drained():
+                    now = time.monotonic()
+                    if now - last_probe > self.settings.probe_interval:
+                        last_probe = now
+                        self.probe()
+                    if self.settings.until_drained and self.outage.since is None and self.drained():
                         log.info("drained: every assigned partition is consumed up to its end")
                         break
-                    if self.settings.max_idle_seconds and time.monotonic() - idle_since > self.settings.max_idle_seconds:
+                    if self.settings.max_idle_seconds and now - idle_since > self.settings.max_idle_seconds:
                         log.info("idle for %.0f s: stopping", self.settings.max_idle_seconds)
                         break
                     continue
-                idle_since = time.monotonic()
+                idle_since = last_probe = time.monotonic()
                 try:
                     next_offsets = self.process(records)
                 except StopRequested:
@@ -236,8 +298,8 @@ class StreamConsumer:
                     break
                 except DeadLetterError as exc:
                     log.warning("%s: re-reading the batch", exc)
-                    for tp, recs in records.items():
-                        self.consumer.seek(tp, recs[0].offset)
+                    self.dead_letters.reset()
+                    self.rewind(records)
                     continue
                 self.commit(next_offsets)
                 if time.monotonic() - last_report > 10:
@@ -246,8 +308,18 @@ class StreamConsumer:
         finally:
             self.close()
         stats = self.metrics.snapshot()
+        stats["kafka_errors"] = self.outage.total_errors
+        stats["client_rebuilds"] = self.rebuilds
         log.info("stopped: %s", stats)
         return stats
+
+    def rewind(self, records: dict[TopicPartition, list]) -> None:
+        """Read a batch again (it was not committed); when seeking fails, a new client starts at the
+        committed offsets, which is the same."""
+        for tp, recs in records.items():
+            if self.outage.call("seek", self.consumer.seek, tp, recs[0].offset, default=False) is False:
+                self.outage.rebuild_wanted = True
+                return
 
     def stop(self) -> None:
         self.stopping.set()
@@ -256,7 +328,7 @@ class StreamConsumer:
         try:
             self.dead_letters.close()
         finally:
-            self.consumer.close()  # leaves the group
+            self._close_consumer()  # leaves the group
 
 
 class StopRequested(Exception):

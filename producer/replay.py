@@ -13,7 +13,6 @@ choice) and every send of a topic shares one pair of delivery callbacks.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import threading
 import time
@@ -26,14 +25,15 @@ from pathlib import Path
 import pandas as pd
 from kafka import KafkaProducer
 from kafka.partitioner import DefaultPartitioner
-from kafka.errors import KafkaError, KafkaTimeoutError
+from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
 from tqdm import tqdm
 
 from producer.pacing import RateLimiter, event_time_gap
 from producer.partitioning import key_partitions
-from streamflow import config, events, schema
+from streamflow import events, kafka_clients, schema
 from streamflow.batch.validate import read_snapshot
 from streamflow.errors import ServiceUnavailable
+from streamflow.kafka_clients import DELIVERY_TIMEOUT
 from streamflow.kafka_topics import ensure_topics
 
 log = logging.getLogger("producer")
@@ -92,50 +92,11 @@ class ReplayStats:
         return "\n".join(lines)
 
 
-DELIVERY_TIMEOUT = 120.0
-"""Seconds an event may wait for the broker's acknowledgement (retries included) before it is
-reported as failed."""
-
-
-class _Producer(KafkaProducer):
-    """kafka-python's producer with a finalizer that does not raise.
-
-    When events are still unacknowledged while the broker is away, ``close(timeout)`` raises (they
-    are reported and the exit code is 1) and leaves the producer open; kafka-python's finalizer then
-    closes it again when the object is collected and, failing again, prints the timeout as a
-    traceback at exit."""
-
-    def __del__(self):
-        with contextlib.suppress(Exception):
-            super().__del__()
-
-
 def make_producer(bootstrap: str | None = None, delivery_timeout: float = DELIVERY_TIMEOUT,
                   **overrides) -> KafkaProducer:
-    servers = bootstrap or config.kafka_bootstrap()
-    delivery_ms = max(1_000, int(delivery_timeout * 1000))
-    linger_ms = 10
-    settings = dict(
-        bootstrap_servers=servers,
-        client_id="streamflow-producer",
-        acks="all",
-        enable_idempotence=True,
-        retries=2_147_483_647,
-        delivery_timeout_ms=delivery_ms,
-        # kafka-python wants delivery_timeout_ms >= linger_ms + request_timeout_ms
-        request_timeout_ms=min(30_000, delivery_ms - linger_ms),
-        max_in_flight_requests_per_connection=5,
-        linger_ms=linger_ms,
-        batch_size=64 * 1024,
-        max_block_ms=min(60_000, delivery_ms),
-        retry_backoff_ms=200,
-        reconnect_backoff_max_ms=2_000,  # back soon after a broker restart (kafka-python's default: 30 s)
-    )
-    settings.update(overrides)
-    try:
-        return _Producer(**settings)
-    except KafkaError as exc:
-        raise ServiceUnavailable(f"Kafka at {servers} is not reachable ({exc})") from None
+    """The replay's producer (idempotent, acks=all), from the one Kafka module."""
+    return kafka_clients.producer("producer", delivery_timeout=delivery_timeout,
+                                  kafka=kafka_clients.settings(bootstrap), **overrides)
 
 
 def snapshot_order(folders: list[Path]) -> list[tuple[Path, str, date]]:
@@ -160,24 +121,35 @@ class _Delivery:
     """The delivery callbacks of every send to one topic (one object per topic, not a closure
     per send)."""
 
-    __slots__ = ("stats", "topic")
+    __slots__ = ("replayer", "stats", "topic")
 
-    def __init__(self, stats: ReplayStats, topic: str):
-        self.stats, self.topic = stats, topic
+    def __init__(self, replayer: Replayer, topic: str):
+        self.replayer, self.stats, self.topic = replayer, replayer.stats, topic
 
     def ack(self, _metadata) -> None:
         self.stats.ack(self.topic)
 
     def fail(self, error: BaseException) -> None:
         self.stats.fail(self.topic, error)
+        if not getattr(error, "retriable", False):
+            self.replayer.producer_failed(error)
+
+
+MAX_REPLACEMENTS = 10
+"""Producer objects replaced in one replay before it gives up (the rest is reported unsent)."""
 
 
 class Replayer:
     """Sends snapshot rows to Kafka with pacing and delivery tracking."""
 
     def __init__(self, producer: KafkaProducer, rate: float | None = None, speedup: float | None = None,
-                 progress: bool = False):
+                 progress: bool = False, factory=None):
         self.producer = producer
+        delivery = producer.config["delivery_timeout_ms"] / 1000
+        self.factory = factory or (lambda: make_producer(delivery_timeout=delivery))
+        """Builds a replacement when the producer object has gone bad."""
+        self.replacements = 0
+        self._broken: BaseException | None = None
         self.limiter = RateLimiter(rate)
         self.speedup = speedup
         self.progress = progress
@@ -205,7 +177,7 @@ class Replayer:
         wait = self.limiter.wait if self.limiter.rate else None
         delivery = self._deliveries.get(topic)
         if delivery is None:
-            delivery = self._deliveries[topic] = _Delivery(stats, topic)
+            delivery = self._deliveries[topic] = _Delivery(self, topic)
         ack, fail = delivery.ack, delivery.fail
         partitions = self._partitions(topic, keys)
         for start in range(0, len(keys), SEND_BLOCK):
@@ -213,6 +185,9 @@ class Replayer:
             sent = 0
             try:
                 for key, value, partition in zip(keys[start:end], values[start:end], partitions[start:end]):
+                    if self._broken is not None:
+                        self._replace_producer()
+                        send = self.producer.send
                     if stopped.is_set():
                         break
                     sent += 1
@@ -220,6 +195,10 @@ class Replayer:
                         future = send(topic, key=key, value=value, headers=headers, partition=partition)
                     except KafkaTimeoutError as exc:  # buffer full and the broker is not taking data
                         stats.fail(topic, exc)
+                    except KafkaError as exc:  # refused by the client (too large) or a broken producer
+                        stats.fail(topic, exc)
+                        if not isinstance(exc, MessageSizeTooLargeError):
+                            self.producer_failed(exc)
                     else:
                         future.add_callback(ack)
                         future.add_errback(fail)
@@ -230,6 +209,33 @@ class Replayer:
                 bar.update(sent)
             if stopped.is_set():
                 return
+
+    def producer_failed(self, error: BaseException) -> None:
+        """A send failed for a reason that retries do not cure: kafka-python 3.0 then fails every
+        later send of the same producer object (seen after a broker refused a record), so the next
+        send goes through a new one. Called from the producer's I/O thread."""
+        if self._broken is None:
+            self._broken = error
+
+    def _replace_producer(self) -> None:
+        error, old = self._broken, self.producer
+        if self.replacements >= MAX_REPLACEMENTS:
+            log.error("the producer failed again (%s: %s) after %d replacements: stopping; the events "
+                      "not sent are reported", type(error).__name__, error, self.replacements)
+            self.stopped.set()
+            return
+        log.warning("producer failed (%s: %s): replacing it; the events it did not deliver are "
+                    "counted as failed", type(error).__name__, error)
+        try:
+            fresh = self.factory()
+        except Exception as exc:  # noqa: BLE001 - the broker is away: keep the old one; its next
+            log.warning("no new producer yet: %s", exc)  # failure asks again
+            self._broken = None
+            return
+        kafka_clients.close_quietly(old, 10)
+        self.producer = fresh
+        self.replacements += 1
+        self._broken = None
 
     def load_metadata(self, topics: list[str]) -> None:
         """Partitions of every topic before the first event: should the broker go away later, a

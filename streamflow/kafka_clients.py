@@ -212,6 +212,26 @@ def admin(role: str = "admin", *, kafka: KafkaSettings | None = None, **override
     return _build(KafkaAdminClient, s.bootstrap_servers, options)
 
 
+def broker_config(client: KafkaAdminClient, broker_id: int | str, name: str) -> str | None:
+    """One configuration value of a broker, as the broker reports it (None: not reported)."""
+    from kafka.admin import ConfigResource, ConfigResourceType
+
+    resource = ConfigResource(ConfigResourceType.BROKER, str(broker_id), configs={name: None})
+    try:
+        result = client.describe_configs([resource], config_filter="all")
+    except TypeError:  # kafka-python 2.x: no config_filter, a list of responses
+        result = client.describe_configs([resource])
+    if isinstance(result, dict):
+        entry = result.get("broker", {}).get(str(broker_id), {}).get(name)
+        return None if entry is None else entry.get("value")
+    for response in result:
+        for resource_row in response.resources:
+            for row in resource_row[4]:
+                if row[0] == name:
+                    return row[1]
+    return None
+
+
 @contextlib.contextmanager
 def admin_session(role: str = "admin", **overrides):
     """An admin client that is closed afterwards."""

@@ -41,13 +41,13 @@ def pg_conn(pg_settings):
 
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> str:
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
+    from streamflow import kafka_clients
+    from streamflow.errors import ServiceUnavailable
 
     servers = config.kafka_bootstrap()
     try:
-        KafkaAdminClient(bootstrap_servers=servers, request_timeout_ms=10_000).close()
-    except KafkaError as exc:
+        kafka_clients.admin("test", request_timeout_ms=10_000).close()
+    except ServiceUnavailable as exc:
         pytest.fail(
             f"Kafka is not reachable at {servers} ({exc}); start it with: scripts/services.sh up",
             pytrace=False,

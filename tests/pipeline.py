@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 import psycopg
 
-from streamflow import config, schema, warehouse
+from streamflow import config, kafka_clients, schema, warehouse
 from streamflow.batch.validate import read_snapshot
 from streamflow.feature_store import apply, get_store
 
@@ -124,9 +124,7 @@ def offline_rows(table: schema.Table) -> pd.DataFrame:
 
 def committed_total(group: str) -> int:
     """Sum of the group's committed offsets over every partition (events committed)."""
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=config.kafka_bootstrap())
+    admin = kafka_clients.admin("test")
     try:
         offsets = admin.list_group_offsets({group: None}).get(group, {})
     finally:
@@ -135,9 +133,7 @@ def committed_total(group: str) -> int:
 
 
 def group_members(group: str) -> int:
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=config.kafka_bootstrap())
+    admin = kafka_clients.admin("test")
     try:
         described = admin.describe_groups([group]).get(group) or {}
     finally:
@@ -150,9 +146,7 @@ def group_members(group: str) -> int:
 
 def committed_offsets(group: str) -> dict:
     """TopicPartition -> the group's committed offset (partitions without a commit are absent)."""
-    from kafka import KafkaAdminClient
-
-    admin = KafkaAdminClient(bootstrap_servers=config.kafka_bootstrap())
+    admin = kafka_clients.admin("test")
     try:
         offsets = admin.list_group_offsets({group: None}).get(group, {})
     finally:
@@ -162,9 +156,9 @@ def committed_offsets(group: str) -> dict:
 
 def end_offsets(topics: list[str]) -> dict:
     """TopicPartition -> log-end offset, for every partition of the topics."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    reader = KafkaConsumer(bootstrap_servers=config.kafka_bootstrap(), group_id=None, enable_auto_commit=False)
+    reader = kafka_clients.reader("test")
     try:
         tps = [TopicPartition(t, p) for t in topics for p in sorted(reader.partitions_for_topic(t) or ())]
         return dict(reader.end_offsets(tps)) if tps else {}
@@ -183,11 +177,9 @@ def read_topic(topic: str, timeout: float = 30.0) -> list:
     """Every record of a topic, from the beginning up to its log end at the time of the call."""
     import time as _time
 
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import TopicPartition
 
-    reader = KafkaConsumer(bootstrap_servers=config.kafka_bootstrap(), group_id=None, enable_auto_commit=False,
-                           auto_offset_reset="earliest", max_partition_fetch_bytes=4 * 1024 * 1024,
-                           fetch_max_bytes=32 * 1024 * 1024)
+    reader = kafka_clients.reader("test")
     try:
         tps = [TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or ())]
         if not tps:
@@ -267,10 +259,8 @@ def record_reliability(scenario: str, **figures) -> None:
 
 def delete_topics(prefix: str) -> None:
     """Delete a test's topics: every topic named <prefix>.* or <prefix>x.* (cleanup, never fails)."""
-    from kafka import KafkaAdminClient
-
     try:
-        admin = KafkaAdminClient(bootstrap_servers=config.kafka_bootstrap(), request_timeout_ms=15_000)
+        admin = kafka_clients.admin("test", request_timeout_ms=15_000)
     except Exception:  # noqa: BLE001 - cleanup only
         return
     try:

@@ -21,9 +21,8 @@ import orjson
 import pandas as pd
 import psycopg
 import pytest
-from kafka import KafkaProducer
 
-from streamflow import config, schema
+from streamflow import config, kafka_clients, schema
 from streamflow.batch.load import load_snapshot
 from streamflow.datagen.generate import generate
 from streamflow.errors import DataValidationError
@@ -344,7 +343,7 @@ def test_bad_kafka_records_go_to_the_dead_letter_topic_and_nothing_stored_change
     online_before = pipeline.online_state(users)
 
     corpus = kafka_corpus(users[0], users[1])
-    producer = KafkaProducer(bootstrap_servers=config.kafka_bootstrap(), max_request_size=2_000_000, acks="all")
+    producer = kafka_clients.producer("test")
     futures = [producer.send(schema.table(t).topic, key=key, value=value, headers=headers)
                for t, key, value, headers, _ in corpus]
     producer.flush()

@@ -28,10 +28,10 @@ import orjson
 import pandas as pd
 import psycopg
 import pytest
-from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
+from kafka import TopicPartition
 from kafka.errors import KafkaError
 
-from streamflow import config, schema
+from streamflow import config, kafka_clients, schema
 from streamflow.datagen.generate import generate
 from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
 from tests import pipeline
@@ -115,7 +115,7 @@ def postgres_answers() -> bool:
 
 def kafka_answers() -> bool:
     try:
-        admin = KafkaAdminClient(bootstrap_servers=config.kafka_bootstrap(), request_timeout_ms=3000,
+        admin = kafka_clients.admin("test", request_timeout_ms=3000,
                                  bootstrap_timeout_ms=3000)
     except Exception:  # noqa: BLE001
         return False
@@ -195,7 +195,7 @@ def bad_records(users: list[str], n: int) -> list[tuple[str, bytes | None, bytes
 
 
 def send_bad(records) -> list[tuple[TopicPartition, int]]:
-    producer = KafkaProducer(bootstrap_servers=config.kafka_bootstrap(), acks="all")
+    producer = kafka_clients.producer("test")
     futures = [producer.send(schema.table(t).topic, key=k, value=v) for t, k, v in records]
     producer.flush()
     out = []

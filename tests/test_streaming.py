@@ -12,9 +12,8 @@ import time
 import orjson
 import pandas as pd
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
 
-from streamflow import config, schema
+from streamflow import config, kafka_clients, schema
 from streamflow.batch.load import load_snapshot
 from streamflow.datagen.generate import generate
 from streamflow.kafka_topics import dead_letter_topic
@@ -162,7 +161,7 @@ def test_bad_events_go_to_dead_letter_topic_and_good_ones_around_them_are_writte
     m0, _ = snapshots
     users = pipeline.users_of(m0)
     corpus = _bad_corpus(users[0])
-    producer = KafkaProducer(bootstrap_servers=config.kafka_bootstrap(), max_request_size=2_000_000)
+    producer = kafka_clients.producer("test")
     from streamflow.kafka_topics import ensure_topics, table_topics
 
     ensure_topics(table_topics() + [dead_letter_topic()], partitions=4)
@@ -177,10 +176,7 @@ def test_bad_events_go_to_dead_letter_topic_and_good_ones_around_them_are_writte
     assert stats["written"] == 2 * 6 * USERS
     assert pipeline.online_state(users) == pipeline.expected_online(m0)
 
-    reader = KafkaConsumer(dead_letter_topic(), bootstrap_servers=config.kafka_bootstrap(),
-                           auto_offset_reset="earliest", consumer_timeout_ms=5000)
-    letters = [orjson.loads(r.value) for r in reader]
-    reader.close()
+    letters = [orjson.loads(r.value) for r in pipeline.read_topic(dead_letter_topic())]
     assert len(letters) == len(corpus)
     reasons = sorted(letter["reason"] for letter in letters)
     for _, _, _, fragment in corpus:

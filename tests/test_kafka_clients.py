@@ -1,0 +1,202 @@
+"""The one Kafka module: every client is built there, with sizes the broker accepts; a producer that
+has gone bad is replaced; the consumer's outage clock and budget."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import threading
+
+import pytest
+from kafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
+
+from consumer.outage import Outage, OutageExceeded
+from streamflow import config, kafka_clients
+from streamflow.kafka_topics import ensure_topics, replication
+from streamflow.errors import ServiceUnavailable
+
+CONSTRUCTORS = re.compile(r"\b(KafkaProducer|KafkaConsumer|KafkaAdminClient)\(")
+
+
+def test_no_module_but_the_kafka_module_constructs_a_kafka_client():
+    offenders = []
+    for folder in ("streamflow", "producer", "consumer", "api", "bench", "tests", "feature_repo", "scripts"):
+        for path in (config.REPO_ROOT / folder).rglob("*.py"):
+            if path.name == "kafka_clients.py" and path.parent.name == "streamflow":
+                continue
+            for n, line in enumerate(path.read_text().splitlines(), 1):
+                code = line.split("#", 1)[0]
+                if CONSTRUCTORS.search(code) and "class " not in code and "re.compile" not in code:
+                    offenders.append(f"{path.relative_to(config.REPO_ROOT)}:{n}: {line.strip()}")
+    assert offenders == []
+
+
+def test_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "a:1,b:2")
+    monkeypatch.setenv("KAFKA_MESSAGE_MAX_BYTES", "1048576")
+    monkeypatch.setenv("STREAMFLOW_KAFKA_RECONNECT_BACKOFF_MAX_MS", "750")
+    s = kafka_clients.settings()
+    assert s.bootstrap_servers == "a:1,b:2" and s.max_request_size == 1048576
+    common = s.common("x")
+    assert common["bootstrap_servers"] == ["a:1", "b:2"] and common["reconnect_backoff_max_ms"] == 750
+    assert common["client_id"] == "streamflow-x"
+    monkeypatch.setenv("KAFKA_MESSAGE_MAX_BYTES", "lots")
+    with pytest.raises(ServiceUnavailable, match="KAFKA_MESSAGE_MAX_BYTES='lots': expected an integer"):
+        kafka_clients.settings()
+
+
+def test_a_producer_never_asks_for_more_than_the_broker_accepts():
+    limit = kafka_clients.settings().message_max_bytes
+    with pytest.raises(ValueError, match="above the broker's message.max.bytes"):
+        kafka_clients.producer("test", max_request_size=limit + 1)
+
+
+def test_replication_follows_the_cluster_size():
+    assert replication(1) == (1, {})
+    assert replication(2) == (2, {})
+    assert replication(3) == (3, {"min.insync.replicas": "2"})
+    assert replication(5) == (3, {"min.insync.replicas": "2"})
+    with pytest.raises(ServiceUnavailable, match="needs 3 brokers"):
+        replication(1, wanted=3)
+
+
+def test_an_unreachable_bootstrap_is_one_clear_error():
+    kafka = dataclasses.replace(kafka_clients.settings("127.0.0.1:1"), bootstrap_timeout_ms=1_000)
+    with pytest.raises(ServiceUnavailable, match=r"Kafka at 127.0.0.1:1 is not reachable"):
+        kafka_clients.admin("test", kafka=kafka)
+
+
+# -- against the real broker --------------------------------------------------------------------
+
+
+def broker_message_max_bytes() -> int:
+    with kafka_clients.admin_session("test") as admin:
+        broker = admin.describe_cluster()["brokers"][0]["broker_id"]
+        value = kafka_clients.broker_config(admin, broker, "message.max.bytes")
+    assert value is not None, "the broker did not report message.max.bytes"
+    return int(value)
+
+
+def test_client_sizes_match_the_broker(kafka_bootstrap):
+    assert kafka_clients.settings().max_request_size <= broker_message_max_bytes()
+
+
+@pytest.fixture()
+def topic(kafka_bootstrap):
+    name = f"{config.topic_prefix()}.sizes"
+    ensure_topics([name], partitions=1)
+    yield name
+    with kafka_clients.admin_session("test") as admin:
+        admin.delete_topics([name])
+
+
+def count_records(topic: str) -> int:
+    from tests import pipeline
+
+    return sum(pipeline.end_offsets([topic]).values())
+
+
+def test_an_oversized_record_is_refused_by_the_client_and_the_producer_goes_on(topic):
+    producer = kafka_clients.producer("test", delivery_timeout=30)
+    try:
+        with pytest.raises(MessageSizeTooLargeError):
+            producer.send(topic, b"x" * (kafka_clients.settings().max_request_size + 1))
+        for i in range(3):
+            producer.send(topic, f"small {i}".encode()).get(timeout=30)
+    finally:
+        producer.close(timeout=10)
+    assert count_records(topic) == 3
+
+
+def test_a_producer_that_went_bad_is_replaced_and_the_rest_is_delivered(topic, monkeypatch):
+    """Misconfigured on purpose (the client believes the broker takes 8 MiB): the broker refuses
+    the 3 MiB record and kafka-python 3.0 would then fail every later send of that producer
+    object. The replay replaces it and delivers every other event; the refused one is reported."""
+    from producer.replay import Replayer
+    from tqdm import tqdm
+
+    monkeypatch.setenv("KAFKA_MESSAGE_MAX_BYTES", str(8 * 1024 * 1024))
+    assert broker_message_max_bytes() < 3 * 1024 * 1024
+    replayer = Replayer(kafka_clients.producer("test", delivery_timeout=30))
+    keys = [f"u{i}".encode() for i in range(60)]
+    values = [b"v" * 100 for _ in range(60)]
+    values[20] = b"x" * (3 * 1024 * 1024)
+    flushes = threading.Event()
+
+    original = replayer._send
+
+    def send_in_two(topic_name, k, v, headers, bar):
+        original(topic_name, k[:21], v[:21], headers, bar)  # up to the big one
+        replayer.producer.flush(timeout=30)  # its refusal has arrived
+        flushes.set()
+        original(topic_name, k[21:], v[21:], headers, bar)
+
+    with tqdm(disable=True) as bar:
+        send_in_two(topic, keys, values, [], bar)
+    replayer.producer.flush(timeout=60)
+    replayer.producer.close(timeout=10)
+    stats = replayer.stats
+    assert flushes.is_set()
+    assert stats.sent[topic] == 60 and stats.failed[topic] == 1 and stats.acked[topic] == 59, stats.summary()
+    assert replayer.replacements == 1
+    assert count_records(topic) == 59
+
+
+# -- the consumer's outage clock (no I/O) ----------------------------------------------------------
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class Sleepless(threading.Event):
+    """An event whose wait() advances the fake clock instead of sleeping."""
+
+    def __init__(self, clock: FakeClock):
+        super().__init__()
+        self.clock = clock
+
+    def wait(self, timeout=None):
+        self.clock.now += timeout or 0
+        return self.is_set()
+
+
+def test_outage_backs_off_asks_for_a_new_client_and_gives_up_after_the_budget():
+    clock = FakeClock()
+    outage = Outage("b:1", Sleepless(clock), max_outage=10, clock=clock, backoff_initial=1, backoff_max=4)
+    assert outage.call("poll", lambda: {"a": 1}) == {"a": 1}
+    outage.call("poll", _raise(KafkaConnectionError("gone")), default={})
+    assert outage.failures == 1 and not outage.rebuild_wanted and clock.now == 1
+    outage.call("poll", _raise(KafkaTimeoutError()))
+    outage.call("poll", _raise(KafkaTimeoutError()))
+    assert outage.rebuild_wanted and clock.now == 1 + 2 + 4
+    outage.ok()
+    assert outage.since is None and outage.failures == 0
+    with pytest.raises(OutageExceeded, match=r"unreachable for \d+ s, more than the outage budget"):
+        for _ in range(10):
+            outage.call("poll", _raise(KafkaConnectionError("gone")))
+
+
+def test_an_error_that_is_not_kafkas_means_a_broken_client():
+    clock = FakeClock()
+    outage = Outage("b:1", Sleepless(clock), clock=clock)
+    outage.call("poll", _raise(AssertionError("internal state")))
+    assert outage.rebuild_wanted
+
+
+def test_without_a_budget_the_outage_never_ends_the_consumer():
+    clock = FakeClock()
+    outage = Outage("b:1", Sleepless(clock), clock=clock, backoff_max=60)
+    for _ in range(200):
+        outage.call("poll", _raise(KafkaConnectionError("gone")))
+    assert outage.seconds > 3600
+
+
+def _raise(exc):
+    def fail(*_a, **_k):
+        raise exc
+    return fail
