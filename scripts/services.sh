@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
-# Local services for StreamFlow without Docker: PostgreSQL (Debian's package) and a one-node
-# Apache Kafka broker in KRaft mode (official jars from Maven Central, run on Java 17).
+# Local services for StreamFlow without Docker: PostgreSQL (Debian's package) and Apache Kafka in
+# KRaft mode (official jars from Maven Central, run on Java 17): one node, or a cluster of
+# KAFKA_BROKERS nodes (each broker and controller) from the same jars.
 #
 #   scripts/services.sh up       start both (idempotent: running services are left alone)
 #   scripts/services.sh down     stop both
-#   scripts/services.sh status   say what runs where
+#   scripts/services.sh status   say what runs where (and the bootstrap servers to use)
 #   scripts/services.sh restart-postgres|stop-postgres|start-postgres|stop-kafka|start-kafka
+#   scripts/services.sh stop-kafka-node N|kill-kafka-node N|start-kafka-node N   (fault tests)
+#   scripts/services.sh status-kafka|reset-kafka
 #
 # Everything lives under $STREAMFLOW_STATE_DIR (default: <repo>/.services, git-ignored).
+# KAFKA_BROKERS=3: node n (1-based) listens on KAFKA_PORT+2(n-1) (clients) and one port above
+# (controller), with its data, logs, config and pid under $KAFKA_STATE_DIR/node-n (default
+# $STREAMFLOW_STATE_DIR/kafka-cluster); the jars stay in $STREAMFLOW_STATE_DIR/kafka/lib.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -30,9 +36,18 @@ KAFKA_DATA="$STATE/kafka/data"
 KAFKA_LOGS="$STATE/kafka/logs"
 KAFKA_CONF="$STATE/kafka/server.properties"
 KAFKA_PID="$STATE/kafka/kafka.pid"
+KAFKA_BROKERS="${KAFKA_BROKERS:-1}"
+KAFKA_STATE_DIR="${KAFKA_STATE_DIR:-$STATE/kafka-cluster}"
+KAFKA_MESSAGE_MAX_BYTES="${KAFKA_MESSAGE_MAX_BYTES:-2097152}"
+KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-120}"
 
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { printf '[services] error: %s\n' "$*" >&2; exit 1; }
+
+for _v in KAFKA_BROKERS KAFKA_PORT KAFKA_CONTROLLER_PORT KAFKA_MESSAGE_MAX_BYTES KAFKA_START_TIMEOUT; do
+  case "${!_v}" in ''|*[!0-9]*) die "$_v=${!_v}: a positive integer expected" ;; esac
+done
+[ "$KAFKA_BROKERS" -ge 1 ] || die "KAFKA_BROKERS=$KAFKA_BROKERS: one node at least"
 
 as_pg() {
   # initdb and postgres refuse to run as root: run them as the postgres user then.
@@ -139,30 +154,110 @@ kafka_fetch() {
   touch "$KAFKA_LIB/.complete"
 }
 
-kafka_pid() {
-  [ -f "$KAFKA_PID" ] && kill -0 "$(cat "$KAFKA_PID")" 2>/dev/null && cat "$KAFKA_PID"
+# --- Kafka nodes ---------------------------------------------------------------------------------
+# node_env N sets the NODE_* variables of node N (1-based): one broker alone keeps the historical
+# layout ($STATE/kafka/..., KAFKA_PORT/KAFKA_CONTROLLER_PORT); a cluster puts node N under
+# $KAFKA_STATE_DIR/node-N with client port KAFKA_PORT+2(N-1) and controller port one above.
+node_env() {
+  local n=$1
+  case "$n" in ''|*[!0-9]*) die "node number expected, got '$n'" ;; esac
+  if [ "$n" -lt 1 ] || [ "$n" -gt "$KAFKA_BROKERS" ]; then
+    die "no Kafka node $n (KAFKA_BROKERS=$KAFKA_BROKERS)"
+  fi
+  NODE_ID=$n
+  if [ "$KAFKA_BROKERS" = 1 ]; then
+    NODE_DIR="$STATE/kafka"
+    NODE_PORT=$KAFKA_PORT
+    NODE_CPORT=$KAFKA_CONTROLLER_PORT
+    NODE_DATA="$KAFKA_DATA"; NODE_LOGS="$KAFKA_LOGS"; NODE_CONF="$KAFKA_CONF"; NODE_PID="$KAFKA_PID"
+  else
+    NODE_DIR="$KAFKA_STATE_DIR/node-$n"
+    NODE_PORT=$((KAFKA_PORT + 2 * (n - 1)))
+    NODE_CPORT=$((NODE_PORT + 1))
+    NODE_DATA="$NODE_DIR/data"; NODE_LOGS="$NODE_DIR/logs"
+    NODE_CONF="$NODE_DIR/server.properties"; NODE_PID="$NODE_DIR/kafka.pid"
+  fi
+  NODE_LOG4J="$NODE_DIR/log4j2.properties"
 }
 
-kafka_answers() {
-  # Up when the client port accepts connections and the server logged its start.
-  (exec 3<>"/dev/tcp/$KAFKA_HOST/$KAFKA_PORT") 2>/dev/null || return 1
-  grep -q "Kafka Server started" "$KAFKA_LOGS/server.log" 2>/dev/null
+nodes() { seq 1 "$KAFKA_BROKERS"; }
+
+bootstrap_servers() {
+  local n out=""
+  for n in $(nodes); do node_env "$n"; out="${out:+$out,}$KAFKA_HOST:$NODE_PORT"; done
+  echo "$out"
 }
 
-kafka_up() {
-  mkdir -p "$STATE/kafka" "$KAFKA_DATA" "$KAFKA_LOGS"
-  kafka_fetch
-  if kafka_pid >/dev/null; then log "Kafka already running on $KAFKA_HOST:$KAFKA_PORT"; return; fi
-  cat >"$KAFKA_CONF" <<EOF
+controller_endpoints() {  # host:port of every controller (controller.quorum.bootstrap.servers)
+  local n out=""
+  for n in $(nodes); do node_env "$n"; out="${out:+$out,}$KAFKA_HOST:$NODE_CPORT"; done
+  echo "$out"
+}
+
+alive() {  # a process that runs (a zombie, killed but not yet reaped, does not)
+  kill -0 "$1" 2>/dev/null || return 1
+  [ "$(sed 's/^.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" != Z ]
+}
+
+# The pid of node N when it runs (the pid file's process, checked to be this node's JVM).
+node_pid() {
+  node_env "$1"
+  [ -f "$NODE_PID" ] || return 1
+  local pid; pid=$(cat "$NODE_PID")
+  alive "$pid" || return 1
+  if [ -r "/proc/$pid/cmdline" ] && ! tr '\0' ' ' <"/proc/$pid/cmdline" | grep -qF "$NODE_CONF"; then
+    return 1  # a stale pid file: the number now belongs to another process
+  fi
+  echo "$pid"
+}
+
+kafka_pid() { node_pid 1; }
+
+node_answers() {
+  # Up when the client port accepts connections and the server logged its start (a KRaft broker
+  # logs it once the controller has registered and unfenced it).
+  node_env "$1"
+  (exec 3<>"/dev/tcp/$KAFKA_HOST/$NODE_PORT") 2>/dev/null || return 1
+  grep -q "Kafka Server started" "$NODE_LOGS/server.log" 2>/dev/null
+}
+
+kafka_answers() { node_answers 1; }
+
+port_taken() { (exec 3<>"/dev/tcp/$KAFKA_HOST/$1") 2>/dev/null; }
+
+node_ports_free() {  # before starting node N: nothing else listens on its ports
+  node_env "$1"
+  local port
+  for port in "$NODE_PORT" "$NODE_CPORT"; do
+    if port_taken "$port"; then
+      die "port $KAFKA_HOST:$port of Kafka node $NODE_ID is taken by another process (the single broker?" \
+          "it runs on 9092/9093 by default): stop it, or give the cluster other ports (KAFKA_PORT=19092)"
+    fi
+  done
+}
+
+random_uuid() {  # a Kafka Uuid: 16 random bytes, URL-safe base64 without padding, not led by '-'
+  local u
+  while :; do
+    u=$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')
+    case "$u" in -*|AAAAAAAAAAAAAAAAAAAAA*) ;; *) echo "$u"; return ;; esac
+  done
+}
+
+node_write_conf() {
+  node_env "$1"
+  mkdir -p "$NODE_DATA" "$NODE_LOGS"
+  if [ "$KAFKA_BROKERS" = 1 ]; then
+    cat >"$NODE_CONF" <<CONF
 process.roles=broker,controller
 node.id=1
-controller.quorum.bootstrap.servers=$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
-listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT,CONTROLLER://$KAFKA_HOST:$KAFKA_CONTROLLER_PORT
-advertised.listeners=PLAINTEXT://$KAFKA_HOST:$KAFKA_PORT
+controller.quorum.bootstrap.servers=$KAFKA_HOST:$NODE_CPORT
+listeners=PLAINTEXT://$KAFKA_HOST:$NODE_PORT,CONTROLLER://$KAFKA_HOST:$NODE_CPORT
+advertised.listeners=PLAINTEXT://$KAFKA_HOST:$NODE_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs=$KAFKA_DATA
+log.dirs=$NODE_DATA
 num.partitions=${KAFKA_DEFAULT_PARTITIONS:-4}
 offsets.topic.replication.factor=1
 offsets.topic.num.partitions=10
@@ -172,14 +267,54 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 auto.create.topics.enable=false
-message.max.bytes=2097152
+message.max.bytes=$KAFKA_MESSAGE_MAX_BYTES
 log.retention.hours=-1
-EOF
-  cat >"$STATE/kafka/log4j2.properties" <<EOF
+CONF
+  else
+    local rf=$((KAFKA_BROKERS < 3 ? KAFKA_BROKERS : 3)) isr=1
+    [ "$rf" -ge 3 ] && isr=2
+    local fetch=$((KAFKA_MESSAGE_MAX_BYTES > 1048576 ? KAFKA_MESSAGE_MAX_BYTES : 1048576))
+    cat >"$NODE_CONF" <<CONF
+# node $NODE_ID of a $KAFKA_BROKERS-node KRaft cluster (broker and controller), written by scripts/services.sh
+process.roles=broker,controller
+node.id=$NODE_ID
+controller.quorum.bootstrap.servers=$(controller_endpoints)
+listeners=PLAINTEXT://$KAFKA_HOST:$NODE_PORT,CONTROLLER://$KAFKA_HOST:$NODE_CPORT
+advertised.listeners=PLAINTEXT://$KAFKA_HOST:$NODE_PORT,CONTROLLER://$KAFKA_HOST:$NODE_CPORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$NODE_DATA
+num.partitions=${KAFKA_DEFAULT_PARTITIONS:-4}
+default.replication.factor=$rf
+min.insync.replicas=$isr
+offsets.topic.replication.factor=$rf
+offsets.topic.num.partitions=10
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$isr
+share.coordinator.state.topic.replication.factor=$rf
+share.coordinator.state.topic.min.isr=$isr
+unclean.leader.election.enable=false
+group.initial.rebalance.delay.ms=0
+auto.create.topics.enable=false
+message.max.bytes=$KAFKA_MESSAGE_MAX_BYTES
+replica.fetch.max.bytes=$fetch
+log.retention.hours=-1
+# a small machine (2 cores) runs all nodes: few threads each, a small log-cleaner buffer
+num.network.threads=2
+num.io.threads=2
+num.replica.fetchers=1
+num.recovery.threads.per.data.dir=1
+background.threads=2
+log.cleaner.threads=1
+log.cleaner.dedupe.buffer.size=16777216
+CONF
+  fi
+  cat >"$NODE_LOG4J" <<CONF
 status = error
 appender.file.type = File
 appender.file.name = FILE
-appender.file.fileName = $KAFKA_LOGS/server.log
+appender.file.fileName = $NODE_LOGS/server.log
 appender.file.layout.type = PatternLayout
 appender.file.layout.pattern = [%d] %p %m (%c)%n
 rootLogger.level = INFO
@@ -188,43 +323,263 @@ logger.kafka.name = kafka
 logger.kafka.level = INFO
 logger.apache.name = org.apache.kafka
 logger.apache.level = WARN
-EOF
-  if [ ! -f "$KAFKA_DATA/meta.properties" ]; then
-    log "formatting Kafka KRaft storage in $KAFKA_DATA"
-    local cid
-    cid=$(java -cp "$KAFKA_LIB/*" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -n 1)
-    java -cp "$KAFKA_LIB/*" -Dlog4j2.configurationFile="$STATE/kafka/log4j2.properties" \
-      kafka.tools.StorageTool format --standalone -t "$cid" -c "$KAFKA_CONF" >"$KAFKA_LOGS/format.log" 2>&1 \
-      || die "formatting Kafka storage failed; see $KAFKA_LOGS/format.log"
+CONF
+}
+
+# Format node N's storage (once). $2: the extra StorageTool arguments (quorum bootstrap).
+node_format() {
+  node_env "$1"
+  local cid=$2; shift 2
+  java -cp "$KAFKA_LIB/*" -Dlog4j2.configurationFile="$NODE_LOG4J" \
+    kafka.tools.StorageTool format -t "$cid" -c "$NODE_CONF" "$@" >"$NODE_LOGS/format.log" 2>&1 \
+    || die "formatting Kafka storage of node $NODE_ID failed; see $NODE_LOGS/format.log"
+}
+
+node_formatted() { node_env "$1"; [ -f "$NODE_DATA/meta.properties" ]; }
+
+node_jvm_opts() {
+  if [ "$KAFKA_BROKERS" = 1 ]; then
+    echo "-Xms256m -Xmx${KAFKA_HEAP:-1g} -XX:+UseG1GC"
+  else
+    # several JVMs share 2 cores / 24 GiB: a small heap, G1 with few GC and JIT threads
+    echo "-Xms256m -Xmx${KAFKA_HEAP:-512m} -XX:+UseG1GC -XX:MaxGCPauseMillis=20" \
+         "-XX:InitiatingHeapOccupancyPercent=35 -XX:ParallelGCThreads=2 -XX:ConcGCThreads=1" \
+         "-XX:CICompilerCount=2 -XX:+ExitOnOutOfMemoryError -Djava.awt.headless=true"
   fi
-  log "starting Kafka (KRaft) on $KAFKA_HOST:$KAFKA_PORT"
-  : >"$KAFKA_LOGS/server.log"
-  nohup java -Xms256m -Xmx${KAFKA_HEAP:-1g} -XX:+UseG1GC \
-    -Dlog4j2.configurationFile="$STATE/kafka/log4j2.properties" \
-    -cp "$KAFKA_LIB/*" kafka.Kafka "$KAFKA_CONF" >"$KAFKA_LOGS/stdout.log" 2>&1 &
-  echo $! >"$KAFKA_PID"
-  local i
-  for i in $(seq 1 120); do
-    if ! kafka_pid >/dev/null; then
-      die "Kafka exited during start-up; see $KAFKA_LOGS/stdout.log and $KAFKA_LOGS/server.log"
-    fi
-    if kafka_answers; then log "Kafka is up"; return; fi
+}
+
+node_launch() {
+  node_env "$1"
+  if [ "$KAFKA_BROKERS" = 1 ]; then
+    log "starting Kafka (KRaft) on $KAFKA_HOST:$NODE_PORT"
+  else
+    log "starting Kafka node $NODE_ID (KRaft) on $KAFKA_HOST:$NODE_PORT, controller $KAFKA_HOST:$NODE_CPORT"
+  fi
+  : >"$NODE_LOGS/server.log"
+  # shellcheck disable=SC2046 # the JVM options are words
+  nohup java $(node_jvm_opts) -Dlog4j2.configurationFile="$NODE_LOG4J" \
+    -cp "$KAFKA_LIB/*" kafka.Kafka "$NODE_CONF" >"$NODE_LOGS/stdout.log" 2>&1 &
+  echo $! >"$NODE_PID"
+}
+
+# Wait until node N answers; $2: deadline (epoch seconds). Returns 1 when the node exited.
+node_wait() {
+  local n=$1 deadline=$2
+  while :; do
+    node_pid "$n" >/dev/null || return 1
+    node_answers "$n" && return 0
+    [ "$(date +%s)" -lt "$deadline" ] || return 2
     sleep 0.5
   done
-  kafka_down
-  die "Kafka did not answer within 60 s; see $KAFKA_LOGS/server.log"
+}
+
+# All brokers registered: a KRaft broker logs "The broker has been unfenced" once the active
+# controller committed its registration to the metadata log and let it serve; count the nodes that
+# say so since their last start.
+kafka_cluster_registered() {
+  local n count=0
+  for n in $(nodes); do
+    node_env "$n"
+    grep -q "The broker has been unfenced" "$NODE_LOGS/server.log" 2>/dev/null && count=$((count + 1))
+  done
+  [ "$count" = "$KAFKA_BROKERS" ]
+}
+
+kafka_cluster_check_layout() {
+  # The voters' endpoints are written into the metadata log when it is formatted: a cluster
+  # formatted with other ports or another size cannot start with these.
+  local f="$KAFKA_STATE_DIR/cluster.env" want
+  want="KAFKA_BROKERS=$KAFKA_BROKERS KAFKA_HOST=$KAFKA_HOST KAFKA_PORT=$KAFKA_PORT"
+  if [ -f "$f" ] && [ "$(grep -v '^CLUSTER_ID=' "$f" | tr '\n' ' ' | sed 's/ $//')" != "$want" ]; then
+    die "$KAFKA_STATE_DIR holds a cluster formatted as: $(grep -v '^CLUSTER_ID=' "$f" | tr '\n' ' ');" \
+        "start it with those settings, or remove it first: KAFKA_STATE_DIR=$KAFKA_STATE_DIR $want $0 reset-kafka"
+  fi
+}
+
+kafka_cluster_format() {
+  local n formatted=0
+  for n in $(nodes); do node_formatted "$n" && formatted=$((formatted + 1)); done
+  [ "$formatted" = "$KAFKA_BROKERS" ] && return 0
+  if [ "$formatted" != 0 ]; then
+    die "some nodes of the cluster in $KAFKA_STATE_DIR have no data (a lost disk): remove the cluster" \
+        "(KAFKA_BROKERS=$KAFKA_BROKERS KAFKA_STATE_DIR=$KAFKA_STATE_DIR $0 reset-kafka) and start again"
+  fi
+  # a new cluster: every node is formatted with the same id and the same initial voter set
+  # (node-id@host:controller-port:directory-id), so the controllers elect a leader among themselves
+  local cid voters="" dir
+  cid=$(random_uuid)
+  for n in $(nodes); do
+    node_env "$n"; dir=$(random_uuid)
+    voters="${voters:+$voters,}$NODE_ID@$KAFKA_HOST:$NODE_CPORT:$dir"
+  done
+  log "formatting a $KAFKA_BROKERS-node KRaft cluster in $KAFKA_STATE_DIR (voters $voters)"
+  local pids=()
+  for n in $(nodes); do
+    node_format "$n" "$cid" --initial-controllers "$voters" &
+    pids+=($!)
+  done
+  for n in "${pids[@]}"; do wait "$n" || die "formatting the Kafka cluster failed"; done
+  printf 'CLUSTER_ID=%s\nKAFKA_BROKERS=%s\nKAFKA_HOST=%s\nKAFKA_PORT=%s\n' \
+    "$cid" "$KAFKA_BROKERS" "$KAFKA_HOST" "$KAFKA_PORT" >"$KAFKA_STATE_DIR/cluster.env"
+}
+
+kafka_up() {
+  mkdir -p "$STATE/kafka"
+  kafka_fetch
+  if [ "$KAFKA_BROKERS" = 1 ]; then kafka_single_up; else kafka_cluster_up; fi
+}
+
+kafka_single_up() {
+  if kafka_pid >/dev/null; then log "Kafka already running on $KAFKA_HOST:$KAFKA_PORT"; return; fi
+  node_write_conf 1
+  if ! node_formatted 1; then
+    log "formatting Kafka KRaft storage in $KAFKA_DATA"
+    node_format 1 "$(random_uuid)" --standalone
+  fi
+  node_launch 1
+  local rc=0
+  node_wait 1 $(( $(date +%s) + 60 )) || rc=$?
+  case $rc in
+    0) log "Kafka is up" ;;
+    1) die "Kafka exited during start-up; see $KAFKA_LOGS/stdout.log and $KAFKA_LOGS/server.log" ;;
+    *) kafka_down; die "Kafka did not answer within 60 s; see $KAFKA_LOGS/server.log" ;;
+  esac
+}
+
+kafka_cluster_up() {
+  mkdir -p "$KAFKA_STATE_DIR"
+  kafka_cluster_check_layout
+  local n t0; t0=$(date +%s)
+  for n in $(nodes); do node_pid "$n" >/dev/null || node_ports_free "$n"; done
+  for n in $(nodes); do node_pid "$n" >/dev/null || node_write_conf "$n"; done
+  kafka_cluster_format
+  for n in $(nodes); do
+    if node_pid "$n" >/dev/null; then
+      node_env "$n"; log "Kafka node $n already running on $KAFKA_HOST:$NODE_PORT"
+    else
+      node_launch "$n"
+    fi
+  done
+  local deadline=$((t0 + KAFKA_START_TIMEOUT)) rc
+  for n in $(nodes); do
+    rc=0; node_wait "$n" "$deadline" || rc=$?
+    node_env "$n"
+    case $rc in
+      0) ;;
+      1) die "Kafka node $n exited during start-up; see $NODE_LOGS/stdout.log and $NODE_LOGS/server.log" ;;
+      *) die "Kafka node $n did not answer within ${KAFKA_START_TIMEOUT} s; see $NODE_LOGS/server.log" \
+             "(the nodes keep running: $0 stop-kafka stops them)" ;;
+    esac
+  done
+  while ! kafka_cluster_registered; do
+    [ "$(date +%s)" -lt "$deadline" ] || die "not all $KAFKA_BROKERS brokers registered within ${KAFKA_START_TIMEOUT} s"
+    sleep 0.5
+  done
+  log "Kafka cluster is up: $KAFKA_BROKERS brokers registered, $(( $(date +%s) - t0 )) s" \
+      "(bootstrap $(bootstrap_servers))"
+}
+
+# Stop node N: $2 = TERM (wait for a clean shutdown, then KILL after $3 s) or KILL.
+node_stop() {
+  local n=$1 sig=${2:-TERM} grace=${3:-60} pid
+  node_env "$n"
+  if ! pid=$(node_pid "$n"); then
+    node_env "$n"; log "Kafka node $n is not running"; rm -f "$NODE_PID"; return 0
+  fi
+  if [ "$KAFKA_BROKERS" = 1 ] && [ "$sig" = TERM ]; then
+    log "stopping Kafka (pid $pid)"
+  else
+    log "stopping Kafka node $n (pid $pid, SIG$sig)"
+  fi
+  kill -s "$sig" "$pid" 2>/dev/null || true
+  node_reap "$n" "$pid" "$grace"
+}
+
+node_reap() {  # wait for pid $2 of node $1 to exit ($3 s, then SIGKILL)
+  local n=$1 pid=$2 grace=$3 deadline
+  deadline=$(( $(date +%s) + grace ))
+  while alive "$pid"; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+      log "Kafka node $n (pid $pid) still runs after ${grace} s: SIGKILL"; kill -9 "$pid" 2>/dev/null || true
+      deadline=$(( $(date +%s) + 30 ))
+    fi
+    sleep 0.2
+  done
+  node_env "$n"; rm -f "$NODE_PID"
 }
 
 kafka_down() {
-  local pid
-  if pid=$(kafka_pid); then
-    log "stopping Kafka (pid $pid)"
-    kill "$pid"
-    for _ in $(seq 1 60); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
-    kill -9 "$pid" 2>/dev/null || true
-    rm -f "$KAFKA_PID"
+  if [ "$KAFKA_BROKERS" = 1 ]; then
+    if kafka_pid >/dev/null; then node_stop 1 TERM 30; else log "Kafka is not running"; fi
+    return
+  fi
+  # all nodes at once: each broker shuts down before its controller, so the quorum stays up while
+  # the brokers hand their partitions over
+  local n pid pids=()
+  for n in $(nodes); do
+    if pid=$(node_pid "$n"); then
+      log "stopping Kafka node $n (pid $pid)"; kill "$pid" 2>/dev/null || true; pids+=("$n:$pid")
+    fi
+  done
+  [ "${#pids[@]}" -gt 0 ] || { log "no Kafka node is running"; return 0; }
+  for pid in "${pids[@]}"; do node_reap "${pid%%:*}" "${pid#*:}" 60; done
+}
+
+node_start() {
+  local n=$1 pid
+  node_env "$n"
+  kafka_fetch
+  if pid=$(node_pid "$n"); then node_env "$n"; log "Kafka node $n already running (pid $pid)"; return 0; fi
+  if [ "$KAFKA_BROKERS" = 1 ]; then kafka_single_up; return; fi
+  mkdir -p "$KAFKA_STATE_DIR"
+  kafka_cluster_check_layout
+  node_ports_free "$n"
+  local m
+  for m in $(nodes); do node_pid "$m" >/dev/null || node_write_conf "$m"; done
+  kafka_cluster_format
+  node_launch "$n"
+  local rc=0 t0; t0=$(date +%s)
+  node_wait "$n" $((t0 + KAFKA_START_TIMEOUT)) || rc=$?
+  node_env "$n"
+  case $rc in
+    0) log "Kafka node $n is up ($(( $(date +%s) - t0 )) s)" ;;
+    1) die "Kafka node $n exited during start-up; see $NODE_LOGS/server.log" ;;
+    *) die "Kafka node $n did not answer within ${KAFKA_START_TIMEOUT} s (a quorum needs a majority" \
+           "of the controllers running); see $NODE_LOGS/server.log" ;;
+  esac
+}
+
+kafka_status() {
+  local rc=0 pid n
+  if [ "$KAFKA_BROKERS" = 1 ]; then
+    if pid=$(kafka_pid); then
+      echo "kafka:    running  $KAFKA_HOST:$KAFKA_PORT (KRaft, pid $pid)  data=$KAFKA_DATA"
+    else
+      echo "kafka:    stopped"; rc=1
+    fi
   else
-    log "Kafka is not running"
+    for n in $(nodes); do
+      node_env "$n"
+      if pid=$(node_pid "$n"); then
+        echo "kafka node $n: running  id=$n $KAFKA_HOST:$NODE_PORT controller=$KAFKA_HOST:$NODE_CPORT pid=$pid  data=$NODE_DATA"
+      else
+        echo "kafka node $n: stopped  id=$n $KAFKA_HOST:$NODE_PORT controller=$KAFKA_HOST:$NODE_CPORT  data=$NODE_DATA"; rc=1
+      fi
+    done
+  fi
+  echo "kafka bootstrap: KAFKA_BOOTSTRAP_SERVERS=$(bootstrap_servers)"
+  return $rc
+}
+
+kafka_reset() {
+  kafka_down
+  if [ "$KAFKA_BROKERS" = 1 ]; then
+    rm -rf "$KAFKA_DATA"
+  else
+    local n
+    for n in $(nodes); do node_env "$n"; rm -rf "$NODE_DIR"; done
+    rm -f "$KAFKA_STATE_DIR/cluster.env"
+    rmdir "$KAFKA_STATE_DIR" 2>/dev/null || true
   fi
 }
 
@@ -235,12 +590,7 @@ status() {
   else
     echo "postgres: stopped"; rc=1
   fi
-  local pid
-  if pid=$(kafka_pid); then
-    echo "kafka:    running  $KAFKA_HOST:$KAFKA_PORT (KRaft, pid $pid)  data=$KAFKA_DATA"
-  else
-    echo "kafka:    stopped"; rc=1
-  fi
+  kafka_status || rc=1
   return $rc
 }
 
@@ -248,11 +598,16 @@ case "${1:-}" in
   up) pg_up; kafka_up; status ;;
   down) kafka_down; pg_down ;;
   status) status ;;
+  status-kafka) kafka_status ;;
   start-postgres) pg_up ;;
   stop-postgres) pg_down ;;
   restart-postgres) pg_down; pg_up ;;
   start-kafka) kafka_up ;;
   stop-kafka) kafka_down ;;
-  reset) kafka_down; pg_down; rm -rf "$PG_DATA" "$KAFKA_DATA" "$PG_SOCK" ;;
-  *) echo "usage: $0 {up|down|status|reset|start-postgres|stop-postgres|restart-postgres|start-kafka|stop-kafka}" >&2; exit 2 ;;
+  start-kafka-node) node_start "${2:?usage: $0 start-kafka-node N}" ;;
+  stop-kafka-node) node_stop "${2:?usage: $0 stop-kafka-node N}" TERM 60 ;;
+  kill-kafka-node) node_stop "${2:?usage: $0 kill-kafka-node N}" KILL 30 ;;
+  reset-kafka) kafka_reset ;;
+  reset) kafka_reset; pg_down; rm -rf "$PG_DATA" "$PG_SOCK" ;;
+  *) echo "usage: $0 {up|down|status|status-kafka|reset|reset-kafka|start-postgres|stop-postgres|restart-postgres|start-kafka|stop-kafka|start-kafka-node N|stop-kafka-node N|kill-kafka-node N}" >&2; exit 2 ;;
 esac
