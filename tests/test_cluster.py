@@ -1,9 +1,9 @@
 """The three-broker cluster of scripts/services.sh (KAFKA_BROKERS=3), on private ports.
 
-A cluster of its own (KAFKA_PORT=19092 by default, STREAMFLOW_TEST_CLUSTER_PORT to change it,
-data in .services/kafka-cluster-test): the shared broker on 9092 is never touched. Topics get 3
-replicas and min.insync.replicas=2, and an idempotent acks=all producer loses and duplicates
-nothing while one node is SIGKILLed and started again.
+A cluster of its own (KAFKA_PORT=19292 by default, STREAMFLOW_TEST_CLUSTER_PORT to change it;
+tests/test_kafka_faults.py uses 19092; data in .services/kafka-cluster-test): the shared broker
+on 9092 is never touched. Topics get 3 replicas and min.insync.replicas=2, and an idempotent
+acks=all producer loses and duplicates nothing while one node is SIGKILLed and started again.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from tests.kafka_cluster import Cluster, wait_until
 
 pytestmark = pytest.mark.slow
 
-PORT = int(os.environ.get("STREAMFLOW_TEST_CLUSTER_PORT", "19092"))
+PORT = int(os.environ.get("STREAMFLOW_TEST_CLUSTER_PORT", "19292"))
 STATE_DIR = config.REPO_ROOT / ".services" / "kafka-cluster-test"
 PARTITIONS = 3
 
