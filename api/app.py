@@ -5,8 +5,11 @@
     GET  /health               liveness (the process answers)
     GET  /ready                PostgreSQL and the Feast registry answer (503 naming the failing part)
     GET  /metrics              Prometheus: requests and latency per route template and status,
-                               consumer lag per partition (messages, seconds, status)
+                               consumer lag per partition (messages, seconds, status) and
+                               streamflow_kafka_up (0 while the lag sampler cannot reach Kafka,
+                               when the lag series are left out rather than shown stale)
     GET  /lag                  consumer lag per partition and totals, with a Burrow-style status
+                               (503 "Kafka unreachable ..." while the newest sample attempt failed)
     GET  /lag/history          recent lag and freshness per topic (for the dashboard)
     GET  /dashboard            a page that plots lag and freshness, refreshing by itself
 
@@ -183,11 +186,16 @@ def _user(result: UserResult) -> dict:
 
 
 def lag_sampler_from_env(metrics_registry: CollectorRegistry) -> LagSampler:
-    """The lag sampler of the consumer group the API watches (STREAMFLOW_CONSUMER_GROUP)."""
+    """The lag sampler of the consumer group the API watches (STREAMFLOW_CONSUMER_GROUP), every
+    STREAMFLOW_LAG_INTERVAL seconds (default 5); while Kafka is away it backs off up to
+    STREAMFLOW_LAG_MAX_BACKOFF seconds (default 30); STREAMFLOW_LAG_TIMEOUT bounds connecting and
+    each Kafka request of a sample (default 10)."""
     return LagSampler(
         group=os.environ.get("STREAMFLOW_CONSUMER_GROUP", "streamflow-consumer"),
         interval=float(os.environ.get("STREAMFLOW_LAG_INTERVAL", "5")),
         metrics=register_lag_metrics(metrics_registry),
+        timeout=float(os.environ.get("STREAMFLOW_LAG_TIMEOUT", "10")),
+        max_backoff=float(os.environ.get("STREAMFLOW_LAG_MAX_BACKOFF", "30")),
     )
 
 

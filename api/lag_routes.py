@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 from importlib import resources
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
-from fastapi.responses import HTMLResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 
 from api import models
 
 router = APIRouter(tags=["lag"])
 
-UNAVAILABLE = {503: {"model": models.ErrorResponse, "description": "Kafka is not reachable or lag monitoring is off"}}
+UNAVAILABLE: dict[int | str, dict[str, Any]] = {
+    503: {"model": models.ErrorResponse,
+          "description": "Kafka is not reachable (the newest lag sample failed) or lag monitoring is off"},
+}
 
 
 def _sampler(request: Request):
@@ -21,18 +25,27 @@ def _sampler(request: Request):
     return sampler
 
 
+def _unavailable(detail: str, retry_after: float) -> JSONResponse:
+    # The body of models.ErrorResponse; detail starts with "Kafka unreachable at ..." when it is.
+    return JSONResponse({"error": "kafka_unreachable" if detail.startswith("Kafka unreachable") else "unavailable",
+                         "detail": detail},
+                        status_code=503, headers={"Retry-After": str(max(1, round(retry_after)))})
+
+
 @router.get("/lag", summary="Consumer lag per partition, in messages and seconds, with a status",
-            responses=UNAVAILABLE)
-def get_lag(request: Request) -> dict:
+            response_model=dict, responses=UNAVAILABLE)
+def get_lag(request: Request):
+    """The newest sample, while the newest sample attempt succeeded; 503 with its error when it
+    failed (the last good figures are not served as current)."""
     sampler = _sampler(request)
     snap = sampler.snapshot()
-    if snap["sample"] is None:
-        if snap["error"]:
-            raise HTTPException(status_code=503, detail=f"lag not available: {snap['error']}")
-        sampler.sample_once()
+    if snap["sample"] is None and snap["error"] is None:
+        sampler.sample_if_none()  # before the thread's first sample: take it here (one at a time)
         snap = sampler.snapshot()
-        if snap["sample"] is None:
-            raise HTTPException(status_code=503, detail=f"lag not available: {snap['error'] or 'no sample yet'}")
+    if snap["error"]:
+        return _unavailable(snap["error"], sampler.interval)
+    if snap["sample"] is None:
+        return _unavailable("lag not available: no sample yet", sampler.interval)
     return snap
 
 

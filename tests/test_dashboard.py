@@ -12,9 +12,7 @@ import urllib.request
 
 import orjson
 import pytest
-from kafka import KafkaProducer
-
-from streamflow import config
+from streamflow import config, kafka_clients
 from streamflow.kafka_topics import ensure_topics, table_topics
 from tests import pipeline
 
@@ -50,7 +48,7 @@ def lagging_api(monkeypatch, kafka_bootstrap, pg_settings, tmp_path):
     monkeypatch.setenv("STREAMFLOW_TOPIC_PREFIX", prefix)
     group = f"{prefix}-group"
     ensure_topics(table_topics(), partitions=2)
-    producer = KafkaProducer(bootstrap_servers=config.kafka_bootstrap())
+    producer = kafka_clients.producer("test")
     for i in range(50):
         producer.send(table_topics()[0], key=b"1234-ABCDE", value=orjson.dumps({"i": i}))
     producer.flush()

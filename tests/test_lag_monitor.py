@@ -13,11 +13,11 @@ import time
 import uuid
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, OffsetAndMetadata, TopicPartition
+from kafka import OffsetAndMetadata, TopicPartition
 from kafka.admin import NewTopic, OffsetSpec
 from prometheus_client import CollectorRegistry
 
-from streamflow import config, schema
+from streamflow import config, kafka_clients, schema
 from streamflow.lag import cli
 from streamflow.lag.metrics import register_lag_metrics
 from streamflow.lag.monitor import LagMonitor
@@ -28,14 +28,14 @@ PARTITIONS = 3
 
 @pytest.fixture(scope="module")
 def admin(kafka_bootstrap):
-    client = KafkaAdminClient(bootstrap_servers=kafka_bootstrap, request_timeout_ms=10_000)
+    client = kafka_clients.admin("lagtest", kafka=kafka_clients.settings(kafka_bootstrap), request_timeout_ms=10_000)
     yield client
     client.close()
 
 
 @pytest.fixture(scope="module")
 def producer(kafka_bootstrap):
-    p = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    p = kafka_clients.producer("lagtest", kafka=kafka_clients.settings(kafka_bootstrap))
     yield p
     p.close()
 
@@ -78,7 +78,7 @@ def produce(producer, topic: str, partition: int, timestamps_ms: list[int]) -> N
 
 def commit(bootstrap: str, group: str, offsets: dict[TopicPartition, int]) -> None:
     """Commit offsets for the group like a consumer that stopped there (assign, commit, leave)."""
-    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    c = kafka_clients.group_consumer(group, role="lagtest-commit", kafka=kafka_clients.settings(bootstrap))
     try:
         c.assign(list(offsets))
         c.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
@@ -162,8 +162,8 @@ def test_caught_up_group_has_zero_lag(kafka_bootstrap, admin, monitor, loaded, t
 def test_owner_of_each_partition(kafka_bootstrap, monitor, loaded, topic, group):
     # kafka-python 3 race: a group leader that lacks the topic's metadata when it assigns hands out
     # nothing and only notices at the next metadata refresh. Fetch the metadata first, refresh often.
-    member = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group, client_id="lagtest-member",
-                           enable_auto_commit=False, metadata_max_age_ms=1000)
+    member = kafka_clients.group_consumer(group, kafka=kafka_clients.settings(kafka_bootstrap),
+                                          client_id="lagtest-member", metadata_max_age_ms=1000)
     try:
         assert member.partitions_for_topic(topic) == set(range(PARTITIONS))
         member.subscribe([topic])
@@ -295,9 +295,9 @@ def test_cli_kafka_unreachable(capsys):
         port = s.getsockname()[1]
     rc = cli.main(["--bootstrap", f"127.0.0.1:{port}", "--timeout", "1"])
     err = capsys.readouterr()
-    assert rc != 0
-    assert err.err.startswith("error: Kafka at 127.0.0.1:")
-    assert "not reachable" in err.err
+    assert rc == 4
+    assert err.err.startswith(f"Kafka unreachable at 127.0.0.1:{port}: ")
+    assert err.err.count("\n") == 1 and err.out == ""
     assert "Traceback" not in err.err + err.out
 
 
@@ -322,6 +322,17 @@ def test_metrics_from_a_sample(monitor, loaded, topic, group):
     assert value("streamflow_consumer_topic_lag_messages", topic=topic) == 12
     assert value("streamflow_consumer_group_lag_messages") == 12
     assert value("streamflow_consumer_group_status") == 2  # ERR
+    assert registry.get_sample_value("streamflow_kafka_up") == 1
+    # A failed sample attempt: Kafka down, the lag figures are not shown as current any more.
+    metrics.unreachable(group)
+    assert registry.get_sample_value("streamflow_kafka_up") == 0
+    assert value("streamflow_kafka_up_by_group") == 0
+    assert value("streamflow_consumer_lag_messages", topic=topic, partition="0") is None
+    assert value("streamflow_consumer_group_lag_messages") is None
+    assert value("streamflow_consumer_lag_sample_timestamp_seconds") == sample.timestamp
+    metrics.update(sample, ev.evaluate())
+    assert registry.get_sample_value("streamflow_kafka_up") == 1
+    assert value("streamflow_consumer_lag_messages", topic=topic, partition="0") == 6
     # Another registry's lag metrics are independent (prometheus_client's multiprocess mode, which
     # importing Feast turns on, would otherwise share same-named metrics).
     other = CollectorRegistry()

@@ -9,6 +9,12 @@ A status compares samples, so without --watch the command takes --samples sample
 --watch it samples every SECONDS (default 5) until interrupted (or --samples are taken) and the
 statuses are evaluated over the last --window samples. --json prints the same data as one JSON
 object (with --watch: one object per line).
+
+While Kafka cannot be reached the command prints one line "Kafka unreachable at <servers>: ..."
+(on stderr, no traceback) and exits with code 4; with --watch it prints that line each round
+instead of the table and goes on: the table comes back by itself once the broker answers (the
+rounds that failed do not count as --samples). Likewise, --watch reports topics that do not exist
+(yet) each round instead of exiting with code 1.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import time
 from typing import Any, TextIO
 
 from streamflow import logs
-from streamflow.errors import StreamflowError
+from streamflow.errors import ServiceUnavailable, StreamflowError
 from streamflow.lag.monitor import DEFAULT_GROUP, GroupLag, LagMonitor
 from streamflow.lag.status import GroupStatus, Status, StatusEvaluator, group_status
 
@@ -137,6 +143,12 @@ def _error(message: str) -> None:
     print(f"error: {message}", file=sys.stderr)
 
 
+def _unreachable(exc: ServiceUnavailable) -> None:
+    """The one line of a sample that could not reach Kafka ("Kafka unreachable at ...")."""
+    message = " ".join(str(exc).split())  # one line, whatever the cause's text holds
+    print(message if message.startswith("Kafka unreachable") else f"error: {message}", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.window < 2:
@@ -162,11 +174,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while True:
             started = time.monotonic()
-            sample = monitor.sample()
+            try:
+                sample = monitor.sample()
+            except ServiceUnavailable as exc:
+                if args.watch is None:
+                    raise
+                # The monitor dropped its clients: the next round reconnects from scratch.
+                if clear:
+                    out.write("\033[2J\033[H")
+                    out.flush()
+                _unreachable(exc)
+                time.sleep(max(0.0, interval - (time.monotonic() - started)))
+                continue
             if not sample.topics:
                 _error(f"none of the topics exist on Kafka at {monitor.bootstrap}: "
                        f"{', '.join(sample.missing_topics)} (nothing produced yet?)")
-                return 1
+                if args.watch is None:
+                    return 1
+                # --watch goes on: the topics may be created (or a restarted broker know them again).
+                time.sleep(max(0.0, interval - (time.monotonic() - started)))
+                continue
             status = evaluator.add(sample)
             taken += 1
             last = samples is not None and taken >= samples
@@ -183,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
             if last:
                 return 0
             time.sleep(max(0.0, interval - (time.monotonic() - started)))
+    except ServiceUnavailable as exc:
+        _unreachable(exc)
+        return exc.exit_code
     except StreamflowError as exc:
         _error(str(exc))
         return exc.exit_code

@@ -2,6 +2,7 @@
 
     metrics = register_lag_metrics(registry)      # once, into the API's registry
     metrics.update(monitor.sample(), status)      # after every sample (status from StatusEvaluator)
+    metrics.unreachable(group)                    # after a sample that failed (Kafka away)
 
 Gauges (labels in brackets):
 
@@ -16,7 +17,15 @@ Gauges (labels in brackets):
 * ``streamflow_consumer_lag_status`` [group, topic, partition] -- -1 UNKNOWN, 0 OK, 1 WARN,
   2 STALL, 3 STOP, 4 REWIND; ``streamflow_consumer_group_status`` [group] -- -1 UNKNOWN, 0 OK,
   1 WARN, 2 ERR (only once a :class:`~streamflow.lag.status.GroupStatus` was passed);
-* ``streamflow_consumer_lag_sample_timestamp_seconds`` [group] -- when the sample was taken.
+* ``streamflow_consumer_lag_sample_timestamp_seconds`` [group] -- when the newest successful
+  sample was taken (also while Kafka is away: it tells how old the last known figures are);
+* ``streamflow_kafka_up`` -- 1 when the newest sample attempt of every group reached Kafka, 0 when
+  one failed (absent before the first attempt); ``streamflow_kafka_up_by_group`` [group] -- the
+  same per group.
+
+While a group's newest sample attempt failed, its lag, offset and status series are left out:
+the last figures read are not presented as current (only their timestamp is kept). They come
+back with the next successful sample.
 
 The gauges are produced by a collector from the newest sample of each group, not kept in
 prometheus_client metric objects: importing Feast switches prometheus_client into multiprocess
@@ -50,15 +59,23 @@ class LagMetrics:
         self.prefix = prefix
         self._lock = threading.Lock()
         self._samples: dict[str, tuple[GroupLag, GroupStatus | None]] = {}
+        self._up: dict[str, bool] = {}
 
     def update(self, sample: GroupLag, status: GroupStatus | None = None) -> None:
         """Replace the group's gauges by those of this sample (and its evaluation, if given)."""
         with self._lock:
             self._samples[sample.group] = (sample, status)
+            self._up[sample.group] = True
+
+    def unreachable(self, group: str) -> None:
+        """The newest sample attempt of ``group`` failed: Kafka up 0, its lag series left out."""
+        with self._lock:
+            self._up[group] = False
 
     def forget(self, group: str) -> None:
         with self._lock:
             self._samples.pop(group, None)
+            self._up.pop(group, None)
 
     def describe(self) -> list[Metric]:
         return []  # the metric names are fixed, but no need to pre-declare them
@@ -66,6 +83,7 @@ class LagMetrics:
     def collect(self) -> Iterator[Metric]:
         with self._lock:
             samples = list(self._samples.values())
+            up = dict(self._up)
 
         def family(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
             return GaugeMetricFamily(f"{self.prefix}_{name}", doc, labels=labels)
@@ -84,10 +102,23 @@ class LagMetrics:
         group_seconds = family("group_lag_seconds", "Age of the oldest unconsumed event of the group, seconds",
                                GROUP_LABELS)
         group_status = family("group_status", "Group lag status: -1 UNKNOWN, 0 OK, 1 WARN, 2 ERR", GROUP_LABELS)
-        sampled_at = family("lag_sample_timestamp_seconds", "Unix time of the last lag sample", GROUP_LABELS)
+        sampled_at = family("lag_sample_timestamp_seconds", "Unix time of the last successful lag sample",
+                            GROUP_LABELS)
+        kafka_up = GaugeMetricFamily("streamflow_kafka_up",
+                                     "1 if the newest lag sample attempt of every group reached Kafka, else 0")
+        kafka_up_by_group = GaugeMetricFamily("streamflow_kafka_up_by_group",
+                                              "1 if the newest lag sample attempt of the group reached Kafka, else 0",
+                                              labels=GROUP_LABELS)
+        if up:
+            kafka_up.add_metric([], 1 if all(up.values()) else 0)
+        for g, ok in sorted(up.items()):
+            kafka_up_by_group.add_metric([g], 1 if ok else 0)
 
         for sample, status in samples:
             g = sample.group
+            sampled_at.add_metric([g], sample.timestamp)
+            if not up.get(g, True):
+                continue  # the newest attempt failed: these figures are not current any more
             for t in sample.topics:
                 topic_messages.add_metric([g, t.topic], t.lag)
                 if t.lag_seconds is not None:
@@ -108,10 +139,9 @@ class LagMetrics:
                 group_seconds.add_metric([g], sample.lag_seconds)
             if status is not None:
                 group_status.add_metric([g], STATUS_CODES[status.status])
-            sampled_at.add_metric([g], sample.timestamp)
 
         yield from (lag_messages, lag_seconds, committed, log_end, status_g, topic_messages, topic_seconds,
-                    group_messages, group_seconds, group_status, sampled_at)
+                    group_messages, group_seconds, group_status, sampled_at, kafka_up, kafka_up_by_group)
 
 
 def register_lag_metrics(registry: CollectorRegistry, prefix: str = "streamflow_consumer") -> LagMetrics:

@@ -17,7 +17,11 @@ For every partition of the group's topics (by default the table topics of the re
 
 The record at the committed offset is read with one reader :class:`~kafka.KafkaConsumer` that
 has no group (``assign`` + ``seek``, never commits), created on the first sample that needs it
-and reused by the following ones. If the committed offset is below the log start (retention
+and reused by the following ones. Both clients (that reader and the admin client) come from
+:mod:`streamflow.kafka_clients`. When any call of a client fails -- whatever kafka-python raises,
+not only :class:`~kafka.errors.KafkaError` -- both clients are closed and dropped, so the next
+sample builds fresh ones, and the sample raises :class:`~streamflow.errors.ServiceUnavailable`
+with a message starting "Kafka unreachable at <bootstrap servers>" that names the operation. If the committed offset is below the log start (retention
 deleted the records) the oldest record that still exists is read instead; if the offset holds no
 record (a compacted-away record or a transaction marker) the first record after it is used.
 
@@ -38,9 +42,8 @@ from typing import Any
 import orjson
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import OffsetSpec
-from kafka.errors import KafkaError
 
-from streamflow import config, schema
+from streamflow import config, kafka_clients, schema
 from streamflow.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -229,14 +232,36 @@ def event_time_of(record: Any) -> datetime | None:
     return ts.astimezone(timezone.utc)
 
 
+def _describe(exc: BaseException) -> str:
+    """``Type: message`` of an exception, without the repetitions kafka-python puts in."""
+    text = str(exc)
+    if isinstance(exc, ServiceUnavailable) and "is not reachable" in text:
+        # kafka_clients' "Kafka at X is not reachable (Type: message)": keep only the cause.
+        text = text.split("is not reachable", 1)[1].strip(" :")
+        if text.startswith("(") and text.endswith(")"):
+            text = text[1:-1]
+    else:
+        text = f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    name, sep, rest = text.partition(": ")
+    if sep and rest.startswith(name):  # "KafkaTimeoutError: KafkaTimeoutError: Unable to ..."
+        text = rest
+    return text
+
+
+UNREACHABLE = "Kafka unreachable"
+"""How every message of a failed sample starts (the CLI and the API show it as it is)."""
+
+
 class LagMonitor:
     """Samples the lag of one consumer group on a set of topics.
 
     ``bootstrap`` defaults to ``KAFKA_BOOTSTRAP_SERVERS``; ``topics`` to the table topics of the
     registry. ``timeout`` bounds connecting and each admin request (seconds); ``read_timeout``
-    bounds reading the oldest unconsumed records of one sample. Kafka errors are raised as
-    :class:`~streamflow.errors.ServiceUnavailable`. Use as a context manager or call ``close``.
-    Not thread-safe: sample from one thread (e.g. a background task of the API).
+    bounds reading the oldest unconsumed records of one sample. A failing Kafka call is raised as
+    :class:`~streamflow.errors.ServiceUnavailable` ("Kafka unreachable at ...: <operation> failed
+    (...)") after the clients were closed and dropped: the next ``sample`` reconnects from
+    scratch. Use as a context manager or call ``close``. Not thread-safe: sample from one thread
+    at a time (:class:`~streamflow.lag.sampler.LagSampler` holds a lock around it).
     """
 
     def __init__(
@@ -262,54 +287,58 @@ class LagMonitor:
 
     # -- clients --------------------------------------------------------------------------------
 
-    def _unavailable(self, what: str, exc: Exception) -> ServiceUnavailable:
-        return ServiceUnavailable(f"Kafka at {self.bootstrap}: {what} failed ({exc})")
+    def _failed(self, what: str, exc: BaseException) -> ServiceUnavailable:
+        """Close and drop both clients (a failed client may be half-broken: a fresh one is built by
+        the next sample) and say what failed."""
+        self.close()
+        return ServiceUnavailable(f"{UNREACHABLE} at {self.bootstrap}: {what} failed ({_describe(exc)})")
+
+    def _settings(self) -> kafka_clients.KafkaSettings:
+        # Outside the guards below: a malformed setting is a configuration error, not an outage.
+        return kafka_clients.settings(self.bootstrap)
 
     @property
     def admin(self) -> KafkaAdminClient:
         if self._admin is None:
+            s = self._settings()
             ms = int(self.timeout * 1000)
             try:
-                self._admin = KafkaAdminClient(
-                    bootstrap_servers=self.bootstrap,
-                    client_id="streamflow-lag-monitor",
-                    request_timeout_ms=ms,
-                    bootstrap_timeout_ms=ms,
+                self._admin = kafka_clients.admin(
+                    "lag-monitor", kafka=s, request_timeout_ms=ms, bootstrap_timeout_ms=ms,
                 )
-            except KafkaError as exc:
-                raise ServiceUnavailable(f"Kafka at {self.bootstrap} is not reachable ({exc})") from None
+            except Exception as exc:  # noqa: BLE001 - whatever kafka-python raises is an outage here
+                raise self._failed("connecting the admin client", exc) from None
         return self._admin
 
     @property
     def reader(self) -> KafkaConsumer:
         if self._reader is None:
+            s = self._settings()
             ms = int(self.timeout * 1000)
             try:
-                self._reader = KafkaConsumer(
-                    bootstrap_servers=self.bootstrap,
-                    client_id="streamflow-lag-reader",
-                    group_id=None,
-                    enable_auto_commit=False,
-                    auto_offset_reset="earliest",
-                    allow_auto_create_topics=False,
+                self._reader = kafka_clients.reader(
+                    "lag-reader", kafka=s,
                     fetch_max_wait_ms=100,
                     max_partition_fetch_bytes=64 * 1024,
                     request_timeout_ms=max(ms, 1000),
                     bootstrap_timeout_ms=ms,
                 )
-            except KafkaError as exc:
-                raise ServiceUnavailable(f"Kafka at {self.bootstrap} is not reachable ({exc})") from None
+            except Exception as exc:  # noqa: BLE001
+                raise self._failed("connecting the reader", exc) from None
         return self._reader
 
+    def _call(self, what: str, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)`` -- one call of a client; any failure drops the clients."""
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # noqa: BLE001 - KafkaError, but also OSError, AssertionError, ...
+            raise self._failed(what, exc) from None
+
     def close(self) -> None:
-        for client in (self._reader, self._admin):
-            if client is None:
-                continue
-            try:
-                client.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
-                log.debug("closing %r failed", client, exc_info=True)
+        reader, admin = self._reader, self._admin
         self._reader = self._admin = None
+        for client in (reader, admin):
+            kafka_clients.close_quietly(client, timeout=None)
 
     def __enter__(self) -> LagMonitor:
         return self
@@ -320,10 +349,8 @@ class LagMonitor:
     # -- one sample ----------------------------------------------------------------------------
 
     def _partitions(self) -> tuple[list[TopicPartition], list[str]]:
-        try:
-            described = self.admin.describe_topics(self.topics)
-        except KafkaError as exc:
-            raise self._unavailable("describing topics", exc) from None
+        admin = self.admin
+        described = self._call("describing topics", admin.describe_topics, self.topics)
         found: dict[str, list[int]] = {}
         for t in described:
             if t.get("error_code", 0) == 0 and t.get("partitions"):
@@ -332,10 +359,8 @@ class LagMonitor:
         return tps, [topic for topic in self.topics if topic not in found]
 
     def _owners(self) -> tuple[str, int, dict[TopicPartition, tuple[str | None, str | None, str | None]]]:
-        try:
-            described = self.admin.describe_groups([self.group]).get(self.group)
-        except KafkaError as exc:
-            raise self._unavailable(f"describing group {self.group}", exc) from None
+        admin = self.admin
+        described = self._call(f"describing group {self.group}", admin.describe_groups, [self.group]).get(self.group)
         if not described:
             return "Dead", 0, {}
         if described.get("error"):
@@ -359,12 +384,13 @@ class LagMonitor:
         return described.get("group_state") or "Unknown", len(members), owners
 
     def _offsets(self, tps: list[TopicPartition]):
-        try:
-            committed = self.admin.list_group_offsets({self.group: tps}).get(self.group, {})
-            start = self.admin.list_partition_offsets({tp: OffsetSpec.EARLIEST for tp in tps})
-            end = self.admin.list_partition_offsets({tp: OffsetSpec.LATEST for tp in tps})
-        except KafkaError as exc:
-            raise self._unavailable(f"reading offsets of group {self.group}", exc) from None
+        admin = self.admin
+        committed = self._call(f"reading the committed offsets of group {self.group}",
+                               admin.list_group_offsets, {self.group: tps}).get(self.group, {})
+        start = self._call("reading the log-start offsets",
+                           admin.list_partition_offsets, {tp: OffsetSpec.EARLIEST for tp in tps})
+        end = self._call("reading the log-end offsets",
+                         admin.list_partition_offsets, {tp: OffsetSpec.LATEST for tp in tps})
         return committed, start, end
 
     def read_records(self, positions: dict[TopicPartition, int]) -> dict[TopicPartition, Any]:
@@ -395,19 +421,20 @@ class LagMonitor:
                             break
                 if done:
                     reader.pause(*done)
-            missing = [tp for tp in positions if tp not in found]
-            if missing:
-                log.warning("could not read the oldest unconsumed record of %s within %.1f s",
-                            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in missing), self.read_timeout)
-        except KafkaError as exc:
-            raise self._unavailable("reading the oldest unconsumed records", exc) from None
-        finally:
-            try:
-                # Between samples the reader holds no partitions: nothing is fetched or kept in its
-                # metadata (a deleted topic would otherwise make it log errors until closed).
-                reader.assign([])
-            except KafkaError:
-                log.debug("unassigning the reader failed", exc_info=True)
+        except Exception as exc:  # noqa: BLE001 - whatever the reader raises: drop it, report it
+            raise self._failed("reading the oldest unconsumed records", exc) from None
+        try:
+            # Between samples the reader holds no partitions: nothing is fetched or kept in its
+            # metadata (a deleted topic would otherwise make it log errors until closed).
+            reader.assign([])
+        except Exception:  # noqa: BLE001 - the records are read; a fresh reader next time
+            log.debug("unassigning the reader failed; dropping it", exc_info=True)
+            self._reader = None
+            kafka_clients.close_quietly(reader, timeout=None)
+        missing = [tp for tp in positions if tp not in found]
+        if missing:
+            log.warning("could not read the oldest unconsumed record of %s within %.1f s",
+                        ", ".join(f"{tp.topic}[{tp.partition}]" for tp in missing), self.read_timeout)
         return found
 
     def sample(self) -> GroupLag:

@@ -79,6 +79,19 @@ class HistoryPoint:
 
 @dataclass
 class LagSampler:
+    """Samples one group every ``interval`` seconds on a thread of its own (``start``/``stop``).
+
+    ``error`` is the message of the newest sample attempt when it failed (None after a successful
+    one): ``GET /lag`` answers 503 with it, and the metrics show ``streamflow_kafka_up 0`` without
+    the stale lag series. While samples fail, the thread waits ``interval``, then twice as long
+    after each further failure, at most ``max_backoff`` seconds; the first success resets it.
+    ``timeout`` bounds connecting and each Kafka request of one sample (the monitor's timeout).
+
+    Thread-safe: ``sample_once`` may be called from request threads while the thread samples
+    (one sample at a time, under a lock); the readers (``snapshot``, ``history_dict``) only wait
+    for the short update of the results, never for a sample in progress.
+    """
+
     group: str
     interval: float = 5.0
     history_seconds: float = 900.0
@@ -90,27 +103,83 @@ class LagSampler:
     status: GroupStatus | None = None
     error: str | None = None
     history: deque = field(default_factory=deque)
+    timeout: float = 10.0
+    max_backoff: float = 30.0
+    failures: int = 0
+    """Sample attempts that failed in a row (0 after a success)."""
+    attempts: int = 0
+    """Sample attempts finished, successful or not."""
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        """Guards the results (latest, status, error, history, counters)."""
+        self._sampling = threading.Lock()
+        """One sample at a time: the monitor and the evaluator are not thread-safe."""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._monitor: LagMonitor | None = None
         self.evaluator = StatusEvaluator(window_seconds=self.window_seconds)
         self.freshness_url = self.freshness_url or consumer_metrics_url()
 
-    def sample_once(self) -> None:
+    def _failed(self, message: str) -> None:
+        with self._lock:
+            self.error = message
+            self.failures += 1
+            self.attempts += 1
+        if self.metrics is not None:
+            self.metrics.unreachable(self.group)
+
+    def sample_once(self) -> bool:
+        """Take one sample and publish it (True), or record why it failed (False). Never raises."""
+        with self._sampling:
+            return self._sample_locked()
+
+    def sample_if_none(self) -> None:
+        """Take a first sample unless one was taken or attempted meanwhile (by the thread)."""
+        with self._sampling:
+            with self._lock:
+                if self.attempts:
+                    return
+            self._sample_locked()
+
+    def _sample_locked(self) -> bool:
         try:
             if self._monitor is None:
-                self._monitor = LagMonitor(bootstrap=self.bootstrap, group=self.group)
+                self._monitor = LagMonitor(bootstrap=self.bootstrap, group=self.group, timeout=self.timeout,
+                                           read_timeout=min(3.0, self.timeout))
             sample = self._monitor.sample()
         except StreamflowError as exc:
-            with self._lock:
-                self.error = str(exc)
+            # "Kafka unreachable at ...": the monitor dropped its broken clients itself, the next
+            # sample reconnects from scratch.
+            self._failed(str(exc))
+            return False
+        except Exception as exc:  # noqa: BLE001 - a bug must neither kill the thread nor leave a stale 200
+            log.exception("lag sample failed")
             if self._monitor is not None:
                 self._monitor.close()
-                self._monitor = None
-            return
+            self._failed(f"lag sample failed ({type(exc).__name__})")
+            return False
+        try:
+            self._publish(sample)
+        except Exception as exc:  # noqa: BLE001 - same as above
+            log.exception("publishing the lag sample failed")
+            self._failed(f"lag sample failed ({type(exc).__name__})")
+            return False
+        return True
+
+    def _publish(self, sample: GroupLag) -> None:
+        with self._lock:
+            previous = self.latest
+        if previous is not None and sample.sampled_at < previous.sampled_at:
+            # Samples are taken one at a time (under the sampling lock), so only a wall clock that
+            # stepped back gets here: start the evaluation over instead of raising ValueError
+            # (StatusEvaluator wants time order) into the sampler thread or a /lag request.
+            log.warning("lag sample at %s is older than the previous one (%s): the clock went back; "
+                        "restarting the status evaluation", sample.sampled_at.isoformat(),
+                        previous.sampled_at.isoformat())
+            self.evaluator.reset()
+            with self._lock:
+                self.history = deque(p for p in self.history if p.t <= sample.timestamp)
         status = self.evaluator.add(sample)
         fresh = read_freshness(self.freshness_url) or {}
         point = HistoryPoint(
@@ -121,6 +190,8 @@ class LagSampler:
         )
         with self._lock:
             self.latest, self.status, self.error = sample, status, None
+            self.failures = 0
+            self.attempts += 1
             self.history.append(point)
             while self.history and self.history[0].t < point.t - self.history_seconds:
                 self.history.popleft()
@@ -140,6 +211,15 @@ class LagSampler:
         with self._lock:
             return {"group": self.group, "interval": self.interval, "points": [p.to_dict() for p in self.history]}
 
+    def next_delay(self) -> float:
+        """Seconds from the start of one attempt to the next: ``interval``, doubled after each
+        failure in a row, at most ``max_backoff`` (never below ``interval``)."""
+        with self._lock:
+            failures = self.failures
+        if failures == 0:
+            return self.interval
+        return max(self.interval, min(self.max_backoff, self.interval * 2 ** (failures - 1)))
+
     def _run(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
@@ -147,18 +227,24 @@ class LagSampler:
                 self.sample_once()
             except Exception:  # noqa: BLE001 - the sampler must never die; the error is shown
                 log.exception("lag sample failed")
-            self._stop.wait(max(0.1, self.interval - (time.monotonic() - started)))
+            self._stop.wait(max(0.1, self.next_delay() - (time.monotonic() - started)))
 
     def start(self) -> None:
         if self._thread is None:
+            self._stop.clear()
             self._thread = threading.Thread(target=self._run, name=f"lag-sampler-{self.group}", daemon=True)
             self._thread.start()
 
     def stop(self) -> None:
         self._stop.set()
         if self._thread is not None:
-            self._thread.join(timeout=10)
+            self._thread.join(timeout=max(10.0, 3 * self.timeout))
             self._thread = None
-        if self._monitor is not None:
-            self._monitor.close()
-            self._monitor = None
+        # A sample still running (its Kafka calls are bounded by ``timeout``) keeps its monitor.
+        if self._sampling.acquire(timeout=max(10.0, 3 * self.timeout)):
+            try:
+                if self._monitor is not None:
+                    self._monitor.close()
+                    self._monitor = None
+            finally:
+                self._sampling.release()
