@@ -50,6 +50,10 @@ class ConsumerSettings:
     """Seconds Kafka may stay unreachable before the consumer gives up (None: wait forever)."""
     probe_interval: float = 2.0
     """While no records come, seconds between two checks that the broker still answers."""
+    stall_timeout: float = 20.0
+    """Seconds without records while assigned partitions lag before the client counts as stuck
+    and is replaced (kafka-python 3.0 was seen to stop fetching after a broker restart without
+    raising anything)."""
 
 
 _NAT = np.iinfo(np.int64).min
@@ -102,6 +106,7 @@ class StreamConsumer:
         self.topics = [t.topic for t in schema.TABLES]
         self.outage = Outage(self.kafka.bootstrap_servers, self.stopping, max_outage=settings.max_outage)
         self.rebuilds = 0
+        self._stalled_since: float | None = None
         self.consumer = self.outage.connect("connecting the consumer", self._new_consumer)
         self.dead_letters = self.outage.connect("connecting the dead-letter producer",
                                                 lambda: DeadLetterQueue(kafka=self.kafka))
@@ -126,8 +131,8 @@ class StreamConsumer:
         """Close a client that keeps failing and build a new one, which joins the group again and
         starts at the group's committed offsets (what was not committed is read again)."""
         self.outage.rebuild_wanted = False
-        log.warning("replacing the Kafka consumer client after %d failed calls; it rejoins group %s "
-                    "at the committed offsets", self.outage.failures, self.settings.group_id)
+        log.warning("replacing the Kafka consumer client (%d failed calls in a row); the new one rejoins "
+                    "group %s at the committed offsets", self.outage.failures, self.settings.group_id)
         self._close_consumer()
         try:
             self.consumer = self._new_consumer()
@@ -249,16 +254,35 @@ class StreamConsumer:
         return True
 
     def probe(self) -> None:
-        """While no records come: does the broker still answer? (ends or extends an outage)"""
+        """While no records come: does the broker still answer (ends or extends an outage), and
+        does the client still fetch what the assigned partitions hold?"""
         assigned = self.outage.call("assignment", self.consumer.assignment, default=set())
-        if assigned:
-            ok = self.outage.call("end_offsets", self.consumer.end_offsets, list(assigned),
-                                  timeout_ms=5_000) is not None
-        else:
-            ok = self.outage.call("bootstrap", self.consumer.bootstrap, timeout_ms=5_000, refresh=True,
-                                  default=False) is not False
-        if ok:
-            self.outage.ok()
+        if not assigned:
+            self._stalled_since = None
+            if self.outage.call("bootstrap", self.consumer.bootstrap, timeout_ms=5_000, refresh=True,
+                                default=False) is not False:
+                self.outage.ok()
+            return
+        ends = self.outage.call("end_offsets", self.consumer.end_offsets, list(assigned), timeout_ms=5_000)
+        if ends is None:
+            return
+        self.outage.ok()
+        behind = 0
+        for tp in assigned:
+            position = self.outage.call("position", self.consumer.position, tp, timeout_ms=5_000)
+            if position is None:
+                return
+            behind += max(0, ends.get(tp, 0) - position)
+        now = time.monotonic()
+        if not behind:
+            self._stalled_since = None
+        elif self._stalled_since is None:
+            self._stalled_since = now
+        elif now - self._stalled_since > self.settings.stall_timeout:
+            log.warning("no records for %.0f s although the assigned partitions hold %d more: the client "
+                        "is stuck", now - self._stalled_since, behind)
+            self._stalled_since = None
+            self.outage.rebuild_wanted = True
 
     def poll(self) -> dict:
         records = self.outage.call("poll", self.consumer.poll, timeout_ms=self.settings.poll_timeout_ms,
@@ -291,6 +315,7 @@ class StreamConsumer:
                         break
                     continue
                 idle_since = last_probe = time.monotonic()
+                self._stalled_since = None
                 try:
                     next_offsets = self.process(records)
                 except StopRequested:

@@ -33,3 +33,27 @@ def test_library_exception_is_one_line():
 def test_own_exception_keeps_its_traceback_and_debug_shows_all():
     assert "Traceback" in formatted("consumer")
     assert "Traceback" in formatted("kafka.net.connection", level=logging.DEBUG)
+
+
+def test_a_repeating_library_line_is_shown_once_per_window_and_counts_what_it_held_back():
+    from streamflow.logs import RepeatFilter
+
+    now = [0.0]
+    repeat = RepeatFilter(window=30, clock=lambda: now[0])
+    root = logging.getLogger()
+    before = root.level
+    root.setLevel(logging.INFO)
+    try:
+        def record(name: str, msg: str = "Connection failed: %s"):
+            return logging.getLogger(name).makeRecord(name, logging.ERROR, __file__, 1, msg, ("refused",), None)
+
+        shown = [repeat.filter(record("kafka.net.manager")) for _ in range(5)]
+        assert shown == [True, False, False, False, False]
+        assert all(repeat.filter(record("consumer")) for _ in range(3))  # our own lines: always
+        assert repeat.filter(record("kafka.cluster"))  # another logger: its own count
+        now[0] = 31.0
+        again = record("kafka.net.manager")
+        assert repeat.filter(again)
+        assert again.getMessage() == "Connection failed: refused [4 more like this in the last 30 s]"
+    finally:
+        root.setLevel(before)
