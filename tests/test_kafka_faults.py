@@ -19,6 +19,7 @@ Figures go to bench/results/reliability.json like the other reliability scenario
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -128,6 +129,43 @@ def finish(consumer: subprocess.Popen, group: str, clog: Path, since: float) -> 
     return caught
 
 
+class Stream:
+    """The real consumer (a process of its own) and producer of one scenario, with their logs."""
+
+    def __init__(self, group: str, tmp_path: Path):
+        self.group = group
+        self.clog, self.plog = tmp_path / "consumer.log", tmp_path / "producer.log"
+        self.consumer: subprocess.Popen | None = None
+        self.producer: subprocess.Popen | None = None
+
+
+@contextlib.contextmanager
+def streaming(group: str, folders: list[Path], tmp_path: Path, *producer_args: str, flowing: int = 300):
+    """Start a consumer, wait until it joined, replay the folders with ``producer_args`` and wait
+    until ``flowing`` events are on the topics; whatever still runs at the end is killed."""
+    s = Stream(group, tmp_path)
+    s.consumer = pipeline.consumer_process(group, "--max-batch", "50", log_path=s.clog)
+    try:
+        wait_until(lambda: pipeline.group_members(group) == 1, timeout=120, what="consumer joined")
+        s.producer = producer_process(folders, *producer_args, log_path=s.plog)
+        wait_until(lambda: table_records() > flowing, timeout=120, what="events flowing")
+        yield s
+    finally:
+        for proc in (s.producer, s.consumer):
+            if proc is not None and proc.poll() is None:
+                stop(proc, signal.SIGKILL)
+
+
+def delivered_exactly(s: Stream, m0: Path, m1: Path) -> tuple[dict, dict]:
+    """Every event sent and acknowledged once, the store equal to the snapshots, no traceback."""
+    totals = summary_totals(logged(s.plog))
+    assert totals == {"sent": EVENTS, "acked": EVENTS, "failed": 0, "unacknowledged": 0}
+    figures = final_figures(m0, m1)
+    exact(figures)
+    assert_no_traceback(s.clog, s.plog)
+    return totals, figures
+
+
 def exact(figures: dict) -> None:
     assert figures["lost"] == 0 and figures["duplicates"] == 0, figures
     assert figures["unexpected"] == 0 and figures["wrong"] == 0, figures
@@ -143,14 +181,9 @@ def test_one_broker_stopped_and_started_five_times_during_replay_and_consume(
     m0, m1 = snapshots
     group = on(single, monkeypatch, pg_settings)
     rng = random.Random(SEED)
-    clog, plog = tmp_path / "consumer.log", tmp_path / "producer.log"
-    consumer = pipeline.consumer_process(group, "--max-batch", "50", log_path=clog)
-    producer = None
     recoveries = []
-    try:
-        wait_until(lambda: pipeline.group_members(group) == 1, timeout=120, what="consumer joined")
-        producer = producer_process([m0, m1], "--rate", "45", log_path=plog)
-        wait_until(lambda: table_records() > 100, timeout=120, what="events flowing")
+    with streaming(group, [m0, m1], tmp_path, "--rate", "45", flowing=100) as s:
+        consumer, producer, clog, plog = s.consumer, s.producer, s.clog, s.plog
         for cycle in range(5):
             time.sleep(rng.uniform(0.5, 4.0))  # a random moment of the replay / the consume
             single.stop_node(1)
@@ -159,23 +192,15 @@ def test_one_broker_stopped_and_started_five_times_during_replay_and_consume(
             back = time.monotonic()
             assert running(consumer), f"cycle {cycle}: consumer died\n" + logged(clog)[-3000:]
             base = ask(lambda: pipeline.committed_total(group), "committed offsets after the restart")
-            if ask(table_records, "log-end offsets after the restart") > base:  # something to consume: time to the next commit
+            # something to consume: the time to the next commit
+            if ask(table_records, "log-end offsets after the restart") > base:
                 wait_until(lambda: pipeline.committed_total(group) > base, timeout=120, interval=0.1,
                            what=f"cycle {cycle}: a commit after the restart")
                 recoveries.append(time.monotonic() - back)
         assert producer.wait(timeout=300) == 0, logged(plog)[-3000:]
-        last = time.monotonic()
-        caught = finish(consumer, group, clog, last)
-    finally:
-        for proc in (producer, consumer):
-            if proc is not None and proc.poll() is None:
-                stop(proc, signal.SIGKILL)
-    totals = summary_totals(logged(plog))
-    assert totals == {"sent": EVENTS, "acked": EVENTS, "failed": 0, "unacknowledged": 0}
+        caught = finish(consumer, group, clog, time.monotonic())
+    totals, figures = delivered_exactly(s, m0, m1)
     assert table_records() == EVENTS  # idempotent producer: no duplicate from its retries
-    figures = final_figures(m0, m1)
-    exact(figures)
-    assert_no_traceback(clog, plog)
     pipeline.record_reliability(
         "K1. one broker stopped and started 5 times during replay and consume", sent=totals["sent"],
         acked=totals["acked"], written=figures["written"], lost=figures["lost"],
@@ -187,13 +212,8 @@ def test_one_broker_stopped_and_started_five_times_during_replay_and_consume(
 def test_one_broker_hung_for_20_seconds(snapshots, single, monkeypatch, pg_settings, tmp_path):
     m0, m1 = snapshots
     group = on(single, monkeypatch, pg_settings)
-    clog, plog = tmp_path / "consumer.log", tmp_path / "producer.log"
-    consumer = pipeline.consumer_process(group, "--max-batch", "50", log_path=clog)
-    producer = None
-    try:
-        wait_until(lambda: pipeline.group_members(group) == 1, timeout=120, what="consumer joined")
-        producer = producer_process([m0, m1], "--rate", "60", log_path=plog)
-        wait_until(lambda: table_records() > 300, timeout=120, what="events flowing")
+    with streaming(group, [m0, m1], tmp_path, "--rate", "60") as s:
+        consumer, producer, clog, plog = s.consumer, s.producer, s.clog, s.plog
         single.sigstop(1)
         try:
             hung = time.monotonic()
@@ -209,16 +229,8 @@ def test_one_broker_hung_for_20_seconds(snapshots, single, monkeypatch, pg_setti
         recovery = time.monotonic() - back
         assert producer.wait(timeout=300) == 0, logged(plog)[-3000:]
         finish(consumer, group, clog, back)
-    finally:
-        for proc in (producer, consumer):
-            if proc is not None and proc.poll() is None:
-                stop(proc, signal.SIGKILL)
-    totals = summary_totals(logged(plog))
-    assert totals == {"sent": EVENTS, "acked": EVENTS, "failed": 0, "unacknowledged": 0}
+    totals, figures = delivered_exactly(s, m0, m1)
     assert table_records() == EVENTS
-    figures = final_figures(m0, m1)
-    exact(figures)
-    assert_no_traceback(clog, plog)
     pipeline.record_reliability(
         "K2. one broker hung (SIGSTOP 20 s, then SIGCONT)", sent=totals["sent"], acked=totals["acked"],
         written=figures["written"], lost=figures["lost"], duplicates=figures["duplicates"],
@@ -257,13 +269,8 @@ def test_consumer_gives_up_after_its_outage_budget_with_one_clear_line(
 def kill_mid_replay(snapshots, cluster: Cluster, monkeypatch, pg_settings, tmp_path, pick, scenario: str):
     m0, m1 = snapshots
     group = on(cluster, monkeypatch, pg_settings)
-    clog, plog = tmp_path / "consumer.log", tmp_path / "producer.log"
-    consumer = pipeline.consumer_process(group, "--max-batch", "50", log_path=clog)
-    producer = None
-    try:
-        wait_until(lambda: pipeline.group_members(group) == 1, timeout=120, what="consumer joined")
-        producer = producer_process([m0, m1], "--rate", "60", log_path=plog)
-        wait_until(lambda: table_records() > 300, timeout=120, what="events flowing")
+    with streaming(group, [m0, m1], tmp_path, "--rate", "60") as s:
+        consumer, producer, clog, plog = s.consumer, s.producer, s.clog, s.plog
         victim = pick()
         cluster.kill(victim, signal.SIGKILL)
         killed = time.monotonic()
@@ -277,16 +284,8 @@ def kill_mid_replay(snapshots, cluster: Cluster, monkeypatch, pg_settings, tmp_p
         assert producer.wait(timeout=300) == 0, logged(plog)[-3000:]
         caught = finish(consumer, group, clog, killed)
         cluster.wait_all_in_sync(table_topics())
-    finally:
-        for proc in (producer, consumer):
-            if proc is not None and proc.poll() is None:
-                stop(proc, signal.SIGKILL)
-    totals = summary_totals(logged(plog))
-    assert totals == {"sent": EVENTS, "acked": EVENTS, "failed": 0, "unacknowledged": 0}
+    totals, figures = delivered_exactly(s, m0, m1)
     assert table_records() == EVENTS
-    figures = final_figures(m0, m1)
-    exact(figures)
-    assert_no_traceback(clog, plog)
     pipeline.record_reliability(
         scenario, sent=totals["sent"], acked=totals["acked"], written=figures["written"],
         lost=figures["lost"], duplicates=figures["duplicates"], kafka_duplicates=table_records() - EVENTS,
@@ -308,13 +307,9 @@ def test_three_brokers_two_down_below_min_isr_producer_reports_and_loses_nothing
         snapshots, cluster, monkeypatch, pg_settings, tmp_path):
     m0, m1 = snapshots
     group = on(cluster, monkeypatch, pg_settings)
-    clog, plog, plog2 = tmp_path / "consumer.log", tmp_path / "producer.log", tmp_path / "producer2.log"
-    consumer = pipeline.consumer_process(group, "--max-batch", "50", log_path=clog)
-    producer = None
-    try:
-        wait_until(lambda: pipeline.group_members(group) == 1, timeout=120, what="consumer joined")
-        producer = producer_process([m0, m1], "--rate", "60", "--delivery-timeout", "10", log_path=plog)
-        wait_until(lambda: table_records() > 300, timeout=120, what="events flowing")
+    plog2 = tmp_path / "producer2.log"
+    with streaming(group, [m0, m1], tmp_path, "--rate", "60", "--delivery-timeout", "10") as s:
+        consumer, producer, clog, plog = s.consumer, s.producer, s.clog, s.plog
         survivor = cluster.leader_of(schema.TABLES[0].topic, 0)
         down = [n for n in cluster.nodes if n != survivor]
         for n in down:
@@ -328,12 +323,12 @@ def test_three_brokers_two_down_below_min_isr_producer_reports_and_loses_nothing
         back = time.monotonic()
         before_second = ask(table_records, "log-end offsets with the nodes back")
         second = producer_process([m0, m1], log_path=plog2)  # a second replay, after the nodes return
-        assert second.wait(timeout=300) == 0, logged(plog2)[-3000:]
+        try:
+            assert second.wait(timeout=300) == 0, logged(plog2)[-3000:]
+        finally:
+            if second.poll() is None:
+                stop(second, signal.SIGKILL)
         caught = finish(consumer, group, clog, back)
-    finally:
-        for proc in (producer, consumer):
-            if proc is not None and proc.poll() is None:
-                stop(proc, signal.SIGKILL)
     first = summary_totals(logged(plog))
     # the first producer gave up on what the cluster could not take: reported, exit code 1
     assert code == 1, logged(plog)[-3000:]
@@ -390,12 +385,8 @@ def test_postgres_hung_for_20_seconds_no_commit_past_unwritten_events(
         snapshots, single, monkeypatch, pg_settings, tmp_path):
     m0, m1 = snapshots
     group = on(single, monkeypatch, pg_settings)
-    clog, plog = tmp_path / "consumer.log", tmp_path / "producer.log"
-    consumer = pipeline.consumer_process(group, "--max-batch", "50", log_path=clog)
-    producer = None
-    try:
-        wait_until(lambda: pipeline.group_members(group) == 1, timeout=120, what="consumer joined")
-        producer = producer_process([m0, m1], "--rate", "60", log_path=plog)
+    with streaming(group, [m0, m1], tmp_path, "--rate", "60") as s:
+        consumer, producer, clog, plog = s.consumer, s.producer, s.clog, s.plog
         wait_until(lambda: pipeline.committed_total(group) > 300, timeout=120, interval=0.1,
                    what="consumer writing")
         pids = postgres_pids()
@@ -418,15 +409,7 @@ def test_postgres_hung_for_20_seconds_no_commit_past_unwritten_events(
         recovery = time.monotonic() - back
         assert producer.wait(timeout=300) == 0, logged(plog)[-3000:]
         finish(consumer, group, clog, back)
-    finally:
-        for proc in (producer, consumer):
-            if proc is not None and proc.poll() is None:
-                stop(proc, signal.SIGKILL)
-    totals = summary_totals(logged(plog))
-    assert totals == {"sent": EVENTS, "acked": EVENTS, "failed": 0, "unacknowledged": 0}
-    figures = final_figures(m0, m1)
-    exact(figures)
-    assert_no_traceback(clog, plog)
+    totals, figures = delivered_exactly(s, m0, m1)
     pipeline.record_reliability(
         "K7. PostgreSQL hung (SIGSTOP 20 s) while the consumer writes", sent=totals["sent"],
         acked=totals["acked"], written=figures["written"], lost=figures["lost"],
