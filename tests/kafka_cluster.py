@@ -33,6 +33,17 @@ from streamflow.errors import ServiceUnavailable
 
 SERVICES = config.REPO_ROOT / "scripts" / "services.sh"
 DEFAULT_STATE_DIR = config.REPO_ROOT / ".services" / "kafka-cluster-test"
+SHARED_STATE = Path(os.environ.get("STREAMFLOW_STATE_DIR") or config.REPO_ROOT / ".services")
+"""Where ``scripts/services.sh`` keeps the main broker, and the jars every broker runs from."""
+
+
+def share_broker_jars(state_dir: Path) -> None:
+    """Let a broker with a state directory of its own run from the main broker's jars (a link),
+    instead of fetching them again."""
+    lib, shared = state_dir / "kafka" / "lib", SHARED_STATE / "kafka" / "lib"
+    if not lib.exists() and (shared / ".complete").exists():
+        lib.parent.mkdir(parents=True, exist_ok=True)
+        lib.symlink_to(shared)
 
 
 def wait_until(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2):
@@ -286,3 +297,20 @@ class Cluster:
         want = self.brokers if count is None else count
         return wait_until(lambda: (ids := self.brokers_registered()) and len(ids) == want and ids,
                           timeout, f"{want} brokers registered")
+
+
+class SingleBroker(Cluster):
+    """One broker of its own: services.sh's single-broker layout under its own state directory,
+    on ``port`` (clients) and ``port + 1`` (controller)."""
+
+    def __init__(self, port: int, state_dir: Path):
+        super().__init__(port=port, state_dir=state_dir, brokers=1)
+        share_broker_jars(state_dir)
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env.update(STREAMFLOW_STATE_DIR=str(self.state_dir), KAFKA_CONTROLLER_PORT=str(self.port + 1))
+        return env
+
+    def node_dir(self, n: int) -> Path:
+        return self.state_dir / "kafka"

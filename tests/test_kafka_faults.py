@@ -33,7 +33,8 @@ from streamflow import config, schema
 from streamflow.datagen.generate import generate
 from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
 from tests import pipeline
-from tests.kafka_cluster import Cluster
+from tests.kafka_cluster import SHARED_STATE as STATE
+from tests.kafka_cluster import Cluster, SingleBroker
 from tests.test_reliability import (EVENTS, USERS, final_figures, logged, producer_process, stop,
                                     summary_totals, table_records, wait_until)
 
@@ -42,7 +43,6 @@ pytestmark = pytest.mark.slow
 SEED = int(os.environ.get("STREAMFLOW_RELIABILITY_SEED", "7"))
 SINGLE_PORT = int(os.environ.get("STREAMFLOW_FAULT_PORT", "39192"))
 CLUSTER_PORT = int(os.environ.get("STREAMFLOW_CLUSTER_PORT", "19092"))
-STATE = Path(os.environ.get("STREAMFLOW_STATE_DIR", config.REPO_ROOT / ".services"))
 
 
 @pytest.fixture(scope="module")
@@ -50,26 +50,6 @@ def snapshots(tmp_path_factory):
     out = tmp_path_factory.mktemp("fault_snapshots")
     generate(out, users=USERS, seed=5, progress=False)
     return out / "month_000", out / "month_001"
-
-
-class SingleBroker(Cluster):
-    """One node of its own: services.sh's single-broker layout under a state directory of its own
-    (the jars are shared with the main broker's: a link, not a second download)."""
-
-    def __init__(self, port: int, state_dir: Path):
-        super().__init__(port=port, state_dir=state_dir, brokers=1)
-        lib, shared = state_dir / "kafka" / "lib", STATE / "kafka" / "lib"
-        if not lib.exists() and (shared / ".complete").exists():
-            lib.parent.mkdir(parents=True, exist_ok=True)
-            lib.symlink_to(shared)
-
-    def env(self) -> dict[str, str]:
-        env = super().env()
-        env.update(STREAMFLOW_STATE_DIR=str(self.state_dir), KAFKA_CONTROLLER_PORT=str(self.port + 1))
-        return env
-
-    def node_dir(self, n: int) -> Path:
-        return self.state_dir / "kafka"
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@
 (a) An unreachable bootstrap (a closed port on 127.0.0.1): ``streamflow lag`` prints one line
     "Kafka unreachable at ..." and exits 4; the API's /lag answers 503 with that message and
     /metrics answers 200 with ``streamflow_kafka_up 0``.
-(b) A PRIVATE broker (127.0.0.1:29092, its own state under /tmp/lagkafka, started and stopped with
+(b) A PRIVATE broker (127.0.0.1:29092, its own state under .services/kafka-lag-test, started and stopped with
     ``scripts/services.sh start-kafka|stop-kafka``; the shared broker on 9092 is never touched):
     lag is sampled, the broker is stopped, /lag turns 503 and the CLI exits 4, the broker comes
     back and /lag answers the same figures again with no restart of anything else; a
@@ -35,11 +35,13 @@ from kafka import OffsetAndMetadata, TopicPartition
 from api.app import create_app
 from streamflow import config, kafka_clients
 from streamflow.kafka_topics import ensure_topics, table_topics
+from tests.kafka_cluster import SHARED_STATE, share_broker_jars
 
 PRIVATE_PORT = 29092
 PRIVATE_BOOTSTRAP = f"127.0.0.1:{PRIVATE_PORT}"
-PRIVATE_ENV = {"STREAMFLOW_STATE_DIR": "/tmp/lagkafka", "KAFKA_PORT": str(PRIVATE_PORT),
-               "KAFKA_CONTROLLER_PORT": "29093"}
+PRIVATE_STATE = SHARED_STATE / "kafka-lag-test"
+PRIVATE_ENV = {"STREAMFLOW_STATE_DIR": str(PRIVATE_STATE), "KAFKA_PORT": str(PRIVATE_PORT),
+               "KAFKA_CONTROLLER_PORT": str(PRIVATE_PORT + 1)}
 SERVICES = str(config.REPO_ROOT / "scripts" / "services.sh")
 
 
@@ -189,6 +191,7 @@ def test_concurrent_samples_and_a_clock_that_went_back_never_fail(lag_env, kafka
 
 
 def services(command: str) -> None:
+    share_broker_jars(PRIVATE_STATE)
     subprocess.run([SERVICES, command], env={**os.environ, **PRIVATE_ENV}, check=True,
                    capture_output=True, timeout=180)
 
