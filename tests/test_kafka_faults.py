@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from streamflow import config, schema
+from streamflow import schema
 from streamflow.datagen.generate import generate
 from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
 from tests import pipeline
