@@ -7,7 +7,7 @@ consumer and the producer stay up through every fault, unless the scenario is ab
 The brokers are private to these tests (their own ports and state under .services/), so a fault
 never touches the broker that the rest of the suite and the demo use:
 
-* one broker on 127.0.0.1:$STREAMFLOW_FAULT_PORT (default 39192): stopped and started 5 times;
+* one broker on 127.0.0.1:$STREAMFLOW_FAULT_PORT (default 29192): stopped and started 5 times;
   hung (SIGSTOP) for 20 s; gone for longer than the consumer's --max-outage;
 * three brokers from 127.0.0.1:$STREAMFLOW_CLUSTER_PORT (default 19092): the leader of a partition
   being written SIGKILLed mid-replay; the active controller SIGKILLed; two nodes down (below
@@ -41,7 +41,7 @@ from tests.test_reliability import (EVENTS, USERS, final_figures, logged, produc
 pytestmark = pytest.mark.slow
 
 SEED = int(os.environ.get("STREAMFLOW_RELIABILITY_SEED", "7"))
-SINGLE_PORT = int(os.environ.get("STREAMFLOW_FAULT_PORT", "39192"))
+SINGLE_PORT = int(os.environ.get("STREAMFLOW_FAULT_PORT", "29192"))
 CLUSTER_PORT = int(os.environ.get("STREAMFLOW_CLUSTER_PORT", "19092"))
 
 
