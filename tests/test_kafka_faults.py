@@ -41,6 +41,7 @@ from tests.test_reliability import (EVENTS, USERS, final_figures, logged, produc
 pytestmark = pytest.mark.slow
 
 SEED = int(os.environ.get("STREAMFLOW_RELIABILITY_SEED", "7"))
+RESTARTS = int(os.environ.get("STREAMFLOW_FAULT_RESTARTS", "5"))
 SINGLE_PORT = int(os.environ.get("STREAMFLOW_FAULT_PORT", "29192"))
 CLUSTER_PORT = int(os.environ.get("STREAMFLOW_CLUSTER_PORT", "19092"))
 
@@ -164,7 +165,7 @@ def test_one_broker_stopped_and_started_five_times_during_replay_and_consume(
     recoveries = []
     with streaming(group, [m0, m1], tmp_path, "--rate", "45", flowing=100) as s:
         consumer, producer, clog, plog = s.consumer, s.producer, s.clog, s.plog
-        for cycle in range(5):
+        for cycle in range(RESTARTS):
             time.sleep(rng.uniform(0.5, 4.0))  # a random moment of the replay / the consume
             single.stop_node(1)
             time.sleep(rng.uniform(0.5, 3.0))  # down for a random while
@@ -182,11 +183,11 @@ def test_one_broker_stopped_and_started_five_times_during_replay_and_consume(
     totals, figures = delivered_exactly(s, m0, m1)
     assert table_records() == EVENTS  # idempotent producer: no duplicate from its retries
     pipeline.record_reliability(
-        "K1. one broker stopped and started 5 times during replay and consume", sent=totals["sent"],
+        f"K1. one broker stopped and started {RESTARTS} times during replay and consume", sent=totals["sent"],
         acked=totals["acked"], written=figures["written"], lost=figures["lost"],
-        duplicates=figures["duplicates"], kafka_duplicates=table_records() - EVENTS, restarts=5,
+        duplicates=figures["duplicates"], kafka_duplicates=table_records() - EVENTS, restarts=RESTARTS,
         recovery_seconds=max(recoveries) if recoveries else None, caught_up_after_replay_seconds=caught,
-        recovery="broker answering again to the consumer's next commit (worst of the 5)")
+        recovery=f"broker answering again to the consumer's next commit (worst of the {RESTARTS})")
 
 
 def test_one_broker_hung_for_20_seconds(snapshots, single, monkeypatch, pg_settings, tmp_path):
