@@ -258,10 +258,9 @@ class StreamConsumer:
         does the client still fetch what the assigned partitions hold?"""
         assigned = self.outage.call("assignment", self.consumer.assignment, default=set())
         if not assigned:
+            # Nothing to ask about (a member may own no partition). No metadata refresh either: a
+            # forced re-bootstrap here kept a joining member from ever getting its assignment.
             self._stalled_since = None
-            if self.outage.call("bootstrap", self.consumer.bootstrap, timeout_ms=5_000, refresh=True,
-                                default=False) is not False:
-                self.outage.ok()
             return
         ends = self.outage.call("end_offsets", self.consumer.end_offsets, list(assigned), timeout_ms=5_000)
         if ends is None:
