@@ -262,14 +262,17 @@ class StreamConsumer:
             # forced re-bootstrap here kept a joining member from ever getting its assignment.
             self._stalled_since = None
             return
-        ends = self.outage.call("end_offsets", self.consumer.end_offsets, list(assigned), timeout_ms=5_000)
+        # One request, bounded; positions as the client knows them (asking for them would block
+        # while the group rebalances and keep this member from rejoining).
+        ends = self.outage.call("end_offsets", self.consumer.end_offsets, list(assigned), timeout_ms=3_000)
         if ends is None:
             return
         self.outage.ok()
         behind = 0
         for tp in assigned:
-            position = self.outage.call("position", self.consumer.position, tp, timeout_ms=5_000)
+            position = kafka_clients.known_position(self.consumer, tp)
             if position is None:
+                self._stalled_since = None
                 return
             behind += max(0, ends.get(tp, 0) - position)
         now = time.monotonic()

@@ -212,6 +212,19 @@ def admin(role: str = "admin", *, kafka: KafkaSettings | None = None, **override
     return _build(KafkaAdminClient, s.bootstrap_servers, options)
 
 
+def known_position(consumer: KafkaConsumer, tp) -> int | None:
+    """The next offset a consumer will fetch from ``tp``, as it knows it itself: no request (unlike
+    ``KafkaConsumer.position``, which asks the coordinator for committed offsets and may block while
+    the group rebalances). None while it does not know it yet."""
+    try:
+        position = consumer._subscription.assignment[tp].position  # noqa: SLF001 - kafka-python 3.0
+    except (AttributeError, KeyError):
+        return None
+    if position is None:
+        return None
+    return getattr(position, "offset", position)
+
+
 def broker_config(client: KafkaAdminClient, broker_id: int | str, name: str) -> str | None:
     """One configuration value of a broker, as the broker reports it (None: not reported)."""
     from kafka.admin import ConfigResource, ConfigResourceType
