@@ -268,21 +268,21 @@ class StreamConsumer:
         if ends is None:
             return
         self.outage.ok()
-        behind = 0
+        behind = unknown = 0
         for tp in assigned:
             position = kafka_clients.known_position(self.consumer, tp)
-            if position is None:
-                self._stalled_since = None
-                return
-            behind += max(0, ends.get(tp, 0) - position)
+            if position is None:  # resolved within a moment when the coordinator works
+                unknown += 1
+            else:
+                behind += max(0, ends.get(tp, 0) - position)
         now = time.monotonic()
-        if not behind:
+        if not behind and not unknown:
             self._stalled_since = None
         elif self._stalled_since is None:
             self._stalled_since = now
         elif now - self._stalled_since > self.settings.stall_timeout:
-            log.warning("no records for %.0f s although the assigned partitions hold %d more: the client "
-                        "is stuck", now - self._stalled_since, behind)
+            log.warning("no records for %.0f s although the assigned partitions hold %d more (%d without a "
+                        "known position): the client is stuck", now - self._stalled_since, behind, unknown)
             self._stalled_since = None
             self.outage.rebuild_wanted = True
 
