@@ -183,7 +183,6 @@ def group_consumer(group_id: str, *, role: str = "consumer", kafka: KafkaSetting
         heartbeat_interval_ms=3_000,
         fetch_max_bytes=32 * MIB,
         max_partition_fetch_bytes=max(4 * MIB, s.message_max_bytes),
-        allow_auto_create_topics=False,
     )
     options.update(overrides)
     return _build(KafkaConsumer, s.bootstrap_servers, options)
