@@ -12,6 +12,7 @@ backoff; a client that keeps failing is replaced by a new one that rejoins the g
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
 import os
 import signal
@@ -53,6 +54,8 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     logs.setup()
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: where a stuck consumer waits
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     settings = ConsumerSettings(group_id=args.group, max_batch=args.max_batch, until_drained=args.until_drained,
                                 max_idle_seconds=args.max_idle, instance_id=args.instance_id,
                                 max_outage=args.max_outage)

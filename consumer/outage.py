@@ -10,9 +10,12 @@ it waits forever.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import sys
 import threading
 import time
+import traceback
 
 from kafka.errors import KafkaError
 
@@ -44,6 +47,8 @@ class Outage:
         self.outages = 0
         self.rebuild_wanted = False
         self._delay = backoff_initial
+        self.busy: tuple[str, float, int] | None = None
+        """The client call in progress: what, since when, in which thread (for the watchdog)."""
 
     def ok(self) -> None:
         """A client call succeeded: the outage, if any, is over."""
@@ -82,10 +87,20 @@ class Outage:
                 f"Kafka at {self.servers} unreachable for {self.seconds:.0f} s, more than the outage budget "
                 f"(--max-outage {self.max_outage:g} s): giving up; nothing past the last commit was committed")
 
+    @contextlib.contextmanager
+    def watching(self, what: str):
+        """Marks a client call in progress, so the watchdog can tell one that never returns."""
+        self.busy = (what, self.clock(), threading.get_ident())
+        try:
+            yield
+        finally:
+            self.busy = None
+
     def call(self, what: str, fn, *args, default=None, **kwargs):
         """fn(*args, **kwargs); on any error: failed(), and ``default`` is returned."""
         try:
-            result = fn(*args, **kwargs)
+            with self.watching(what):
+                result = fn(*args, **kwargs)
         except OutageExceeded:
             raise
         except Exception as exc:  # noqa: BLE001 - no error the client raises ends the consumer
@@ -107,3 +122,48 @@ class Outage:
                 continue
             self.ok()
             return client
+
+
+class Watchdog:
+    """A daemon thread that catches a client call that never returns.
+
+    Every call the consumer makes to its Kafka client is bounded by a timeout of its own (poll
+    0.5 s, commit and offsets by the request timeout), so a call still running after ``limit``
+    seconds means the client hangs. The watchdog then logs the call and where it hangs (once per
+    call) and calls ``on_hang``, which closes the client: the call returns or raises, and the loop
+    replaces the client."""
+
+    def __init__(self, outage: Outage, limit: float, on_hang, *, every: float = 1.0):
+        self.outage = outage
+        self.limit = limit
+        self.on_hang = on_hang
+        self.every = every
+        self.hangs = 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="kafka-call-watchdog", daemon=True)
+
+    def start(self) -> Watchdog:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def _run(self) -> None:
+        reported = None
+        while not self._done.wait(self.every):
+            busy = self.outage.busy
+            if busy is None or busy is reported or self.outage.clock() - busy[1] < self.limit:
+                continue
+            reported = busy
+            what, since, thread_id = busy
+            frame = sys._current_frames().get(thread_id)  # noqa: SLF001 - the one way to see a hang
+            where = "".join(traceback.format_stack(frame)[-6:]) if frame is not None else "(no stack)\n"
+            self.hangs += 1
+            log.warning("Kafka %s has not returned for %.0f s (its own timeout is far shorter): closing the "
+                        "client so that the loop replaces it; it hangs in:\n%s", what,
+                        self.outage.clock() - since, where.rstrip())
+            try:
+                self.on_hang()
+            except Exception:  # noqa: BLE001 - the watchdog never dies
+                log.debug("closing the hung client failed", exc_info=True)

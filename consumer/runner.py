@@ -25,7 +25,7 @@ from kafka.errors import CommitFailedError
 
 from consumer.dead_letter import DeadLetterError, DeadLetterQueue
 from consumer.metrics import ConsumerMetrics
-from consumer.outage import Outage, OutageExceeded
+from consumer.outage import Outage, OutageExceeded, Watchdog
 from streamflow import events, kafka_clients, schema
 from streamflow.feature_store import database_errors, get_store, push
 from streamflow.push_validation import PushValidationError, push_columns
@@ -50,6 +50,12 @@ class ConsumerSettings:
     """Seconds Kafka may stay unreachable before the consumer gives up (None: wait forever)."""
     probe_interval: float = 2.0
     """While no records come, seconds between two checks that the broker still answers."""
+    join_timeout: float = 30.0
+    """Seconds a member may stay outside the group (not joined, no partition) before its client
+    is replaced (a join that never completes, e.g. one sent just before a broker restart)."""
+    hang_limit: float | None = None
+    """Seconds a single client call may run before the watchdog closes the client (None: the
+    request timeout plus 30 s)."""
     stall_timeout: float = 20.0
     """Seconds without records while assigned partitions lag before the client counts as stuck
     and is replaced (kafka-python 3.0 was seen to stop fetching after a broker restart without
@@ -107,6 +113,8 @@ class StreamConsumer:
         self.outage = Outage(self.kafka.bootstrap_servers, self.stopping, max_outage=settings.max_outage)
         self.rebuilds = 0
         self._stalled_since: float | None = None
+        self._unjoined_since: float | None = None
+        self._last_waiting = 0.0
         self.consumer = self.outage.connect("connecting the consumer", self._new_consumer)
         self.dead_letters = self.outage.connect("connecting the dead-letter producer",
                                                 lambda: DeadLetterQueue(kafka=self.kafka))
@@ -142,7 +150,14 @@ class StreamConsumer:
             self.outage.rebuild_wanted = True
             return False
         self.rebuilds += 1
+        self._stalled_since = self._unjoined_since = None
         return True
+
+    def _close_hung_consumer(self) -> None:
+        """From the watchdog's thread: the hung call returns or raises, and the loop builds a new
+        client (no commit from the old one)."""
+        self.outage.rebuild_wanted = True
+        self._close_consumer()
 
     def _close_consumer(self) -> None:
         try:
@@ -220,7 +235,8 @@ class StreamConsumer:
         if not next_offsets:
             return True
         try:
-            self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in next_offsets.items()})
+            with self.outage.watching("commit"):
+                self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in next_offsets.items()})
         except CommitFailedError as exc:
             # The group rebalanced while we wrote: the new owner re-reads these (idempotent) events.
             log.warning("commit failed after a rebalance; events will be redelivered: %s", exc)
@@ -258,10 +274,14 @@ class StreamConsumer:
         does the client still fetch what the assigned partitions hold?"""
         assigned = self.outage.call("assignment", self.consumer.assignment, default=set())
         if not assigned:
-            # Nothing to ask about (a member may own no partition). No metadata refresh either: a
-            # forced re-bootstrap here kept a joining member from ever getting its assignment.
+            # Nothing to ask about (a member of a large group may own no partition). No metadata
+            # refresh either: a forced re-bootstrap here kept a joining member from ever getting
+            # its assignment. But a member that stays outside the group has a stuck client.
             self._stalled_since = None
+            self._waiting("no partition assigned")
+            self._check_joined()
             return
+        self._unjoined_since = None
         # One request, bounded; positions as the client knows them (asking for them would block
         # while the group rebalances and keep this member from rejoining).
         ends = self.outage.call("end_offsets", self.consumer.end_offsets, list(assigned), timeout_ms=3_000)
@@ -276,6 +296,9 @@ class StreamConsumer:
             else:
                 behind += max(0, ends.get(tp, 0) - position)
         now = time.monotonic()
+        if behind or unknown:
+            self._waiting(f"{len(assigned)} partitions assigned, {behind} records behind, "
+                          f"{unknown} without a known position")
         if not behind and not unknown:
             self._stalled_since = None
         elif self._stalled_since is None:
@@ -285,6 +308,27 @@ class StreamConsumer:
                         "known position): the client is stuck", now - self._stalled_since, behind, unknown)
             self._stalled_since = None
             self.outage.rebuild_wanted = True
+
+    def _check_joined(self) -> None:
+        now = time.monotonic()
+        if kafka_clients.joined(self.consumer):
+            self._unjoined_since = None
+        elif self._unjoined_since is None:
+            self._unjoined_since = now
+        elif now - self._unjoined_since > self.settings.join_timeout:
+            log.warning("not in group %s for %.0f s (member %s): the client is stuck joining",
+                        self.settings.group_id, now - self._unjoined_since,
+                        kafka_clients.member_state(self.consumer))
+            self._unjoined_since = None
+            self.outage.rebuild_wanted = True
+
+    def _waiting(self, why: str) -> None:
+        """While no records come: one line per 30 s with what the client knows of its group."""
+        now = time.monotonic()
+        if now - self._last_waiting < 30:
+            return
+        self._last_waiting = now
+        log.info("waiting for records: %s; member %s", why, kafka_clients.member_state(self.consumer))
 
     def poll(self) -> dict:
         records = self.outage.call("poll", self.consumer.poll, timeout_ms=self.settings.poll_timeout_ms,
@@ -297,6 +341,8 @@ class StreamConsumer:
         log.info("consumer of group %s joining, topics: %s", self.settings.group_id, ", ".join(self.topics))
         idle_since = time.monotonic()
         last_report = last_probe = time.monotonic()
+        hang_limit = self.settings.hang_limit or self.kafka.request_timeout_ms / 1000 + 30
+        watchdog = Watchdog(self.outage, hang_limit, self._close_hung_consumer).start()
         try:
             while not self.stopping.is_set():
                 self.outage.check_budget()
@@ -333,10 +379,12 @@ class StreamConsumer:
                     last_report = time.monotonic()
                     log.info("progress: %s", self.metrics.snapshot())
         finally:
+            watchdog.stop()
             self.close()
         stats = self.metrics.snapshot()
         stats["kafka_errors"] = self.outage.total_errors
         stats["client_rebuilds"] = self.rebuilds
+        stats["client_hangs"] = watchdog.hangs
         log.info("stopped: %s", stats)
         return stats
 

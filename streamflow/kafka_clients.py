@@ -224,6 +224,29 @@ def known_position(consumer: KafkaConsumer, tp) -> int | None:
     return getattr(position, "offset", position)
 
 
+def member_state(consumer: KafkaConsumer) -> str:
+    """The group membership as this member knows it, for a log line: state, generation, member id
+    and the coordinator (no request)."""
+    try:
+        meta = consumer.group_metadata()
+        state = str(meta.state).strip("<>")
+        coordinator = consumer._coordinator.coordinator_id  # noqa: SLF001 - kafka-python 3.0, read only
+    except Exception as exc:  # noqa: BLE001 - a diagnostic: never fails its caller
+        return f"unknown ({type(exc).__name__})"
+    member = meta.member_id or "-"
+    return f"{state} generation {meta.generation_id} member {member[-12:]} coordinator {coordinator}"
+
+
+def joined(consumer: KafkaConsumer) -> bool:
+    """Whether this member has joined its group (stable, with a generation); no request."""
+    from kafka.structs import MemberState
+
+    try:
+        return consumer.group_metadata().state == MemberState.STABLE
+    except Exception:  # noqa: BLE001 - a broken client has not joined
+        return False
+
+
 def broker_config(client: KafkaAdminClient, broker_id: int | str, name: str) -> str | None:
     """One configuration value of a broker, as the broker reports it (None: not reported)."""
     from kafka.admin import ConfigResource, ConfigResourceType

@@ -6,11 +6,12 @@ from __future__ import annotations
 import dataclasses
 import re
 import threading
+import time
 
 import pytest
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
 
-from consumer.outage import Outage, OutageExceeded
+from consumer.outage import Outage, OutageExceeded, Watchdog
 from streamflow import config, kafka_clients
 from streamflow.kafka_topics import ensure_topics, replication
 from streamflow.errors import ServiceUnavailable
@@ -200,3 +201,59 @@ def _raise(exc):
     def fail(*_a, **_k):
         raise exc
     return fail
+
+
+def test_the_watchdog_closes_a_client_whose_call_never_returns_and_names_it_once(caplog):
+    outage = Outage("b:1", threading.Event())
+    release = threading.Event()
+    hung = []
+
+    def on_hang():  # what closing the client does to the hung call: it returns
+        hung.append(outage.busy[0])
+        release.set()
+
+    watchdog = Watchdog(outage, limit=0.3, on_hang=on_hang, every=0.05).start()
+    try:
+        quick = outage.call("end_offsets", lambda: "answered")
+        result = outage.call("poll", lambda: release.wait(30) and "returned after the close")
+    finally:
+        watchdog.stop()
+    assert quick == "answered"
+    assert result == "returned after the close"
+    assert hung == ["poll"] and watchdog.hangs == 1 and outage.busy is None
+    lines = [r.getMessage() for r in caplog.records if "has not returned" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("Kafka poll has not returned for")
+    assert "release.wait" in lines[0]  # where it hung
+
+
+class _Member:
+    """A consumer client as the join check sees it: its group state only."""
+
+    def __init__(self, state):
+        self.state = state
+
+    def group_metadata(self):
+        from kafka.structs import ConsumerGroupMetadata
+        return ConsumerGroupMetadata("g", -1, "", None, self.state)
+
+
+def test_a_member_that_stays_outside_the_group_gets_a_new_client_and_a_joined_one_never():
+    from kafka.structs import MemberState
+
+    from consumer.runner import ConsumerSettings, StreamConsumer
+
+    def member(state, outside_for):
+        c = StreamConsumer.__new__(StreamConsumer)  # the check alone: no client, no broker
+        c.settings = ConsumerSettings(group_id="g", join_timeout=30)
+        c.outage = Outage("b:1", threading.Event())
+        c.consumer = _Member(state)
+        c._unjoined_since = time.monotonic() - outside_for
+        c._check_joined()
+        return c
+
+    assert member(MemberState.REBALANCING, outside_for=31).outage.rebuild_wanted
+    assert member(MemberState.UNJOINED, outside_for=31).outage.rebuild_wanted
+    assert not member(MemberState.REBALANCING, outside_for=10).outage.rebuild_wanted
+    # a member of a group larger than its partitions: joined, no partition, left alone
+    stable = member(MemberState.STABLE, outside_for=3600)
+    assert not stable.outage.rebuild_wanted and stable._unjoined_since is None

@@ -103,7 +103,14 @@ def assert_no_traceback(*paths: Path) -> None:
 def finish(consumer: subprocess.Popen, group: str, clog: Path, since: float) -> float:
     """Wait until the group has committed every event, stop the consumer (exit 0); returns the
     seconds from ``since`` to caught up."""
-    wait_until(lambda: pipeline.caught_up(group), timeout=240, interval=0.5, what="consumer caught up")
+    try:
+        wait_until(lambda: pipeline.caught_up(group), timeout=240, interval=0.5, what="consumer caught up")
+    except AssertionError as exc:
+        if consumer.poll() is None:  # where it waits: every thread's stack (faulthandler, SIGUSR1)
+            consumer.send_signal(signal.SIGUSR1)
+            with contextlib.suppress(AssertionError):
+                wait_until(lambda: "most recent call first" in logged(clog), timeout=10, what="stacks")
+        raise AssertionError(f"{exc}\n--- consumer log ---\n{logged(clog)[-12000:]}") from None
     caught = time.monotonic() - since
     assert consumer.poll() is None, "the consumer died:\n" + logged(clog)[-3000:]
     assert stop(consumer) == 0, logged(clog)[-3000:]
