@@ -132,12 +132,34 @@ def committed_total(group: str) -> int:
     return sum(max(0, om.offset) for om in offsets.values())
 
 
+def settled(read, what: str, timeout: float = 60.0):
+    """read() again while Kafka answers "not yet" (a retriable error: the group coordinator moving
+    or loading its offsets after a broker restart, a connection being re-established), up to
+    ``timeout`` seconds; then the last error is raised."""
+    import time as _time
+
+    from kafka.errors import RetriableError
+
+    deadline = _time.monotonic() + timeout
+    while True:
+        try:
+            return read()
+        except RetriableError as exc:
+            if _time.monotonic() > deadline:
+                raise RetriableError(f"{what}: Kafka still answered {type(exc).__name__} after "
+                                     f"{timeout:.0f} s: {exc}") from exc
+            _time.sleep(0.2)
+
+
 def group_members(group: str) -> int:
-    admin = kafka_clients.admin("test")
-    try:
-        described = admin.describe_groups([group]).get(group) or {}
-    finally:
-        admin.close()
+    def read():
+        admin = kafka_clients.admin("test")
+        try:
+            return admin.describe_groups([group]).get(group) or {}
+        finally:
+            admin.close()
+
+    described = settled(read, f"members of group {group}")
     return len(described.get("members") or [])
 
 
@@ -146,11 +168,14 @@ def group_members(group: str) -> int:
 
 def committed_offsets(group: str) -> dict:
     """TopicPartition -> the group's committed offset (partitions without a commit are absent)."""
-    admin = kafka_clients.admin("test")
-    try:
-        offsets = admin.list_group_offsets({group: None}).get(group, {})
-    finally:
-        admin.close()
+    def read():
+        admin = kafka_clients.admin("test")
+        try:
+            return admin.list_group_offsets({group: None}).get(group, {})
+        finally:
+            admin.close()
+
+    offsets = settled(read, f"committed offsets of group {group}")
     return {tp: om.offset for tp, om in offsets.items() if om.offset is not None and om.offset >= 0}
 
 
@@ -158,12 +183,15 @@ def end_offsets(topics: list[str]) -> dict:
     """TopicPartition -> log-end offset, for every partition of the topics."""
     from kafka import TopicPartition
 
-    reader = kafka_clients.reader("test")
-    try:
-        tps = [TopicPartition(t, p) for t in topics for p in sorted(reader.partitions_for_topic(t) or ())]
-        return dict(reader.end_offsets(tps)) if tps else {}
-    finally:
-        reader.close()
+    def read():
+        reader = kafka_clients.reader("test")
+        try:
+            tps = [TopicPartition(t, p) for t in topics for p in sorted(reader.partitions_for_topic(t) or ())]
+            return dict(reader.end_offsets(tps)) if tps else {}
+        finally:
+            reader.close()
+
+    return settled(read, f"log-end offsets of {len(topics)} topics")
 
 
 def caught_up(group: str, topics: list[str] | None = None) -> bool:

@@ -116,6 +116,30 @@ def test_cli_against_a_closed_port_prints_one_line_and_exits_4():
     assert time.monotonic() - started < 30
 
 
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_watch_stops_on_a_signal_while_kafka_is_away(sig, tmp_path):
+    """The signal lands while the client is trying to reach Kafka (no KeyboardInterrupt inside it):
+    the round ends, the clients close, exit 0, no traceback."""
+    servers = f"127.0.0.1:{closed_port()}"
+    log_path = tmp_path / "watch.log"
+    with open(log_path, "wb") as out:
+        watch = subprocess.Popen(
+            [sys.executable, "-m", "streamflow.cli", "lag", "--bootstrap", servers, "--watch", "0.5",
+             "--timeout", "2"], cwd=config.REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_for("two unreachable rounds", lambda: log_path.read_text().count("Kafka unreachable at") >= 2,
+                 timeout=60)
+        watch.send_signal(sig)
+        code = watch.wait(timeout=20)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait(timeout=10)
+    text = log_path.read_text()
+    assert code == 0, text
+    assert "Traceback" not in text, text
+
+
 def test_api_against_a_closed_port_answers_503_and_kafka_up_0(lag_env):
     servers = f"127.0.0.1:{closed_port()}"
     lag_env.setenv("KAFKA_BOOTSTRAP_SERVERS", servers)

@@ -21,9 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Any, TextIO
 
@@ -170,56 +173,87 @@ def main(argv: list[str] | None = None) -> int:
     clear = args.watch is not None and not args.json and out.isatty()
     monitor = LagMonitor(args.bootstrap, group=args.group, topics=args.topics, timeout=args.timeout,
                          read_timeout=min(3.0, args.timeout))
-    taken = 0
+    interrupted = threading.Event()
     try:
-        while True:
-            started = time.monotonic()
-            try:
-                sample = monitor.sample()
-            except ServiceUnavailable as exc:
-                if args.watch is None:
-                    raise
-                # The monitor dropped its clients: the next round reconnects from scratch.
-                if clear:
-                    out.write("\033[2J\033[H")
-                    out.flush()
-                _unreachable(exc)
-                time.sleep(max(0.0, interval - (time.monotonic() - started)))
-                continue
-            if not sample.topics:
-                _error(f"none of the topics exist on Kafka at {monitor.bootstrap}: "
-                       f"{', '.join(sample.missing_topics)} (nothing produced yet?)")
-                if args.watch is None:
-                    return 1
-                # --watch goes on: the topics may be created (or a restarted broker know them again).
-                time.sleep(max(0.0, interval - (time.monotonic() - started)))
-                continue
-            status = evaluator.add(sample)
-            taken += 1
-            last = samples is not None and taken >= samples
-            if args.watch is not None or last:
-                if args.json:
-                    out.write(json.dumps(report(sample, status)) + "\n")
-                else:
-                    if clear:
-                        out.write("\033[2J\033[H")
-                    elif args.watch is not None and taken > 1:
-                        out.write("\n")
-                    render(sample, status, out)
-                out.flush()
-            if last:
-                return 0
-            time.sleep(max(0.0, interval - (time.monotonic() - started)))
+        with _interruptible(interrupted):
+            return _sample_loop(args, monitor, evaluator, out, clear, samples, interval, interrupted)
     except ServiceUnavailable as exc:
         _unreachable(exc)
         return exc.exit_code
     except StreamflowError as exc:
         _error(str(exc))
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a second ^C, or one before the handler was in place
         return 0 if args.watch is not None else 130
     finally:
         monitor.close()
+
+
+@contextlib.contextmanager
+def _interruptible(interrupted: threading.Event):
+    """SIGINT and SIGTERM set ``interrupted`` instead of raising inside the Kafka client (which
+    may swallow the KeyboardInterrupt or be left unable to close): the loop ends after the sample
+    in progress, whose requests are bounded by --timeout. A second SIGINT interrupts at once."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, _frame):
+        if interrupted.is_set() and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        interrupted.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+def _sample_loop(args, monitor: LagMonitor, evaluator: StatusEvaluator, out: TextIO, clear: bool,
+                 samples: int | None, interval: float, interrupted: threading.Event) -> int:
+    stopped = 0 if args.watch is not None else 130
+    taken = 0
+    while not interrupted.is_set():
+        started = time.monotonic()
+        try:
+            sample = monitor.sample()
+        except ServiceUnavailable as exc:
+            if args.watch is None:
+                raise
+            # The monitor dropped its clients: the next round reconnects from scratch.
+            if clear:
+                out.write("\033[2J\033[H")
+                out.flush()
+            _unreachable(exc)
+            interrupted.wait(max(0.0, interval - (time.monotonic() - started)))
+            continue
+        if not sample.topics:
+            _error(f"none of the topics exist on Kafka at {monitor.bootstrap}: "
+                   f"{', '.join(sample.missing_topics)} (nothing produced yet?)")
+            if args.watch is None:
+                return 1
+            # --watch goes on: the topics may be created (or a restarted broker know them again).
+            interrupted.wait(max(0.0, interval - (time.monotonic() - started)))
+            continue
+        status = evaluator.add(sample)
+        taken += 1
+        last = samples is not None and taken >= samples
+        if args.watch is not None or last:
+            if args.json:
+                out.write(json.dumps(report(sample, status)) + "\n")
+            else:
+                if clear:
+                    out.write("\033[2J\033[H")
+                elif args.watch is not None and taken > 1:
+                    out.write("\n")
+                render(sample, status, out)
+            out.flush()
+        if last:
+            return 0
+        interrupted.wait(max(0.0, interval - (time.monotonic() - started)))
+    return stopped
 
 
 if __name__ == "__main__":

@@ -338,7 +338,7 @@ class LagMonitor:
         reader, admin = self._reader, self._admin
         self._reader = self._admin = None
         for client in (reader, admin):
-            kafka_clients.close_quietly(client, timeout=None)
+            kafka_clients.close_quietly(client, timeout=5)
 
     def __enter__(self) -> LagMonitor:
         return self
@@ -430,7 +430,7 @@ class LagMonitor:
         except Exception:  # noqa: BLE001 - the records are read; a fresh reader next time
             log.debug("unassigning the reader failed; dropping it", exc_info=True)
             self._reader = None
-            kafka_clients.close_quietly(reader, timeout=None)
+            kafka_clients.close_quietly(reader, timeout=5)
         missing = [tp for tp in positions if tp not in found]
         if missing:
             log.warning("could not read the oldest unconsumed record of %s within %.1f s",
