@@ -352,6 +352,8 @@ class StreamConsumer:
                 records = self.poll()
                 if not records:
                     now = time.monotonic()
+                    if not kafka_clients.joined(self.consumer):
+                        idle_since = now  # idle means nothing to do, which only a member can tell
                     if now - last_probe > self.settings.probe_interval:
                         last_probe = now
                         self.probe()

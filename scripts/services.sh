@@ -323,6 +323,8 @@ logger.kafka.name = kafka
 logger.kafka.level = INFO
 logger.apache.name = org.apache.kafka
 logger.apache.level = WARN
+logger.groups.name = org.apache.kafka.coordinator.group
+logger.groups.level = INFO
 CONF
 }
 

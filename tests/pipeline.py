@@ -163,6 +163,22 @@ def group_members(group: str) -> int:
     return len(described.get("members") or [])
 
 
+def group_settled(group: str, members: int) -> bool:
+    """Whether the group is Stable with ``members`` members, each holding partitions (the broker's
+    view): the state in which every member consumes."""
+    def read():
+        admin = kafka_clients.admin("test")
+        try:
+            return admin.describe_groups([group]).get(group) or {}
+        finally:
+            admin.close()
+
+    described = settled(read, f"group {group}")
+    held = [len((m.get("member_assignment") or {}).get("assigned_partitions") or [])
+            for m in described.get("members") or []]
+    return described.get("group_state") == "Stable" and len(held) == members and all(held)
+
+
 # --- reliability scenarios (tests/test_reliability.py, tests/test_bad_input.py) --------------------
 
 

@@ -134,7 +134,7 @@ def streaming(group: str, folders: list[Path], tmp_path: Path, *producer_args: s
     s = Stream(group, tmp_path)
     s.consumer = pipeline.consumer_process(group, "--max-batch", "50", log_path=s.clog)
     try:
-        wait_until(lambda: pipeline.group_members(group) == 1, timeout=120, what="consumer joined")
+        wait_until(lambda: pipeline.group_settled(group, 1), timeout=120, what="consumer joined")
         s.producer = producer_process(folders, *producer_args, log_path=s.plog)
         wait_until(lambda: table_records() > flowing, timeout=120, what="events flowing")
         yield s
@@ -232,7 +232,7 @@ def test_consumer_gives_up_after_its_outage_budget_with_one_clear_line(
     clog = tmp_path / "consumer.log"
     consumer = pipeline.consumer_process(group, "--max-outage", "6", log_path=clog)
     try:
-        wait_until(lambda: pipeline.group_members(group) == 1, timeout=120, what="consumer joined")
+        wait_until(lambda: pipeline.group_settled(group, 1), timeout=120, what="consumer joined")
         single.stop_node(1)
         gone = time.monotonic()
         code = consumer.wait(timeout=120)

@@ -286,7 +286,7 @@ def test_kafka_restart_mid_replay_producer_retries_or_reports_and_nothing_acked_
     producers = []
     outage = recovery = None
     try:
-        wait_until(lambda: pipeline.group_members(group) == 1, timeout=120, what="consumer joined")
+        wait_until(lambda: pipeline.group_settled(group, 1), timeout=120, what="consumer joined")
         patient = producer_process([m0, m1], "--rate", "150", log_path=tmp_path / "patient.log")
         hasty = producer_process([m0, m1], "--rate", "150", "--delivery-timeout", "3",
                                  log_path=tmp_path / "hasty.log", env={"STREAMFLOW_TOPIC_PREFIX": other})
@@ -362,7 +362,7 @@ def test_postgres_outage_consumer_retries_without_committing_and_recovers(snapsh
     api = {}
     frozen = recovery = outage = None
     try:
-        wait_until(lambda: pipeline.group_members(group) == 1, timeout=120, what="consumer joined")
+        wait_until(lambda: pipeline.group_settled(group, 1), timeout=120, what="consumer joined")
         producer = producer_process([m0, m1], "--rate", "150", log_path=tmp_path / "producer.log")
         wait_until(lambda: pipeline.committed_total(group) > 300, timeout=120, interval=0.1,
                    what="consumer writing")
@@ -436,7 +436,7 @@ def test_second_consumer_joins_then_one_is_killed_and_rebalances_lose_nothing(sn
     b = thread = producer = None
     recovery = None
     try:
-        wait_until(lambda: pipeline.group_members(group) == 1, timeout=120, what="first consumer joined")
+        wait_until(lambda: pipeline.group_settled(group, 1), timeout=120, what="first consumer joined")
         producer = producer_process([m0, m1], "--rate", "75", log_path=tmp_path / "producer.log")
         wait_until(lambda: pipeline.committed_total(group) > 200, timeout=120, interval=0.1,
                    what="first consumer writing")

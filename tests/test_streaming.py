@@ -190,10 +190,10 @@ def test_two_consumer_processes_share_partitions_and_produce_the_exact_state(sna
     m0, m1 = snapshots
     logs = [tmp_path / "c1.log", tmp_path / "c2.log"]
     procs = [pipeline.consumer_process(fresh, "--max-idle", "30", "--max-batch", "100", log_path=p) for p in logs]
-    deadline = time.monotonic() + 90
-    while pipeline.group_members(fresh) < 2 and time.monotonic() < deadline:
+    deadline = time.monotonic() + 120  # a member stuck joining gets a new client after 30 s
+    while not pipeline.group_settled(fresh, 2) and time.monotonic() < deadline:
         time.sleep(0.5)
-    assert pipeline.group_members(fresh) == 2, [p.read_text() for p in logs]
+    assert pipeline.group_settled(fresh, 2), [p.read_text() for p in logs]
     pipeline.replay([m0, m1])
     for p in procs:
         assert p.wait(timeout=180) == 0
