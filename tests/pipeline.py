@@ -151,7 +151,8 @@ def settled(read, what: str, timeout: float = 60.0):
             _time.sleep(0.2)
 
 
-def group_members(group: str) -> int:
+def describe_group(group: str) -> dict:
+    """The broker's description of a group: state, members and their assignments."""
     def read():
         admin = kafka_clients.admin("test")
         try:
@@ -159,21 +160,17 @@ def group_members(group: str) -> int:
         finally:
             admin.close()
 
-    described = settled(read, f"members of group {group}")
-    return len(described.get("members") or [])
+    return settled(read, f"group {group}")
+
+
+def group_members(group: str) -> int:
+    return len(describe_group(group).get("members") or [])
 
 
 def group_settled(group: str, members: int) -> bool:
     """Whether the group is Stable with ``members`` members, each holding partitions (the broker's
     view): the state in which every member consumes."""
-    def read():
-        admin = kafka_clients.admin("test")
-        try:
-            return admin.describe_groups([group]).get(group) or {}
-        finally:
-            admin.close()
-
-    described = settled(read, f"group {group}")
+    described = describe_group(group)
     held = [len((m.get("member_assignment") or {}).get("assigned_partitions") or [])
             for m in described.get("members") or []]
     return described.get("group_state") == "Stable" and len(held) == members and all(held)
