@@ -124,12 +124,7 @@ def offline_rows(table: schema.Table) -> pd.DataFrame:
 
 def committed_total(group: str) -> int:
     """Sum of the group's committed offsets over every partition (events committed)."""
-    admin = kafka_clients.admin("test")
-    try:
-        offsets = admin.list_group_offsets({group: None}).get(group, {})
-    finally:
-        admin.close()
-    return sum(max(0, om.offset) for om in offsets.values())
+    return sum(committed_offsets(group).values())
 
 
 def settled(read, what: str, timeout: float = 60.0):
@@ -154,11 +149,8 @@ def settled(read, what: str, timeout: float = 60.0):
 def describe_group(group: str) -> dict:
     """The broker's description of a group: state, members and their assignments."""
     def read():
-        admin = kafka_clients.admin("test")
-        try:
+        with kafka_clients.admin_session("test") as admin:
             return admin.describe_groups([group]).get(group) or {}
-        finally:
-            admin.close()
 
     return settled(read, f"group {group}")
 
@@ -182,11 +174,8 @@ def group_settled(group: str, members: int) -> bool:
 def committed_offsets(group: str) -> dict:
     """TopicPartition -> the group's committed offset (partitions without a commit are absent)."""
     def read():
-        admin = kafka_clients.admin("test")
-        try:
+        with kafka_clients.admin_session("test") as admin:
             return admin.list_group_offsets({group: None}).get(group, {})
-        finally:
-            admin.close()
 
     offsets = settled(read, f"committed offsets of group {group}")
     return {tp: om.offset for tp, om in offsets.items() if om.offset is not None and om.offset >= 0}

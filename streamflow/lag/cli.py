@@ -20,8 +20,8 @@ rounds that failed do not count as --samples). Likewise, --watch reports topics 
 from __future__ import annotations
 
 import argparse
-import json
 import contextlib
+import json
 import logging
 import os
 import signal
