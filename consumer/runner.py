@@ -56,6 +56,9 @@ class ConsumerSettings:
     hang_limit: float | None = None
     """Seconds a single client call may run before the watchdog closes the client (None: the
     request timeout plus 30 s)."""
+    commit_timeout: float = 10.0
+    """Seconds one commit may take (kafka-python's default is the 30 s request timeout); a client
+    whose commits keep failing for ``join_timeout`` is replaced."""
     stall_timeout: float = 20.0
     """Seconds without records while assigned partitions lag before the client counts as stuck
     and is replaced (kafka-python 3.0 was seen to stop fetching after a broker restart without
@@ -114,6 +117,7 @@ class StreamConsumer:
         self.rebuilds = 0
         self._stalled_since: float | None = None
         self._unjoined_since: float | None = None
+        self._uncommitted_since: float | None = None
         self._last_waiting = 0.0
         self.consumer = self.outage.connect("connecting the consumer", self._new_consumer)
         self.dead_letters = self.outage.connect("connecting the dead-letter producer",
@@ -150,7 +154,7 @@ class StreamConsumer:
             self.outage.rebuild_wanted = True
             return False
         self.rebuilds += 1
-        self._stalled_since = self._unjoined_since = None
+        self._stalled_since = self._unjoined_since = self._uncommitted_since = None
         return True
 
     def _close_hung_consumer(self) -> None:
@@ -233,19 +237,36 @@ class StreamConsumer:
             return True
         try:
             with self.outage.watching("commit"):
-                self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in next_offsets.items()})
+                self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in next_offsets.items()},
+                                     timeout_ms=int(self.settings.commit_timeout * 1000))
         except CommitFailedError as exc:
             # The group rebalanced while we wrote: the new owner re-reads these (idempotent) events.
             log.warning("commit failed after a rebalance; events will be redelivered: %s", exc)
+            self._commit_failed()
             return False
         except OutageExceeded:
             raise
         except Exception as exc:  # noqa: BLE001 - the next successful commit covers these offsets
             self.outage.failed("commit (the next commit covers these offsets)", exc)
+            self._commit_failed()
             return False
+        self._uncommitted_since = None
         self.outage.ok()
         self.metrics.committed()
         return True
+
+    def _commit_failed(self) -> None:
+        """Commits that keep failing while records still come (a member whose group state never
+        recovers from a broker restart: it fetches, but every commit is refused) mean a stuck client."""
+        now = time.monotonic()
+        if self._uncommitted_since is None:
+            self._uncommitted_since = now
+        elif now - self._uncommitted_since > self.settings.join_timeout:
+            log.warning("no commit has succeeded for %.0f s although batches were written (member %s): "
+                        "the client is stuck", now - self._uncommitted_since,
+                        kafka_clients.member_state(self.consumer))
+            self._uncommitted_since = None
+            self.outage.rebuild_wanted = True
 
     # -- the loop -------------------------------------------------------------------------------
 

@@ -257,3 +257,50 @@ def test_a_member_that_stays_outside_the_group_gets_a_new_client_and_a_joined_on
     # a member of a group larger than its partitions: joined, no partition, left alone
     stable = member(MemberState.STABLE, outside_for=3600)
     assert not stable.outage.rebuild_wanted and stable._unjoined_since is None
+
+
+class _Committer(_Member):
+    """A consumer client as the commit path sees it: every commit refused, or every one taken."""
+
+    def __init__(self, refuse: BaseException | None):
+        super().__init__(None)
+        self.refuse = refuse
+        self.committed = []
+
+    def commit(self, offsets, timeout_ms=None):
+        if self.refuse is not None:
+            raise self.refuse
+        self.committed.append((offsets, timeout_ms))
+
+
+def test_commits_refused_for_longer_than_the_join_timeout_get_a_new_client_and_one_success_resets():
+    from kafka import TopicPartition
+    from kafka.errors import CommitFailedError, CoordinatorNotAvailableError
+    from kafka.structs import MemberState
+
+    from consumer.metrics import ConsumerMetrics
+    from consumer.runner import ConsumerSettings, StreamConsumer
+
+    def member(refuse, failing_for):
+        c = StreamConsumer.__new__(StreamConsumer)  # the commit path alone: no client, no broker
+        c.settings = ConsumerSettings(group_id="g", join_timeout=30, commit_timeout=4)
+        c.outage = Outage("b:1", threading.Event(), backoff_initial=0, backoff_max=0)
+        c.metrics = ConsumerMetrics()
+        c.consumer = _Committer(refuse)
+        c.consumer.state = MemberState.STABLE
+        c._uncommitted_since = None if failing_for is None else time.monotonic() - failing_for
+        ok = c.commit({TopicPartition("t", 0): 5})
+        return c, ok
+
+    # the member still fetches and writes, but the group refuses every commit (a stale generation)
+    c, ok = member(CommitFailedError("stale"), failing_for=31)
+    assert not ok and c.outage.rebuild_wanted
+    c, ok = member(CoordinatorNotAvailableError(), failing_for=31)  # or the coordinator never comes
+    assert not ok and c.outage.rebuild_wanted
+    c, ok = member(CommitFailedError("stale"), failing_for=10)
+    assert not ok and not c.outage.rebuild_wanted and c._uncommitted_since is not None
+    c, ok = member(CommitFailedError("stale"), failing_for=None)  # the first refusal starts the clock
+    assert not ok and not c.outage.rebuild_wanted and c._uncommitted_since is not None
+    c, ok = member(None, failing_for=31)  # a commit that succeeds ends it, with its own bound
+    assert ok and not c.outage.rebuild_wanted and c._uncommitted_since is None
+    assert c.consumer.committed[0][1] == 4000

@@ -100,17 +100,25 @@ def assert_no_traceback(*paths: Path) -> None:
         assert "Traceback" not in logged(path), logged(path)[-3000:]
 
 
-def finish(consumer: subprocess.Popen, group: str, clog: Path, since: float) -> float:
-    """Wait until the group has committed every event, stop the consumer (exit 0); returns the
-    seconds from ``since`` to caught up."""
+@contextlib.contextmanager
+def explained(consumer: subprocess.Popen, clog: Path):
+    """A wait on the consumer that fails says where the consumer was: every thread's stack
+    (faulthandler, SIGUSR1) and the end of its log."""
     try:
-        wait_until(lambda: pipeline.caught_up(group), timeout=240, interval=0.5, what="consumer caught up")
+        yield
     except AssertionError as exc:
-        if consumer.poll() is None:  # where it waits: every thread's stack (faulthandler, SIGUSR1)
+        if consumer.poll() is None:
             consumer.send_signal(signal.SIGUSR1)
             with contextlib.suppress(AssertionError):
                 wait_until(lambda: "most recent call first" in logged(clog), timeout=10, what="stacks")
-        raise AssertionError(f"{exc}\n--- consumer log ---\n{logged(clog)[-12000:]}") from None
+        raise AssertionError(f"{exc}\n--- consumer log ---\n{logged(clog)[-20000:]}") from None
+
+
+def finish(consumer: subprocess.Popen, group: str, clog: Path, since: float) -> float:
+    """Wait until the group has committed every event, stop the consumer (exit 0); returns the
+    seconds from ``since`` to caught up."""
+    with explained(consumer, clog):
+        wait_until(lambda: pipeline.caught_up(group), timeout=240, interval=0.5, what="consumer caught up")
     caught = time.monotonic() - since
     assert consumer.poll() is None, "the consumer died:\n" + logged(clog)[-3000:]
     assert stop(consumer) == 0, logged(clog)[-3000:]
@@ -174,16 +182,21 @@ def test_one_broker_stopped_and_started_five_times_during_replay_and_consume(
         consumer, producer, clog, plog = s.consumer, s.producer, s.clog, s.plog
         for cycle in range(RESTARTS):
             time.sleep(rng.uniform(0.5, 4.0))  # a random moment of the replay / the consume
+            stopping = time.strftime("%H:%M:%S")
             single.stop_node(1)
             time.sleep(rng.uniform(0.5, 3.0))  # down for a random while
+            started = time.strftime("%H:%M:%S")
             single.start_node(1)
             back = time.monotonic()
+            # the timeline, to read beside the consumer's log when a cycle fails
+            print(f"cycle {cycle}: broker stopping {stopping}, starting {started}, answering {time.strftime('%H:%M:%S')}")
             assert running(consumer), f"cycle {cycle}: consumer died\n" + logged(clog)[-3000:]
             base = ask(lambda: pipeline.committed_total(group), "committed offsets after the restart")
             # something to consume: the time to the next commit
             if ask(table_records, "log-end offsets after the restart") > base:
-                wait_until(lambda: pipeline.committed_total(group) > base, timeout=120, interval=0.1,
-                           what=f"cycle {cycle}: a commit after the restart")
+                with explained(consumer, clog):
+                    wait_until(lambda: pipeline.committed_total(group) > base, timeout=120, interval=0.1,
+                               what=f"cycle {cycle}: a commit after the restart")
                 recoveries.append(time.monotonic() - back)
         assert producer.wait(timeout=300) == 0, logged(plog)[-3000:]
         caught = finish(consumer, group, clog, time.monotonic())
@@ -212,8 +225,9 @@ def test_one_broker_hung_for_20_seconds(snapshots, single, monkeypatch, pg_setti
             single.sigcont(1)
         back = time.monotonic()
         base = ask(lambda: pipeline.committed_total(group), "committed offsets after the hang")
-        wait_until(lambda: pipeline.committed_total(group) > base, timeout=120, interval=0.1,
-                   what="a commit after the hang")
+        with explained(consumer, clog):
+            wait_until(lambda: pipeline.committed_total(group) > base, timeout=120, interval=0.1,
+                       what="a commit after the hang")
         recovery = time.monotonic() - back
         assert producer.wait(timeout=300) == 0, logged(plog)[-3000:]
         finish(consumer, group, clog, back)
@@ -269,8 +283,9 @@ def kill_mid_replay(snapshots, cluster: Cluster, monkeypatch, pg_settings, tmp_p
         wait_until(lambda: table_records() > at_kill + 200 or producer.poll() is not None, timeout=120,
                    interval=0.2, what="writes going on without the killed node")
         resumed = time.monotonic() - killed
-        wait_until(lambda: pipeline.committed_total(group) > committed_at_kill, timeout=120, interval=0.2,
-                   what="a commit without the killed node")
+        with explained(consumer, clog):
+            wait_until(lambda: pipeline.committed_total(group) > committed_at_kill, timeout=120, interval=0.2,
+                       what="a commit without the killed node")
         commit_resumed = time.monotonic() - killed
         assert running(consumer), logged(clog)[-3000:]
         cluster.start_node(victim)  # ...and restarted later
@@ -399,8 +414,9 @@ def test_postgres_hung_for_20_seconds_no_commit_past_unwritten_events(
         finally:
             signal_all(pids, signal.SIGCONT)
         back = time.monotonic()
-        wait_until(lambda: pipeline.committed_total(group) > frozen, timeout=120, interval=0.1,
-                   what="a commit after the hang")
+        with explained(consumer, clog):
+            wait_until(lambda: pipeline.committed_total(group) > frozen, timeout=120, interval=0.1,
+                       what="a commit after the hang")
         recovery = time.monotonic() - back
         assert producer.wait(timeout=300) == 0, logged(plog)[-3000:]
         finish(consumer, group, clog, back)
