@@ -115,9 +115,7 @@ class StreamConsumer:
         self.topics = [t.topic for t in schema.TABLES]
         self.outage = Outage(self.kafka.bootstrap_servers, self.stopping, max_outage=settings.max_outage)
         self.rebuilds = 0
-        self._stalled_since: float | None = None
-        self._unjoined_since: float | None = None
-        self._uncommitted_since: float | None = None
+        self._client_state()
         self._last_waiting = 0.0
         self.consumer = self.outage.connect("connecting the consumer", self._new_consumer)
         self.dead_letters = self.outage.connect("connecting the dead-letter producer",
@@ -154,8 +152,23 @@ class StreamConsumer:
             self.outage.rebuild_wanted = True
             return False
         self.rebuilds += 1
-        self._stalled_since = self._unjoined_since = self._uncommitted_since = None
+        self._client_state()  # the new client starts at the group's committed offsets
         return True
+
+    def _client_state(self) -> None:
+        """What the loop tracks about its current client (a new client starts afresh)."""
+        self._stalled_since: float | None = None
+        self._unjoined_since: float | None = None
+        self._uncommitted_since: float | None = None
+        self._pending: dict[TopicPartition, int] = {}
+        """Next offsets of written batches whose commit failed: committed with the next batch, or
+        retried on their own while no records come (else a commit lost to a broker restart at the
+        end of a stream would never be made, and the group would never catch up)."""
+        self._last_commit_try = 0.0
+        self._committed: dict[TopicPartition, int] = {}
+        """What this client has committed: a batch read again after a rejoin (the client restarts at
+        the group's offsets, which may be below offsets committed from ``_pending`` since) never moves
+        a committed offset back."""
 
     def _close_hung_consumer(self) -> None:
         """From the watchdog's thread: the hung call returns or raises, and the loop builds a new
@@ -233,23 +246,33 @@ class StreamConsumer:
                 delay = min(delay * 2, self.settings.retry_max)
 
     def commit(self, next_offsets: dict[TopicPartition, int]) -> bool:
-        if not next_offsets:
+        """Commit the next offsets of a written batch, with those of earlier written batches whose
+        commit failed (every offset below them is written, so committing them is always safe)."""
+        offsets = dict(self._pending)
+        for tp, off in next_offsets.items():
+            offsets[tp] = max(off, offsets.get(tp, off), self._committed.get(tp, off))
+        if not offsets:
             return True
+        self._last_commit_try = time.monotonic()
         try:
             with self.outage.watching("commit"):
-                self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in next_offsets.items()},
+                self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()},
                                      timeout_ms=int(self.settings.commit_timeout * 1000))
         except CommitFailedError as exc:
             # The group rebalanced while we wrote: the new owner re-reads these (idempotent) events.
             log.warning("commit failed after a rebalance; events will be redelivered: %s", exc)
+            self._pending = offsets
             self._commit_failed()
             return False
         except OutageExceeded:
             raise
-        except Exception as exc:  # noqa: BLE001 - the next successful commit covers these offsets
-            self.outage.failed("commit (the next commit covers these offsets)", exc)
+        except Exception as exc:  # noqa: BLE001 - the offsets stay pending and are committed later
+            self._pending = offsets
+            self.outage.failed("commit (the offsets stay pending and are committed later)", exc)
             self._commit_failed()
             return False
+        self._pending = {}
+        self._committed.update(offsets)
         self._uncommitted_since = None
         self.outage.ok()
         self.metrics.committed()
@@ -268,10 +291,25 @@ class StreamConsumer:
             self._uncommitted_since = None
             self.outage.rebuild_wanted = True
 
+    def retry_commit(self) -> None:
+        """While no records come: commit what was written but not committed, for the partitions
+        this member still holds (a partition that moved is read again by its new owner)."""
+        if not self._pending or time.monotonic() - self._last_commit_try < self.settings.probe_interval:
+            return
+        if not kafka_clients.joined(self.consumer):  # while it rejoins, a commit is refused anyway
+            return
+        assigned = self.outage.call("assignment", self.consumer.assignment, default=set()) or set()
+        self._pending = {tp: off for tp, off in self._pending.items() if tp in assigned}
+        if self._pending and self.commit({}):
+            log.info("committed the offsets of batches written before a failed commit")
+
     # -- the loop -------------------------------------------------------------------------------
 
     def drained(self) -> bool:
-        """Whether every assigned partition is consumed to its end; False when Kafka does not say."""
+        """Whether every assigned partition is consumed to its end and committed; False when Kafka
+        does not say."""
+        if self._pending:
+            return False
         assigned = self.outage.call("assignment", self.consumer.assignment, default=set())
         if not assigned:
             return False
@@ -375,6 +413,7 @@ class StreamConsumer:
                     if now - last_probe > self.settings.probe_interval:
                         last_probe = now
                         self.probe()
+                    self.retry_commit()
                     if self.settings.until_drained and self.outage.since is None and self.drained():
                         log.info("drained: every assigned partition is consumed up to its end")
                         break

@@ -357,6 +357,11 @@ node_launch() {
   else
     log "starting Kafka node $NODE_ID (KRaft) on $KAFKA_HOST:$NODE_PORT, controller $KAFKA_HOST:$NODE_CPORT"
   fi
+  # this start's log begins empty (start-up is read from it); the last 5 starts' logs are kept
+  for i in 4 3 2 1; do
+    [ -f "$NODE_LOGS/server.log.$i" ] && mv -f "$NODE_LOGS/server.log.$i" "$NODE_LOGS/server.log.$((i + 1))"
+  done
+  [ -s "$NODE_LOGS/server.log" ] && mv -f "$NODE_LOGS/server.log" "$NODE_LOGS/server.log.1"
   : >"$NODE_LOGS/server.log"
   # shellcheck disable=SC2046 # the JVM options are words
   nohup java $(node_jvm_opts) -Dlog4j2.configurationFile="$NODE_LOG4J" \

@@ -247,6 +247,7 @@ def test_a_member_that_stays_outside_the_group_gets_a_new_client_and_a_joined_on
         c.settings = ConsumerSettings(group_id="g", join_timeout=30)
         c.outage = Outage("b:1", threading.Event())
         c.consumer = _Member(state)
+        c._client_state()
         c._unjoined_since = time.monotonic() - outside_for
         c._check_joined()
         return c
@@ -288,6 +289,7 @@ def test_commits_refused_for_longer_than_the_join_timeout_get_a_new_client_and_o
         c.metrics = ConsumerMetrics()
         c.consumer = _Committer(refuse)
         c.consumer.state = MemberState.STABLE
+        c._client_state()
         c._uncommitted_since = None if failing_for is None else time.monotonic() - failing_for
         ok = c.commit({TopicPartition("t", 0): 5})
         return c, ok
@@ -304,3 +306,48 @@ def test_commits_refused_for_longer_than_the_join_timeout_get_a_new_client_and_o
     c, ok = member(None, failing_for=31)  # a commit that succeeds ends it, with its own bound
     assert ok and not c.outage.rebuild_wanted and c._uncommitted_since is None
     assert c.consumer.committed[0][1] == 4000
+
+
+def test_a_commit_lost_to_an_outage_is_made_later_even_if_no_record_comes_and_never_moves_back():
+    from kafka import TopicPartition
+    from kafka.errors import CoordinatorNotAvailableError
+    from kafka.structs import MemberState
+
+    from consumer.metrics import ConsumerMetrics
+    from consumer.runner import ConsumerSettings, StreamConsumer
+
+    p0, p1 = TopicPartition("t", 0), TopicPartition("t", 1)
+    c = StreamConsumer.__new__(StreamConsumer)  # the commit path alone: no client, no broker
+    c.settings = ConsumerSettings(group_id="g", probe_interval=0)
+    c.outage = Outage("b:1", threading.Event(), backoff_initial=0, backoff_max=0)
+    c.metrics = ConsumerMetrics()
+    c.consumer = _Committer(CoordinatorNotAvailableError())
+    c.consumer.state = MemberState.STABLE
+    c.consumer.assignment = lambda: {p0, p1}
+    c._client_state()
+
+    # the last batch of a stream is written, then its commit fails: the broker restarts
+    assert not c.commit({p0: 10, p1: 7})
+    assert c._pending == {p0: 10, p1: 7} and not c.drained()
+    c.retry_commit()  # still refused: still pending
+    assert c._pending == {p0: 10, p1: 7}
+    # no record comes any more; the broker answers again: the offsets are committed on their own
+    c.consumer.refuse = None
+    c.consumer.state = MemberState.REBALANCING
+    c.retry_commit()  # not while the member rejoins (the commit would be refused)
+    assert c.consumer.committed == []
+    c.consumer.state = MemberState.STABLE
+    c.consumer.assignment = lambda: {p0}  # p1 moved to another member, who reads it again
+    c.retry_commit()
+    assert [offsets for offsets, _ in c.consumer.committed] == [{p0: _at(10)}]
+    assert c._pending == {}
+    # after a rejoin the client reads from the group's offsets again: no commit moves back
+    assert c.commit({p0: 4})
+    assert c.consumer.committed[-1][0] == {p0: _at(10)}
+    assert c.commit({p0: 12}) and c.consumer.committed[-1][0] == {p0: _at(12)}
+
+
+def _at(offset: int):
+    from kafka import OffsetAndMetadata
+
+    return OffsetAndMetadata(offset, "", -1)

@@ -58,15 +58,17 @@ def wait_until(condition, timeout: float, interval: float = 0.2, what: str = "co
     """Poll a condition; Kafka errors count as "not yet" (e.g. the group coordinator still loading
     after a broker restart)."""
     deadline = time.monotonic() + timeout
+    last_error = None
     while True:
         try:
-            value = condition()
-        except KafkaError:
-            value = None
+            value, last_error = condition(), None
+        except KafkaError as exc:
+            value, last_error = None, exc
         if value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not reached within {timeout:.0f} s")
+            answered = f" (the last reading failed: {type(last_error).__name__}: {last_error})" if last_error else ""
+            raise AssertionError(f"{what}: not reached within {timeout:.0f} s{answered}")
         time.sleep(interval)
 
 
