@@ -247,11 +247,16 @@ class StreamConsumer:
 
     def commit(self, next_offsets: dict[TopicPartition, int]) -> bool:
         """Commit the next offsets of a written batch, with those of earlier written batches whose
-        commit failed (every offset below them is written, so committing them is always safe)."""
-        offsets = dict(self._pending)
+        commit failed (every offset below them is written), for the partitions this member still
+        holds (a partition that moved is read again by its new owner, whose commits stand)."""
+        offsets = {}
+        if self._pending:
+            held = self.outage.call("assignment", self.consumer.assignment, default=set()) or set()
+            offsets = {tp: off for tp, off in self._pending.items() if tp in held}
         for tp, off in next_offsets.items():
             offsets[tp] = max(off, offsets.get(tp, off), self._committed.get(tp, off))
         if not offsets:
+            self._pending = {}
             return True
         self._last_commit_try = time.monotonic()
         try:
@@ -292,16 +297,14 @@ class StreamConsumer:
             self.outage.rebuild_wanted = True
 
     def retry_commit(self) -> None:
-        """While no records come: commit what was written but not committed, for the partitions
-        this member still holds (a partition that moved is read again by its new owner)."""
+        """While no records come: commit what was written but not committed."""
         if not self._pending or time.monotonic() - self._last_commit_try < self.settings.probe_interval:
             return
         if not kafka_clients.joined(self.consumer):  # while it rejoins, a commit is refused anyway
             return
-        assigned = self.outage.call("assignment", self.consumer.assignment, default=set()) or set()
-        self._pending = {tp: off for tp, off in self._pending.items() if tp in assigned}
-        if self._pending and self.commit({}):
-            log.info("committed the offsets of batches written before a failed commit")
+        if self.commit({}):
+            log.info("pending offsets settled: written batches whose commit had failed are committed "
+                     "(or their partitions moved to another member)")
 
     # -- the loop -------------------------------------------------------------------------------
 

@@ -345,6 +345,13 @@ def test_a_commit_lost_to_an_outage_is_made_later_even_if_no_record_comes_and_ne
     assert c.commit({p0: 4})
     assert c.consumer.committed[-1][0] == {p0: _at(10)}
     assert c.commit({p0: 12}) and c.consumer.committed[-1][0] == {p0: _at(12)}
+    # a pending offset of a partition that moved away is dropped, not retried for ever
+    c.consumer.refuse = CoordinatorNotAvailableError()
+    assert not c.commit({p0: 15}) and c._pending == {p0: 15}
+    c.consumer.refuse, c.consumer.assignment = None, lambda: set()
+    sent = len(c.consumer.committed)
+    c.retry_commit()
+    assert c._pending == {} and len(c.consumer.committed) == sent
 
 
 def _at(offset: int):
