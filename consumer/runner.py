@@ -56,9 +56,12 @@ class ConsumerSettings:
     hang_limit: float | None = None
     """Seconds a single client call may run before the watchdog closes the client (None: the
     request timeout plus 30 s)."""
-    commit_timeout: float = 10.0
-    """Seconds one commit may take (kafka-python's default is the 30 s request timeout); a client
-    whose commits keep failing for ``join_timeout`` is replaced."""
+    commit_timeout: float | None = None
+    """Seconds one commit may retry inside the client before it counts as failed (None: the request
+    timeout, 30 s: a commit sent during a short broker restart is made once the broker is back;
+    bounded at 10 s, it failed instead, and the failures replaced the client, which then waited out
+    its old member's session: 17 s recovery instead of 2.5 s). A client whose commits keep failing
+    for ``join_timeout`` is replaced."""
     stall_timeout: float = 20.0
     """Seconds without records while assigned partitions lag before the client counts as stuck
     and is replaced (kafka-python 3.0 was seen to stop fetching after a broker restart without
@@ -262,7 +265,8 @@ class StreamConsumer:
         try:
             with self.outage.watching("commit"):
                 self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()},
-                                     timeout_ms=int(self.settings.commit_timeout * 1000))
+                                     timeout_ms=None if self.settings.commit_timeout is None
+                                     else int(self.settings.commit_timeout * 1000))
         except CommitFailedError as exc:
             # The group rebalanced while we wrote: the new owner re-reads these (idempotent) events.
             log.warning("commit failed after a rebalance; events will be redelivered: %s", exc)
