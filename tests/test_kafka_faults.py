@@ -189,7 +189,8 @@ def test_one_broker_stopped_and_started_five_times_during_replay_and_consume(
             single.start_node(1)
             back = time.monotonic()
             # the timeline, to read beside the consumer's log when a cycle fails
-            print(f"cycle {cycle}: broker stopping {stopping}, starting {started}, answering {time.strftime('%H:%M:%S')}")
+            answering = time.strftime("%H:%M:%S")
+            print(f"cycle {cycle}: broker stopping {stopping}, starting {started}, answering {answering}")
             assert running(consumer), f"cycle {cycle}: consumer died\n" + logged(clog)[-3000:]
             base = ask(lambda: pipeline.committed_total(group), "committed offsets after the restart")
             # something to consume: the time to the next commit

@@ -67,8 +67,10 @@ def wait_until(condition, timeout: float, interval: float = 0.2, what: str = "co
         if value:
             return value
         if time.monotonic() > deadline:
-            answered = f" (the last reading failed: {type(last_error).__name__}: {last_error})" if last_error else ""
-            raise AssertionError(f"{what}: not reached within {timeout:.0f} s{answered}")
+            failed = ""
+            if last_error is not None:
+                failed = f" (the last reading failed: {type(last_error).__name__}: {last_error})"
+            raise AssertionError(f"{what}: not reached within {timeout:.0f} s{failed}")
         time.sleep(interval)
 
 
