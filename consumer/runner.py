@@ -1,5 +1,10 @@
 """The consumer loop: poll a batch, validate, write online and offline, then commit.
 
+Two batches are in flight at most: while a writer thread writes batch N into PostgreSQL (the
+waits and Arrow's CSV writer release the GIL), the loop polls and decodes batch N+1; it commits
+batch N once its writes are done, then hands N+1 to the writer. The Kafka client is only ever
+called from the loop's thread.
+
 Guarantees (shared/DESIGN.md):
 * at-least-once: offsets are committed only after the batch's writes and its dead-letter
   records are acknowledged; a failed write is retried with backoff, never committed past;
@@ -15,6 +20,7 @@ import logging
 import threading
 import time
 from collections import defaultdict
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta, timezone
 from dataclasses import dataclass
 
@@ -105,6 +111,17 @@ def events_frame(table: schema.Table, batch: list[events.Event]) -> pd.DataFrame
     return frame.drop_duplicates([schema.KEY, schema.SNAPSHOT_TIME], keep="last")
 
 
+@dataclass
+class Batch:
+    """One polled batch, decoded: its valid events per table (with their records) and the next
+    offset of every partition it covers (committed once the events are written)."""
+
+    records: dict[TopicPartition, list]
+    good: dict[str, list[events.Event]]
+    good_records: dict[str, list]
+    next_offsets: dict[TopicPartition, int]
+
+
 class StreamConsumer:
     """One member of the consumer group."""
 
@@ -118,6 +135,11 @@ class StreamConsumer:
         self.topics = [t.topic for t in schema.TABLES]
         self.outage = Outage(self.kafka.bootstrap_servers, self.stopping, max_outage=settings.max_outage)
         self.rebuilds = 0
+        self._in_flight: tuple[Future, Batch] | None = None
+        """The batch the writer thread is writing, not committed yet."""
+        self._giving_up = threading.Event()
+        """Set when the loop ends for another reason than a stop request (an outage beyond its
+        budget): a write still retrying stops, as on a stop request."""
         self._client_state()
         self._last_waiting = 0.0
         self.consumer = self.outage.connect("connecting the consumer", self._new_consumer)
@@ -186,33 +208,53 @@ class StreamConsumer:
 
     def process(self, records: dict[TopicPartition, list]) -> dict[TopicPartition, int]:
         """Validate and write one polled batch; returns the next offset per partition."""
+        batch = self.decode_batch(records)
+        self.write_batch(batch)
+        self.dead_letters.flush()
+        return batch.next_offsets
+
+    def decode_batch(self, records: dict[TopicPartition, list]) -> Batch:
+        """Validate every record of a polled batch; the invalid ones go to the dead-letter topic
+        (sent and acknowledged here: DeadLetterError when they cannot be)."""
         good: dict[str, list[events.Event]] = defaultdict(list)
         good_records: dict[str, list] = defaultdict(list)
         next_offsets: dict[TopicPartition, int] = {}
         now = datetime.now(timezone.utc)
+        dead = 0
         for tp, recs in records.items():
             self.metrics.count(self.metrics.consumed, tp.topic, len(recs))
             table = schema.table_for_topic(tp.topic)
+            decode, name = events.decode, table.name if table else tp.topic
+            kept, kept_records = good[name], good_records[name]
             for rec in recs:
                 try:
-                    event = events.decode(rec.topic, rec.key, rec.value, now=now, table=table)
+                    event = decode(rec.topic, rec.key, rec.value, now=now, table=table)
                 except events.InvalidEvent as exc:
                     self.dead_letters.send(rec, exc.reason, exc.field)
                     self.metrics.count(self.metrics.dead_lettered, rec.topic)
+                    dead += 1
                     continue
-                good[event.table.name].append(event)
-                good_records[event.table.name].append(rec)
+                kept.append(event)
+                kept_records.append(rec)
             next_offsets[tp] = recs[-1].offset + 1
-        self._write_with_retry(good, good_records)
-        self.dead_letters.flush()
-        return next_offsets
+        if dead:
+            self.dead_letters.flush()
+        return Batch(records, {k: v for k, v in good.items() if v},
+                     {k: v for k, v in good_records.items() if v}, next_offsets)
+
+    def write_batch(self, batch: Batch) -> None:
+        """Write a decoded batch online and offline, retrying until it is written (StopRequested
+        when asked to stop meanwhile). Runs in the writer thread: no Kafka client call here but
+        the dead-letter producer's (thread-safe) send."""
+        self._write_with_retry(batch.good, batch.good_records)
 
     def _write(self, good: dict[str, list[events.Event]], good_records: dict[str, list]) -> None:
         started = time.perf_counter()
         for name, batch in good.items():
             table = schema.table(name)
             try:
-                written = push(table, events_frame(table, batch), where=f"batch of {table.topic}")
+                written = push(table, events_frame(table, batch), where=f"batch of {table.topic}",
+                               validated=True)  # decode checked every event
             except PushValidationError as exc:
                 # Cannot happen for decoded events; if it does, keep the flow and the evidence.
                 log.error("batch of %s rejected by push validation: %s", name, exc)
@@ -244,9 +286,20 @@ class StreamConsumer:
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 log.warning("write failed (attempt %d), retrying in %.1f s: %s: %s",
                             attempt, delay, type(exc).__name__, first[:300])
-                if self.stopping.wait(delay):
+                if self._wait_or_stop(delay):
                     raise StopRequested() from None
                 delay = min(delay * 2, self.settings.retry_max)
+
+    def _wait_or_stop(self, seconds: float) -> bool:
+        """Sleep between two write attempts; True as soon as the loop stops or gives up."""
+        deadline = time.monotonic() + seconds
+        while not self._giving_up.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if self.stopping.wait(min(left, 0.5)):
+                return True
+        return True
 
     def commit(self, next_offsets: dict[TopicPartition, int]) -> bool:
         """Commit the next offsets of a written batch, with those of earlier written batches whose
@@ -406,14 +459,20 @@ class StreamConsumer:
         last_report = last_probe = time.monotonic()
         hang_limit = self.settings.hang_limit or self.kafka.request_timeout_ms / 1000 + 30
         watchdog = Watchdog(self.outage, hang_limit, self._close_hung_consumer).start()
+        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
         try:
             while not self.stopping.is_set():
                 self.outage.check_budget()
                 if self.outage.rebuild_wanted:
+                    self._abandon_in_flight()  # the new client reads it again from the committed offsets
                     self.rebuild()
                     continue
                 records = self.poll()
                 if not records:
+                    if self._in_flight is not None:
+                        if not self._finish_in_flight():
+                            break
+                        continue
                     now = time.monotonic()
                     if not kafka_clients.joined(self.consumer):
                         idle_since = now  # idle means nothing to do, which only a member can tell
@@ -431,20 +490,26 @@ class StreamConsumer:
                 idle_since = last_probe = time.monotonic()
                 self._stalled_since = None
                 try:
-                    next_offsets = self.process(records)
-                except StopRequested:
-                    log.warning("stop requested during retries: batch abandoned, not committed")
-                    break
+                    batch = self.decode_batch(records)
                 except DeadLetterError as exc:
                     log.warning("%s: re-reading the batch", exc)
                     self.dead_letters.reset()
                     self.rewind(records)
                     continue
-                self.commit(next_offsets)
+                if self._in_flight is not None and not self._finish_in_flight(also_rewind=batch):
+                    break
+                if self.outage.rebuild_wanted:  # the next loop replaces the client: it re-reads the batch
+                    continue
+                self._in_flight = (writer.submit(self.write_batch, batch), batch)
                 if time.monotonic() - last_report > 10:
                     last_report = time.monotonic()
                     log.info("progress: %s", self.metrics.snapshot())
+            if self._in_flight is not None and not self.outage.rebuild_wanted:
+                self._finish_in_flight()  # stopping: the batch being written is committed once written
         finally:
+            self._giving_up.set()  # a write still retrying gives up: this member is done
+            self._abandon_in_flight()
+            writer.shutdown(wait=True)
             watchdog.stop()
             self.close()
         stats = self.metrics.snapshot()
@@ -454,11 +519,49 @@ class StreamConsumer:
         log.info("stopped: %s", stats)
         return stats
 
-    def rewind(self, records: dict[TopicPartition, list]) -> None:
-        """Read a batch again (it was not committed); when seeking fails, a new client starts at the
-        committed offsets, which is the same."""
-        for tp, recs in records.items():
-            if self.outage.call("seek", self.consumer.seek, tp, recs[0].offset, default=False) is False:
+    def _finish_in_flight(self, also_rewind: Batch | None = None) -> bool:
+        """Wait for the batch being written, then commit it; False when the loop must stop (asked
+        to stop while its writes were retried: abandoned, not committed).
+
+        ``also_rewind``: the batch decoded meanwhile, read again with this one when the dead
+        letters of this one cannot be acknowledged (its partitions may be ahead of this one's)."""
+        future, batch = self._in_flight
+        self._in_flight = None
+        try:
+            future.result()
+            self.dead_letters.flush()  # dead letters of a batch push validation refused
+        except StopRequested:
+            log.warning("stop requested during retries: batch abandoned, not committed")
+            return False
+        except DeadLetterError as exc:
+            log.warning("%s: re-reading the batch", exc)
+            self.dead_letters.reset()
+            self.rewind(batch.records, *([also_rewind.records] if also_rewind else []))
+            return True
+        self.commit(batch.next_offsets)
+        return True
+
+    def _abandon_in_flight(self) -> None:
+        """Let the batch being written finish (its rows are written, idempotently) without
+        committing it: it is read again from the committed offsets."""
+        if self._in_flight is None:
+            return
+        future, _ = self._in_flight
+        self._in_flight = None
+        try:
+            future.result()
+        except Exception:  # noqa: BLE001 - StopRequested or a write error: not committed either way
+            pass
+
+    def rewind(self, *batches: dict[TopicPartition, list]) -> None:
+        """Read batches again (not committed) from their first offset per partition; when seeking
+        fails, a new client starts at the committed offsets, which is the same."""
+        first: dict[TopicPartition, int] = {}
+        for records in batches:
+            for tp, recs in records.items():
+                first[tp] = min(recs[0].offset, first.get(tp, recs[0].offset))
+        for tp, offset in first.items():
+            if self.outage.call("seek", self.consumer.seek, tp, offset, default=False) is False:
                 self.outage.rebuild_wanted = True
                 return
 

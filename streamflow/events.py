@@ -47,7 +47,7 @@ class InvalidEvent(ValueError):
         self.field = field
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Event:
     table: schema.Table
     user_id: str
@@ -275,10 +275,19 @@ class _Contract:
     checkers: tuple
 
 
-@lru_cache(maxsize=None)
+_CONTRACTS: dict[int, tuple[schema.Table, _Contract]] = {}
+
+
 def _contract(table: schema.Table) -> _Contract:
+    """The table's contract, prepared once per Table object (looked up by identity: hashing a
+    frozen Table hashes all its columns, which cost more than the rest of decode's lookups)."""
+    known = _CONTRACTS.get(id(table))
+    if known is not None and known[0] is table:
+        return known[1]
     fields = (schema.KEY, *table.feature_names, schema.EVENT_TIME, schema.EVENT_SNAPSHOT)
-    return _Contract(fields, frozenset(fields), tuple((c.name, _checker(c)) for c in table.columns))
+    contract = _Contract(fields, frozenset(fields), tuple((c.name, _checker(c)) for c in table.columns))
+    _CONTRACTS[id(table)] = (table, contract)  # the table is kept: its id is never reused
+    return contract
 
 
 def _event_time(value: Any, now: datetime) -> datetime:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 from contextlib import contextmanager
@@ -60,12 +61,30 @@ def apply() -> list[str]:
     return names
 
 
-def push(table: schema.Table, frame: pd.DataFrame, where: str = "push") -> int:
-    """Validate a frame against the registry, then push it online and offline. Returns rows."""
+_VALIDATED = contextvars.ContextVar("streamflow_validated_push", default=False)
+
+
+def push_is_validated() -> bool:
+    """Whether the push being written in this thread was validated against the registry already
+    (by :func:`push`): the offline store then skips checking the same rows again. A push that did
+    not come through :func:`push` (``feast serve`` /push, a user's own ``store.push``) is checked."""
+    return _VALIDATED.get()
+
+
+def push(table: schema.Table, frame: pd.DataFrame, where: str = "push", *, validated: bool = False) -> int:
+    """Validate a frame against the registry, then push it online and offline. Returns rows.
+
+    ``validated``: the frame was built from events that :func:`streamflow.events.decode` checked,
+    in the registry's dtypes (the consumer's hot path): it is not checked a second time.
+    """
     from feast.data_source import PushMode
 
-    typed = validate_frame(table, frame, where=where)
+    typed = frame if validated else validate_frame(table, frame, where=where)
     if typed.empty:
         return 0
-    get_store().push(table.push_source, typed, to=PushMode.ONLINE_AND_OFFLINE)
+    token = _VALIDATED.set(True)
+    try:
+        get_store().push(table.push_source, typed, to=PushMode.ONLINE_AND_OFFLINE)
+    finally:
+        _VALIDATED.reset(token)
     return len(typed)

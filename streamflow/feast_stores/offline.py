@@ -4,9 +4,16 @@ Named in feature_store.yaml as ``streamflow.feast_stores.offline.StreamflowOffli
 Stock Feast's PostgreSQL offline store has no ``offline_write_batch``, so
 ``store.push(..., PushMode.ONLINE_AND_OFFLINE)`` raises ``NotImplementedError`` after the online
 write already happened. Ours writes pushed rows into the feature view's snapshot table (the one
-its batch source reads), validated against the table registry first, merged idempotently on
+its batch source reads), validated against the table registry first (once: rows that
+``streamflow.feature_store.push`` validated are not checked again), merged idempotently on
 ``(user_id, as_of)`` in one transaction: a replayed event changes nothing, and what the consumer
 streams is what ``get_historical_features`` sees.
+
+Pushed rows go to the snapshot table only, not to the base table of the batch load: nothing in
+StreamFlow reads the base tables (Feast's batch sources, training sets and materialize read the
+snapshot tables; lookups read the online tables). They are the loader's "newest loaded row per
+user" for SQL users of the course's schema, so writing streamed rows there too would cost a second
+merge per batch (a third of the offline write) for no reader.
 
 ``get_historical_features`` builds the training set of the registry's feature views in one query
 (streamflow.feast_stores.historical), several times faster than stock and with the same result;
@@ -79,11 +86,15 @@ class StreamflowOfflineStore(PostgreSQLOfflineStore):
         table: pyarrow.Table,
         progress: Optional[Callable[[int], Any]],
     ) -> None:
+        from streamflow.feature_store import push_is_validated
+
         spec = schema.table_for_feature_view(feature_view.name)
-        frame = validate_frame(spec, table.to_pandas(types_mapper=_NULLABLE_DTYPES.get),
-                               where=f"offline write to {feature_view.name}")
+        if not push_is_validated():
+            frame = validate_frame(spec, table.to_pandas(types_mapper=_NULLABLE_DTYPES.get),
+                                   where=f"offline write to {feature_view.name}")
+            table = pyarrow.Table.from_pandas(frame, preserve_index=False)
         with connection_pool(config.offline_store).connection(timeout=10.0) as conn:
-            merge_frame(conn, spec, frame)
+            merge_rows(conn, spec, table)
         if progress:
             progress(table.num_rows)
 
@@ -98,10 +109,10 @@ _NULLABLE_DTYPES = {
 """Arrow types read back as pandas' nullable dtypes (the registry's), so validation stays vectorised."""
 
 
-def _csv(table: schema.Table, frame) -> pyarrow.Buffer:
-    """The frame's staging columns as CSV for COPY (warehouse.arrow_csv): dates as days, times
+def _csv(table: schema.Table, rows: pyarrow.Table) -> pyarrow.Buffer:
+    """The rows' staging columns as CSV for COPY (warehouse.arrow_csv): dates as days, times
     as UTC with microseconds."""
-    arrow = pyarrow.Table.from_pandas(frame[warehouse.staging_columns(table)], preserve_index=False)
+    arrow = rows.select(warehouse.staging_columns(table))
     for col in [schema.SNAPSHOT_TIME, *(c.name for c in table.columns if c.kind == "date")]:
         i = arrow.schema.get_field_index(col)
         utc = pc.cast(arrow.column(i), options=pc.CastOptions(pyarrow.timestamp("us", tz="UTC"),
@@ -110,14 +121,15 @@ def _csv(table: schema.Table, frame) -> pyarrow.Buffer:
     return warehouse.arrow_csv(arrow)
 
 
-def merge_frame(conn, table: schema.Table, frame) -> warehouse.MergeCounts:
-    """COPY a validated frame into a staging table and merge it into the snapshot and base tables.
+def merge_rows(conn, table: schema.Table, rows: pyarrow.Table) -> int:
+    """COPY validated rows into a staging table and merge them into the snapshot table; returns
+    the rows inserted or changed.
 
     One transaction: either every row is merged or none. Rows equal to the stored ones change
-    nothing, so a replayed batch leaves the tables as they were.
+    nothing, so a replayed batch leaves the table as it was.
     """
     with conn.transaction(), conn.cursor() as cur:
         stage = "streamflow_offline_stage"
         warehouse.create_staging_table(cur, table, stage)
-        warehouse.copy_csv(cur, stage, warehouse.staging_columns(table), _csv(table, frame), header=False)
-        return warehouse.upsert_snapshot_rows(cur, table, stage)
+        warehouse.copy_csv(cur, stage, warehouse.staging_columns(table), _csv(table, rows), header=False)
+        return warehouse.merge_into_snapshot_table(cur, table, stage)
