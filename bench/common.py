@@ -226,13 +226,30 @@ def rate(count: float, seconds: float) -> float:
     return count / seconds if seconds > 0 else float("nan")
 
 
+_SESSIONS: dict = {}
+"""Profiles recorded with append=True, by name, combined until flush_profiles()."""
+
+
+def _write_profile(name: str, session) -> None:
+    from pyinstrument.renderers import ConsoleRenderer
+
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"profile_{name}.txt"
+    path.write_text(ConsoleRenderer(unicode=True, color=False, show_all=False).render(session))
+    session.save(str(path.with_suffix(".pyisession")))  # pyinstrument --load F --show-all
+    say(f"  profile written to {path}")
+
+
 @contextlib.contextmanager
-def profiled(name: str):
-    """With --profile, record a pyinstrument profile of the block to bench/results/profile_<name>.txt."""
+def profiled(name: str, append: bool = False):
+    """With --profile, record a pyinstrument profile of the block to bench/results/profile_<name>.txt
+    (pyinstrument follows the thread it starts in). ``append``: add the block to the profile of
+    that name, written by flush_profiles() (for a block run many times, e.g. in a worker thread)."""
     if not PROFILE:
         yield
         return
     from pyinstrument import Profiler
+    from pyinstrument.session import Session
 
     profiler = Profiler(interval=0.001)
     profiler.start()
@@ -240,11 +257,18 @@ def profiled(name: str):
         yield
     finally:
         profiler.stop()
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        path = RESULTS / f"profile_{name}.txt"
-        path.write_text(profiler.output_text(unicode=True, color=False, show_all=False))
-        profiler.last_session.save(str(path.with_suffix(".pyisession")))  # pyinstrument --load F --show-all
-        say(f"  profile written to {path}")
+        if append:
+            earlier = _SESSIONS.get(name)
+            _SESSIONS[name] = profiler.last_session if earlier is None else Session.combine(
+                earlier, profiler.last_session)
+        else:
+            _write_profile(name, profiler.last_session)
+
+
+def flush_profiles() -> None:
+    """Write the profiles recorded with append=True."""
+    while _SESSIONS:
+        _write_profile(*_SESSIONS.popitem())
 
 
 def row(benchmark: str, measure: str, ours: float | None, baseline: float | None, unit: str,

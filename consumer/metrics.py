@@ -39,6 +39,20 @@ class Histogram:
             self.sum += value
             self.count += 1
 
+    def observe_many(self, values) -> None:
+        """Observe every value of an array at once (a batch's per-event freshness)."""
+        import numpy as np
+
+        values = np.asarray(values, dtype=float)
+        if not len(values):
+            return
+        per_bucket = np.bincount(np.searchsorted(self.buckets, values, side="left"),
+                                 minlength=len(self.counts)).tolist()
+        with self._lock:
+            self.counts = [a + b for a, b in zip(self.counts, per_bucket)]
+            self.sum += float(values.sum())
+            self.count += len(values)
+
     def cumulative(self) -> list[tuple[str, int]]:
         out, total = [], 0
         for bound, n in zip([*map(str, self.buckets), "+Inf"], self.counts):

@@ -1,9 +1,9 @@
 """The consumer loop: poll a batch, validate, write online and offline, then commit.
 
-Two batches are in flight at most: while a writer thread writes batch N into PostgreSQL (the
-waits and Arrow's CSV writer release the GIL), the loop polls and decodes batch N+1; it commits
-batch N once its writes are done, then hands N+1 to the writer. The Kafka client is only ever
-called from the loop's thread.
+Two batches are in flight at most: while writer threads write batch N into PostgreSQL (its
+tables two at a time; the waits and Arrow's CSV writer release the GIL), the loop polls and
+decodes batch N+1; it commits batch N once all its writes are done, then hands N+1 to the
+writers. The Kafka client is only ever called from the loop's thread.
 
 Guarantees (shared/DESIGN.md):
 * at-least-once: offsets are committed only after the batch's writes and its dead-letter
@@ -32,7 +32,7 @@ from kafka.errors import CommitFailedError
 from consumer.dead_letter import DeadLetterError, DeadLetterQueue
 from consumer.metrics import ConsumerMetrics
 from consumer.outage import Outage, OutageExceeded, Watchdog
-from streamflow import events, kafka_clients, schema
+from streamflow import event_batch, events, kafka_clients, schema
 from streamflow.feature_store import database_errors, get_store, push
 from streamflow.push_validation import PushValidationError, push_columns
 
@@ -68,6 +68,9 @@ class ConsumerSettings:
     bounded at 10 s, it failed instead, and the failures replaced the client, which then waited out
     its old member's session: 17 s recovery instead of 2.5 s). A client whose commits keep failing
     for ``join_timeout`` is replaced."""
+    write_threads: int = 2
+    """Tables of a batch written at once (each its own PostgreSQL connection): PostgreSQL merges
+    one while the other's rows are encoded."""
     stall_timeout: float = 20.0
     """Seconds without records while assigned partitions lag before the client counts as stuck
     and is replaced (kafka-python 3.0 was seen to stop fetching after a broker restart without
@@ -113,11 +116,11 @@ def events_frame(table: schema.Table, batch: list[events.Event]) -> pd.DataFrame
 
 @dataclass
 class Batch:
-    """One polled batch, decoded: its valid events per table (with their records) and the next
-    offset of every partition it covers (committed once the events are written)."""
+    """One polled batch, decoded: the push frame of its valid events per table (with their
+    records) and the next offset of every partition it covers (committed once written)."""
 
     records: dict[TopicPartition, list]
-    good: dict[str, list[events.Event]]
+    frames: dict[str, pd.DataFrame]
     good_records: dict[str, list]
     next_offsets: dict[TopicPartition, int]
 
@@ -135,8 +138,9 @@ class StreamConsumer:
         self.topics = [t.topic for t in schema.TABLES]
         self.outage = Outage(self.kafka.bootstrap_servers, self.stopping, max_outage=settings.max_outage)
         self.rebuilds = 0
-        self._in_flight: tuple[Future, Batch] | None = None
-        """The batch the writer thread is writing, not committed yet."""
+        self._in_flight: tuple[list[Future], Batch, float] | None = None
+        """The batch the writer threads are writing (its futures, the batch, when handed over), not
+        committed yet."""
         self._giving_up = threading.Event()
         """Set when the loop ends for another reason than a stop request (an outage beyond its
         budget): a write still retrying stops, as on a stop request."""
@@ -214,81 +218,84 @@ class StreamConsumer:
         return batch.next_offsets
 
     def decode_batch(self, records: dict[TopicPartition, list]) -> Batch:
-        """Validate every record of a polled batch; the invalid ones go to the dead-letter topic
-        (sent and acknowledged here: DeadLetterError when they cannot be)."""
-        good: dict[str, list[events.Event]] = defaultdict(list)
-        good_records: dict[str, list] = defaultdict(list)
+        """Validate every record of a polled batch, table by table (``event_batch``); the invalid
+        ones go to the dead-letter topic (sent and acknowledged here: DeadLetterError when they
+        cannot be)."""
+        by_table: dict[str, list] = defaultdict(list)
         next_offsets: dict[TopicPartition, int] = {}
-        now = datetime.now(timezone.utc)
-        dead = 0
+        unknown = []
         for tp, recs in records.items():
             self.metrics.count(self.metrics.consumed, tp.topic, len(recs))
             table = schema.table_for_topic(tp.topic)
-            decode, name = events.decode, table.name if table else tp.topic
-            kept, kept_records = good[name], good_records[name]
-            for rec in recs:
-                try:
-                    event = decode(rec.topic, rec.key, rec.value, now=now, table=table)
-                except events.InvalidEvent as exc:
-                    self.dead_letters.send(rec, exc.reason, exc.field)
-                    self.metrics.count(self.metrics.dead_lettered, rec.topic)
-                    dead += 1
-                    continue
-                kept.append(event)
-                kept_records.append(rec)
+            (by_table[table.name] if table else unknown).extend(recs)
             next_offsets[tp] = recs[-1].offset + 1
+        now = datetime.now(timezone.utc)
+        frames, good_records, dead = {}, {}, 0
+        for name, recs in by_table.items():
+            decoded = event_batch.decode_table_batch(schema.table(name), recs, now)
+            if decoded.good:
+                frames[name], good_records[name] = decoded.frame, decoded.good
+            for rec, exc in decoded.bad:
+                self._dead_letter(rec, exc.reason, exc.field)
+                dead += 1
+        for rec in unknown:  # a topic of no table (the subscription names only the registry's)
+            self._dead_letter(rec, f"unknown table: topic {rec.topic!r} belongs to no table of the registry")
+            dead += 1
         if dead:
             self.dead_letters.flush()
-        return Batch(records, {k: v for k, v in good.items() if v},
-                     {k: v for k, v in good_records.items() if v}, next_offsets)
+        return Batch(records, frames, good_records, next_offsets)
+
+    def _dead_letter(self, rec, reason: str, field: str | None = None) -> None:
+        self.dead_letters.send(rec, reason, field)
+        self.metrics.count(self.metrics.dead_lettered, rec.topic)
 
     def write_batch(self, batch: Batch) -> None:
-        """Write a decoded batch online and offline, retrying until it is written (StopRequested
-        when asked to stop meanwhile). Runs in the writer thread: no Kafka client call here but
-        the dead-letter producer's (thread-safe) send."""
-        self._write_with_retry(batch.good, batch.good_records)
-
-    def _write(self, good: dict[str, list[events.Event]], good_records: dict[str, list]) -> None:
+        """Write a decoded batch online and offline, table after table, each retried until it is
+        written (StopRequested when asked to stop meanwhile)."""
         started = time.perf_counter()
-        for name, batch in good.items():
-            table = schema.table(name)
-            try:
-                written = push(table, events_frame(table, batch), where=f"batch of {table.topic}",
-                               validated=True)  # decode checked every event
-            except PushValidationError as exc:
-                # Cannot happen for decoded events; if it does, keep the flow and the evidence.
-                log.error("batch of %s rejected by push validation: %s", name, exc)
-                for rec in good_records[name]:
-                    self.dead_letters.send(rec, f"push validation: {exc}")
-                    self.metrics.count(self.metrics.dead_lettered, rec.topic)
-                continue
-            self.metrics.count(self.metrics.written, name, len(batch))
-            log.debug("wrote %d rows (%d events) of %s", written, len(batch), name)
-        done = time.time()
+        for name, frame in batch.frames.items():
+            self.write_table(name, frame, batch.good_records[name])
         self.metrics.write_latency.observe(time.perf_counter() - started)
-        for recs in good_records.values():
-            for rec in recs:
-                if rec.timestamp and rec.timestamp > 0:
-                    self.metrics.freshness.observe(max(0.0, done - rec.timestamp / 1000))
 
-    def _write_with_retry(self, good, good_records) -> None:
+    def write_table(self, name: str, frame: pd.DataFrame, records: list) -> None:
+        """Write one table's frame of a batch, retrying until it is written (StopRequested when
+        asked to stop meanwhile). Runs in a writer thread: no Kafka client call here but the
+        dead-letter producer's (thread-safe) send."""
         delay = self.settings.retry_initial
         attempt = 0
         while True:
             try:
-                self._write(good, good_records)
+                self._write(name, frame, records)
                 if attempt:
-                    log.info("write succeeded after %d retries", attempt)
+                    log.info("write of %s succeeded after %d retries", name, attempt)
                 return
             except Exception as exc:  # noqa: BLE001 - any failed write is retried, never committed
                 attempt += 1
                 self.metrics.retried()
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                log.warning("write failed (attempt %d), retrying in %.1f s: %s: %s",
-                            attempt, delay, type(exc).__name__, first[:300])
+                log.warning("write of %s failed (attempt %d), retrying in %.1f s: %s: %s",
+                            name, attempt, delay, type(exc).__name__, first[:300])
                 if self._wait_or_stop(delay):
                     raise StopRequested() from None
                 delay = min(delay * 2, self.settings.retry_max)
+
+    def _write(self, name: str, frame: pd.DataFrame, records: list) -> None:
+        table = schema.table(name)
+        try:
+            written = push(table, frame, where=f"batch of {table.topic}",
+                           validated=True)  # decode checked every event
+        except PushValidationError as exc:
+            # Cannot happen for decoded events; if it does, keep the flow and the evidence.
+            log.error("batch of %s rejected by push validation: %s", name, exc)
+            for rec in records:
+                self._dead_letter(rec, f"push validation: {exc}")
+            return
+        done = time.time()
+        self.metrics.count(self.metrics.written, name, len(records))
+        log.debug("wrote %d rows (%d events) of %s", written, len(records), name)
+        stamps = np.fromiter((rec.timestamp or 0 for rec in records), dtype=float, count=len(records))
+        stamps = stamps[stamps > 0]
+        self.metrics.freshness.observe_many(np.maximum(0.0, done - stamps / 1000))
 
     def _wait_or_stop(self, seconds: float) -> bool:
         """Sleep between two write attempts; True as soon as the loop stops or gives up."""
@@ -459,7 +466,7 @@ class StreamConsumer:
         last_report = last_probe = time.monotonic()
         hang_limit = self.settings.hang_limit or self.kafka.request_timeout_ms / 1000 + 30
         watchdog = Watchdog(self.outage, hang_limit, self._close_hung_consumer).start()
-        writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="writer")
+        writers = ThreadPoolExecutor(max_workers=self.settings.write_threads, thread_name_prefix="writer")
         try:
             while not self.stopping.is_set():
                 self.outage.check_budget()
@@ -500,7 +507,7 @@ class StreamConsumer:
                     break
                 if self.outage.rebuild_wanted:  # the next loop replaces the client: it re-reads the batch
                     continue
-                self._in_flight = (writer.submit(self.write_batch, batch), batch)
+                self._in_flight = (self._submit(writers, batch), batch, time.perf_counter())
                 if time.monotonic() - last_report > 10:
                     last_report = time.monotonic()
                     log.info("progress: %s", self.metrics.snapshot())
@@ -509,7 +516,7 @@ class StreamConsumer:
         finally:
             self._giving_up.set()  # a write still retrying gives up: this member is done
             self._abandon_in_flight()
-            writer.shutdown(wait=True)
+            writers.shutdown(wait=True)
             watchdog.stop()
             self.close()
         stats = self.metrics.snapshot()
@@ -519,20 +526,32 @@ class StreamConsumer:
         log.info("stopped: %s", stats)
         return stats
 
+    def _submit(self, writers: ThreadPoolExecutor, batch: Batch) -> list[Future]:
+        """Hand a batch's tables to the writer threads (each table is one push, online and offline;
+        tables are independent, so two write at once)."""
+        return [writers.submit(self.write_table, name, frame, batch.good_records[name])
+                for name, frame in batch.frames.items()]
+
     def _finish_in_flight(self, also_rewind: Batch | None = None) -> bool:
         """Wait for the batch being written, then commit it; False when the loop must stop (asked
         to stop while its writes were retried: abandoned, not committed).
 
         ``also_rewind``: the batch decoded meanwhile, read again with this one when the dead
         letters of this one cannot be acknowledged (its partitions may be ahead of this one's)."""
-        future, batch = self._in_flight
+        futures, batch, started = self._in_flight
         self._in_flight = None
         try:
-            future.result()
+            stopped = False
+            for future in futures:  # every one, even after a stop: no write left running
+                try:
+                    future.result()
+                except StopRequested:
+                    stopped = True
+            if stopped:
+                log.warning("stop requested during retries: batch abandoned, not committed")
+                return False
+            self.metrics.write_latency.observe(time.perf_counter() - started)
             self.dead_letters.flush()  # dead letters of a batch push validation refused
-        except StopRequested:
-            log.warning("stop requested during retries: batch abandoned, not committed")
-            return False
         except DeadLetterError as exc:
             log.warning("%s: re-reading the batch", exc)
             self.dead_letters.reset()
@@ -546,12 +565,13 @@ class StreamConsumer:
         committing it: it is read again from the committed offsets."""
         if self._in_flight is None:
             return
-        future, _ = self._in_flight
+        futures = self._in_flight[0]
         self._in_flight = None
-        try:
-            future.result()
-        except Exception:  # noqa: BLE001 - StopRequested or a write error: not committed either way
-            pass
+        for future in futures:
+            try:
+                future.result()
+            except Exception:  # noqa: BLE001 - StopRequested or a write error: not committed either way
+                pass
 
     def rewind(self, *batches: dict[TopicPartition, list]) -> None:
         """Read batches again (not committed) from their first offset per partition; when seeking

@@ -51,7 +51,9 @@ def fast_path_features(provider: PassthroughProvider, feature_view, field_mappin
 
 def event_micros(frame: pd.DataFrame, column: str, view: str) -> np.ndarray:
     """Event times as microseconds since the epoch (naive times are UTC, as in Feast)."""
-    times = pd.to_datetime(frame[column], utc=True)
+    times = frame[column]
+    if not isinstance(times.dtype, pd.DatetimeTZDtype):  # converting a zoned column again cost 1/10 of a push
+        times = pd.to_datetime(times, utc=True, cache=False)
     if times.isna().any():
         row = int(np.flatnonzero(times.isna().to_numpy())[0])
         raise ValueError(f"push to {view}: row {row} has no event time in column {column!r}")

@@ -1,0 +1,191 @@
+"""Decode the events of one table column by column: the consumer's hot path.
+
+:func:`streamflow.events.decode` checks one event at a time in Python, which cost more than the
+Kafka client's own reading of the records. :func:`decode_table_batch` checks a whole batch of one
+table's records at once: each record is parsed by orjson and its field names compared with the
+contract (both in C), then every column is type-checked as a whole (the set of Python types it
+holds) and range-, choice- and format-checked by Arrow's compute kernels, and the push frame is
+built from the Arrow arrays.
+
+The batch path only ever *accepts*: every check in it is as strict as ``decode``'s or stricter.
+When any record of the batch fails any of them, the whole batch goes through ``decode`` event by
+event instead, which gives each bad event its reason for the dead-letter topic and keeps the good
+ones around it. So both paths give the same verdicts and the same frame
+(tests/test_event_batch.py compares them on valid and invalid batches).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+import numpy as np
+import orjson
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from streamflow import events, schema
+from streamflow.push_validation import push_columns
+
+_ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "str": pa.string(),
+                "date": pa.string()}
+_PYTHON_TYPES = {"int": {int}, "float": {float, int}, "bool": {bool}, "str": {str}, "date": {str}}
+_PANDAS_TYPES = {pa.int64(): pd.Int64Dtype(), pa.float64(): pd.Float64Dtype(), pa.bool_(): pd.BooleanDtype(),
+                 pa.string(): pd.StringDtype()}
+_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+"""RE2 (Arrow) with ASCII digits only: stricter than events._DATE (Python's \\d is any digit)."""
+_DAY_LIMITS = tuple(datetime(d.year, d.month, d.day) for d in events.DATE_RANGE)
+_NONE = type(None)
+
+
+class _Fallback(Exception):
+    """Some record of the batch does not pass the batch checks: decode it event by event."""
+
+
+@dataclass
+class TableBatch:
+    """The valid events of one table in a polled batch, and the invalid ones with their reasons."""
+
+    frame: pd.DataFrame
+    """The push frame (``push_columns`` order, registry dtypes; of several events of one user and
+    time, the last one)."""
+    good: list
+    """The records of the valid events, in order."""
+    bad: list[tuple[object, events.InvalidEvent]]
+    """The invalid records and why."""
+    columnar: bool
+    """Whether the batch path decided (False: event by event)."""
+
+
+def decode_table_batch(table: schema.Table, records: list, now: datetime) -> TableBatch:
+    """Decode the records of one table (in order, from one or more partitions of its topic)."""
+    try:
+        return TableBatch(_columnar(table, records, now), records, [], True)
+    except _Fallback:
+        return _one_by_one(table, records, now)
+
+
+def _one_by_one(table: schema.Table, records: list, now: datetime) -> TableBatch:
+    from consumer.runner import events_frame  # the event-by-event frame builder
+
+    good, kept, bad = [], [], []
+    for rec in records:
+        try:
+            good.append(events.decode(rec.topic, rec.key, rec.value, now=now, table=table))
+            kept.append(rec)
+        except events.InvalidEvent as exc:
+            bad.append((rec, exc))
+    frame = events_frame(table, good) if good else pd.DataFrame(columns=push_columns(table))
+    return TableBatch(frame, kept, bad, False)
+
+
+def _payloads(table: schema.Table, records: list) -> list[dict]:
+    fields = frozenset((schema.KEY, *table.feature_names, schema.EVENT_TIME, schema.EVENT_SNAPSHOT))
+    try:
+        payloads = [orjson.loads(rec.value) for rec in records]
+    except (orjson.JSONDecodeError, TypeError):  # not JSON, or no value (tombstone)
+        raise _Fallback from None
+    if any(len(rec.value) > events.MAX_EVENT_BYTES for rec in records):
+        raise _Fallback
+    try:
+        if not all(p.keys() == fields for p in payloads):
+            raise _Fallback
+    except AttributeError:  # a JSON value that is no object
+        raise _Fallback from None
+    return payloads
+
+
+def _types(values: list, allowed: set, nullable: bool) -> None:
+    found = set(map(type, values))
+    if not found <= (allowed | {_NONE} if nullable else allowed):
+        raise _Fallback
+
+
+def _array(values: list, kind: str) -> pa.Array:
+    try:
+        return pa.array(values, type=_ARROW_TYPES[kind])
+    except (pa.ArrowException, OverflowError, TypeError, ValueError):
+        raise _Fallback from None
+
+
+def _check_true(mask: pa.Array) -> None:
+    """Every non-null entry of a boolean array is true."""
+    if mask.null_count != len(mask) and not pc.all(mask).as_py():
+        raise _Fallback
+
+
+def _column(col: schema.Column, values: list) -> pa.Array:
+    """One feature column, checked; as Arrow, in the registry type (dates as UTC timestamps)."""
+    _types(values, _PYTHON_TYPES[col.kind], col.nullable)
+    arr = _array(values, col.kind)
+    present = arr.drop_null()
+    if col.kind == "float" and len(present):
+        _check_true(pc.is_finite(present))
+    if col.kind in ("int", "float") and len(present):
+        if col.min is not None:
+            _check_true(pc.greater_equal(present, col.min))
+        if col.max is not None:
+            _check_true(pc.less_equal(present, col.max))
+    if col.kind == "str" and col.choices is not None and len(present):
+        _check_true(pc.is_in(present, value_set=pa.array(col.choices)))
+    if col.kind == "date":
+        if len(present):
+            _check_true(pc.match_substring_regex(present, _DATE))
+        days = pc.strptime(arr, format="%Y-%m-%d", unit="s", error_is_null=True)
+        if days.null_count != arr.null_count:  # no date
+            raise _Fallback
+        if len(present):  # strptime rolls 2024-02-30 over into March: a calendar date reads back the same
+            _check_true(pc.equal(pc.strftime(days, format="%Y-%m-%d"), arr))
+        if len(present):
+            low, high = (v.as_py() for v in pc.min_max(days).values())
+            if low < _DAY_LIMITS[0] or high > _DAY_LIMITS[1]:
+                raise _Fallback
+        arr = days.cast(pa.timestamp("ns", tz="UTC"))
+    return arr
+
+
+def _keys(records: list, ids: list) -> pa.Array:
+    _types(ids, {str}, nullable=False)
+    arr = _array(ids, "str")
+    _check_true(pc.match_substring_regex(arr, schema.USER_ID_PATTERN.pattern))
+    if not all(rec.key is not None and rec.key == user_id.encode() for rec, user_id in zip(records, ids)):
+        raise _Fallback
+    return arr
+
+
+def _event_times(values: list, now: datetime) -> pa.Array:
+    """Event times as UTC nanoseconds, each distinct value checked once (a snapshot shares one)."""
+    _types(values, {str}, nullable=False)
+    nanos = {}
+    for value in set(values):
+        try:
+            nanos[value] = pd.Timestamp(events._event_time(value, now)).value
+        except (events.InvalidEvent, OverflowError, ValueError):
+            raise _Fallback from None
+    stamps = np.fromiter(map(nanos.__getitem__, values), dtype=np.int64, count=len(values))
+    return pa.array(stamps.view("datetime64[ns]"), type=pa.timestamp("ns")).cast(pa.timestamp("ns", tz="UTC"))
+
+
+def _snapshots(values: list) -> pa.Array:
+    _types(values, {str}, nullable=True)
+    if not all(v is None or events._SNAPSHOT.match(v) for v in set(values)):
+        raise _Fallback
+    return _array(values, "str")
+
+
+def _columnar(table: schema.Table, records: list, now: datetime) -> pd.DataFrame:
+    payloads = _payloads(table, records)
+    arrays = {
+        schema.KEY: _keys(records, [p[schema.KEY] for p in payloads]),
+        schema.SNAPSHOT_TIME: _event_times([p[schema.EVENT_TIME] for p in payloads], now),
+    }
+    for col in table.columns:
+        arrays[col.name] = _column(col, [p[col.name] for p in payloads])
+    arrays[schema.EVENT_SNAPSHOT] = _snapshots([p[schema.EVENT_SNAPSHOT] for p in payloads])
+    frame = pa.table([arrays[name] for name in push_columns(table)], names=push_columns(table)).to_pandas(
+        types_mapper=_PANDAS_TYPES.get)
+    return frame.drop_duplicates([schema.KEY, schema.SNAPSHOT_TIME], keep="last")
+
+
+__all__ = ["TableBatch", "decode_table_batch"]
