@@ -21,7 +21,22 @@ log = logging.getLogger(__name__)
 def _store(repo: str, project: str):
     from feast import FeatureStore
 
-    return FeatureStore(repo_path=repo)
+    class StreamflowFeatureStore(FeatureStore):
+        """Feast's FeatureStore, with one round trip less per push.
+
+        Feast 0.67's ``push`` ends with ``_precompute_for_push``, which lists the project's feature
+        services from the SQL registry *bypassing its cache* on every push (a query and the parsing
+        of every service: 40 ms, a tenth of a consumer batch's write), only to find that none has
+        ``precompute_online`` set. Here the cached registry (refreshed every ``cache_ttl_seconds``)
+        answers that question, and Feast's own step runs when some service does precompute.
+        """
+
+        def _precompute_for_push(self, feature_view_name: str, df: pd.DataFrame) -> None:
+            services = self.registry.list_feature_services(self.project, allow_cache=True)
+            if any(getattr(service, "precompute_online", False) for service in services):
+                super()._precompute_for_push(feature_view_name, df)
+
+    return StreamflowFeatureStore(repo_path=repo)
 
 
 def get_store():

@@ -38,7 +38,7 @@ from feast.infra.registry.base_registry import BaseRegistry
 
 from streamflow import schema
 from streamflow.feast_stores import historical
-from streamflow.feast_stores.online import connection_pool
+from streamflow.feast_stores.online import _pool_key, connection_pool
 from streamflow.push_validation import validate_frame
 from streamflow import warehouse
 
@@ -79,6 +79,21 @@ class StreamflowOfflineStore(PostgreSQLOfflineStore):
             **kwargs,
         )
 
+    def get_table_column_names_and_types_from_data_source(self, config: RepoConfig, data_source):
+        """The columns of a batch source, asked of PostgreSQL once per process and source query
+        (Feast asks before every offline write: one round trip per table and batch). A changed
+        source definition is a new query, and so a new question."""
+        describe = getattr(data_source, "get_table_query_string", None)  # PostgreSQLSource: its query or table
+        query = describe() if callable(describe) else None
+        if not query:
+            return super().get_table_column_names_and_types_from_data_source(config, data_source)
+        key = (_pool_key(config.offline_store), data_source.name, query)
+        columns = _SOURCE_COLUMNS.get(key)
+        if columns is None:
+            columns = _SOURCE_COLUMNS[key] = list(
+                super().get_table_column_names_and_types_from_data_source(config, data_source))
+        return columns
+
     @staticmethod
     def offline_write_batch(
         config: RepoConfig,
@@ -98,6 +113,9 @@ class StreamflowOfflineStore(PostgreSQLOfflineStore):
         if progress:
             progress(table.num_rows)
 
+
+_SOURCE_COLUMNS: dict[tuple, list[tuple[str, str]]] = {}
+"""(database, source name, query) -> the source's (column, type) pairs, as PostgreSQL described them."""
 
 _NULLABLE_DTYPES = {
     pyarrow.string(): pd.StringDtype(),
