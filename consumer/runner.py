@@ -267,14 +267,14 @@ class StreamConsumer:
             try:
                 self._write(name, frame, records)
                 if attempt:
-                    log.info("write of %s succeeded after %d retries", name, attempt)
+                    log.info("write succeeded after %d retries (%s)", attempt, name)
                 return
             except Exception as exc:  # noqa: BLE001 - any failed write is retried, never committed
                 attempt += 1
                 self.metrics.retried()
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                log.warning("write of %s failed (attempt %d), retrying in %.1f s: %s: %s",
-                            name, attempt, delay, type(exc).__name__, first[:300])
+                log.warning("write failed (attempt %d) for %s, retrying in %.1f s: %s: %s",
+                            attempt, name, delay, type(exc).__name__, first[:300])
                 if self._wait_or_stop(delay):
                     raise StopRequested() from None
                 delay = min(delay * 2, self.settings.retry_max)
