@@ -21,7 +21,8 @@ import time
 import traceback
 from datetime import datetime, timezone
 
-BENCHMARKS = ["online_write", "consumer_e2e", "producer", "freshness", "api_latency", "offline_retrieval", "scale"]
+BENCHMARKS = ["online_write", "consumer_e2e", "consumer_processes", "producer", "freshness", "api_latency",
+              "offline_retrieval", "scale"]
 DEFAULT = BENCHMARKS[:-1]
 JSON = common.RESULTS / "results.json"
 MARKDOWN = common.RESULTS / "results.md"

@@ -1,8 +1,10 @@
 """streamflow-consumer: one member of the consumer group that feeds Feast's push sources.
 
     streamflow consume [--group G] [--until-drained] [--metrics-port 9108] [--max-outage SECONDS]
+                       [--processes N]
 
-Run several processes with the same group to share the partitions. SIGTERM/SIGINT finish the
+Run several processes with the same group to share the partitions (``--processes N`` runs N of
+them under one supervisor: consumer/supervisor.py). SIGTERM/SIGINT finish the
 current batch (or abandon it, uncommitted, while its writes are being retried), commit what was
 written and leave the group. No error of the Kafka client ends it: each is one log line, then a
 backoff; a client that keeps failing is replaced by a new one that rejoins the group. It exits
@@ -19,6 +21,7 @@ import signal
 import sys
 import threading
 
+from consumer import supervisor
 from consumer.outage import Outage
 from consumer.runner import ConsumerSettings, StreamConsumer
 from streamflow import kafka_clients, logs
@@ -38,22 +41,53 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-idle", type=float, default=None, help="stop after this many seconds without events")
     p.add_argument("--instance-id", default=os.environ.get("STREAMFLOW_CONSUMER_INSTANCE_ID") or None,
                    help="static group membership: a restarted consumer with the same id resumes its "
-                        "partitions at once instead of after the session timeout (15 s); one id per process")
+                        "partitions at once instead of after the session timeout (15 s); one id per process "
+                        "(with --processes, member i gets ID-i)")
     p.add_argument("--metrics-port", type=int,
                    default=int(os.environ["STREAMFLOW_METRICS_PORT"]) if os.environ.get("STREAMFLOW_METRICS_PORT") else None,
-                   help="serve Prometheus metrics on this port")
+                   help="serve Prometheus metrics on this port (with --processes, member i on PORT+i)")
     p.add_argument("--metrics-addr", default=os.environ.get("STREAMFLOW_METRICS_ADDR", "127.0.0.1"),
                    help="address of the metrics server (0.0.0.0 in a container)")
     p.add_argument("--partitions", type=int, default=None, help="partitions of topics created (default 4)")
     p.add_argument("--max-outage", type=float, metavar="SECONDS",
                    default=float(os.environ["STREAMFLOW_MAX_OUTAGE"]) if os.environ.get("STREAMFLOW_MAX_OUTAGE") else None,
                    help="exit (code 4) once Kafka has been unreachable this long; default: wait forever")
+    p.add_argument("--processes", type=positive_int, default=1, metavar="N",
+                   help="run N members of the group, each its own process, under a supervisor that forwards "
+                        "SIGTERM/SIGINT to all and restarts a member that crashes; member i (0..N-1) gets "
+                        "--metrics-port PORT+i and --instance-id ID-i (default 1: this process consumes)")
+    p.add_argument("--member", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
     return p
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be 1 or more, not {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.member is None and args.processes > 1:
+        if args.metrics_port and args.metrics_port + args.processes - 1 > 65535:
+            p.error(f"--metrics-port {args.metrics_port} + --processes {args.processes}: ports beyond 65535")
+        logs.setup()
+        return supervisor.main(args, argv)
     logs.setup()
+    if args.member is None:
+        return consume(args)
+    supervisor.tag_member_logs(args.member)
+    try:
+        return consume(args)
+    finally:
+        supervisor.ignore_stop_signals()
+
+
+def consume(args: argparse.Namespace) -> int:
+    """Run this process's member of the group until it is stopped, drained or idle; the exit code."""
     # `kill -USR1 <pid>` prints every thread's stack to stderr: where a stuck consumer waits
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     settings = ConsumerSettings(group_id=args.group, max_batch=args.max_batch, until_drained=args.until_drained,
@@ -62,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     starting = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: starting.set())
     signal.signal(signal.SIGINT, lambda *_: starting.set())
+    if args.member is not None:
+        supervisor.accept_signals()
     try:
         outage = Outage(kafka_clients.settings().bootstrap_servers, starting, max_outage=args.max_outage)
         outage.connect("creating the topics",
@@ -78,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("metrics on http://%s:%d/metrics", args.metrics_addr, args.metrics_port)
 
     def stop(signum, _frame):
+        if consumer.stopping.is_set():  # a member gets Ctrl-C from the terminal and from its supervisor
+            return
         log.info("signal %s: finishing the current batch, then leaving the group", signal.Signals(signum).name)
         consumer.stop()
 
@@ -88,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     except StreamflowError as exc:  # the outage budget ran out
         log.error("%s", exc)
         return exc.exit_code
-    print("consumed {consumed:.0f}, written {written:.0f}, dead-lettered {dead_lettered:.0f}, "
+    tag = "" if args.member is None else f"[member {args.member}] "
+    print(tag + "consumed {consumed:.0f}, written {written:.0f}, dead-lettered {dead_lettered:.0f}, "
           "batches {batches:.0f}, write retries {write_retries:.0f}".format(**stats))
     return 0
 
