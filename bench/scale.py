@@ -3,8 +3,14 @@
 Each stage runs as its own process of ``.venv/bin/streamflow`` (generate, apply, load both months,
 produce both months, consume until drained, training set for 2024-01-31), one after the other, in
 the benchmarks' database and topics. Wall time per stage, and the peak RSS of that process
-(``os.wait4``'s ``ru_maxrss``, the stage's own process; no stage forks workers). The consumer's
-peak must stay under 1 GiB. Logs go to bench/results/scale_<stage>.log.
+(``ru_maxrss`` of the stage's own process, read by a small wrapper it is forked from, see
+``_PEAK_RSS``; no stage forks workers). The consumer's peak must stay under 1 GiB, the loader's
+and the producer's under 400 MiB. Logs go to bench/results/scale_<stage>.log.
+
+``run_memory`` is the ``memory`` benchmark of the default suite: the loader's and the producer's
+peak RSS on one month of 100,000 users (about a minute), the same goal. With the 1,000,000-user
+figures of ``--scale`` it shows that their memory does not grow with the users (issue 12): both
+read a snapshot in chunks (``streamflow.batch.validate``), which they used to hold whole.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 from bench import common  # noqa: I001  (first: sets the benchmark environment)
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -19,6 +26,11 @@ import uuid
 
 NAME = "scale"
 STAGE_TIMEOUT = 4 * 3600  # seconds; a stage past this is killed (bounded, even at scale)
+RSS_GOAL_MIB = 400
+"""Peak RSS the loader and the producer must stay under, whatever the number of users."""
+MEMORY_USERS = 100_000
+MEMORY_SCHEMA = "bench_memory"
+"""The memory benchmark loads into a schema of its own (search_path), dropped afterwards."""
 
 
 def cli() -> list[str]:
@@ -26,22 +38,41 @@ def cli() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "streamflow.cli"]
 
 
-def stage(name: str, argv: list[str]) -> dict:
+_PEAK_RSS = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status) % 256)
+"""
+"""Runs a command and writes its peak RSS (KiB) to a file. A child's ru_maxrss counts the RSS of
+the process it was forked from (Linux keeps the forked image's high-water mark across exec): from
+the benchmark's process every stage read at least its RSS, 200-300 MiB. Forked from this small
+process (python -S, some 10 MiB), the stage's own peak is what is read."""
+
+
+def stage(name: str, argv: list[str], env: dict | None = None) -> dict:
     log_path = common.RESULTS / f"scale_{name}.log"
-    env = {**os.environ, "STREAMFLOW_LOG_LEVEL": "INFO", "STREAMFLOW_NO_PROGRESS": "1"}
+    rss_path = common.data_dir() / f"peak_rss_{name}"
+    rss_path.unlink(missing_ok=True)
+    env = {**os.environ, "STREAMFLOW_LOG_LEVEL": "INFO", "STREAMFLOW_NO_PROGRESS": "1", **(env or {})}
     started = time.perf_counter()
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cli() + argv, cwd=common.REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        while True:
-            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            if time.perf_counter() - started > STAGE_TIMEOUT:
-                proc.kill()
-            time.sleep(0.2)
-    proc.returncode = os.waitstatus_to_exitcode(status)  # reaped by wait4: keep Popen from waiting again
+        measured = [sys.executable, "-S", "-c", _PEAK_RSS, str(rss_path), *cli(), *argv]
+        proc = subprocess.Popen(measured, cwd=common.REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                process_group=0)
+        try:
+            proc.wait(timeout=STAGE_TIMEOUT)
+        except BaseException:  # the timeout, or Ctrl-C: the stage (in its own process group) goes too
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            if not isinstance(sys.exc_info()[1], subprocess.TimeoutExpired):
+                raise
     seconds = time.perf_counter() - started
-    rss_mib = usage.ru_maxrss / 1024  # Linux: KiB
+    rss_mib = int(rss_path.read_text()) / 1024 if rss_path.exists() else float("nan")  # Linux: KiB
     common.say(f"  {name:13} {seconds:8.1f} s  peak RSS {rss_mib:7.0f} MiB  exit {proc.returncode}")
     return {"seconds": seconds, "peak_rss_mib": rss_mib, "exit": proc.returncode, "log": str(log_path)}
 
@@ -75,5 +106,50 @@ def run(args) -> dict:
         rows.append(common.row("7 scale", f"{users:,} users: {name}, wall s; peak RSS {r['peak_rss_mib']:,.0f} MiB"
                                + per_s + ("" if r["exit"] == 0 else f" — FAILED, exit {r['exit']}"),
                                r["seconds"], None, "s", goal, met if r["exit"] == 0 else False))
+    rows += [rss_row("7 scale", f"{users:,} users, both months: {name}", results[name])
+             for name in ("load", "produce") if name in results]
     return {"rows": rows, "details": {"users": users, "events": events, "stages": results,
-                                      "method": __doc__.split("\n\n", 1)[1].replace("\n", " ").strip()}}
+                                      "method": __doc__.split("\n\n")[1].replace("\n", " ").strip()}}
+
+
+def rss_row(benchmark: str, what: str, r: dict) -> dict:
+    """A stage's peak RSS against RSS_GOAL_MIB (a failed stage does not meet it)."""
+    failed = "" if r["exit"] == 0 else f" — FAILED, exit {r['exit']}"
+    met = r["exit"] == 0 and r["peak_rss_mib"] < RSS_GOAL_MIB
+    return common.row(benchmark, f"{what}, peak RSS (wall {r['seconds']:,.0f} s){failed}", r["peak_rss_mib"],
+                      None, "MiB", f"< {RSS_GOAL_MIB} MiB", met, higher_is_better=False)
+
+
+def run_memory(args) -> dict:
+    """The loader's and the producer's peak RSS on one month of MEMORY_USERS users (the default
+    suite's ``memory`` benchmark; ``--scale`` measures them at 1,000,000)."""
+    import psycopg
+    from psycopg import sql
+
+    common.RESULTS.mkdir(parents=True, exist_ok=True)
+    month = str(common.snapshots(MEMORY_USERS)["month_000"])
+    common.use_topics("memory")
+    drop = sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(MEMORY_SCHEMA))
+    with common.connect(autocommit=True) as conn:
+        conn.execute(drop)
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(MEMORY_SCHEMA)))
+    try:
+        private = {"PGOPTIONS": f"-c search_path={MEMORY_SCHEMA}"}
+        results = {
+            "load": stage("memory_load", ["load", month], env=private),
+            "produce": stage("memory_produce", ["produce", "--snapshots", month, "--no-progress"]),
+        }
+    finally:
+        try:
+            with common.connect(autocommit=True) as conn:
+                conn.execute(drop)
+        except psycopg.Error as exc:
+            common.say(f"  could not drop schema {MEMORY_SCHEMA}: {exc}")
+    rows = [rss_row("7 memory", f"{MEMORY_USERS:,} users, one month: {name}", r)
+            for name, r in results.items()]
+    return {"rows": rows, "details": {
+        "users": MEMORY_USERS, "stages": results,
+        "method": f"streamflow load and streamflow produce of month_000 of {MEMORY_USERS:,} generated "
+                  "users, each its own process (peak RSS: ru_maxrss, as in 7 scale); the load into a "
+                  f"schema of its own, dropped after. Goal: under {RSS_GOAL_MIB} MiB at any number of users "
+                  "(7 scale has 1,000,000)."}}

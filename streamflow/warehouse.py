@@ -287,16 +287,19 @@ def copy_csv(
     cur: psycopg.Cursor,
     staging: str,
     columns: Sequence[str],
-    data: bytes | memoryview | pa.Buffer,
+    data: bytes | memoryview | pa.Buffer | Iterable[bytes | memoryview | pa.Buffer],
     *,
     header: bool = True,
     force_null: Sequence[str] = (),
     chunk_size: int = 1 << 20,
 ) -> None:
-    """COPY UTF-8 CSV (any bytes-like object; unquoted empty = NULL) into a staging table.
+    """COPY UTF-8 CSV (unquoted empty = NULL) into a staging table, in one COPY statement.
 
-    ``force_null`` columns are NULL for a quoted empty value too. The bytes must already be
-    validated: PostgreSQL's error for a bad value names no file line.
+    ``data`` is a bytes-like object, or an iterable of them (pieces of whole lines, taken one at
+    a time: a big file need not be in memory). An exception raised while it is iterated aborts
+    the COPY, and so the caller's transaction, and is raised again. ``force_null`` columns are
+    NULL for a quoted empty value too. The bytes must already be validated: PostgreSQL's error
+    for a bad value names no file line.
     """
     options = [sql.SQL("FORMAT csv"), sql.SQL("ENCODING 'UTF8'")]
     if header:
@@ -306,10 +309,12 @@ def copy_csv(
     stmt = sql.SQL("COPY {} ({}) FROM STDIN ({})").format(
         sql.Identifier(staging), _ids(columns), sql.SQL(", ").join(options)
     )
-    view = memoryview(data)
+    pieces = [data] if isinstance(data, (bytes, bytearray, memoryview, pa.Buffer)) else data
     with cur.copy(stmt) as copy:
-        for start in range(0, len(view), chunk_size):
-            copy.write(view[start : start + chunk_size])
+        for piece in pieces:
+            view = memoryview(piece)
+            for start in range(0, len(view), chunk_size):
+                copy.write(view[start : start + chunk_size])
 
 
 # --- merges --------------------------------------------------------------------------------------

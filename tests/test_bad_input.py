@@ -233,6 +233,33 @@ def test_producer_rejects_a_bad_snapshot_before_sending_anything(snapshots, fres
         rejected_by_the_producer=1, producer_events_sent=0, database_rows_changed=0, lost=0, duplicates=0)
 
 
+def test_producer_bad_row_in_the_last_chunk_sends_nothing_and_good_chunks_send_every_row(
+        snapshots, fresh, tmp_path, monkeypatch, caplog):
+    """The producer reads a snapshot in chunks (issue 12): a bad row in the last chunk of the last
+    file still stops it before the first event of the snapshot, named by its line in the file; a
+    good snapshot read in chunks sends every row once, the same events as the whole tables give."""
+    from producer.main import main
+    from streamflow import events
+    from streamflow.batch import validate
+
+    monkeypatch.setattr(validate, "CHUNK_BYTES", 256)
+    last = USERS + 1
+    path = bad_copy(snapshots[0], tmp_path / "month_000", "labels",
+                    set_cell(last, "churn_label", b"maybe", "labels"))
+    assert len(list(validate._chunks(path, validate.CHUNK_BYTES))) >= 5
+    assert main(["--snapshots", str(path.parent), "--no-progress"]) == DataValidationError.exit_code
+    assert f"{path}, line {last}, column churn_label: not a boolean" in caplog.text
+    assert sum(pipeline.end_offsets(table_topics()).values()) == 0  # not one event sent
+
+    pipeline.replay([snapshots[0]])  # the good one, in the same small chunks
+    frames = validate.read_snapshot(snapshots[0])
+    as_of = schema.snapshot_as_of("month_000")
+    for table in schema.TABLES:
+        keys, values = events.encode_frame(table, frames[table.name], as_of, "month_000")
+        sent = pipeline.read_topic(table.topic)
+        assert sorted((r.key, r.value) for r in sent) == sorted(zip(keys, values))
+
+
 # --- Kafka records -------------------------------------------------------------------------------
 
 

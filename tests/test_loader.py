@@ -441,6 +441,64 @@ def test_many_problems_are_reported_together(tmp_path):
     assert len(info.value.problems) == 10
 
 
+# --- chunks: a big file is read and COPied a chunk at a time --------------------------------------
+
+BIG = 300  # users of the "big" snapshots below: with CHUNK_BYTES of 256 each file is 19 to 80 chunks
+
+
+@pytest.fixture()
+def small_chunks(monkeypatch):
+    monkeypatch.setattr(validate, "CHUNK_BYTES", 256)
+
+
+def test_load_in_small_chunks_writes_what_a_whole_file_load_writes(pg_conn, tmp_path, small_chunks):
+    folder = write_snapshot(tmp_path / "month_000", n=BIG)
+    checked = load.prepare_snapshot(folder)
+    assert all(len(f.digests) >= 10 for f in checked.files.values())
+    assert load.load_snapshot(folder, conn=pg_conn) == {t.name: BIG for t in schema.TABLES}
+    chunked = dump(pg_conn)
+    warehouse.drop_schema(pg_conn)
+    validate.CHUNK_BYTES = 1 << 30
+    load.load_snapshot(folder, conn=pg_conn)
+    strip = lambda d: {k: [r[:-1] if k.endswith("snapshots") else r for r in v] for k, v in d.items()}
+    assert strip(dump(pg_conn)) == strip(chunked)  # the same rows (loaded_at aside)
+
+
+def test_bad_row_in_the_last_chunk_of_the_last_file_loads_nothing(pg_conn, tmp_path, month_000, small_chunks):
+    load.load_snapshot(month_000, conn=pg_conn)
+    before = dump(pg_conn)
+    bad = write_snapshot(tmp_path / "bad" / "month_001", month=1, n=BIG)
+    labels = bad / "labels.csv"
+    labels.write_bytes(labels.read_bytes().rstrip(b"\n").rsplit(b",", 1)[0] + b",maybe\n")  # the last row
+    assert len([*validate._chunks(labels, validate.CHUNK_BYTES)]) >= 10
+    with pytest.raises(DataValidationError) as info:
+        load.load_snapshot(bad, conn=pg_conn)
+    assert str(info.value) == f"{bad / 'labels.csv'}, line {BIG + 1}, column churn_label: not a boolean: " \
+                              "must be True or False (got 'maybe')"
+    assert dump(pg_conn) == before
+
+
+def test_file_changed_after_validation_rolls_the_whole_load_back(pg_conn, tmp_path, month_000, small_chunks):
+    """The COPY reads each file again; a chunk that is not the one validated (here: labels.csv's
+    last, after five tables were written in the transaction) aborts it: nothing is written."""
+    load.load_snapshot(month_000, conn=pg_conn)
+    before = dump(pg_conn)
+    folder = write_snapshot(tmp_path / "new" / "month_001", month=1, n=BIG)
+    snap = load.prepare_snapshot(folder)
+    labels = folder / "labels.csv"
+    data = labels.read_bytes()
+    last_value = data.rstrip(b"\n").rsplit(b",", 1)[1]
+    labels.write_bytes(data.rstrip(b"\n").rsplit(b",", 1)[0] + b"," +
+                       {b"True": b"False", b"False": b"True"}[last_value] + b"\n")  # still valid
+    with pytest.raises(DataValidationError) as info:
+        load.write_snapshots(pg_conn, [snap])
+    message = str(info.value)
+    last_chunk = [p.first_line for p in validate._chunks(labels, validate.CHUNK_BYTES)][-1]
+    assert f"{labels}, line {last_chunk}: the file changed after it was validated" in message
+    assert "the load was rolled back: nothing was written" in message
+    assert dump(pg_conn) == before
+
+
 # --- the merge helpers the consumer reuses --------------------------------------------------------
 
 

@@ -19,17 +19,30 @@ A problem reads ``<path>, line <N>, column <name>: <what is wrong> (got '<value>
 Reading goes through ``pyarrow.csv`` with all columns typed as strings and
 ``strings_can_be_null=False`` (the equivalent of ``pandas.read_csv(dtype=str,
 keep_default_na=False)``): 0.5 s instead of 3 s for a 1,000,000-row subscriptions.csv.
+
+A file is read in chunks of whole lines (``CHUNK_BYTES``), each checked as a file of its own
+would be, lines counted on across them, so memory hardly grows with the file: what is kept of
+it is a digest of each chunk and its user ids, one int64 each (exact, 8 bytes instead of a
+60-byte str), for the duplicates and the user sets. ``check_snapshot`` is the validating pass; then
+``read_chunks`` reads a valid file again, chunk by chunk, checking every chunk again and that it
+is the one validated: the producer encodes and sends those, the loader COPYs them. Both used to
+hold the whole snapshot: 2.2 GiB for the producer at 1,000,000 users.
 """
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import functools
+import hashlib
 import io
+import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -42,6 +55,9 @@ from streamflow.errors import DataValidationError
 
 MAX_PROBLEMS = 10
 """How many problems one error message lists."""
+
+CHUNK_BYTES = 4 << 20
+"""Bytes of a file read and checked at once (whole lines; a longer line is read whole)."""
 
 USERS_TABLE = "users"
 """The table whose user_ids every other file of a snapshot must have."""
@@ -95,28 +111,44 @@ def _show(value: str) -> str:
 
 
 class _Problems:
-    """Collects the first problems of each check and counts them all."""
+    """Collects the first problems of each check and counts them all.
 
-    def __init__(self, path: Path, limit: int):
+    The checks see one chunk of a file at a time, as if it were a file of its own (the header,
+    line 1, then the chunk's lines from line 2 on); ``shift`` turns those lines into the file's.
+    """
+
+    def __init__(self, path: Path, limit: int, shift: int = 0):
         self.path = path
         self.limit = limit
+        self.shift = shift
         self.items: list[Problem] = []
         self.count = 0
 
+    def problem(self, line: int | None, column: str | None, what: str, value: str | None = None) -> Problem:
+        """A problem on a line of the chunk (the header line stays line 1)."""
+        if line is not None and line > 1:
+            line += self.shift
+        return Problem(self.path, line, column, what, value)
+
     def add(self, line: int | None, column: str | None, what: str, value: str | None = None):
         self.count += 1
-        self.items.append(Problem(self.path, line, column, what, value))
+        self.items.append(self.problem(line, column, what, value))
 
     def add_mask(
         self, mask: np.ndarray, column: str, what: str, values: pa.Array, lines: np.ndarray
     ) -> None:
-        """One problem per True in mask (row i is on file line lines[i])."""
+        """One problem per True in mask (row i is on chunk line lines[i])."""
         bad = np.flatnonzero(mask)
         if not len(bad):
             return
         self.count += len(bad)
         for i in bad[: self.limit]:
-            self.items.append(Problem(self.path, int(lines[i]), column, what, values[int(i)].as_py()))
+            self.items.append(self.problem(int(lines[i]), column, what, values[int(i)].as_py()))
+
+    def merge(self, other: _Problems, order) -> None:
+        """Add a chunk's problems; only the first ``limit`` (by ``order``) are kept, all are counted."""
+        self.count += other.count
+        self.items = sorted(self.items + other.items, key=order)[: self.limit]
 
     def __bool__(self) -> bool:
         return self.count > 0
@@ -124,23 +156,42 @@ class _Problems:
 
 @dataclass
 class CheckedFile:
-    """One file after validation: its problems, or its rows (typed, and as the checked bytes)."""
+    """One file after validation: its problems, or how to read its rows again (``read_chunks``).
+
+    What is kept does not grow with the file but for ``ids`` (8 bytes a row, for the checks
+    across the files of a snapshot; ``check_snapshot`` drops them when done) and ``frame``.
+    """
 
     table: schema.Table
     path: Path
     problems: list[Problem] = field(default_factory=list)
     problem_count: int = 0
     rows: int = 0
-    data: bytes = b""
-    """The file's bytes without a BOM: exactly what was validated (the loader COPYs these)."""
-    user_ids: pa.Array | None = None
-    lines: np.ndarray | None = None
-    """1-based file line of each row."""
+    chunk_bytes: int = 0
+    """The size the file was read in: ``read_chunks`` reads the same chunks again."""
+    digests: list[bytes] = field(default_factory=list)
+    """A digest of each chunk that was checked: ``read_chunks`` gives only these same bytes."""
+    ids: _Ids | None = None
+    """The user ids of the rows, with their lines (files that passed)."""
     frame: pd.DataFrame | None = None
+    """The typed rows (only with ``check_file(frame=True)``: they grow with the file)."""
 
     @property
     def ok(self) -> bool:
         return self.problem_count == 0
+
+
+@dataclass
+class Chunk:
+    """Consecutive rows of a validated file, read again (``read_chunks``)."""
+
+    data: memoryview
+    """The rows' lines exactly as in the file (no header, no BOM): what the loader COPYs."""
+    first_line: int
+    """File line of the first row."""
+    rows: int
+    frame: pd.DataFrame | None = None
+    """The rows typed by the registry (user_id first), with ``read_chunks(frame=True)``."""
 
 
 # --- reading -------------------------------------------------------------------------------------
@@ -148,6 +199,8 @@ class CheckedFile:
 
 def _check_utf8(data: bytes, header: Sequence[str], problems: _Problems) -> None:
     """Report each invalid UTF-8 sequence (first few) with its line and column."""
+    if data.isascii():  # the usual case, without decoding a copy of the whole chunk
+        return
     pos = 0
     while len(problems.items) < problems.limit:
         try:
@@ -230,7 +283,7 @@ def _wrong_width(problems, line, got, width, header, text):
     else:
         what = f"extra fields after this last column: the row has {got} fields, not {width}"
         column = header[-1]
-    problems.items.append(Problem(problems.path, line, column, what, text))
+    problems.items.append(problems.problem(line, column, what, text))
 
 
 def _split_quoted(text: str, width: int, header: Sequence[str], problems: _Problems):
@@ -463,31 +516,274 @@ def _typed(column: schema.Column, strings: pa.Array, values, null: np.ndarray):
     raise ValueError(kind)  # pragma: no cover
 
 
+# --- chunks --------------------------------------------------------------------------------------
+#
+# A file is read in pieces of whole CSV records of about CHUNK_BYTES: each piece is checked as if
+# it were a file of its own (the header line, then its lines), and its lines are counted on from
+# the pieces before. A record never straddles two pieces: a piece ends at a line break outside
+# quotes. A line longer than the piece size makes a longer piece (it is checked whole, as before).
+
+
+class _Piece(NamedTuple):
+    data: bytes
+    """The header line, then the piece's rows: checked as a file of its own."""
+    header_end: int
+    """Where the rows start in data."""
+    first_line: int
+    """File line of the piece's first row."""
+
+    @property
+    def rows(self) -> memoryview:
+        return memoryview(self.data)[self.header_end :]
+
+
+def _line_break(buf: bytearray, eof: bool) -> bytes | None:
+    """The file's line break, from its first line: ``\\n`` (also for ``\\r\\n``) or a lone ``\\r``
+    (old Mac files); None while the first line has not ended yet."""
+    nl, cr = buf.find(b"\n"), buf.find(b"\r")
+    if cr < 0 or 0 <= nl < cr:
+        return b"\n" if nl >= 0 or eof else None
+    if cr + 1 < len(buf):
+        return b"\n" if buf[cr + 1] == ord("\n") else b"\r"
+    return b"\r" if eof else None
+
+
+def _record_end(buf: bytearray, sep: bytes) -> int:
+    """Where the last whole record of buf ends: after its last line break outside quotes (an even
+    number of quotes before it: a piece starts outside quotes); 0 when there is none."""
+    end = buf.rfind(sep)
+    if end < 0 or buf.find(b'"') < 0:
+        return end + 1
+    quotes = buf.count(b'"', 0, end)
+    while end >= 0 and quotes % 2:
+        before = buf.rfind(sep, 0, end)
+        quotes -= buf.count(b'"', before + 1, end)
+        end = before
+    return end + 1
+
+
+def _chunks(path: Path, size: int) -> Iterator[_Piece]:
+    """The file (a UTF-8 BOM skipped) in pieces of whole records of about ``size`` bytes, each but
+    the first with the header line put in front. The rest of a file whose quotes do not pair is
+    one piece (bad CSV anyway)."""
+    with open(path, "rb") as f:
+        buf = bytearray()
+        sep = header = None
+        line = 2
+        block = f.read(size)
+        if block.startswith(_BOM):
+            block = block[len(_BOM) :] or f.read(size)
+        while True:
+            eof = not block
+            buf += block
+            known = sep is not None
+            if sep is None:
+                sep = _line_break(buf, eof)
+            if eof:
+                cut = len(buf)
+            elif sep is None or (known and sep not in block):
+                cut = 0  # a line break before this block is in quotes and stays so
+            else:
+                cut = _record_end(buf, sep)
+            if cut:
+                with memoryview(buf) as view:  # one copy of the bytes per piece
+                    if header is None:
+                        data = bytes(view[:cut])
+                        header = data[: data.find(sep or b"\n") + 1 or len(data)]
+                    else:
+                        data = b"".join((header, view[:cut]))
+                del buf[:cut]
+                yield _Piece(data, len(header), line)
+                line += data.count(sep or b"\n", len(header))
+            if eof:
+                return
+            block = f.read(size)
+
+
+def _digest(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
+
+
+def _header_of(data: bytes) -> list[str]:
+    """The column names of the first line (it ends at \\n, \\r\\n or a lone \\r)."""
+    end = data.find(b"\n")
+    first_line = data[: end if end >= 0 else len(data)].rstrip(b"\r").split(b"\r", 1)[0]
+    first_line = first_line.decode("utf-8", "replace")
+    try:
+        return next(csv.reader([first_line]), [])
+    except csv.Error:  # e.g. a stray quote in a binary file: the header check reports it
+        return first_line.split(",")
+
+
+_KEY_COLUMN = schema.Column(schema.KEY, "str")
+
+
+def _check_rows(table: schema.Table, piece: _Piece, problems: _Problems, *, utf8_checked: bool = False):
+    """Check the rows of one piece (its header line passed already).
+
+    Returns (strings by column, chunk line of each row, checked columns) when the rows could be
+    read, whatever their cells' problems; None when they could not, or there are none.
+    """
+    if piece.header_end == len(piece.data):
+        return None
+    data = piece.data
+    if not utf8_checked:
+        _check_utf8(data, table.header, problems)
+        if problems:
+            return None
+    strings, lines = _read_strings(data, table, problems)
+    if problems or strings.num_rows == 0:
+        return None
+    columns = {name: strings.column(name).combine_chunks() for name in table.header}
+    checked = {
+        c.name: _check_column(c, columns[c.name], lines, problems) for c in (_KEY_COLUMN, *table.columns)
+    }
+    return columns, lines, checked
+
+
+def _frame(table: schema.Table, columns: dict[str, pa.Array], checked: dict) -> pd.DataFrame:
+    return pd.DataFrame(
+        {c.name: _typed(c, columns[c.name], *checked[c.name]) for c in (_KEY_COLUMN, *table.columns)}
+    )
+
+
+# --- user ids ------------------------------------------------------------------------------------
+#
+# Duplicates within a file and the user sets across files need every id of a file at once. An id
+# that matches USER_ID_PATTERN (4 digits, '-', 5 capitals) is kept as one int64: exact (no hash,
+# no collision), sorting as the text does, 8 bytes instead of a 60-byte str (1,000,000 ids: 8 MB,
+# and 8 MB of lines). The other ids (bad files only) are kept as text.
+
+_LETTERS = 26**5
+_ID_ZERO = np.frombuffer(b"0000-AAAAA", dtype=np.uint8).astype(np.int64)
+_ID_WEIGHTS = np.array([1000 * _LETTERS, 100 * _LETTERS, 10 * _LETTERS, _LETTERS, 0,
+                        26**4, 26**3, 26**2, 26, 1], dtype=np.int64)
+
+
+def _id_codes(ids: pa.Array) -> np.ndarray:
+    """int64 codes of ids that all match USER_ID_PATTERN (10 ASCII characters each)."""
+    if not len(ids):
+        return np.empty(0, dtype=np.int64)
+    ids = ids.cast(pa.string())
+    offsets = np.frombuffer(ids.buffers()[1], dtype=np.int32)[ids.offset : ids.offset + len(ids)]
+    chars = np.frombuffer(ids.buffers()[2], dtype=np.uint8)[offsets[:, None] + np.arange(10)]
+    return (chars.astype(np.int64) - _ID_ZERO) @ _ID_WEIGHTS
+
+
+def _id_text(code) -> str:
+    digits, rest = divmod(int(code), _LETTERS)
+    letters = []
+    for _ in range(5):
+        rest, letter = divmod(rest, 26)
+        letters.append(chr(ord("A") + letter))
+    return f"{digits:04d}-{''.join(reversed(letters))}"
+
+
+def _contains(sorted_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Which codes are in sorted_codes."""
+    if not len(sorted_codes):
+        return np.zeros(len(codes), dtype=bool)
+    at = np.minimum(np.searchsorted(sorted_codes, codes), len(sorted_codes) - 1)
+    return sorted_codes[at] == codes
+
+
+class _Ids:
+    """The user ids of a file, in file order, and their lines (kept as the first line of a run of
+    consecutive ones: the usual file costs 8 bytes a row)."""
+
+    def __init__(self):
+        self._codes: list[np.ndarray] = []
+        self._sizes: list[int] = []
+        self._lines: list[int | np.ndarray] = []
+        self.odd: list[str] = []
+        """Ids that are no user ids, as text (a file that has them fails)."""
+        self.odd_lines: list[int] = []
+
+    def add(self, ids: pa.Array, lines: np.ndarray) -> None:
+        valid = _match(ids, schema.USER_ID_PATTERN.pattern)
+        if not valid.all():
+            self.odd += ids.filter(pa.array(~valid)).to_pylist()
+            self.odd_lines += lines[~valid].tolist()
+            ids, lines = ids.filter(pa.array(valid)), lines[valid]
+        if not len(lines):
+            return
+        self._codes.append(_id_codes(ids))
+        self._sizes.append(len(lines))
+        consecutive = int(lines[-1]) - int(lines[0]) == len(lines) - 1  # lines only grow
+        self._lines.append(int(lines[0]) if consecutive else lines.astype(np.int64))
+
+    @property
+    def codes(self) -> np.ndarray:
+        """The code of each id, in file order."""
+        if len(self._codes) != 1:
+            self._codes = [np.concatenate(self._codes or [np.empty(0, np.int64)])]
+        return self._codes[0]
+
+    @property
+    def lines(self) -> np.ndarray:
+        """The line of each id (made when asked: on the way to an error message)."""
+        parts = [
+            first if isinstance(first, np.ndarray) else np.arange(first, first + size, dtype=np.int64)
+            for first, size in zip(self._lines, self._sizes)
+        ]
+        return np.concatenate(parts or [np.empty(0, np.int64)])
+
+    def check_duplicates(self, problems: _Problems) -> None:
+        """Report each row whose id is on an earlier row too (and that earlier line)."""
+        codes = self.codes
+        ordered = np.sort(codes)
+        if len(codes) > 1 and (ordered[1:] == ordered[:-1]).any():
+            del ordered
+            lines = self.lines
+            sorter = np.argsort(codes, kind="stable")  # equal ids in file order
+            ordered = codes[sorter]
+            repeat = ordered[1:] == ordered[:-1]
+            again = np.flatnonzero(repeat) + 1
+            starts = np.flatnonzero(np.concatenate(([True], ~repeat)))
+            first = starts[np.searchsorted(starts, again, side="right") - 1]
+            rows, first_rows = sorter[again], sorter[first]
+            problems.count += len(rows)
+            for i in np.argsort(lines[rows], kind="stable")[: problems.limit]:
+                what = f"duplicate key: user_id also on line {int(lines[first_rows[i]])}"
+                problems.items.append(
+                    Problem(problems.path, int(lines[rows[i]]), schema.KEY, what, _id_text(codes[rows[i]]))
+                )
+        if self.odd:
+            _check_duplicates(pa.array(self.odd, pa.string()), np.asarray(self.odd_lines), problems)
+
+
 # --- files and snapshots -------------------------------------------------------------------------
 
 
 def check_file(
-    path: Path | str, table: schema.Table | str, *, frame: bool = True, limit: int = MAX_PROBLEMS
+    path: Path | str,
+    table: schema.Table | str,
+    *,
+    frame: bool = True,
+    limit: int = MAX_PROBLEMS,
+    chunk_bytes: int | None = None,
 ) -> CheckedFile:
     """Validate one CSV file; never raises for bad data (see ``.problems``).
 
-    With ``frame`` the typed DataFrame (registry dtypes, user_id first) is built when the
-    file is valid; the loader skips it (it COPYs ``.data``).
+    The file is read in chunks of about ``chunk_bytes`` (default ``CHUNK_BYTES``), so memory
+    does not grow with it but for its user ids (the checks across rows and files). With ``frame``
+    the typed DataFrame (registry dtypes, user_id first) of a valid file is built as well, which
+    does grow with it: for small files; ``read_chunks`` gives a big one chunk by chunk.
     """
     path = Path(path)
     table = schema.table(table) if isinstance(table, str) else table
-    result = CheckedFile(table=table, path=path)
+    result = CheckedFile(table=table, path=path, chunk_bytes=chunk_bytes or CHUNK_BYTES)
     problems = _Problems(path, limit)
     try:
-        data = path.read_bytes()
+        _check_chunks(result, problems, frame)
     except FileNotFoundError:
         problems.add(None, None, f"no such file (expected the {table.name} table here)")
     except OSError as exc:
         problems.add(None, None, f"cannot read the file: {exc.strerror or exc}")
-    else:
-        result = _check_data(result, data, problems, frame)
     result.problems = sorted(problems.items, key=lambda p: _order(table, p))[:limit]
     result.problem_count = problems.count
+    if not result.ok:
+        result.rows, result.digests, result.ids, result.frame = 0, [], None, None
     return result
 
 
@@ -496,59 +792,57 @@ def _order(table: schema.Table, p: Problem):
     return (p.line if p.line is not None else math.inf, col)
 
 
-def _check_data(result: CheckedFile, data: bytes, problems: _Problems, frame: bool) -> CheckedFile:
+def _check_chunks(result: CheckedFile, problems: _Problems, frame: bool) -> None:
+    """Check a file piece by piece; fill in result (but for its problems)."""
     table = result.table
-    if data.startswith(_BOM):
-        data = data[len(_BOM) :]
-    wanted = ",".join(table.header)
-    if not data or data.isspace():
-        problems.add(1, schema.KEY, f"the file is empty; expected the header '{wanted}'", "")
-        return result
-    end = data.find(b"\n")
-    # The header ends at the first line break, \n, \r\n or a lone \r (old Mac line endings).
-    first_line = data[: end if end >= 0 else len(data)].rstrip(b"\r").split(b"\r", 1)[0]
-    first_line = first_line.decode("utf-8", "replace")
-    try:
-        found = next(csv.reader([first_line]), [])
-    except csv.Error:  # e.g. a stray quote in a binary file: the header check reports it
-        found = first_line.split(",")
-    _check_utf8(data, found or table.header, problems)
-    if problems:
-        return result
-    _check_header(found, table, problems)
-    if problems:
-        return result
-    strings, lines = _read_strings(data, table, problems)
-    if problems:
-        return result
-    if strings.num_rows == 0:
+    order = functools.partial(_order, table)
+    with contextlib.closing(_chunks(result.path, result.chunk_bytes)) as chunks:
+        first = next(chunks, None)
+        pieces: Iterator[_Piece] = chunks
+        if first is not None and first.data.isspace():
+            second = next(chunks, None)
+            if second is None:
+                first = None  # blank lines only
+            else:
+                pieces = itertools.chain([second], chunks)
+        if first is None:
+            wanted = ",".join(table.header)
+            problems.add(1, schema.KEY, f"the file is empty; expected the header '{wanted}'", "")
+            return
+        found = _header_of(first.data)
+        _check_utf8(first.data, found or table.header, problems)  # all of the first piece, header too
+        if problems:
+            return
+        _check_header(found, table, problems)
+        if problems:
+            return
+        ids = _Ids()
+        frames: list[pd.DataFrame] = []
+        for piece in itertools.chain([first], pieces):
+            result.digests.append(_digest(piece.data))
+            chunk_problems = _Problems(result.path, problems.limit, shift=piece.first_line - 2)
+            rows = _check_rows(table, piece, chunk_problems, utf8_checked=piece is first)
+            problems.merge(chunk_problems, order)
+            if rows is None:
+                continue
+            columns, lines, checked = rows
+            result.rows += len(lines)
+            ids.add(columns[schema.KEY], lines + chunk_problems.shift)
+            if frame and not problems:
+                frames.append(_frame(table, columns, checked))
+            elif frames:
+                frames.clear()
+    if not problems and result.rows == 0:
         problems.add(2, schema.KEY, "no rows after the header", "")
-        return result
-
-    columns = {name: strings.column(name).combine_chunks() for name in table.header}
-    key_column = schema.Column(schema.KEY, "str")
-    checked = {
-        c.name: _check_column(c, columns[c.name], lines, problems)
-        for c in (key_column, *table.columns)
-    }
-    user_ids = columns[schema.KEY]
-    if len(pc.unique(user_ids)) != len(user_ids):
-        _check_duplicates(user_ids, lines, problems)
+        return
+    duplicates = _Problems(result.path, problems.limit)
+    ids.check_duplicates(duplicates)
+    problems.merge(duplicates, order)
     if problems:
-        return result
-
-    result.rows = strings.num_rows
-    result.data = data
-    result.user_ids = user_ids
-    result.lines = lines
+        return
+    result.ids = ids
     if frame:
-        result.frame = pd.DataFrame(
-            {
-                c.name: _typed(c, columns[c.name], *checked[c.name])
-                for c in (key_column, *table.columns)
-            }
-        )
-    return result
+        result.frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
 def _check_duplicates(user_ids: pa.Array, lines: np.ndarray, problems: _Problems) -> None:
@@ -571,6 +865,44 @@ def _check_duplicates(user_ids: pa.Array, lines: np.ndarray, problems: _Problems
         )
 
 
+def read_chunks(checked: CheckedFile, *, frame: bool = False) -> Iterator[Chunk]:
+    """The rows of a file that passed ``check_file``, read again chunk by chunk (one in memory).
+
+    Every chunk is checked again and must be byte for byte the one checked before (its digest),
+    so only validated rows come out and the checks across rows and files still hold for them. A
+    file changed since raises DataValidationError at the first chunk that differs, before that
+    chunk is given out (the loader's transaction is then rolled back; the producer stops there).
+    """
+    if not checked.ok:
+        raise ValueError(f"{checked.path} did not pass validation")
+    table = checked.table
+    read = 0
+    try:
+        with contextlib.closing(_chunks(checked.path, checked.chunk_bytes)) as chunks:
+            for piece in chunks:
+                if read >= len(checked.digests) or _digest(piece.data) != checked.digests[read]:
+                    _changed(checked, piece.first_line)
+                read += 1
+                problems = _Problems(checked.path, MAX_PROBLEMS, shift=piece.first_line - 2)
+                rows = _check_rows(table, piece, problems)
+                if problems:  # not after the same digest; kept as the last guard
+                    raise_problems(sorted(problems.items, key=lambda p: _order(table, p)), problems.count)
+                if rows is not None:
+                    columns, lines, checked_columns = rows
+                    typed = _frame(table, columns, checked_columns) if frame else None
+                    yield Chunk(piece.rows, piece.first_line, len(lines), typed)
+    except OSError as exc:
+        what = f"cannot read the file again: {exc.strerror or exc}"
+        raise_problems([Problem(checked.path, None, None, what)])
+    if read != len(checked.digests):
+        _changed(checked, None)
+
+
+def _changed(checked: CheckedFile, line: int | None) -> None:
+    raise_problems([Problem(checked.path, line, None, "the file changed after it was validated: "
+                            "its rows from here on are not the ones checked")])
+
+
 def check_user_sets(
     files: dict[str, CheckedFile], limit: int = MAX_PROBLEMS
 ) -> tuple[list[Problem], int]:
@@ -579,27 +911,30 @@ def check_user_sets(
     Returns the first problems of each file and how many there are in all.
     """
     users = files.get(USERS_TABLE)
-    if users is None or not users.ok:
+    if users is None or not users.ok or users.ids is None:
         return [], 0
-    ref = users.user_ids
+    ref = users.ids
+    ref_sorted: np.ndarray | None = None
     found: list[Problem] = []
     count = 0
     for name, f in files.items():
-        if name == USERS_TABLE or not f.ok:
+        if name == USERS_TABLE or not f.ok or f.ids is None:
             continue
-        if len(f.user_ids) == len(ref) and pc.all(pc.equal(f.user_ids, ref)).as_py():
+        if np.array_equal(f.ids.codes, ref.codes):
             continue  # same users in the same order: the usual case
-        extra = np.flatnonzero(~_np(pc.is_in(f.user_ids, value_set=ref)))
-        missing = np.flatnonzero(~_np(pc.is_in(ref, value_set=f.user_ids)))
+        if ref_sorted is None:
+            ref_sorted = np.sort(ref.codes)
+        extra = np.flatnonzero(~_contains(ref_sorted, f.ids.codes))
+        missing = np.flatnonzero(~_contains(np.sort(f.ids.codes), ref.codes))
         count += len(extra) + len(missing)
         for i in extra[:limit]:
             found.append(
                 Problem(
                     f.path,
-                    int(f.lines[i]),
+                    int(f.ids.lines[i]),
                     schema.KEY,
                     f"user is not in {users.path.name}",
-                    f.user_ids[int(i)].as_py(),
+                    _id_text(f.ids.codes[i]),
                 )
             )
         for i in missing[:limit]:
@@ -608,8 +943,8 @@ def check_user_sets(
                     f.path,
                     None,
                     schema.KEY,
-                    f"no row for user '{ref[int(i)].as_py()}' of {users.path.name} "
-                    f"(line {int(users.lines[i])} there)",
+                    f"no row for user '{_id_text(ref.codes[i])}' of {users.path.name} "
+                    f"(line {int(ref.lines[i])} there)",
                 )
             )
     return found, count
@@ -635,16 +970,32 @@ def raise_problems(problems: Sequence[Problem], total: int | None = None) -> Non
     raise error
 
 
-def check_snapshot(folder: Path | str, *, frame: bool = False) -> dict[str, CheckedFile]:
-    """Validate the six files of a snapshot folder; raise one DataValidationError for all problems."""
+def check_snapshot(
+    folder: Path | str, *, frame: bool = False, chunk_bytes: int | None = None
+) -> dict[str, CheckedFile]:
+    """Validate the six files of a snapshot folder; raise one DataValidationError for all problems.
+
+    users.csv is checked first; every other file is compared with it as soon as it is checked,
+    and its ids are dropped then (so at most two files' ids are held at once).
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DataValidationError(f"{folder}: no such snapshot folder")
-    files = {t.name: check_file(folder / t.file, t, frame=frame) for t in schema.TABLES}
+    users_first = sorted(schema.TABLES, key=lambda t: t.name != USERS_TABLE)
+    checked: dict[str, CheckedFile] = {}
+    cross: dict[str, tuple[list[Problem], int]] = {}
+    for t in users_first:
+        f = checked[t.name] = check_file(folder / t.file, t, frame=frame, chunk_bytes=chunk_bytes)
+        if t.name != USERS_TABLE:
+            cross[t.name] = check_user_sets({USERS_TABLE: checked[USERS_TABLE], t.name: f})
+            f.ids = None
+    checked[USERS_TABLE].ids = None
+    files = {t.name: checked[t.name] for t in schema.TABLES}
     problems = [p for f in files.values() for p in f.problems]
     total = sum(f.problem_count for f in files.values())
-    cross, cross_count = check_user_sets(files)
-    raise_problems(problems + cross, total + cross_count)
+    problems += [p for t in schema.TABLES for p in cross.get(t.name, ([], 0))[0]]
+    total += sum(count for _, count in cross.values())
+    raise_problems(problems, total)
     return files
 
 
@@ -656,18 +1007,25 @@ def read_table(path: Path | str, table: schema.Table | str) -> pd.DataFrame:
 
 
 def read_snapshot(folder: Path | str) -> dict[str, pd.DataFrame]:
-    """The six validated tables of a snapshot folder, by table name (raises DataValidationError)."""
+    """The six validated tables of a snapshot folder, by table name (raises DataValidationError).
+
+    Whole tables in memory: for tests and small snapshots. The producer and the loader read a
+    snapshot with ``check_snapshot`` then ``read_chunks``, one chunk at a time.
+    """
     return {name: f.frame for name, f in check_snapshot(folder, frame=True).items()}
 
 
 __all__ = [
+    "CHUNK_BYTES",
     "MAX_PROBLEMS",
     "CheckedFile",
+    "Chunk",
     "Problem",
     "check_file",
     "check_snapshot",
     "check_user_sets",
     "raise_problems",
+    "read_chunks",
     "read_snapshot",
     "read_table",
 ]
