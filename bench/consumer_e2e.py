@@ -125,23 +125,27 @@ def run(args) -> dict:
     runs = [bare_poll(events, args.batch) for _ in range(3)]  # a short run: the median of three
     bare = sorted(runs, key=lambda r: r["seconds"])[1]
     times = ", ".join(f"{r['seconds']:.2f}" for r in runs)
-    common.say(f"  bare : {bare['records']:,} records polled in {bare['seconds']:.2f} s (median of {times})")
+    common.say(f"  bare : {bare['records']:,} records polled in {bare['seconds']:.2f} s (median of "
+               f"{times})")
     rows, seconds = stock_push(folder, args.batch)
     common.say(f"  stock: {rows:,} rows pushed online in {seconds:.2f} s")
     ours_rate, stock_rate = common.rate(ours["written"], ours["seconds"]), common.rate(rows, seconds)
     bare_rate = common.rate(bare["records"], bare["seconds"])
+    limit = common.row(
+        "2 consumer end to end", "events/s (ours: Kafka→validate→online+offline→commit; baseline: a bare "
+        "poll loop of the same client, same records)", ours_rate, bare_rate, "events/s",
+        "≥ 0.6× (stretch 0.8×)", ours_rate >= 0.6 * bare_rate,
+        note=f"ours including the group join: {common.rate(ours['written'], ours['run_seconds']):,.0f} "
+             "events/s.")
+    peer = common.row(
+        "2 consumer end to end", "events/s (ours as above; baseline: stock push ONLINE only, no Kafka, no "
+        "offline write)", ours_rate, stock_rate, "events/s", "≥ 1.5×", ours_rate >= 1.5 * stock_rate)
     return {
-        "rows": [common.row("2 consumer end to end", "events/s (ours: Kafka→validate→online+offline→commit; "
-                            "baseline: a bare poll loop of the same client, same records)", ours_rate, bare_rate,
-                            "events/s", "≥ 0.6× (stretch 0.8×)", ours_rate >= 0.6 * bare_rate,
-                            note=f"ours including the group join: "
-                                 f"{common.rate(ours['written'], ours['run_seconds']):,.0f} events/s."),
-                 common.row("2 consumer end to end", "events/s (ours as above; baseline: stock push ONLINE only, "
-                            "no Kafka, no offline write)", ours_rate, stock_rate, "events/s", "≥ 1.5×",
-                            ours_rate >= 1.5 * stock_rate)],
+        "rows": [limit, peer],
         "details": {"users": args.users, "events": events, "batch": args.batch, "ours": ours,
                     "bare_poll": bare, "bare_poll_runs": runs, "stock": {"rows": rows, "seconds": seconds},
                     "method": "events produced first (not timed); our consumer in-process, from its first "
-                              "batch to its last commit; stock push of the same rows (typed frames of the same "
-                              "CSVs) in batches of the same size, online only."},
+                              "batch to its last commit; a bare poll loop of the same client (median of 3); "
+                              "stock push of the same rows (typed frames of the same CSVs) in batches of the "
+                              "same size, online only."},
     }
