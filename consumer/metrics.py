@@ -16,6 +16,8 @@ import threading
 import time
 from collections import Counter
 
+import numpy as np
+
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
@@ -41,8 +43,6 @@ class Histogram:
 
     def observe_many(self, values) -> None:
         """Observe every value of an array at once (a batch's per-event freshness)."""
-        import numpy as np
-
         values = np.asarray(values, dtype=float)
         if not len(values):
             return

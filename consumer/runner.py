@@ -21,7 +21,7 @@ import threading
 import time
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,9 +32,9 @@ from kafka.errors import CommitFailedError
 from consumer.dead_letter import DeadLetterError, DeadLetterQueue
 from consumer.metrics import ConsumerMetrics
 from consumer.outage import Outage, OutageExceeded, Watchdog
-from streamflow import event_batch, events, kafka_clients, schema
+from streamflow import event_batch, kafka_clients, schema
 from streamflow.feature_store import database_errors, get_store, push
-from streamflow.push_validation import PushValidationError, push_columns
+from streamflow.push_validation import PushValidationError
 
 log = logging.getLogger("consumer")
 
@@ -75,43 +75,6 @@ class ConsumerSettings:
     """Seconds without records while assigned partitions lag before the client counts as stuck
     and is replaced (kafka-python 3.0 was seen to stop fetching after a broker restart without
     raising anything)."""
-
-
-_NAT = np.iinfo(np.int64).min
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-_MICROSECOND = timedelta(microseconds=1)
-
-
-def utc_times(values: list[datetime | None]) -> pd.Series:
-    """UTC datetimes (None = NaT) as a datetime64[ns, UTC] column, converting each distinct value once.
-
-    The events of a snapshot share their event time and dates repeat, so this is a lookup per
-    event instead of pandas' per-object datetime inference.
-    """
-    nanos: dict[datetime | None, int] = {None: _NAT}
-    for value in values:
-        if value not in nanos:
-            nanos[value] = (value - _EPOCH) // _MICROSECOND * 1_000
-    stamps = np.fromiter((nanos[v] for v in values), dtype=np.int64, count=len(values))
-    return pd.Series(pd.to_datetime(stamps.view("datetime64[ns]"), utc=True))
-
-
-def events_frame(table: schema.Table, batch: list[events.Event]) -> pd.DataFrame:
-    """A push frame for one table; of several events of one user and time, the last one.
-
-    Every column is built in its registry dtype straight from the decoded (already type-checked)
-    values.
-    """
-    columns = {
-        schema.KEY: pd.Series(pd.array([e.user_id for e in batch], dtype="string")),
-        schema.SNAPSHOT_TIME: utc_times([e.event_time for e in batch]),
-    }
-    for col in table.columns:
-        values = [e.values[col.name] for e in batch]
-        columns[col.name] = utc_times(values) if col.kind == "date" else pd.Series(pd.array(values, dtype=col.pandas_dtype))
-    columns[schema.EVENT_SNAPSHOT] = pd.Series(pd.array([e.snapshot for e in batch], dtype="string"))
-    frame = pd.DataFrame(columns, columns=push_columns(table))
-    return frame.drop_duplicates([schema.KEY, schema.SNAPSHOT_TIME], keep="last")
 
 
 @dataclass
@@ -210,13 +173,6 @@ class StreamConsumer:
 
     # -- one batch ------------------------------------------------------------------------------
 
-    def process(self, records: dict[TopicPartition, list]) -> dict[TopicPartition, int]:
-        """Validate and write one polled batch; returns the next offset per partition."""
-        batch = self.decode_batch(records)
-        self.write_batch(batch)
-        self.dead_letters.flush()
-        return batch.next_offsets
-
     def decode_batch(self, records: dict[TopicPartition, list]) -> Batch:
         """Validate every record of a polled batch, table by table (``event_batch``); the invalid
         ones go to the dead-letter topic (sent and acknowledged here: DeadLetterError when they
@@ -248,14 +204,6 @@ class StreamConsumer:
     def _dead_letter(self, rec, reason: str, field: str | None = None) -> None:
         self.dead_letters.send(rec, reason, field)
         self.metrics.count(self.metrics.dead_lettered, rec.topic)
-
-    def write_batch(self, batch: Batch) -> None:
-        """Write a decoded batch online and offline, table after table, each retried until it is
-        written (StopRequested when asked to stop meanwhile)."""
-        started = time.perf_counter()
-        for name, frame in batch.frames.items():
-            self.write_table(name, frame, batch.good_records[name])
-        self.metrics.write_latency.observe(time.perf_counter() - started)
 
     def write_table(self, name: str, frame: pd.DataFrame, records: list) -> None:
         """Write one table's frame of a batch, retrying until it is written (StopRequested when

@@ -17,7 +17,7 @@ ones around it. So both paths give the same verdicts and the same frame
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import orjson
@@ -67,8 +67,6 @@ def decode_table_batch(table: schema.Table, records: list, now: datetime) -> Tab
 
 
 def _one_by_one(table: schema.Table, records: list, now: datetime) -> TableBatch:
-    from consumer.runner import events_frame  # the event-by-event frame builder
-
     good, kept, bad = [], [], []
     for rec in records:
         try:
@@ -78,6 +76,43 @@ def _one_by_one(table: schema.Table, records: list, now: datetime) -> TableBatch
             bad.append((rec, exc))
     frame = events_frame(table, good) if good else pd.DataFrame(columns=push_columns(table))
     return TableBatch(frame, kept, bad, False)
+
+
+_NAT = np.iinfo(np.int64).min
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_MICROSECOND = timedelta(microseconds=1)
+
+
+def utc_times(values: list[datetime | None]) -> pd.Series:
+    """UTC datetimes (None = NaT) as a datetime64[ns, UTC] column, converting each distinct value once.
+
+    The events of a snapshot share their event time and dates repeat, so this is a lookup per
+    event instead of pandas' per-object datetime inference.
+    """
+    nanos: dict[datetime | None, int] = {None: _NAT}
+    for value in values:
+        if value not in nanos:
+            nanos[value] = (value - _EPOCH) // _MICROSECOND * 1_000
+    stamps = np.fromiter((nanos[v] for v in values), dtype=np.int64, count=len(values))
+    return pd.Series(pd.to_datetime(stamps.view("datetime64[ns]"), utc=True))
+
+
+def events_frame(table: schema.Table, batch: list[events.Event]) -> pd.DataFrame:
+    """A push frame for one table; of several events of one user and time, the last one.
+
+    Every column is built in its registry dtype straight from the decoded (already type-checked)
+    values.
+    """
+    columns = {
+        schema.KEY: pd.Series(pd.array([e.user_id for e in batch], dtype="string")),
+        schema.SNAPSHOT_TIME: utc_times([e.event_time for e in batch]),
+    }
+    for col in table.columns:
+        values = [e.values[col.name] for e in batch]
+        columns[col.name] = utc_times(values) if col.kind == "date" else pd.Series(pd.array(values, dtype=col.pandas_dtype))
+    columns[schema.EVENT_SNAPSHOT] = pd.Series(pd.array([e.snapshot for e in batch], dtype="string"))
+    frame = pd.DataFrame(columns, columns=push_columns(table))
+    return frame.drop_duplicates([schema.KEY, schema.SNAPSHOT_TIME], keep="last")
 
 
 def _payloads(table: schema.Table, records: list) -> list[dict]:

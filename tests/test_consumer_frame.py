@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 
-from consumer.runner import events_frame, utc_times
+from streamflow.event_batch import events_frame, utc_times
 from streamflow import events, schema
 from streamflow.push_validation import validate_frame
 

@@ -15,8 +15,8 @@ import orjson
 import pandas as pd
 import pytest
 
-from consumer.runner import events_frame
 from streamflow import event_batch, events, schema
+from streamflow.event_batch import events_frame
 
 Record = namedtuple("Record", "topic key value timestamp offset")
 NOW = datetime(2026, 12, 3, tzinfo=timezone.utc)
