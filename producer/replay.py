@@ -26,7 +26,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import pandas as pd
@@ -316,6 +316,7 @@ class Replayer:
             delivery = self.producer.config["delivery_timeout_ms"] / 1000
             flush_timeout = delivery + min(60.0, delivery)
         started = time.perf_counter()
+        replay_id = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         self.load_metadata([t.topic for t in tables])
         previous: date | None = None
         for folder, snapshot_id, as_of in snapshot_order(folders):
@@ -330,7 +331,7 @@ class Replayer:
             log.info("replaying %s (as_of %s): %d events", snapshot_id, as_of, total)
             with tqdm(total=total, unit="ev", desc=snapshot_id, disable=not self.progress) as bar:
                 for table in tables:
-                    hdrs = events.headers(table, as_of)
+                    hdrs = events.headers(table, as_of, replay=f"{snapshot_id}@{replay_id}")
                     topic = table.topic  # read once per table, not per event
                     for chunk in _frames(files[table.name]):
                         if self.stopped.is_set():

@@ -430,9 +430,21 @@ kafka_cluster_format() {
     "$cid" "$KAFKA_BROKERS" "$KAFKA_HOST" "$KAFKA_PORT" >"$KAFKA_STATE_DIR/cluster.env"
 }
 
+# Kafka's own tools (ConsumerGroupCommand), in a folder of their own: the tests compare our lag with them.
+kafka_tools_fetch() {
+  local lib="$STATE/kafka/tools" pom="$ROOT/scripts/kafka/tools-pom.xml"
+  if [ -f "$lib/.complete" ] && [ "$lib/.complete" -nt "$pom" ]; then return; fi
+  log "fetching Kafka's command-line tools with Maven (first run only)"
+  rm -rf "$lib"; mkdir -p "$lib"
+  mvn -q -B -f "$pom" dependency:copy-dependencies -DoutputDirectory="$lib" -DincludeScope=runtime \
+    >"$STATE/maven-tools.log" 2>&1 || die "Maven could not fetch kafka-tools; see $STATE/maven-tools.log"
+  touch "$lib/.complete"
+}
+
 kafka_up() {
   mkdir -p "$STATE/kafka"
   kafka_fetch
+  kafka_tools_fetch
   if [ "$KAFKA_BROKERS" = 1 ]; then kafka_single_up; else kafka_cluster_up; fi
 }
 

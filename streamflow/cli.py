@@ -19,6 +19,7 @@ COMMANDS = {
     "produce": ("producer.main", "main", "replay snapshots as Kafka events"),
     "consume": ("consumer.main", "main", "consume events into Feast push sources"),
     "lag": ("streamflow.lag.cli", "main", "consumer lag per partition, in messages and seconds"),
+    "rewind": ("streamflow.lag.rewind", "main", "move a stopped group back on purpose (reported as REPLAY)"),
     "api": ("api.main", "main", "serve the online feature API"),
 }
 

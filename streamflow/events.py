@@ -147,11 +147,15 @@ def encode_frame(table: schema.Table, frame: pd.DataFrame, as_of: date, snapshot
     return keys, [template % parts for parts in zip(*columns)]
 
 
-def headers(table: schema.Table, as_of: date) -> list[tuple[str, bytes]]:
-    return [
+def headers(table: schema.Table, as_of: date, replay: str | None = None) -> list[tuple[str, bytes]]:
+    """The headers of a table's events: table, event time and (sent by a replay) the replay's id."""
+    out = [
         (schema.EVENT_TABLE_HEADER, table.name.encode()),
         (schema.EVENT_TIME_HEADER, schema.as_of_timestamp(as_of).isoformat().encode()),
     ]
+    if replay is not None:
+        out.append((schema.REPLAY_HEADER, replay.encode()))
+    return out
 
 
 # --- consuming -------------------------------------------------------------------------------

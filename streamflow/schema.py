@@ -32,6 +32,9 @@ EVENT_SNAPSHOT = "snapshot"
 
 EVENT_TABLE_HEADER = "table"
 EVENT_TIME_HEADER = "event_timestamp"
+REPLAY_HEADER = "streamflow_replay"
+"""Header naming the replay (`streamflow produce` run) that sent an event: the lag monitor reports
+a backlog of such events as a deliberate replay (REPLAY), not an alarm."""
 
 USER_ID_PATTERN = re.compile(r"^[0-9]{4}-[A-Z]{5}$")
 

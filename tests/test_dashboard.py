@@ -12,6 +12,7 @@ import urllib.request
 
 import orjson
 import pytest
+from kafka import OffsetAndMetadata, TopicPartition
 from streamflow import config, kafka_clients
 from streamflow.kafka_topics import ensure_topics, table_topics
 from tests import pipeline
@@ -41,6 +42,39 @@ def wait_http(url: str, timeout: float = 60) -> None:
             time.sleep(0.3)
 
 
+def history_points(base: str) -> list[dict]:
+    with urllib.request.urlopen(f"{base}/lag/history", timeout=10) as resp:
+        return orjson.loads(resp.read())["points"]
+
+
+def wait_history(base: str, points: int, timeout: float = 60) -> list[dict]:
+    """Wait until the API's sampler has taken ``points`` samples (it samples every second here)."""
+    deadline = time.monotonic() + timeout
+    while len(found := history_points(base)) < points:
+        assert time.monotonic() < deadline, f"only {len(found)} lag samples after {timeout} s"
+        time.sleep(0.2)
+    return found
+
+
+def commit_and_wait(base: str, group: str, offset: int) -> None:
+    """Commit ``offset`` on the events' partition like a consumer that got there, then wait until
+    the API has sampled it."""
+    with urllib.request.urlopen(f"{base}/lag", timeout=10) as resp:
+        sample = orjson.loads(resp.read())["sample"]
+    p = next(p for t in sample["topics"] for p in t["partitions"] if p["log_end_offset"] == 50)
+    tp = TopicPartition(p["topic"], p["partition"])
+    c = kafka_clients.group_consumer(group, role="test-dashboard")
+    try:
+        c.assign([tp])
+        c.commit({tp: OffsetAndMetadata(offset, "", -1)})
+    finally:
+        c.close(autocommit=False)
+    deadline = time.monotonic() + 60
+    while history_points(base)[-1]["topics"][tp.topic]["lag"] != 50 - offset:
+        assert time.monotonic() < deadline, "the API did not sample the commit within 60 s"
+        time.sleep(0.2)
+
+
 @pytest.fixture()
 def lagging_api(monkeypatch, kafka_bootstrap, pg_settings, tmp_path):
     """An API process watching a group that has pending events and no consumer."""
@@ -62,7 +96,7 @@ def lagging_api(monkeypatch, kafka_bootstrap, pg_settings, tmp_path):
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/health")
-        time.sleep(4)  # a few lag samples for the charts
+        wait_history(f"http://127.0.0.1:{port}", 3)  # a few lag samples for the charts
         yield f"http://127.0.0.1:{port}", group
     finally:
         proc.terminate()
@@ -88,7 +122,9 @@ def test_dashboard_renders_charts_with_data_and_no_console_errors(lagging_api, t
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.fail("chromium is not installed (scripts/test.sh installs it with apt-get)", pytrace=False)
-    base, _ = lagging_api
+    base, group = lagging_api
+    for offset in (10, 20, 30):  # a consumer at work: a consume rate, hence a time to drain
+        commit_and_wait(base, group, offset)
     result = subprocess.run(
         [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=6000",
          "--dump-dom", f"{base}/dashboard"],
@@ -96,11 +132,13 @@ def test_dashboard_renders_charts_with_data_and_no_console_errors(lagging_api, t
     )
     dom = result.stdout
     assert 'data-ready="1"' in dom, result.stderr[-2000:]
-    for chart in ("chart-lag", "chart-lag-seconds"):
+    for chart in ("chart-lag", "chart-lag-seconds", "chart-drain"):
         tag = dom.split(f'data-testid="{chart}"')[0].rsplit("<canvas", 1)[1] + dom.split(f'data-testid="{chart}"')[1].split(">")[0]
         points = int(tag.split('data-points="')[1].split('"')[0])
         assert points >= 2, (chart, tag)
     assert "<tr><td>" in dom  # the partitions table has rows
+    drain_now = dom.split('data-testid="drain-now"')[1].split(">", 1)[1].split("<", 1)[0]
+    assert "events/s" in drain_now and "drains in" in drain_now, drain_now
     console_errors = [line for line in result.stderr.splitlines()
                       if "CONSOLE" in line and ("Uncaught" in line or "rror" in line)]
     assert console_errors == []

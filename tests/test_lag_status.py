@@ -13,13 +13,14 @@ T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 TOPIC = "t"
 
 
-def sample(t: float, *parts: tuple[int | None, int], group: str = "g", topic: str = TOPIC) -> GroupLag:
+def sample(t: float, *parts: tuple[int | None, int], group: str = "g", topic: str = TOPIC,
+           members: int = 0) -> GroupLag:
     """A sample at T0 + t seconds; each part is (committed offset, log-end offset) of partition i."""
     rows = []
     for i, (committed, end) in enumerate(parts):
         lag = max(0, end - (committed if committed is not None else 0))
         rows.append(PartitionLag(topic, i, committed, 0, end, lag, 0.0 if lag == 0 else 1.0))
-    return GroupLag(group, "Stable", T0 + timedelta(seconds=t), [TopicLag(topic, rows)])
+    return GroupLag(group, "Stable", T0 + timedelta(seconds=t), [TopicLag(topic, rows)], members=members)
 
 
 def feed(ev: StatusEvaluator, *samples: GroupLag):
@@ -136,9 +137,23 @@ def test_deleted_committed_offset_is_rewind():
 
 
 def test_never_committed_with_lag_stalls():
-    st = feed(StatusEvaluator(window=3), sample(0, (None, 60)), sample(1, (None, 60)))
+    # a member that holds the partition and never commits is stuck
+    st = feed(StatusEvaluator(window=3), sample(0, (None, 60), members=1), sample(1, (None, 60), members=1))
     assert p0(st) == Status.STALL
     assert "never committed" in st.partition(TOPIC, 0).reason
+    # so is a partition never committed while the group committed others
+    st = feed(StatusEvaluator(window=3), sample(0, (None, 60), (5, 5)), sample(1, (None, 60), (5, 5)))
+    assert p0(st) == Status.STALL
+
+
+def test_group_without_members_or_commits_is_new_not_an_alarm():
+    ev = StatusEvaluator(window=3, stop_after_seconds=10)
+    st = feed(ev, sample(0, (None, 60), (None, 0)))
+    assert (p0(st), st.status) == (Status.NEW, Status.NEW)  # already on the first sample
+    st = feed(ev, sample(5, (None, 70), (None, 0)), sample(60, (None, 70), (None, 0)))
+    assert (p0(st), st.status) == (Status.NEW, Status.NEW)  # never STALL or STOP
+    assert "no commits yet" in st.partition(TOPIC, 0).reason
+    assert st.partition(TOPIC, 1).status == Status.OK  # nothing to consume there
 
 
 def test_group_status_is_the_worst_partition():
@@ -185,3 +200,43 @@ def test_rejects_bad_input():
         ev.add(sample(4, (1, 1)))
     with pytest.raises(ValueError, match="group"):
         ev.add(sample(6, (1, 1), group="other"))
+
+
+def test_time_to_drain_is_lag_over_the_window_rate():
+    ev = StatusEvaluator(window=3)
+    st = feed(ev, sample(0, (0, 100), (50, 50)))
+    assert st.partition(TOPIC, 0).drain_seconds is None and st.consume_rate is None
+    st = feed(ev, sample(10, (40, 100), (50, 50)))  # p0: 40 events in 10 s, 60 pending
+    p = st.partition(TOPIC, 0)
+    assert p.consume_rate == pytest.approx(4.0) and p.drain_seconds == pytest.approx(15.0)
+    assert st.partition(TOPIC, 1).drain_seconds == 0.0  # caught up
+    assert st.consume_rate == pytest.approx(4.0) and st.drain_seconds == pytest.approx(15.0)
+    st = feed(ev, sample(20, (40, 100), (50, 50)))  # nothing consumed in the last 10 s
+    assert st.partition(TOPIC, 0).drain_seconds == pytest.approx(60 / 2.0)  # 40 in 20 s over the window
+    st = feed(ev, sample(30, (40, 100), (50, 50)), sample(40, (40, 100), (50, 50)))
+    assert st.partition(TOPIC, 0).consume_rate == 0 and st.partition(TOPIC, 0).drain_seconds is None
+    assert st.drain_seconds is None  # does not drain at this rate
+
+
+def test_replay_backlog_and_marked_rewind_are_replay_not_alarms():
+    def replaying(s: GroupLag, rewound_at: float | None = None) -> GroupLag:
+        for p in s.partitions:
+            p.replay_id = "2024-01-31@run"
+            p.replay_marked_at = rewound_at
+        return s
+
+    ev = StatusEvaluator(window=3)
+    st = feed(ev, replaying(sample(0, (0, 100))))
+    assert st.status == Status.REPLAY  # one sample, but the backlog is a replay's
+    st = feed(ev, replaying(sample(10, (20, 150))))  # moving, lag growing: WARN if it were live
+    assert p0(st) == Status.REPLAY and st.status == Status.REPLAY
+    st = feed(ev, replaying(sample(20, (20, 150))), replaying(sample(30, (20, 150))))
+    assert p0(st) == Status.STALL and st.status == Status.ERR  # a stuck replay is still an alarm
+    # a rewind marked after the sample before it: REPLAY; a mark older than that: REWIND
+    t_before = (T0 + timedelta(seconds=100)).timestamp()
+    ev = StatusEvaluator(window=3)
+    st = feed(ev, sample(100, (90, 100)), replaying(sample(110, (10, 100)), rewound_at=t_before + 3))
+    assert p0(st) == Status.REPLAY and st.status == Status.REPLAY
+    ev = StatusEvaluator(window=3)
+    st = feed(ev, sample(100, (90, 100)), replaying(sample(110, (10, 100)), rewound_at=t_before - 3600))
+    assert p0(st) == Status.REWIND and st.status == Status.ERR

@@ -38,8 +38,8 @@ from streamflow.lag.status import GroupStatus, Status, StatusEvaluator, group_st
 log = logging.getLogger("streamflow.lag")
 
 COLUMNS = ("GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", "LAG-SECONDS",
-           "CONSUMER-ID", "HOST", "CLIENT-ID", "STATUS")
-TOTAL_COLUMNS = ("GROUP", "TOPIC", "PARTITIONS", "LAG", "LAG-SECONDS", "STATUS")
+           "DRAIN-SECONDS", "CONSUMER-ID", "HOST", "CLIENT-ID", "STATUS")
+TOTAL_COLUMNS = ("GROUP", "TOPIC", "PARTITIONS", "LAG", "LAG-SECONDS", "DRAIN-SECONDS", "STATUS")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -84,14 +84,21 @@ def report(sample: GroupLag, status: GroupStatus) -> dict[str, Any]:
     doc = sample.to_dict()
     doc["status"] = status.status.value
     doc["samples"] = status.samples
+    doc["consume_rate"] = status.to_dict()["consume_rate"]
+    doc["drain_seconds"] = status.to_dict()["drain_seconds"]
     for topic_doc, topic in zip(doc["topics"], sample.topics):
         statuses = []
+        drains: list[float | None] = []
         for pdoc in topic_doc["partitions"]:
             ps = status.partitions.get((pdoc["topic"], pdoc["partition"]))
             pdoc["status"] = ps.status.value if ps else Status.UNKNOWN.value
             pdoc["status_reason"] = ps.reason if ps else "not evaluated"
+            pdoc["consume_rate"] = round(ps.consume_rate, 3) if ps and ps.consume_rate is not None else None
+            pdoc["drain_seconds"] = round(ps.drain_seconds, 3) if ps and ps.drain_seconds is not None else None
+            drains.append(pdoc["drain_seconds"])
             statuses.append(Status(pdoc["status"]))
         topic_doc["status"] = group_status(statuses).value
+        topic_doc["drain_seconds"] = None if any(d is None for d in drains) else max(drains, default=0.0)
     return doc
 
 
@@ -112,12 +119,12 @@ def render(sample: GroupLag, status: GroupStatus, out: TextIO) -> None:
                 sample.group, p["topic"], str(p["partition"]),
                 str(p["committed_offset"]) if p["committed_offset"] is not None else "-",
                 str(p["log_end_offset"]), str(p["lag"]), _seconds(p["lag_seconds"]),
-                p["consumer_id"] or "-", p["host"] or "-", p["client_id"] or "-", p["status"],
+                _seconds(p["drain_seconds"]), p["consumer_id"] or "-", p["host"] or "-", p["client_id"] or "-", p["status"],
             ))
-            if p["status"] not in (Status.OK.value, Status.UNKNOWN.value):
+            if p["status"] not in (Status.OK.value, Status.UNKNOWN.value, Status.NEW.value):
                 notes.append(f"{p['topic']}[{p['partition']}] {p['status']}: {p['status_reason']}")
         totals.append((sample.group, topic["topic"], str(len(topic["partitions"])), str(topic["lag"]),
-                       _seconds(topic["lag_seconds"]), topic["status"]))
+                       _seconds(topic["lag_seconds"]), _seconds(topic["drain_seconds"]), topic["status"]))
     _table(rows, out)
     out.write("\n")
     _table(totals, out)
@@ -128,13 +135,18 @@ def render(sample: GroupLag, status: GroupStatus, out: TextIO) -> None:
         span = f" over {status.samples} samples"
     out.write(f"group {sample.group} ({sample.state}, {members}): lag {sample.lag} messages, "
               f"oldest unconsumed event {_seconds(sample.lag_seconds)} s old, status {status.status.value}{span}\n")
+    if status.consume_rate is not None and sample.lag > 0:
+        drain = (f"drains in {_seconds(status.drain_seconds)} s" if status.drain_seconds is not None
+                 else "does not drain at this rate")
+        out.write(f"consuming {status.consume_rate:,.1f} events/s over the window: {drain}\n")
     if status.status == Status.UNKNOWN:
         out.write("status UNKNOWN: one sample cannot tell progress; take more (--samples, --watch)\n")
     for note in notes:
         out.write(f"  {note}\n")
-    if sample.state == "Dead" and all(p.committed_offset is None for p in sample.partitions):
-        out.write(f"note: group {sample.group} has no members and no committed offsets "
-                  f"(it never consumed, or was deleted): lag counts from the log start\n")
+    if status.status == Status.NEW or (sample.members == 0 and sample.topics
+                                        and all(p.committed_offset is None for p in sample.partitions)):
+        out.write(f"no commits yet: group {sample.group} has no members and no committed offsets "
+                  f"(it never consumed, or was deleted); lag counts from the log start\n")
     if sample.missing_topics:
         out.write(f"note: topics not on the broker: {', '.join(sample.missing_topics)}\n")
 

@@ -15,8 +15,14 @@ Gauges (labels in brackets):
   [group, topic] and ``streamflow_consumer_group_lag_messages`` /
   ``streamflow_consumer_group_lag_seconds`` [group] -- totals (seconds: the oldest event);
 * ``streamflow_consumer_lag_status`` [group, topic, partition] -- -1 UNKNOWN, 0 OK, 1 WARN,
-  2 STALL, 3 STOP, 4 REWIND; ``streamflow_consumer_group_status`` [group] -- -1 UNKNOWN, 0 OK,
-  1 WARN, 2 ERR (only once a :class:`~streamflow.lag.status.GroupStatus` was passed);
+  2 STALL, 3 STOP, 4 REWIND, 5 NEW, 6 REPLAY; ``streamflow_consumer_group_status`` [group] --
+  -1 UNKNOWN, 0 OK, 1 WARN, 2 ERR, 5 NEW, 6 REPLAY (only once a
+  :class:`~streamflow.lag.status.GroupStatus` was passed);
+* ``streamflow_consumer_drain_seconds`` [group, topic, partition] and
+  ``streamflow_consumer_group_drain_seconds`` [group] -- time to drain: lag / the consume rate over
+  the status window (0 when caught up, +Inf when a lagging partition consumes nothing; absent
+  before the window has two samples); ``streamflow_consumer_group_consume_rate`` [group] -- events
+  per second consumed over the window;
 * ``streamflow_consumer_lag_sample_timestamp_seconds`` [group] -- when the newest successful
   sample was taken (also while Kafka is away: it tells how old the last known figures are);
 * ``streamflow_kafka_up`` -- 1 when the newest sample attempt of every group reached Kafka, 0 when
@@ -35,6 +41,7 @@ that leaves the samples simply disappears from the output.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
@@ -93,15 +100,22 @@ class LagMetrics:
                              PARTITION_LABELS)
         committed = family("committed_offset", "Committed offset of the group", PARTITION_LABELS)
         log_end = family("log_end_offset", "Log-end offset of the partition", PARTITION_LABELS)
-        status_g = family("lag_status", "Partition lag status: -1 UNKNOWN, 0 OK, 1 WARN, 2 STALL, 3 STOP, 4 REWIND",
-                          PARTITION_LABELS)
+        status_g = family("lag_status", "Partition lag status: -1 UNKNOWN, 0 OK, 1 WARN, 2 STALL, 3 STOP, "
+                          "4 REWIND, 5 NEW, 6 REPLAY", PARTITION_LABELS)
+        drain = family("drain_seconds", "Seconds until the partition is caught up at the window's consume rate "
+                       "(+Inf: it consumes nothing)", PARTITION_LABELS)
+        group_drain = family("group_drain_seconds", "Seconds until the group is caught up at the window's "
+                             "consume rate (+Inf: some lagging partition consumes nothing)", GROUP_LABELS)
+        group_rate = family("group_consume_rate", "Events per second the group consumed over the status window",
+                            GROUP_LABELS)
         topic_messages = family("topic_lag_messages", "Unconsumed messages per topic", TOPIC_LABELS)
         topic_seconds = family("topic_lag_seconds", "Age of the oldest unconsumed event of the topic, seconds",
                                TOPIC_LABELS)
         group_messages = family("group_lag_messages", "Unconsumed messages of the group", GROUP_LABELS)
         group_seconds = family("group_lag_seconds", "Age of the oldest unconsumed event of the group, seconds",
                                GROUP_LABELS)
-        group_status = family("group_status", "Group lag status: -1 UNKNOWN, 0 OK, 1 WARN, 2 ERR", GROUP_LABELS)
+        group_status = family("group_status", "Group lag status: -1 UNKNOWN, 0 OK, 1 WARN, 2 ERR, 5 NEW, 6 REPLAY",
+                              GROUP_LABELS)
         sampled_at = family("lag_sample_timestamp_seconds", "Unix time of the last successful lag sample",
                             GROUP_LABELS)
         kafka_up = GaugeMetricFamily("streamflow_kafka_up",
@@ -134,14 +148,25 @@ class LagMetrics:
                     ps = status.partitions.get((p.topic, p.partition)) if status is not None else None
                     if ps is not None:
                         status_g.add_metric(labels, STATUS_CODES[ps.status])
+                        if ps.consume_rate is not None:
+                            drain.add_metric(labels, _drain(ps.drain_seconds))
             group_messages.add_metric([g], sample.lag)
             if sample.lag_seconds is not None:
                 group_seconds.add_metric([g], sample.lag_seconds)
             if status is not None:
                 group_status.add_metric([g], STATUS_CODES[status.status])
+                if status.consume_rate is not None:
+                    group_rate.add_metric([g], status.consume_rate)
+                    group_drain.add_metric([g], _drain(status.drain_seconds))
 
-        yield from (lag_messages, lag_seconds, committed, log_end, status_g, topic_messages, topic_seconds,
-                    group_messages, group_seconds, group_status, sampled_at, kafka_up, kafka_up_by_group)
+        yield from (lag_messages, lag_seconds, committed, log_end, status_g, drain, topic_messages,
+                    topic_seconds, group_messages, group_seconds, group_status, group_drain, group_rate,
+                    sampled_at, kafka_up, kafka_up_by_group)
+
+
+def _drain(seconds: float | None) -> float:
+    """Drain time as a gauge value: with a known rate, None means "never at this rate"."""
+    return math.inf if seconds is None else seconds
 
 
 def register_lag_metrics(registry: CollectorRegistry, prefix: str = "streamflow_consumer") -> LagMetrics:

@@ -42,17 +42,37 @@ from typing import Any
 import orjson
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import OffsetSpec
+from kafka.errors import CoordinatorLoadInProgressError, CoordinatorNotAvailableError, NotCoordinatorError
 
 from streamflow import config, kafka_clients, schema
 from streamflow.errors import ServiceUnavailable
+from streamflow.lag.status import REPLAY_MARK
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = "streamflow-consumer"
 
 
+def marks_group(group: str) -> str:
+    """The group whose committed offsets record the rewinds of ``group`` (``streamflow rewind``):
+    per partition, the offset it was reset to, with the time in the commit metadata. Kept apart
+    from the group's own commits, which its consumers overwrite."""
+    return f"{group}.rewinds"
+
+
+def parse_mark(metadata: str | None) -> float | None:
+    """Unix time of a rewind mark (``streamflow-replay <ISO time>``), None if it is none."""
+    if not metadata or not metadata.startswith(REPLAY_MARK):
+        return None
+    try:
+        return datetime.fromisoformat(metadata[len(REPLAY_MARK):].strip()).timestamp()
+    except ValueError:
+        return None
+
+
 def _iso(ts: datetime | None) -> str | None:
-    return ts.isoformat() if ts is not None else None
+    """ISO 8601 in UTC with ``Z``, the format of every time StreamFlow prints."""
+    return ts.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if ts is not None else None
 
 
 def _round(value: float | None) -> float | None:
@@ -80,6 +100,12 @@ class PartitionLag:
     """now - oldest_event_time: how old the pending event's *data* is (0 when caught up)."""
     oldest_offset: int | None = None
     """Offset of the record that lag_seconds was measured on."""
+    commit_metadata: str | None = None
+    """Metadata of the committed offset (``streamflow lag`` shows the replay mark of a reset)."""
+    replay_id: str | None = None
+    """The replay that sent the oldest unconsumed event (its ``streamflow_replay`` header)."""
+    replay_marked_at: float | None = None
+    """Unix time at which ``streamflow rewind`` last reset this partition (None: never)."""
     consumer_id: str | None = None
     """member_id of the group member that owns the partition; None when nobody does."""
     client_id: str | None = None
@@ -107,6 +133,9 @@ class PartitionLag:
             "oldest_produced_at": _iso(self.oldest_produced_at),
             "oldest_event_time": _iso(self.oldest_event_time),
             "event_lag_seconds": _round(self.event_lag_seconds),
+            "replay_id": self.replay_id,
+            "rewound_at": _iso(datetime.fromtimestamp(self.replay_marked_at, tz=timezone.utc)
+                               if self.replay_marked_at is not None else None),
             "consumer_id": self.consumer_id,
             "client_id": self.client_id,
             "host": self.host,
@@ -195,7 +224,7 @@ class GroupLag:
             "group": self.group,
             "state": self.state,
             "members": self.members,
-            "sampled_at": self.sampled_at.isoformat(),
+            "sampled_at": _iso(self.sampled_at),
             "lag": self.lag,
             "lag_seconds": _round(self.lag_seconds),
             "topics": [t.to_dict() for t in self.topics],
@@ -203,11 +232,15 @@ class GroupLag:
         }
 
 
-def _header_time(headers: Any) -> str | None:
+def _header(headers: Any, wanted: str) -> str | None:
     for name, value in headers or ():
-        if name == schema.EVENT_TIME_HEADER and value is not None:
+        if name == wanted and value is not None:
             return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
     return None
+
+
+def _header_time(headers: Any) -> str | None:
+    return _header(headers, schema.EVENT_TIME_HEADER)
 
 
 def event_time_of(record: Any) -> datetime | None:
@@ -248,6 +281,12 @@ def _describe(exc: BaseException) -> str:
     return text
 
 
+_COORDINATOR_NOT_READY = (CoordinatorNotAvailableError, CoordinatorLoadInProgressError, NotCoordinatorError)
+
+READ_BYTES_PER_PARTITION = 32 * 1024
+"""Fetch bound per partition when reading the oldest unconsumed records: one record is needed,
+and a fetch returns at least one whole batch whatever the bound (200 partitions: <= 6.4 MiB)."""
+
 UNREACHABLE = "Kafka unreachable"
 """How every message of a failed sample starts (the CLI and the API show it as it is)."""
 
@@ -283,6 +322,7 @@ class LagMonitor:
         self.timeout = timeout
         self.read_timeout = read_timeout
         self._admin: KafkaAdminClient | None = None
+        self._marks: dict[TopicPartition, float] = {}
         self._reader: KafkaConsumer | None = None
 
     # -- clients --------------------------------------------------------------------------------
@@ -319,7 +359,7 @@ class LagMonitor:
                 self._reader = kafka_clients.reader(
                     "lag-reader", kafka=s,
                     fetch_max_wait_ms=100,
-                    max_partition_fetch_bytes=64 * 1024,
+                    max_partition_fetch_bytes=READ_BYTES_PER_PARTITION,
                     request_timeout_ms=max(ms, 1000),
                     bootstrap_timeout_ms=ms,
                 )
@@ -333,6 +373,24 @@ class LagMonitor:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - KafkaError, but also OSError, AssertionError, ...
             raise self._failed(what, exc) from None
+
+    def _coordinator_call(self, what: str, fn, *args):
+        """A call answered by the group coordinator. On a broker that just started, the coordinator
+        is not ready until the offsets topic exists (CoordinatorNotAvailable, CoordinatorLoadIn-
+        Progress, NotCoordinator: retriable): asked again until ``timeout``, then an outage."""
+        deadline = time.monotonic() + self.timeout
+        delay = 0.1
+        while True:
+            try:
+                return fn(*args)
+            except _COORDINATOR_NOT_READY as exc:
+                if time.monotonic() + delay > deadline:
+                    raise self._failed(what, exc) from None
+                log.debug("%s: %s; asking again", what, type(exc).__name__)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+            except Exception as exc:  # noqa: BLE001 - KafkaError, but also OSError, AssertionError, ...
+                raise self._failed(what, exc) from None
 
     def close(self) -> None:
         reader, admin = self._reader, self._admin
@@ -360,7 +418,8 @@ class LagMonitor:
 
     def _owners(self) -> tuple[str, int, dict[TopicPartition, tuple[str | None, str | None, str | None]]]:
         admin = self.admin
-        described = self._call(f"describing group {self.group}", admin.describe_groups, [self.group]).get(self.group)
+        described = self._coordinator_call(f"describing group {self.group}", admin.describe_groups,
+                                           [self.group]).get(self.group)
         if not described:
             return "Dead", 0, {}
         if described.get("error"):
@@ -385,8 +444,12 @@ class LagMonitor:
 
     def _offsets(self, tps: list[TopicPartition]):
         admin = self.admin
-        committed = self._call(f"reading the committed offsets of group {self.group}",
-                               admin.list_group_offsets, {self.group: tps}).get(self.group, {})
+        groups = {self.group: tps, marks_group(self.group): tps}
+        listed = self._coordinator_call(f"reading the committed offsets of group {self.group}",
+                                        admin.list_group_offsets, groups)
+        committed = listed.get(self.group, {})
+        self._marks = {tp: t for tp, om in listed.get(marks_group(self.group), {}).items()
+                       if (t := parse_mark(getattr(om, "metadata", None))) is not None}
         start = self._call("reading the log-start offsets",
                            admin.list_partition_offsets, {tp: OffsetSpec.EARLIEST for tp in tps})
         end = self._call("reading the log-end offsets",
@@ -410,22 +473,21 @@ class LagMonitor:
                 if remaining <= 0:
                     break
                 batch = reader.poll(timeout_ms=int(min(remaining, 0.5) * 1000) or 1)
-                done = []
                 for tp, records in batch.items():
                     if tp in found or tp not in positions:
                         continue
                     for rec in records:
                         if rec.offset >= positions[tp]:
                             found[tp] = rec
-                            done.append(tp)
                             break
-                if done:
-                    reader.pause(*done)
         except Exception as exc:  # noqa: BLE001 - whatever the reader raises: drop it, report it
             raise self._failed("reading the oldest unconsumed records", exc) from None
         try:
             # Between samples the reader holds no partitions: nothing is fetched or kept in its
-            # metadata (a deleted topic would otherwise make it log errors until closed).
+            # metadata (a deleted topic would otherwise make it log errors until closed). Partitions
+            # are never paused: kafka-python 3.0 does not fetch a partition again that was paused
+            # and re-assigned, even resumed (measured: 6 to 10 of 24 lagging partitions without
+            # lag seconds from the second sample of one reader on).
             reader.assign([])
         except Exception:  # noqa: BLE001 - the records are read; a fresh reader next time
             log.debug("unassigning the reader failed; dropping it", exc_info=True)
@@ -452,6 +514,7 @@ class LagMonitor:
         for tp in tps:
             c = committed.get(tp)
             c_off = c.offset if c is not None and c.offset is not None and c.offset >= 0 else None
+            c_meta = (getattr(c, "metadata", None) or None) if c_off is not None else None
             s_off, e_off = start[tp].offset, end[tp].offset
             position = c_off if c_off is not None else s_off
             lag = max(0, e_off - position)
@@ -462,6 +525,7 @@ class LagMonitor:
                 lag_seconds=0.0 if lag == 0 else None,
                 event_lag_seconds=0.0 if lag == 0 else None,
                 consumer_id=owner[0], client_id=owner[1], host=owner[2],
+                commit_metadata=c_meta, replay_marked_at=self._marks.get(tp),
             )
             rows.append(row)
             if lag > 0:
@@ -479,6 +543,7 @@ class LagMonitor:
                 row.oldest_produced_at = datetime.fromtimestamp(rec.timestamp / 1000, tz=timezone.utc)
                 row.lag_seconds = max(0.0, now - rec.timestamp / 1000)
             row.oldest_event_time = event_time_of(rec)
+            row.replay_id = _header(getattr(rec, "headers", None), schema.REPLAY_HEADER)
             if row.oldest_event_time is not None:
                 row.event_lag_seconds = max(0.0, now - row.oldest_event_time.timestamp())
 

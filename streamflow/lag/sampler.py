@@ -71,10 +71,14 @@ class HistoryPoint:
     topics: dict[str, dict[str, float]]
     freshness_p50: float | None = None
     freshness_p99: float | None = None
+    drain_seconds: float | None = None
+    """The group's time to drain at the window's consume rate (None: unknown, or it does not drain)."""
+    consume_rate: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"t": self.t, "topics": self.topics, "freshness_p50": self.freshness_p50,
-                "freshness_p99": self.freshness_p99}
+                "freshness_p99": self.freshness_p99, "drain_seconds": self.drain_seconds,
+                "consume_rate": self.consume_rate}
 
 
 @dataclass
@@ -187,6 +191,8 @@ class LagSampler:
             topics={t.topic: {"lag": t.lag, "lag_seconds": t.lag_seconds} for t in sample.topics},
             freshness_p50=fresh.get("p50"),
             freshness_p99=fresh.get("p99"),
+            drain_seconds=status.drain_seconds,
+            consume_rate=status.consume_rate,
         )
         with self._lock:
             self.latest, self.status, self.error = sample, status, None

@@ -9,26 +9,43 @@ given sequence of samples is deterministic.
 Partition status, first rule that applies (W = the partition's samples in the window):
 
 1. **OK** -- the newest sample has no lag (caught up).
-2. **UNKNOWN** -- fewer than ``min_samples`` (default 2) samples in W: nothing to compare yet.
-3. **REWIND** -- the committed offset went back between two consecutive samples of W (including
-   a committed offset that disappeared: deleted or expired offsets make the group re-read).
-4. **STOP** -- lag > 0 and the committed offset has not moved for longer than
+2. **NEW** -- the group has no member and, in the newest sample, no committed offset on any
+   partition: a group that never ran (or an unknown one, or one whose offsets were deleted). An ordinary state, not an alarm: all of the log is unconsumed
+   (lag = log end - log start). A partition without commits in a group with members or with
+   commits elsewhere is judged by the rules below (a member that never commits is stuck).
+3. **UNKNOWN** -- fewer than ``min_samples`` (default 2) samples in W: nothing to compare yet.
+4. **REPLAY** -- the committed offset went back between two consecutive samples of W *on
+   purpose*: ``streamflow rewind`` reset it after the first of them (its marks are kept as the
+   committed offsets of a group of their own, see :func:`~streamflow.lag.monitor.marks_group`,
+   so the consumers' commits cannot overwrite them). Likewise, a partition that would be WARN (falling behind) or UNKNOWN
+   while its oldest unconsumed event was sent by a replay (``streamflow produce`` marks its
+   events) is REPLAY. A replay that stops moving is still STALL or STOP.
+5. **REWIND** -- the committed offset went back between two consecutive samples of W without
+   that mark (including a committed offset that disappeared: deleted or expired offsets make
+   the group re-read).
+6. **STOP** -- lag > 0 and the committed offset has not moved for longer than
    ``stop_after_seconds``. The clock starts at the first sample that saw the current committed
    offset *with lag > 0* (a lower bound on how long the consumer has been stuck: an idle consumer
    on a quiet topic is not counted as stuck before an event arrives). It is not limited to the
    window: STOP keeps holding while nothing moves. ``stop_after_seconds`` defaults to
    ``window_seconds`` when the window is given in seconds, else to 60 s.
-5. **OK** -- some sample of W had no lag (the consumer caught up within the window; Burrow's rule).
-6. **STALL** -- the committed offset is the same in every sample of W and the lag is > 0 in all
+7. **OK** -- some sample of W had no lag (the consumer caught up within the window; Burrow's rule).
+8. **STALL** -- the committed offset is the same in every sample of W and the lag is > 0 in all
    of them, but not yet for longer than ``stop_after_seconds``: no progress seen in the window.
    So STALL is "stuck for up to stop_after_seconds", STOP is "stuck for longer".
-7. **WARN** -- the committed offset moved within W, but the lag never decreased from one sample
+9. **WARN** -- the committed offset moved within W, but the lag never decreased from one sample
    to the next and is higher in the newest sample than in the oldest: the consumer works but
    falls behind.
-8. **OK** otherwise.
+10. **OK** otherwise.
 
 Group status: **ERR** if any partition is STALL, STOP or REWIND; else **WARN** if any is WARN;
-else **UNKNOWN** if any is UNKNOWN (not enough samples yet); else **OK** (also for no partitions).
+else **UNKNOWN** if any is UNKNOWN (not enough samples yet); else **REPLAY** if any is REPLAY;
+else **NEW** if any is NEW; else **OK** (also for no partitions).
+
+Time to drain: the consume rate of a partition is how far its position (log end - lag) moved
+between the oldest and the newest sample of W, per second; ``drain_seconds`` = lag / rate (0 when
+caught up, None while the rate is unknown or zero). The group's rate is the sum over partitions,
+and its drain time the longest of its partitions'.
 """
 
 from __future__ import annotations
@@ -51,6 +68,10 @@ class Status(str, Enum):
     STOP = "STOP"
     REWIND = "REWIND"
     UNKNOWN = "UNKNOWN"
+    NEW = "NEW"
+    """No commits yet and no member: a group that never ran."""
+    REPLAY = "REPLAY"
+    """A deliberate replay (reset by ``streamflow lag reset``, or events sent by a replay)."""
     ERR = "ERR"
     """Group status only: some partition is STALL, STOP or REWIND."""
 
@@ -67,10 +88,18 @@ STATUS_CODES: dict[Status, int] = {
     Status.STALL: 2,
     Status.STOP: 3,
     Status.REWIND: 4,
+    Status.NEW: 5,
+    Status.REPLAY: 6,
     Status.ERR: 2,
 }
-"""Numeric codes for metrics. Partition: -1 UNKNOWN, 0 OK, 1 WARN, 2 STALL, 3 STOP, 4 REWIND.
-Group: -1 UNKNOWN, 0 OK, 1 WARN, 2 ERR."""
+"""Numeric codes for metrics. Partition: -1 UNKNOWN, 0 OK, 1 WARN, 2 STALL, 3 STOP, 4 REWIND,
+5 NEW, 6 REPLAY. Group: -1 UNKNOWN, 0 OK, 1 WARN, 2 ERR, 5 NEW, 6 REPLAY."""
+
+REPLAY_MARK = "streamflow-replay"
+"""How the commit metadata of a rewind mark starts (``streamflow rewind``)."""
+
+REWIND_CLOCK_SLACK = 5.0
+"""Seconds a rewind mark may predate the sample before the rewind (clocks of two hosts)."""
 
 
 @dataclass(frozen=True)
@@ -83,6 +112,10 @@ class PartitionStatus:
     """Samples of this partition in the window."""
     stuck_seconds: float | None = None
     """How long the committed offset has not moved while lag > 0 (None when it is not stuck)."""
+    consume_rate: float | None = None
+    """Events per second consumed over the window (None with fewer than 2 samples)."""
+    drain_seconds: float | None = None
+    """lag / consume_rate: 0 when caught up, None while the rate is unknown or zero."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -91,7 +124,9 @@ class PartitionStatus:
             "status": self.status.value,
             "reason": self.reason,
             "samples": self.samples,
-            "stuck_seconds": round(self.stuck_seconds, 3) if self.stuck_seconds is not None else None,
+            "stuck_seconds": _round(self.stuck_seconds),
+            "consume_rate": _round(self.consume_rate),
+            "drain_seconds": _round(self.drain_seconds),
         }
 
 
@@ -109,13 +144,36 @@ class GroupStatus:
     def count(self, status: Status) -> int:
         return sum(1 for p in self.partitions.values() if p.status == status)
 
+    @property
+    def consume_rate(self) -> float | None:
+        """Events per second the group consumed over the window (None before 2 samples)."""
+        rates = [p.consume_rate for p in self.partitions.values()]
+        if not rates or any(r is None for r in rates):
+            return None
+        return sum(r for r in rates if r is not None)
+
+    @property
+    def drain_seconds(self) -> float | None:
+        """How long until the group caught up at the window's rate: the longest of its partitions
+        (0 when all are caught up; None when one with lag has no rate yet or consumes nothing)."""
+        drains = [p.drain_seconds for p in self.partitions.values()]
+        if any(d is None for d in drains):
+            return None
+        return max((d for d in drains if d is not None), default=0.0)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "group": self.group,
             "status": self.status.value,
             "samples": self.samples,
+            "consume_rate": _round(self.consume_rate),
+            "drain_seconds": _round(self.drain_seconds),
             "partitions": [p.to_dict() for _, p in sorted(self.partitions.items())],
         }
+
+
+def _round(value: float | None) -> float | None:
+    return round(value, 3) if value is not None else None
 
 
 def group_status(statuses: list[Status]) -> Status:
@@ -124,8 +182,9 @@ def group_status(statuses: list[Status]) -> Status:
         return Status.ERR
     if Status.WARN in statuses:
         return Status.WARN
-    if Status.UNKNOWN in statuses:
-        return Status.UNKNOWN
+    for status in (Status.UNKNOWN, Status.REPLAY, Status.NEW):
+        if status in statuses:
+            return status
     return Status.OK
 
 
@@ -134,6 +193,12 @@ class _Point:
     t: float
     committed: int | None
     lag: int
+    position: int
+    """Where the group is: log end - lag."""
+    rewound_at: float | None = None
+    """When ``streamflow rewind`` last reset the partition (None: never)."""
+    replay_backlog: bool = False
+    """The oldest unconsumed event was sent by a replay."""
 
 
 def _went_back(before: int | None, after: int | None) -> bool:
@@ -180,6 +245,8 @@ class StatusEvaluator:
         self.stop_after_seconds = float(stop_after_seconds)
         self.min_samples = min_samples
         self.group: str | None = None
+        self._members = 0
+        self._has_commits = False
         self._tracks: dict[tuple[str, int], _Track] = {}
         self._times: deque[float] = deque(maxlen=window)
         self._last: GroupStatus = GroupStatus(None, Status.OK)
@@ -200,6 +267,8 @@ class StatusEvaluator:
         if self._times and t < self._times[-1]:
             raise ValueError("samples must be added in time order")
         self.group = sample.group
+        self._members = sample.members
+        self._has_commits = any(p.committed_offset is not None for p in sample.partitions)
         self._times.append(t)
         self._prune_times(t)
         seen = set()
@@ -209,7 +278,8 @@ class StatusEvaluator:
             track = self._tracks.get(key)
             if track is None:
                 track = self._tracks[key] = _Track(deque(maxlen=self.window))
-            point = _Point(t, p.committed_offset, int(p.lag))
+            point = _Point(t, p.committed_offset, int(p.lag), int(p.log_end_offset) - int(p.lag),
+                           rewound_at=p.replay_marked_at, replay_backlog=p.replay_id is not None)
             prev = track.points[-1] if track.points else None
             if point.lag <= 0:
                 track.stuck_since = None
@@ -249,18 +319,33 @@ class StatusEvaluator:
         last = w[-1]
         n = len(w)
         stuck = last.t - track.stuck_since if track.stuck_since is not None else None
+        rate = drain = None
+        if n >= 2 and last.t > w[0].t and last.position >= w[0].position:
+            rate = (last.position - w[0].position) / (last.t - w[0].t)
+        if last.lag <= 0:
+            drain = 0.0
+        elif rate:
+            drain = last.lag / rate
 
         def result(status: Status, reason: str) -> PartitionStatus:
-            return PartitionStatus(key[0], key[1], status, reason, n, stuck)
+            return PartitionStatus(key[0], key[1], status, reason, n, stuck, rate, drain)
 
         if last.lag <= 0:
             return result(Status.OK, "caught up")
+        if self._members == 0 and not self._has_commits and all(p.committed is None for p in w):
+            return result(Status.NEW, f"no commits yet: {last.lag} events from the log start are unconsumed")
+        replay = last.replay_backlog
         if n < self.min_samples:
+            if replay:
+                return result(Status.REPLAY, "replaying; one sample cannot tell progress yet")
             return result(Status.UNKNOWN, f"{n} sample(s), {self.min_samples} needed to judge")
         for before, after in zip(w, w[1:]):
             if _went_back(before.committed, after.committed):
-                return result(Status.REWIND, f"committed offset went back from {before.committed} to "
-                                             f"{after.committed if after.committed is not None else 'none'}")
+                went = (f"committed offset went back from {before.committed} to "
+                        f"{after.committed if after.committed is not None else 'none'}")
+                if after.rewound_at is not None and after.rewound_at >= before.t - REWIND_CLOCK_SLACK:
+                    return result(Status.REPLAY, f"{went} by streamflow rewind")
+                return result(Status.REWIND, went)
         if stuck is not None and stuck > self.stop_after_seconds:
             return result(Status.STOP, f"committed offset {_fmt(last.committed)} has not moved for "
                                        f"{stuck:.0f} s (> {self.stop_after_seconds:g} s) with {last.lag} pending")
@@ -271,6 +356,8 @@ class StatusEvaluator:
                                         f"({last.t - w[0].t:.0f} s) with {last.lag} pending")
         moved = any(a.committed != b.committed for a, b in zip(w, w[1:]))
         growing = all(b.lag >= a.lag for a, b in zip(w, w[1:])) and last.lag > w[0].lag
+        if replay:
+            return result(Status.REPLAY, f"replaying: {last.lag} pending")
         if moved and growing:
             return result(Status.WARN, f"consuming, but the lag grew from {w[0].lag} to {last.lag} "
                                        f"in {n} samples ({last.t - w[0].t:.0f} s)")
