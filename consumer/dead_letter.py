@@ -1,4 +1,11 @@
-"""The dead-letter topic: where every invalid event goes, with its reason and its source."""
+"""The dead-letter topic: where every invalid event goes, with its reason and its source.
+
+A dead letter's value is a JSON object: reason, field, source topic/partition/offset/timestamp, the
+key, the original value (text, or base64 when it is no UTF-8; cut at 64 KiB: ``value_truncated``),
+the original headers, and ``redrive_of`` when the event was re-driven from an earlier dead letter
+(``streamflow dead-letters``, :mod:`streamflow.dead_letters`). Its headers: ``dlq_reason``,
+``source`` (and ``redrive_of``). Its key is the original key (cut at 1 KiB).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +14,7 @@ import logging
 
 import orjson
 from streamflow import kafka_clients
+from streamflow.dead_letters import REDRIVE_HEADER
 from streamflow.kafka_topics import dead_letter_topic
 
 log = logging.getLogger("consumer.dead_letter")
@@ -15,6 +23,34 @@ MAX_PAYLOAD_COPY = 64 * 1024
 """Bytes of the original value copied into the dead-letter record (the rest is cut)."""
 MAX_KEY_COPY = 1024
 """Bytes of the original key copied into the dead-letter record (a key is a user id: short)."""
+MAX_HEADERS_COPY = 4 * 1024
+"""Bytes of the original headers (names and values) copied into the dead-letter record."""
+
+
+def _text_or_base64(value: bytes) -> dict:
+    try:
+        return {"value": value.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {"value_base64": base64.b64encode(value).decode()}
+
+
+def _headers(record) -> tuple[list[dict], bool]:
+    """The record's headers, in order, as long as they fit in MAX_HEADERS_COPY (and whether some
+    were left out): what a redrive sends again."""
+    copied, used = [], 0
+    for name, value in getattr(record, "headers", None) or ():
+        used += len(name) + len(value or b"")
+        if used > MAX_HEADERS_COPY:
+            return copied, True
+        copied.append({"name": name, **({"value": None} if value is None else _text_or_base64(value))})
+    return copied, False
+
+
+def _redrive_of(record) -> bytes | None:
+    for name, value in getattr(record, "headers", None) or ():
+        if name == REDRIVE_HEADER and value:
+            return value[:1000]
+    return None
 
 
 def dead_letter_value(record, reason: str, field: str | None) -> bytes:
@@ -34,10 +70,10 @@ def dead_letter_value(record, reason: str, field: str | None) -> bytes:
         "value_bytes": len(value) if record.value is not None else None,
         "value_truncated": len(value) > MAX_PAYLOAD_COPY,
     }
-    try:
-        doc["value"] = copied.decode("utf-8")
-    except UnicodeDecodeError:
-        doc["value_base64"] = base64.b64encode(copied).decode()
+    doc["headers"], doc["headers_truncated"] = _headers(record)
+    redrive_of = _redrive_of(record)
+    doc[REDRIVE_HEADER] = redrive_of.decode("utf-8", "replace") if redrive_of is not None else None
+    doc.update(_text_or_base64(copied))
     return orjson.dumps(doc)
 
 
@@ -72,6 +108,9 @@ class DeadLetterQueue:
             ("dlq_reason", reason.encode()[:1000]),
             ("source", f"{record.topic}/{record.partition}/{record.offset}".encode()),
         ]
+        redrive_of = _redrive_of(record)
+        if redrive_of is not None:
+            headers.append((REDRIVE_HEADER, redrive_of))
         # A huge key would make the dead-letter record too large to send: keep its start only.
         key = record.key[:MAX_KEY_COPY] if record.key is not None else None
         try:

@@ -2,6 +2,8 @@
 
     streamflow generate | load | apply | materialize | training-set | lookup
     streamflow produce | consume | lag | api        (the long-running processes)
+    streamflow rewind                              (a deliberate replay: move a stopped group back)
+    streamflow dead-letters list | show | redrive
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ COMMANDS = {
     "consume": ("consumer.main", "main", "consume events into Feast push sources"),
     "lag": ("streamflow.lag.cli", "main", "consumer lag per partition, in messages and seconds"),
     "rewind": ("streamflow.lag.rewind", "main", "move a stopped group back on purpose (reported as REPLAY)"),
+    "dead-letters": ("streamflow.dead_letters.cli", "main", "list, show and re-drive dead letters"),
     "api": ("api.main", "main", "serve the online feature API"),
 }
 
