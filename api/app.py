@@ -50,6 +50,8 @@ from api.features import (
 )
 from streamflow import schema
 from streamflow.lag.metrics import register_lag_metrics
+from streamflow.dead_letters.tally import DeadLetterTally
+from streamflow.kafka_topics import dead_letter_topic
 from streamflow.lag.sampler import LagSampler
 
 log = logging.getLogger("api")
@@ -210,12 +212,15 @@ def create_app(reader: FeatureReader | None = None, *, store=None, freeze_gc: bo
     reader = reader or FeatureReader(store=store)
     metrics = Metrics()
     sampler = lag_sampler_from_env(metrics.registry) if lag else None
+    tally = DeadLetterTally(dead_letter_topic(), interval=max(5.0, sampler.interval)) if sampler else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await run_in_threadpool(reader.start)
         if sampler is not None:
             sampler.start()
+        if tally is not None:
+            tally.start()
         if freeze_gc:
             gc.collect()
             gc.freeze()
@@ -225,6 +230,8 @@ def create_app(reader: FeatureReader | None = None, *, store=None, freeze_gc: bo
         finally:
             if sampler is not None:
                 await run_in_threadpool(sampler.stop)
+            if tally is not None:
+                await run_in_threadpool(tally.stop)
             await run_in_threadpool(reader.stop)
 
     app = FastAPI(
@@ -236,6 +243,7 @@ def create_app(reader: FeatureReader | None = None, *, store=None, freeze_gc: bo
     app.state.reader = reader
     app.state.metrics = metrics
     app.state.lag_sampler = sampler
+    app.state.dead_letters = tally
     app.include_router(lag_routes.router)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
 

@@ -1,4 +1,5 @@
-"""Lag endpoints of the API: `GET /lag`, `GET /lag/history` and the dashboard page."""
+"""Operations endpoints of the API: `GET /lag`, `GET /lag/history`, `GET /dead-letters/summary` and
+the dashboard page."""
 
 from __future__ import annotations
 
@@ -52,6 +53,17 @@ def get_lag(request: Request):
 @router.get("/lag/history", summary="Recent lag and freshness per topic, for the dashboard", responses=UNAVAILABLE)
 def get_lag_history(request: Request) -> dict:
     return _sampler(request).history_dict()
+
+
+@router.get("/dead-letters/summary", summary="Dead letters counted by reason and by source topic",
+            responses=UNAVAILABLE)
+def get_dead_letter_summary(request: Request) -> dict:
+    """Counts of the dead-letter topic, refreshed in the background every few seconds (``error``
+    says why the newest refresh failed; the counts are those of the last good one)."""
+    tally = getattr(request.app.state, "dead_letters", None)
+    if tally is None:
+        raise HTTPException(status_code=503, detail="dead-letter counting is not running (lag monitoring is off)")
+    return tally.snapshot()
 
 
 @router.get("/dashboard", response_class=HTMLResponse, include_in_schema=False)

@@ -9,6 +9,12 @@ if [ "$(id -u)" = 0 ] && { ! command -v docker-compose >/dev/null || ! command -
   echo "[test] installing docker-compose and chromium with apt-get" >&2
   apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q docker-compose chromium >/dev/null
 fi
+# promtool checks the alert rules and the real /metrics; tests/test_prometheus.py runs a prometheus server
+if [ "$(id -u)" = 0 ] && { ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; }; then
+  echo "[test] installing prometheus (promtool) with apt-get" >&2
+  apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+    prometheus >/dev/null
+fi
 scripts/services.sh up
 export STREAMFLOW_NO_PROGRESS=1
 exec .venv/bin/python -m pytest "$@"

@@ -2,6 +2,7 @@
 docker-compose.cluster.yml on top, Kafka is a three-broker cluster."""
 
 import os
+import re
 import shutil
 import subprocess
 
@@ -98,3 +99,54 @@ def test_compose_cluster_override_runs_three_brokers_with_rf3_and_min_isr2():
     gate = services["kafka"]
     assert gate["entrypoint"][0] == "/bin/sh"
     assert "kafka1:9092,kafka2:9092,kafka3:9092" in " ".join(gate["healthcheck"]["test"])
+
+
+def _mounts(service: dict) -> dict[str, tuple[str, bool]]:
+    """container path -> (source, read-only) of a service's volumes ("src:dst[:mode]" strings)."""
+    out = {}
+    for volume in service.get("volumes", []):
+        source, target, *mode = volume.split(":")
+        out[target] = (source, mode == ["ro"])
+    return out
+
+
+def test_compose_runs_prometheus_and_grafana_provisioned_from_the_repository_on_loopback_only():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    for name, image in (("prometheus", "prom/prometheus:"), ("grafana", "grafana/grafana:")):
+        assert services[name]["image"].startswith(image), name
+        tag = services[name]["image"].removeprefix(image)
+        assert re.fullmatch(r"v?\d+\.\d+\.\d+", tag), f"{name}: pin a release tag, not {tag!r}"
+        ports = services[name]["ports"]
+        assert ports and all(p.startswith("127.0.0.1:") for p in ports), (name, ports)
+    expected = {
+        "prometheus": {"/etc/prometheus/prometheus.yml": "monitoring/prometheus/prometheus.yml",
+                       "/etc/prometheus/alerts.yml": "monitoring/prometheus/alerts.yml"},
+        "grafana": {"/etc/grafana/provisioning": "monitoring/grafana/provisioning",
+                    "/var/lib/grafana/dashboards": "monitoring/grafana/dashboards"},
+    }
+    for name, binds in expected.items():
+        mounts = _mounts(services[name])
+        for target, source in binds.items():
+            assert mounts[target] == (f"./{source}", True), (name, target, mounts)
+            assert (config.REPO_ROOT / source).exists(), source
+    assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
+    # the admin password comes from the environment (or .env), with a local default
+    env = services["grafana"]["environment"]
+    assert env["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:-admin}"
+    merged = yaml.safe_load(compose(COMPOSE, env={"GRAFANA_ADMIN_PASSWORD": "s3cret"}, quiet=False).stdout)
+    assert merged["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "s3cret"
+
+
+def test_prometheus_scrapes_the_compose_api_and_consumer_and_loads_the_alerts():
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    prom = yaml.safe_load((config.REPO_ROOT / "monitoring/prometheus/prometheus.yml").read_text())
+    targets = {job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
+               for job in prom["scrape_configs"]}
+    command = services["consumer"]["command"]
+    consumer_port = command[command.index("--metrics-port") + 1]
+    assert targets == {"streamflow-api": ["api:8000"], "streamflow-consumer": [f"consumer:{consumer_port}"]}
+    assert "8000" in services["api"]["command"]
+    assert prom["rule_files"] == ["alerts.yml"]  # beside prometheus.yml in the container too
+    datasources = yaml.safe_load(
+        (config.REPO_ROOT / "monitoring/grafana/provisioning/datasources/prometheus.yml").read_text())
+    assert [d["url"] for d in datasources["datasources"]] == ["http://prometheus:9090"]

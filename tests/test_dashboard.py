@@ -12,9 +12,12 @@ import urllib.request
 
 import orjson
 import pytest
+from types import SimpleNamespace
+
+from consumer.dead_letter import dead_letter_value
 from kafka import OffsetAndMetadata, TopicPartition
 from streamflow import config, kafka_clients
-from streamflow.kafka_topics import ensure_topics, table_topics
+from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
 from tests import pipeline
 
 CHROMIUM_FLAGS = [
@@ -42,9 +45,17 @@ def wait_http(url: str, timeout: float = 60) -> None:
             time.sleep(0.3)
 
 
+DEAD_LETTER_REASONS = ["not valid JSON: <unexpected end>", "not valid JSON: <unexpected end>",
+                       "field plan: 'x' is not one of a, b"]
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return orjson.loads(resp.read())
+
+
 def history_points(base: str) -> list[dict]:
-    with urllib.request.urlopen(f"{base}/lag/history", timeout=10) as resp:
-        return orjson.loads(resp.read())["points"]
+    return get_json(f"{base}/lag/history")["points"]
 
 
 def wait_history(base: str, points: int, timeout: float = 60) -> list[dict]:
@@ -85,6 +96,11 @@ def lagging_api(monkeypatch, kafka_bootstrap, pg_settings, tmp_path):
     producer = kafka_clients.producer("test")
     for i in range(50):
         producer.send(table_topics()[0], key=b"1234-ABCDE", value=orjson.dumps({"i": i}))
+    ensure_topics([dead_letter_topic()], partitions=2)
+    for offset, reason in enumerate(DEAD_LETTER_REASONS):  # as the consumer writes them
+        bad = SimpleNamespace(topic=table_topics()[0], partition=0, offset=offset, timestamp=0,
+                              key=b"1234-ABCDE", value=b"{", headers=[])
+        producer.send(dead_letter_topic(), key=bad.key, value=dead_letter_value(bad, reason, None))
     producer.flush()
     producer.close()
     port = free_port()
@@ -116,6 +132,14 @@ def test_lag_endpoint_reports_the_pending_events(lagging_api):
     with urllib.request.urlopen(f"{base}/metrics", timeout=10) as resp:
         text = resp.read().decode()
     assert f'streamflow_consumer_lag_messages{{group="{group}"' in text
+    deadline = time.monotonic() + 60
+    while (summary := get_json(f"{base}/dead-letters/summary"))["total"] < 3:
+        assert time.monotonic() < deadline, summary
+        time.sleep(0.2)
+    assert summary["total"] == 3 and summary["error"] is None
+    assert summary["by_reason"] == [{"reason": "not valid JSON: <unexpected end>", "count": 2},
+                                    {"reason": "field plan: 'x' is not one of a, b", "count": 1}]
+    assert summary["by_topic"] == {table_topics()[0]: 3}
 
 
 def test_dashboard_renders_charts_with_data_and_no_console_errors(lagging_api, tmp_path):
@@ -137,6 +161,9 @@ def test_dashboard_renders_charts_with_data_and_no_console_errors(lagging_api, t
         points = int(tag.split('data-points="')[1].split('"')[0])
         assert points >= 2, (chart, tag)
     assert "<tr><td>" in dom  # the partitions table has rows
+    dlq = dom.split('data-testid="dlq-reasons"')[1].split("</table>")[0]
+    assert "not valid JSON: &lt;unexpected end&gt;</td><td>2</td>" in dlq, dlq  # escaped, counted
+    assert "3 dead letters" in dom
     drain_now = dom.split('data-testid="drain-now"')[1].split(">", 1)[1].split("<", 1)[0]
     assert "events/s" in drain_now and "drains in" in drain_now, drain_now
     console_errors = [line for line in result.stderr.splitlines()

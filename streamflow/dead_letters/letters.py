@@ -229,7 +229,7 @@ class TopicReader:
     def partitions(self, topic: str) -> list[TopicPartition]:
         """The topic's partitions; none when it does not exist."""
         try:
-            return [TopicPartition(topic, p) for p in sorted(self.reader.partitions_for_topic(topic))]
+            return [TopicPartition(topic, p) for p in sorted(self.reader.partitions_for_topic(topic) or ())]
         except KafkaError as exc:
             raise self.failed(f"reading the partitions of {topic}", exc) from None
 
