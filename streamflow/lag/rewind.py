@@ -132,5 +132,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['topic']:<{width}}  [{r['partition']}]  {r['from']} -> {r['to']}")
     verb = "would rewind" if args.dry_run else "rewound"
     print(f"{verb} group {args.group} on {len(rows)} partitions: {total:,} events to replay"
-          + ("" if args.dry_run else "; `streamflow lag` reports them as REPLAY"))
+          + ("" if args.dry_run else "; start its consumers: `streamflow lag` reports the rewound "
+                                      "partitions as REPLAY while they catch up"))
     return 0
