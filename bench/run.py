@@ -21,7 +21,7 @@ import time
 import traceback
 from datetime import datetime, timezone
 
-BENCHMARKS = ["online_write", "consumer_e2e", "consumer_processes", "producer", "freshness", "api_latency",
+BENCHMARKS = ["online_write", "consumer_e2e", "consumer_processes", "producer", "freshness", "api_latency", "lag_sample",
               "offline_retrieval", "memory", "scale"]
 DEFAULT = BENCHMARKS[:-1]
 RUNNERS = {"memory": ("bench.scale", "run_memory")}
