@@ -1,6 +1,6 @@
 """`streamflow` command: one entry point for every job of the pipeline.
 
-    streamflow generate | load | apply | materialize | training-set | lookup
+    streamflow generate | load | apply | materialize | training-set | lookup | verify
     streamflow produce | consume | lag | api        (the long-running processes)
     streamflow rewind                              (a deliberate replay: move a stopped group back)
     streamflow dead-letters list | show | redrive
@@ -18,6 +18,7 @@ COMMANDS = {
     "materialize": ("streamflow.online", "materialize_main", "copy batch values to the online store"),
     "training-set": ("streamflow.training", "main", "build a point-in-time training set (parquet)"),
     "lookup": ("streamflow.online", "lookup_main", "print users' online features"),
+    "verify": ("streamflow.verify.cli", "main", "check online = offline (= snapshot) for every user"),
     "produce": ("producer.main", "main", "replay snapshots as Kafka events"),
     "consume": ("consumer.main", "main", "consume events into Feast push sources"),
     "lag": ("streamflow.lag.cli", "main", "consumer lag per partition, in messages and seconds"),
