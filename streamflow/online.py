@@ -15,7 +15,7 @@ log = logging.getLogger("streamflow.online")
 
 def materialize(start: datetime, end: datetime) -> None:
     store = get_store()
-    with database_errors("materialize"):
+    with database_errors("materialize"), logs.plain_stdout():
         store.materialize(start_date=start, end_date=end)
 
 

@@ -135,7 +135,7 @@ def render(sample: GroupLag, status: GroupStatus, out: TextIO) -> None:
         span = f" over {status.samples} samples"
     out.write(f"group {sample.group} ({sample.state}, {members}): lag {sample.lag} messages, "
               f"oldest unconsumed event {_seconds(sample.lag_seconds)} s old, status {status.status.value}{span}\n")
-    if status.consume_rate is not None and sample.lag > 0:
+    if status.consume_rate is not None and sample.lag > 0 and status.status != Status.NEW:
         drain = (f"drains in {_seconds(status.drain_seconds)} s" if status.drain_seconds is not None
                  else "does not drain at this rate")
         out.write(f"consuming {status.consume_rate:,.1f} events/s over the window: {drain}\n")
