@@ -34,6 +34,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from psycopg import sql
 
 from streamflow import schema
+from streamflow.errors import first_line
 from streamflow.feast_stores.online import (
     StreamflowOnlineStore,
     close_pools,
@@ -375,7 +376,7 @@ class FeatureReader:
             catalog = load_catalog(self.store)
         except Exception as exc:  # noqa: BLE001 - any registry failure: keep serving the old one
             log.warning("cannot load feature service %s from the Feast registry: %s: %s",
-                        schema.FEATURE_SERVICE, type(exc).__name__, _first_line(exc))
+                        schema.FEATURE_SERVICE, type(exc).__name__, first_line(exc))
             raise FeaturesUnavailable("feast_registry", "the Feast registry is not reachable") from None
         with self._catalog_lock:
             changed = self._catalog is None or self._catalog.all_features() != catalog.all_features()
@@ -410,7 +411,7 @@ class FeatureReader:
                 config, [s.view for s in specs], keys, [chosen[s.name] for s in specs], self.db_timeout
             )
         except _database_errors() as exc:
-            log.warning("online read failed: %s: %s", type(exc).__name__, _first_line(exc))
+            log.warning("online read failed: %s: %s", type(exc).__name__, first_line(exc))
             raise FeaturesUnavailable("postgres", "the online store (PostgreSQL) is not reachable") from None
         now = self.clock()
         by_user: dict[str, UserResult] = {}
@@ -458,13 +459,8 @@ class FeatureReader:
             log.warning("readiness: %s did not answer within %.0f s", part, CHECK_TIMEOUT)
             raise FeaturesUnavailable(part, f"{message} (no answer within {CHECK_TIMEOUT:.0f} s)") from None
         except Exception as exc:  # noqa: BLE001
-            log.warning("readiness: %s failed: %s: %s", part, type(exc).__name__, _first_line(exc))
+            log.warning("readiness: %s failed: %s: %s", part, type(exc).__name__, first_line(exc))
             raise FeaturesUnavailable(part, message) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 __all__ = [

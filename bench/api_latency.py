@@ -42,7 +42,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -58,6 +57,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from streamflow import config, schema  # noqa: E402  (fills in the default environment)
+from streamflow.net import free_port
 
 RESULTS = REPO / "bench" / "results" / "api_latency.json"
 FEAST_ENV = ("POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD",
@@ -140,12 +140,6 @@ def feast_request(user: str) -> Request:
     """The same question to `feast serve`: the feature service by name, one user."""
     body = {"feature_service": schema.FEATURE_SERVICE, "entities": {schema.KEY: [user]}}
     return Request("POST", "/get-online-features", json.dumps(body).encode())
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def spawn(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:

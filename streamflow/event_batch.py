@@ -35,7 +35,7 @@ _PANDAS_TYPES = {pa.int64(): pd.Int64Dtype(), pa.float64(): pd.Float64Dtype(), p
                  pa.string(): pd.StringDtype()}
 _DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 """RE2 (Arrow) with ASCII digits only: stricter than events._DATE (Python's \\d is any digit)."""
-_DAY_LIMITS = tuple(datetime(d.year, d.month, d.day) for d in events.DATE_RANGE)
+_DAY_LIMITS = tuple(datetime(d.year, d.month, d.day) for d in schema.DATE_RANGE)
 _NONE = type(None)
 
 

@@ -28,6 +28,7 @@ from streamflow.datagen.generate import generate
 from streamflow.feature_store import push
 from streamflow.push_validation import push_columns
 from tests import pipeline
+from streamflow.net import free_port
 
 USERS = 50
 UNKNOWN = "0000-ZZZZZ"
@@ -364,9 +365,7 @@ def test_unexpected_error_is_500_json_without_internals_and_logged(data, caplog,
 
 
 def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens there once the socket is closed
+    return free_port()  # nothing listens there once the helper's socket is closed
 
 
 def test_unreachable_database_gives_503_naming_the_part_and_no_internals(data, monkeypatch):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import socket
 import threading
 from contextlib import contextmanager
 from datetime import date, datetime, timezone
@@ -32,6 +31,7 @@ from streamflow.verify import compare, query, verify
 from streamflow.verify.cli import main
 from streamflow.verify.values import MISSING, VALUE_TYPES, online_equals, show_online
 from tests import pipeline
+from streamflow.net import free_port
 
 USERS = 120
 JAN = schema.as_of_timestamp(schema.SNAPSHOTS["month_000"])
@@ -222,9 +222,7 @@ def test_an_online_event_time_that_is_not_the_offline_as_of_is_reported(loaded, 
 def test_missing_tables_and_unreachable_database(loaded, monkeypatch, caplog):
     with pytest.raises(StreamflowError, match="do not exist"):
         verify(project="no_such_project")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]  # closed once the block ends: nothing listens there
+    port = free_port()  # nothing listens there
     monkeypatch.setenv("POSTGRES_PORT", str(port))
     with pytest.raises(ServiceUnavailable):
         verify()

@@ -29,7 +29,7 @@ from pathlib import Path
 import psycopg
 
 from streamflow import config, schema
-from streamflow.errors import ServiceUnavailable, StreamflowError
+from streamflow.errors import ServiceUnavailable, StreamflowError, first_line
 from streamflow.verify import compare, query
 from streamflow.verify.report import Report
 
@@ -71,7 +71,7 @@ def connect() -> psycopg.Connection:
     try:
         return psycopg.connect(settings.conninfo, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise ServiceUnavailable(f"PostgreSQL is not reachable at {settings.describe()}: {reason}") from None
 
 
@@ -112,7 +112,7 @@ def verify(
                     log.info("%s: %s users, %s mismatches in %.2f s", view.view, f"{view.users:,}",
                              f"{view.mismatches:,}", view.seconds)
         except psycopg.OperationalError as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            reason = first_line(exc)
             raise ServiceUnavailable(
                 f"PostgreSQL at {config.postgres().describe()} failed during verify: {reason}") from None
         except psycopg.Error as exc:
