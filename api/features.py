@@ -35,6 +35,7 @@ from psycopg import sql
 
 from streamflow import schema
 from streamflow.errors import first_line
+from streamflow.timefmt import iso_utc
 from streamflow.feast_stores.online import (
     StreamflowOnlineStore,
     close_pools,
@@ -266,7 +267,7 @@ def decode_value(value: ValueProto | None, kind: str) -> JSONValue:
     raw = getattr(value, which)
     if which == "unix_timestamp_val":
         ts = datetime.fromtimestamp(raw, tz=timezone.utc)
-        return ts.date().isoformat() if kind == "date" else ts.isoformat().replace("+00:00", "Z")
+        return ts.date().isoformat() if kind == "date" else iso_utc(ts)
     if which in ("double_val", "float_val"):
         return raw if math.isfinite(raw) else None
     if which in ("bool_val", "int64_val", "int32_val", "string_val"):
@@ -274,10 +275,6 @@ def decode_value(value: ValueProto | None, kind: str) -> JSONValue:
     if which == "bytes_val":
         return raw.hex()
     return str(raw)  # pragma: no cover - the views only have the kinds above
-
-
-def iso_utc(ts: datetime) -> str:
-    return ts.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 @dataclass

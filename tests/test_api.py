@@ -7,6 +7,7 @@ event times), one user with users data only, and one user pushed two minutes ago
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import subprocess
@@ -569,3 +570,19 @@ else:  # pragma: no cover
     @pytest.mark.skip(reason="schemathesis is not installed (it is in the test extra: pip install -e '.[test]')")
     def test_fuzz_openapi_no_server_errors():
         pass
+
+
+def test_lookup_command_prints_what_the_api_answers(client, data, capsys):
+    from streamflow.online import lookup_main
+
+    user = data.users[0]
+    api = client.get(f"/features/{user}").json()["views"]
+    assert lookup_main([user, "9999-ZZZZZ", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    [ours, unknown] = doc["users"]
+    assert ours["found"] and not unknown["found"]
+    for view, body in api.items():  # same values, dates as YYYY-MM-DD like the API
+        assert ours["features"][view] == body["features"], view
+    assert lookup_main([user]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"{user}:\n") and "00:00:00" not in text and "+00:00" not in text

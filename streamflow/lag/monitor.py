@@ -44,7 +44,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import OffsetSpec
 from kafka.errors import CoordinatorLoadInProgressError, CoordinatorNotAvailableError, NotCoordinatorError
 
-from streamflow import config, kafka_clients, schema
+from streamflow import config, kafka_clients, schema, timefmt
 from streamflow.errors import ServiceUnavailable
 from streamflow.lag.status import REPLAY_MARK
 
@@ -71,8 +71,7 @@ def parse_mark(metadata: str | None) -> float | None:
 
 
 def _iso(ts: datetime | None) -> str | None:
-    """ISO 8601 in UTC with ``Z``, the format of every time StreamFlow prints."""
-    return ts.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if ts is not None else None
+    return timefmt.iso_utc(ts) if ts is not None else None
 
 
 def _round(value: float | None) -> float | None:
