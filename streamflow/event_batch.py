@@ -49,7 +49,8 @@ class TableBatch:
 
     frame: pd.DataFrame
     """The push frame (``push_columns`` order, registry dtypes; of several events of one user and
-    time, the last one)."""
+    time, the last one). Its index is the position in ``good`` of each row's record (the consumer
+    dead-letters the record of a row the database refuses)."""
     good: list
     """The records of the valid events, in order."""
     bad: list[tuple[object, events.InvalidEvent]]
