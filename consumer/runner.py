@@ -5,7 +5,7 @@ tables two at a time; the waits and Arrow's CSV writer release the GIL), the loo
 decodes batch N+1; it commits batch N once all its writes are done, then hands N+1 to the
 writers. The Kafka client is only ever called from the loop's thread.
 
-Guarantees (shared/DESIGN.md):
+Guarantees (README, "Reliability"):
 * at-least-once: offsets are committed only after the batch's writes and its dead-letter
   records are acknowledged; a write that fails for a transient reason (the database away,
   overloaded, a timeout, a deadlock: ``consumer.write_errors``) is retried with backoff, never
