@@ -36,4 +36,5 @@ first=$(echo "$users" | head -n 1)
 get "/features/$first" | .venv/bin/python -m json.tool | sed -n '1,30p'  # sed reads it all: no SIGPIPE
 echo "lag (GET /lag): $(get /lag | .venv/bin/python -c 'import json,sys; d=json.load(sys.stdin); s=d["sample"]; print(s["lag"], "messages,", s["lag_seconds"], "s,", (d["status"] or {}).get("status"))')"
 kill $api_pid; wait $api_pid 2>/dev/null || true
-echo; echo "done. Services keep running: scripts/services.sh status | down"
+echo; echo "try: .venv/bin/streamflow lookup $first  (or any id of data/month_001/users.csv)"
+echo "done. Services keep running: scripts/services.sh status | down"
