@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -33,7 +32,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from psycopg import sql
 
-from streamflow import schema
+from streamflow import config as streamflow_config, schema
 from streamflow.errors import first_line
 from streamflow.timefmt import iso_utc
 from streamflow.feast_stores.online import (
@@ -49,8 +48,7 @@ log = logging.getLogger("api.features")
 MAX_BATCH = 1000
 """Most user ids one POST /features may ask for."""
 
-DEFAULT_REFRESH_SECONDS = 60.0
-DEFAULT_DB_TIMEOUT = 2.0
+DEFAULT_DB_TIMEOUT = float(streamflow_config.default("STREAMFLOW_API_DB_TIMEOUT"))
 """Seconds a lookup waits for a pooled connection before answering 503 (an outage fails fast)."""
 CHECK_TIMEOUT = 3.0
 """Seconds /ready gives each dependency before calling it unreachable."""
@@ -303,10 +301,9 @@ class FeatureReader:
         clock: Callable[[], datetime] | None = None,
     ):
         self._store = store
-        self.refresh_seconds = refresh_seconds if refresh_seconds is not None else float(
-            os.environ.get("STREAMFLOW_API_REGISTRY_REFRESH", DEFAULT_REFRESH_SECONDS))
-        self.db_timeout = db_timeout if db_timeout is not None else float(
-            os.environ.get("STREAMFLOW_API_DB_TIMEOUT", DEFAULT_DB_TIMEOUT))
+        env = streamflow_config.settings().api  # (``config`` is a Feast RepoConfig in this module)
+        self.refresh_seconds = refresh_seconds if refresh_seconds is not None else env.registry_refresh
+        self.db_timeout = db_timeout if db_timeout is not None else env.db_timeout
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.online = MultiViewOnlineStore()
         self._catalog: Catalog | None = None

@@ -162,7 +162,7 @@ def feast_serve_env(runtime_dir: Path) -> dict[str, str]:
 
     XDG_RUNTIME_DIR gives gunicorn's control socket a private place (its default,
     ~/.gunicorn/gunicorn.ctl, would be shared with any other gunicorn of the same user)."""
-    env = {k: os.environ[k] for k in FEAST_ENV}
+    env = {k: os.environ[k] for k in FEAST_ENV if k in os.environ}
     env.update(PATH=os.environ.get("PATH", "/usr/bin:/bin"), HOME=os.environ.get("HOME", "/tmp"),
                PYTHONPATH=str(REPO), XDG_RUNTIME_DIR=str(runtime_dir), PYTHONUNBUFFERED="1")
     return env

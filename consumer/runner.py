@@ -39,7 +39,7 @@ from consumer.dead_letter import DeadLetterError, DeadLetterQueue
 from consumer.metrics import ConsumerMetrics
 from consumer.outage import Outage, OutageExceeded, Watchdog
 from consumer.write_errors import describe, isolate
-from streamflow import event_batch, kafka_clients, schema
+from streamflow import config, event_batch, kafka_clients, schema
 from streamflow.feature_store import database_errors, get_store, push
 
 log = logging.getLogger("consumer")
@@ -47,7 +47,7 @@ log = logging.getLogger("consumer")
 
 @dataclass
 class ConsumerSettings:
-    group_id: str = "streamflow-consumer"
+    group_id: str = config.DEFAULT_CONSUMER_GROUP
     bootstrap: str = ""
     max_batch: int = 5000
     poll_timeout_ms: int = 500

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextvars
 import logging
-import os
 from contextlib import contextmanager
 from functools import lru_cache
 
@@ -41,7 +40,7 @@ def _store(repo: str, project: str):
 
 def get_store():
     """The process's FeatureStore for the configured repo and project (opened once)."""
-    return _store(str(config.feature_repo_dir()), os.environ["FEAST_PROJECT"])
+    return _store(str(config.feature_repo_dir()), config.feast_project())
 
 
 @contextmanager
@@ -72,7 +71,7 @@ def apply() -> list[str]:
         objects = definitions.all_objects()
         get_store().apply(objects)
     names = [o.name for o in objects]
-    log.info("applied %d Feast objects to project %s: %s", len(names), os.environ["FEAST_PROJECT"], ", ".join(names))
+    log.info("applied %d Feast objects to project %s: %s", len(names), config.feast_project(), ", ".join(names))
     return names
 
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
 import re
 import sys
 import time
 import warnings
+
+from streamflow import config
 
 
 LIBRARIES = ("feast", "kafka", "urllib3", "sqlalchemy", "psycopg")
@@ -90,8 +91,13 @@ class RepeatFilter(logging.Filter):
         return True
 
 
+def configured_level(default: str = "INFO") -> str:
+    """STREAMFLOW_LOG_LEVEL, else the command's default."""
+    return config.settings().logs.level or default.upper()
+
+
 def setup(level: str | None = None) -> None:
-    level = (level or os.environ.get("STREAMFLOW_LOG_LEVEL", "INFO")).upper()
+    level = (level or configured_level()).upper()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(OperatorFormatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s", "%H:%M:%S"))
     handler.addFilter(NoiseFilter())
@@ -135,5 +141,5 @@ def plain_stdout():
 
 
 def progress_enabled() -> bool:
-    """Progress bars only on a terminal (not in CI logs or pipes)."""
-    return sys.stderr.isatty() and os.environ.get("STREAMFLOW_NO_PROGRESS") is None
+    """Progress bars only on a terminal (not in CI logs or pipes) and unless STREAMFLOW_NO_PROGRESS."""
+    return sys.stderr.isatty() and not config.settings().logs.no_progress

@@ -85,7 +85,7 @@ def prepare_snapshot(
     return Snapshot(folder, snapshot_id, as_of, files)
 
 
-def connect(settings: config.PostgresSettings | None = None) -> psycopg.Connection:
+def connect(settings: config.Postgres | None = None) -> psycopg.Connection:
     """A connection to the warehouse; ServiceUnavailable (no password shown) if it fails."""
     settings = settings or config.postgres()
     try:

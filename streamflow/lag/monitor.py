@@ -50,7 +50,7 @@ from streamflow.lag.status import REPLAY_MARK
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GROUP = "streamflow-consumer"
+DEFAULT_GROUP = config.DEFAULT_CONSUMER_GROUP
 
 
 def marks_group(group: str) -> str:

@@ -9,7 +9,6 @@ event-to-online freshness, read from the consumer's own metrics endpoint when it
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import urllib.request
@@ -19,6 +18,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamflow import config
 from streamflow.errors import StreamflowError
 from streamflow.lag.metrics import LagMetrics
 from streamflow.lag.monitor import GroupLag, LagMonitor
@@ -30,7 +30,7 @@ FRESHNESS_METRIC = "streamflow_event_to_online_seconds"
 
 
 def consumer_metrics_url() -> str:
-    return os.environ.get("STREAMFLOW_CONSUMER_METRICS_URL", "http://127.0.0.1:9108/metrics")
+    return config.settings().lag.consumer_metrics_url
 
 
 def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
