@@ -60,7 +60,7 @@ def loaded(pg_settings, snapshots):
 
 
 def online_name(table: schema.Table) -> str:
-    return table_name(config.env("FEAST_PROJECT"), table.feature_view)
+    return table_name(config.feast_project(), table.feature_view)
 
 
 @contextmanager

@@ -92,7 +92,7 @@ def verify(
     """
     started = time.perf_counter()
     tables = select_tables(views)
-    project = project or config.env("FEAST_PROJECT")
+    project = project or config.feast_project()
     now = now or datetime.now(timezone.utc)
     folder = Path(snapshot_dir) if snapshot_dir is not None else None
     day = snapshot_day(folder, snapshot_as_of) if folder is not None else None
