@@ -1,4 +1,4 @@
-"""`streamflow api` / `streamflow-api`: serve the online feature API with uvicorn.
+"""`streamflow api`: serve the online feature API with uvicorn.
 
     streamflow api [--host 127.0.0.1] [--port 8000] [--workers 1]
 

@@ -1,4 +1,4 @@
-"""streamflow-producer: replay snapshot folders as Kafka events.
+"""`streamflow produce`: replay snapshot folders as Kafka events.
 
     streamflow produce --snapshots month_000 month_001 [--rate N | --speedup X]
 

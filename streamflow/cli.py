@@ -17,6 +17,7 @@ import importlib
 import sys
 import traceback
 
+from streamflow import logs
 from streamflow.errors import StreamflowError
 
 COMMANDS = {
@@ -37,9 +38,18 @@ COMMANDS = {
 }
 
 
+QUIET_DEFAULT = {"lag": "WARNING", "rewind": "WARNING", "dead-letters": "WARNING", "config": "WARNING"}
+"""Commands whose output is the data itself log only warnings unless STREAMFLOW_LOG_LEVEL says
+otherwise; the others log their progress at INFO."""
+
+GLOBAL_OPTIONS = "--no-progress: no progress bars (any command; also STREAMFLOW_NO_PROGRESS=true)"
+
+
 def usage() -> str:
     lines = ["usage: streamflow <command> [options]", "", "commands:"]
     lines += [f"  {name:14} {help_}" for name, (_, _, help_) in COMMANDS.items()]
+    lines += ["", "options of every command:", f"  {GLOBAL_OPTIONS}",
+              "", "streamflow <command> --help: the command's own options"]
     return "\n".join(lines)
 
 
@@ -54,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module, func, _ = COMMANDS[name]
     try:
+        if "--no-progress" in rest:  # every command takes it, whether its own parser knows it or not
+            logs.disable_progress()
+            rest = [a for a in rest if a != "--no-progress"]
+        logs.setup(logs.configured_level(QUIET_DEFAULT.get(name, "INFO")))
         return int(getattr(importlib.import_module(module), func)(rest) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

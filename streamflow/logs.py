@@ -96,7 +96,23 @@ def configured_level(default: str = "INFO") -> str:
     return config.settings().logs.level or default.upper()
 
 
+_SET_UP = False
+_PROGRESS_OFF = False
+
+
+def disable_progress() -> None:
+    """No progress bars in this process (``streamflow --no-progress`` / ``<command> --no-progress``)."""
+    global _PROGRESS_OFF
+    _PROGRESS_OFF = True
+
+
 def setup(level: str | None = None) -> None:
+    """Set up logging for the process, once: ``streamflow`` does it before any command, so a
+    command's own call (kept for ``python -m <module>``) changes nothing then."""
+    global _SET_UP
+    if _SET_UP:
+        return
+    _SET_UP = True
     level = (level or configured_level()).upper()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(OperatorFormatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s", "%H:%M:%S"))
@@ -142,4 +158,4 @@ def plain_stdout():
 
 def progress_enabled() -> bool:
     """Progress bars only on a terminal (not in CI logs or pipes) and unless STREAMFLOW_NO_PROGRESS."""
-    return sys.stderr.isatty() and not config.settings().logs.no_progress
+    return sys.stderr.isatty() and not _PROGRESS_OFF and not config.settings().logs.no_progress

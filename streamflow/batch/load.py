@@ -41,7 +41,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from streamflow import config, schema, warehouse
+from streamflow import config, logs, schema, warehouse
 from streamflow.batch import validate
 from streamflow.errors import DataValidationError, ServiceUnavailable, StreamflowError, first_line
 
@@ -212,7 +212,7 @@ def _day(text: str) -> date:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m streamflow.batch.load",
+        prog="streamflow load",
         description="Validate snapshot folders (six CSVs each) and load them into PostgreSQL "
         "(base and snapshot tables), all in one transaction. Connection from POSTGRES_HOST, "
         "POSTGRES_PORT, POSTGRES_DB, POSTGRES_USER, POSTGRES_PASSWORD.",
@@ -226,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="YYYY-MM-DD",
         help="event day of the snapshot (only with one folder; default: from its name, month_NNN)",
     )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -234,9 +235,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.as_of is not None and len(args.folders) != 1:
         parser.error("--as-of needs exactly one folder")
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    progress = sys.stderr.isatty()
+    logs.setup()
+    progress = not args.no_progress and logs.progress_enabled()
     try:
         started = time.perf_counter()
         with connect() as conn:  # first, so an unreachable database fails fast

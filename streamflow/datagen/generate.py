@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from streamflow import config, schema
+from streamflow import config, logs, schema
 
 log = logging.getLogger(__name__)
 
@@ -350,8 +350,8 @@ def _write_month(
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m streamflow.datagen.generate",
-        description="Generate deterministic StreamFlow snapshots (CSV files, DATA.md format).",
+        prog="streamflow generate",
+        description="Generate deterministic StreamFlow snapshots (one CSV per table of streamflow/schema.py).",
     )
     p.add_argument("--out", type=Path, default=config.data_dir(), help="output folder (default: %(default)s)")
     p.add_argument("--users", type=int, default=7043, help="number of users (default: %(default)s)")
@@ -374,10 +374,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(exc))
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup()
     try:
-        generate(args.out, args.users, args.seed, args.snapshots, args.chunk_size, not args.no_progress)
+        generate(args.out, args.users, args.seed, args.snapshots, args.chunk_size,
+                 not args.no_progress and logs.progress_enabled())
     except OSError as exc:
         log.error("cannot write snapshots to %s: %s", args.out, exc)
         return 1
