@@ -15,6 +15,11 @@ class DataValidationError(StreamflowError):
 
     exit_code = 3
 
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems: list[str] = problems or []
+        """The problems found, one line each (the message shows the first of them)."""
+
 
 class ServiceUnavailable(StreamflowError):
     """PostgreSQL or Kafka cannot be reached."""

@@ -38,7 +38,7 @@ import hashlib
 import io
 import itertools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -561,7 +561,7 @@ def _record_end(buf: bytearray, sep: bytes) -> int:
     return end + 1
 
 
-def _chunks(path: Path, size: int) -> Iterator[_Piece]:
+def _chunks(path: Path, size: int) -> Generator[_Piece, None, None]:
     """The file (a UTF-8 BOM skipped) in pieces of whole records of about ``size`` bytes, each but
     the first with the header line put in front. The rest of a file whose quotes do not pair is
     one piece (bad CSV anyway)."""
@@ -606,8 +606,8 @@ def _digest(data: bytes) -> bytes:
 def _header_of(data: bytes) -> list[str]:
     """The column names of the first line (it ends at \\n, \\r\\n or a lone \\r)."""
     end = data.find(b"\n")
-    first_line = data[: end if end >= 0 else len(data)].rstrip(b"\r").split(b"\r", 1)[0]
-    first_line = first_line.decode("utf-8", "replace")
+    raw = data[: end if end >= 0 else len(data)].rstrip(b"\r").split(b"\r", 1)[0]
+    first_line = raw.decode("utf-8", "replace")
     try:
         return next(csv.reader([first_line]), [])
     except csv.Error:  # e.g. a stray quote in a binary file: the header check reports it
@@ -848,7 +848,7 @@ def _check_duplicates(user_ids: pa.Array, lines: np.ndarray, problems: _Problems
     keys = pd.Series(user_ids.to_numpy(zero_copy_only=False))
     repeated = np.flatnonzero(keys.duplicated(keep="first").to_numpy())
     problems.count += len(repeated)
-    first_line = {}
+    first_line: dict[str, int] = {}
     for i in np.flatnonzero(keys.duplicated(keep=False).to_numpy()):
         first_line.setdefault(keys.iat[i], int(lines[i]))
     for i in repeated[: problems.limit]:
@@ -964,9 +964,7 @@ def raise_problems(problems: Sequence[Problem], total: int | None = None) -> Non
         message = f"{total} problems{where}{first}:\n" + "\n".join(
             f"  {p}" for p in shown
         )
-    error = DataValidationError(message)
-    error.problems = shown
-    raise error
+    raise DataValidationError(message, problems=list(shown))
 
 
 def check_snapshot(
