@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
 import time
 from contextlib import asynccontextmanager
 from typing import Annotated, Optional
@@ -48,7 +47,7 @@ from api.features import (
     iso_utc,
     parse_selection,
 )
-from streamflow import schema
+from streamflow import config, schema
 from streamflow.lag.metrics import register_lag_metrics
 from streamflow.dead_letters.tally import DeadLetterTally
 from streamflow.kafka_topics import dead_letter_topic
@@ -192,12 +191,13 @@ def lag_sampler_from_env(metrics_registry: CollectorRegistry) -> LagSampler:
     STREAMFLOW_LAG_INTERVAL seconds (default 5); while Kafka is away it backs off up to
     STREAMFLOW_LAG_MAX_BACKOFF seconds (default 30); STREAMFLOW_LAG_TIMEOUT bounds connecting and
     each Kafka request of a sample (default 10)."""
+    env = config.settings()
     return LagSampler(
-        group=os.environ.get("STREAMFLOW_CONSUMER_GROUP", "streamflow-consumer"),
-        interval=float(os.environ.get("STREAMFLOW_LAG_INTERVAL", "5")),
+        group=env.consumer.group,
+        interval=env.lag.interval,
         metrics=register_lag_metrics(metrics_registry),
-        timeout=float(os.environ.get("STREAMFLOW_LAG_TIMEOUT", "10")),
-        max_backoff=float(os.environ.get("STREAMFLOW_LAG_MAX_BACKOFF", "30")),
+        timeout=env.lag.timeout,
+        max_backoff=env.lag.max_backoff,
     )
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -33,7 +32,9 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from psycopg import sql
 
-from streamflow import schema
+from streamflow import config as streamflow_config, schema
+from streamflow.errors import first_line
+from streamflow.timefmt import iso_utc
 from streamflow.feast_stores.online import (
     StreamflowOnlineStore,
     close_pools,
@@ -47,8 +48,7 @@ log = logging.getLogger("api.features")
 MAX_BATCH = 1000
 """Most user ids one POST /features may ask for."""
 
-DEFAULT_REFRESH_SECONDS = 60.0
-DEFAULT_DB_TIMEOUT = 2.0
+DEFAULT_DB_TIMEOUT = float(streamflow_config.default("STREAMFLOW_API_DB_TIMEOUT"))
 """Seconds a lookup waits for a pooled connection before answering 503 (an outage fails fast)."""
 CHECK_TIMEOUT = 3.0
 """Seconds /ready gives each dependency before calling it unreachable."""
@@ -265,7 +265,7 @@ def decode_value(value: ValueProto | None, kind: str) -> JSONValue:
     raw = getattr(value, which)
     if which == "unix_timestamp_val":
         ts = datetime.fromtimestamp(raw, tz=timezone.utc)
-        return ts.date().isoformat() if kind == "date" else ts.isoformat().replace("+00:00", "Z")
+        return ts.date().isoformat() if kind == "date" else iso_utc(ts)
     if which in ("double_val", "float_val"):
         return raw if math.isfinite(raw) else None
     if which in ("bool_val", "int64_val", "int32_val", "string_val"):
@@ -273,10 +273,6 @@ def decode_value(value: ValueProto | None, kind: str) -> JSONValue:
     if which == "bytes_val":
         return raw.hex()
     return str(raw)  # pragma: no cover - the views only have the kinds above
-
-
-def iso_utc(ts: datetime) -> str:
-    return ts.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
 
 
 @dataclass
@@ -305,10 +301,9 @@ class FeatureReader:
         clock: Callable[[], datetime] | None = None,
     ):
         self._store = store
-        self.refresh_seconds = refresh_seconds if refresh_seconds is not None else float(
-            os.environ.get("STREAMFLOW_API_REGISTRY_REFRESH", DEFAULT_REFRESH_SECONDS))
-        self.db_timeout = db_timeout if db_timeout is not None else float(
-            os.environ.get("STREAMFLOW_API_DB_TIMEOUT", DEFAULT_DB_TIMEOUT))
+        env = streamflow_config.settings().api  # (``config`` is a Feast RepoConfig in this module)
+        self.refresh_seconds = refresh_seconds if refresh_seconds is not None else env.registry_refresh
+        self.db_timeout = db_timeout if db_timeout is not None else env.db_timeout
         self.clock = clock or (lambda: datetime.now(timezone.utc))
         self.online = MultiViewOnlineStore()
         self._catalog: Catalog | None = None
@@ -375,7 +370,7 @@ class FeatureReader:
             catalog = load_catalog(self.store)
         except Exception as exc:  # noqa: BLE001 - any registry failure: keep serving the old one
             log.warning("cannot load feature service %s from the Feast registry: %s: %s",
-                        schema.FEATURE_SERVICE, type(exc).__name__, _first_line(exc))
+                        schema.FEATURE_SERVICE, type(exc).__name__, first_line(exc))
             raise FeaturesUnavailable("feast_registry", "the Feast registry is not reachable") from None
         with self._catalog_lock:
             changed = self._catalog is None or self._catalog.all_features() != catalog.all_features()
@@ -410,7 +405,7 @@ class FeatureReader:
                 config, [s.view for s in specs], keys, [chosen[s.name] for s in specs], self.db_timeout
             )
         except _database_errors() as exc:
-            log.warning("online read failed: %s: %s", type(exc).__name__, _first_line(exc))
+            log.warning("online read failed: %s: %s", type(exc).__name__, first_line(exc))
             raise FeaturesUnavailable("postgres", "the online store (PostgreSQL) is not reachable") from None
         now = self.clock()
         by_user: dict[str, UserResult] = {}
@@ -458,13 +453,8 @@ class FeatureReader:
             log.warning("readiness: %s did not answer within %.0f s", part, CHECK_TIMEOUT)
             raise FeaturesUnavailable(part, f"{message} (no answer within {CHECK_TIMEOUT:.0f} s)") from None
         except Exception as exc:  # noqa: BLE001
-            log.warning("readiness: %s failed: %s: %s", part, type(exc).__name__, _first_line(exc))
+            log.warning("readiness: %s failed: %s: %s", part, type(exc).__name__, first_line(exc))
             raise FeaturesUnavailable(part, message) from None
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 __all__ = [

@@ -41,7 +41,9 @@ def get_lag(request: Request):
     sampler = _sampler(request)
     snap = sampler.snapshot()
     if snap["sample"] is None and snap["error"] is None:
-        sampler.sample_if_none()  # before the thread's first sample: take it here (one at a time)
+        # Before the sampler thread's first sample: wait for it (the thread is the monitor's one
+        # user; a request never samples).
+        sampler.wait_first(sampler.timeout + 5)
         snap = sampler.snapshot()
     if snap["error"]:
         return _unavailable(snap["error"], sampler.interval)

@@ -10,10 +10,9 @@ POSTGRES_* and FEAST_PROJECT variables (streamflow.config).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from streamflow import logs
+from streamflow import config, logs
 
 
 def _port(text: str) -> int:
@@ -27,15 +26,16 @@ def _port(text: str) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    env = config.settings().api
     parser = argparse.ArgumentParser(prog="streamflow api", description="Serve the online feature API.")
-    parser.add_argument("--host", default=os.environ.get("STREAMFLOW_API_HOST", "127.0.0.1"),
-                        help="address to listen on (env STREAMFLOW_API_HOST; default 127.0.0.1)")
-    parser.add_argument("--port", type=_port, default=os.environ.get("STREAMFLOW_API_PORT", "8000"),
-                        help="port to listen on (env STREAMFLOW_API_PORT; default 8000)")
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("STREAMFLOW_API_WORKERS", "1")),
-                        help="worker processes (env STREAMFLOW_API_WORKERS; default 1)")
-    parser.add_argument("--log-level", default=os.environ.get("STREAMFLOW_LOG_LEVEL", "INFO"),
-                        help="log level (env STREAMFLOW_LOG_LEVEL; default INFO)")
+    parser.add_argument("--host", default=env.host,
+                        help="address to listen on (env STREAMFLOW_API_HOST; default %(default)s)")
+    parser.add_argument("--port", type=_port, default=env.port,
+                        help="port to listen on (env STREAMFLOW_API_PORT; default %(default)s)")
+    parser.add_argument("--workers", type=int, default=env.workers,
+                        help="worker processes (env STREAMFLOW_API_WORKERS; default %(default)s)")
+    parser.add_argument("--log-level", default=logs.configured_level("INFO"),
+                        help="log level (env STREAMFLOW_LOG_LEVEL; default %(default)s)")
     parser.add_argument("--access-log", action="store_true", help="log every request (costs latency)")
     return parser
 

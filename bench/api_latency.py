@@ -42,7 +42,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -58,6 +57,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from streamflow import config, schema  # noqa: E402  (fills in the default environment)
+from streamflow.net import free_port
 
 RESULTS = REPO / "bench" / "results" / "api_latency.json"
 FEAST_ENV = ("POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD",
@@ -143,12 +143,6 @@ def feast_request(user: str) -> Request:
     return Request("POST", "/get-online-features", json.dumps(body).encode())
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def spawn(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """A server in its own process group, so that stopping it also stops the workers it forked."""
     with open(log_path, "wb") as log:
@@ -169,7 +163,7 @@ def feast_serve_env(runtime_dir: Path) -> dict[str, str]:
 
     XDG_RUNTIME_DIR gives gunicorn's control socket a private place (its default,
     ~/.gunicorn/gunicorn.ctl, would be shared with any other gunicorn of the same user)."""
-    env = {k: os.environ[k] for k in FEAST_ENV}
+    env = {k: os.environ[k] for k in FEAST_ENV if k in os.environ}
     env.update(PATH=os.environ.get("PATH", "/usr/bin:/bin"), HOME=os.environ.get("HOME", "/tmp"),
                PYTHONPATH=str(REPO), XDG_RUNTIME_DIR=str(runtime_dir), PYTHONUNBUFFERED="1")
     return env

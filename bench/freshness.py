@@ -24,7 +24,6 @@ from bench import common  # noqa: I001  (first: sets the benchmark environment)
 import http.client
 import itertools
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -40,6 +39,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from producer.replay import make_producer
 from streamflow import schema
 from streamflow.datagen.generate import user_ids
+from streamflow.net import free_port
 
 NAME = "freshness"
 TABLE = schema.table("usage_agg_30d")
@@ -189,12 +189,6 @@ def bucket_quantile(before: dict, after: dict, q: float) -> float | None:
 def percentile(values: list[float], q: float) -> float:
     v = sorted(values)
     return v[min(len(v) - 1, max(0, int(round(q * len(v) + 0.5)) - 1))] if v else float("nan")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_consumer(port: int, log_path) -> subprocess.Popen:

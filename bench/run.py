@@ -22,7 +22,7 @@ import traceback
 from datetime import datetime, timezone
 
 BENCHMARKS = ["online_write", "consumer_e2e", "consumer_processes", "producer", "freshness", "api_latency",
-              "offline_retrieval", "memory", "scale"]
+              "lag_sample", "offline_retrieval", "memory", "verify", "scale"]
 DEFAULT = BENCHMARKS[:-1]
 RUNNERS = {"memory": ("bench.scale", "run_memory")}
 """Benchmarks run by a function other than their own module's run()."""
@@ -42,6 +42,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--rates", "--rate", type=float, nargs="+", default=[2000, 5000],
                    help="events/s of the freshness benchmark, one run per rate (default 2000 5000)")
     p.add_argument("--duration", type=float, default=15, help="seconds of the freshness benchmark, per rate")
+    p.add_argument("--verify-users", type=int, default=7043,
+                   help="users of the verify benchmark (default 7,043)")
     p.add_argument("--api-rates", type=float, nargs="+", default=[200, 1000],
                    help="req/s of the online lookup benchmark, ours and feast serve's (default 200 1000)")
     p.add_argument("--only", nargs="+", choices=BENCHMARKS, metavar="NAME",

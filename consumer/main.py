@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import logging
-import os
 import signal
 import sys
 import threading
@@ -24,7 +23,7 @@ import threading
 from consumer import supervisor
 from consumer.outage import Outage
 from consumer.runner import ConsumerSettings, StreamConsumer
-from streamflow import kafka_clients, logs
+from streamflow import config, kafka_clients, logs
 from streamflow.errors import StreamflowError
 from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
 
@@ -32,25 +31,25 @@ log = logging.getLogger("consumer")
 
 
 def parser() -> argparse.ArgumentParser:
+    env = config.settings().consumer  # every default below: its STREAMFLOW_* variable (streamflow config)
     p = argparse.ArgumentParser(prog="streamflow consume", description=__doc__.splitlines()[0])
-    p.add_argument("--group", default=os.environ.get("STREAMFLOW_CONSUMER_GROUP", "streamflow-consumer"))
-    p.add_argument("--max-batch", type=int, default=int(os.environ.get("STREAMFLOW_MAX_BATCH", "5000")),
+    p.add_argument("--group", default=env.group, help="consumer group (default: %(default)s)")
+    p.add_argument("--max-batch", type=int, default=env.max_batch,
                    help="most events per batch (one write and one commit per batch)")
     p.add_argument("--until-drained", action="store_true",
                    help="stop once every assigned partition is consumed to its end")
     p.add_argument("--max-idle", type=float, default=None, help="stop after this many seconds without events")
-    p.add_argument("--instance-id", default=os.environ.get("STREAMFLOW_CONSUMER_INSTANCE_ID") or None,
+    p.add_argument("--instance-id", default=env.instance_id,
                    help="static group membership: a restarted consumer with the same id resumes its "
                         "partitions at once instead of after the session timeout (15 s); one id per process "
                         "(with --processes, member i gets ID-i)")
-    p.add_argument("--metrics-port", type=int,
-                   default=int(os.environ["STREAMFLOW_METRICS_PORT"]) if os.environ.get("STREAMFLOW_METRICS_PORT") else None,
+    p.add_argument("--metrics-port", type=int, default=env.metrics_port,
                    help="serve Prometheus metrics on this port (with --processes, member i on PORT+i)")
-    p.add_argument("--metrics-addr", default=os.environ.get("STREAMFLOW_METRICS_ADDR", "127.0.0.1"),
+    p.add_argument("--metrics-addr", default=env.metrics_addr,
                    help="address of the metrics server (0.0.0.0 in a container)")
-    p.add_argument("--partitions", type=int, default=None, help="partitions of topics created (default 4)")
-    p.add_argument("--max-outage", type=float, metavar="SECONDS",
-                   default=float(os.environ["STREAMFLOW_MAX_OUTAGE"]) if os.environ.get("STREAMFLOW_MAX_OUTAGE") else None,
+    p.add_argument("--partitions", type=int, default=None,
+                   help="partitions of topics created (default: STREAMFLOW_PARTITIONS, 4)")
+    p.add_argument("--max-outage", type=float, metavar="SECONDS", default=env.max_outage,
                    help="exit (code 4) once Kafka has been unreachable this long; default: wait forever")
     p.add_argument("--processes", type=positive_int, default=1, metavar="N",
                    help="run N members of the group, each its own process, under a supervisor that forwards "

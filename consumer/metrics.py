@@ -114,7 +114,7 @@ class ConsumerMetrics:
             for name, doc, label, counter in (
                 ("streamflow_events_consumed", "Events polled from Kafka", "topic", self.consumed),
                 ("streamflow_events_written", "Events written online and offline", "table", self.written),
-                ("streamflow_events_dead_lettered", "Invalid events sent to the dead-letter topic", "topic",
+                ("streamflow_events_dead_lettered", "Invalid or poison events sent to the dead-letter topic", "topic",
                  self.dead_lettered),
             ):
                 family = CounterMetricFamily(name, doc, labels=[label])

@@ -5,13 +5,19 @@ tables two at a time; the waits and Arrow's CSV writer release the GIL), the loo
 decodes batch N+1; it commits batch N once all its writes are done, then hands N+1 to the
 writers. The Kafka client is only ever called from the loop's thread.
 
-Guarantees (shared/DESIGN.md):
+Guarantees (README, "Reliability"):
 * at-least-once: offsets are committed only after the batch's writes and its dead-letter
-  records are acknowledged; a failed write is retried with backoff, never committed past;
+  records are acknowledged; a write that fails for a transient reason (the database away,
+  overloaded, a timeout, a deadlock: ``consumer.write_errors``) is retried with backoff, never
+  committed past;
 * idempotent and newest-wins writes come from our Feast store classes, so a redelivered batch
   changes nothing and an older event never overwrites a newer value;
 * an invalid event goes to the dead-letter topic with its reason and source offset, is counted,
-  and the events around it are written.
+  and the events around it are written. So does a poison event: one the database refuses for
+  good (a data exception, a violated constraint, a bug in its encoding): a table's write that
+  fails permanently is split in halves until the refused events stand alone
+  (``write_errors.isolate``); they are dead-lettered with the database's error, the rest is
+  written, and the batch is committed.
 """
 
 from __future__ import annotations
@@ -32,16 +38,16 @@ from kafka.errors import CommitFailedError
 from consumer.dead_letter import DeadLetterError, DeadLetterQueue
 from consumer.metrics import ConsumerMetrics
 from consumer.outage import Outage, OutageExceeded, Watchdog
-from streamflow import event_batch, kafka_clients, schema
+from consumer.write_errors import describe, isolate
+from streamflow import config, event_batch, kafka_clients, schema
 from streamflow.feature_store import database_errors, get_store, push
-from streamflow.push_validation import PushValidationError
 
 log = logging.getLogger("consumer")
 
 
 @dataclass
 class ConsumerSettings:
-    group_id: str = "streamflow-consumer"
+    group_id: str = config.DEFAULT_CONSUMER_GROUP
     bootstrap: str = ""
     max_batch: int = 5000
     poll_timeout_ms: int = 500
@@ -80,7 +86,8 @@ class ConsumerSettings:
 @dataclass
 class Batch:
     """One polled batch, decoded: the push frame of its valid events per table (with their
-    records) and the next offset of every partition it covers (committed once written)."""
+    records: the frame's index holds each row's position in them, see ``event_batch.TableBatch``)
+    and the next offset of every partition it covers (committed once written)."""
 
     records: dict[TopicPartition, list]
     frames: dict[str, pd.DataFrame]
@@ -205,19 +212,29 @@ class StreamConsumer:
         self.dead_letters.send(rec, reason, field)
         self.metrics.count(self.metrics.dead_lettered, rec.topic)
 
-    def write_table(self, name: str, frame: pd.DataFrame, records: list) -> None:
+    def write_table(self, name: str, frame: pd.DataFrame, records: list) -> list[tuple[object, str]]:
         """Write one table's frame of a batch, retrying until it is written (StopRequested when
-        asked to stop meanwhile). Runs in a writer thread: no Kafka client call here but the
-        dead-letter producer's (thread-safe) send."""
+        asked to stop meanwhile); returns the dead letters ``(record, reason)`` of the events the
+        database refused for good.
+
+        A write that fails for a transient reason is retried whole, with backoff. One that fails
+        permanently is written in halves, and so on, until the refused rows stand alone
+        (``write_errors.isolate``); the halves go through the same push, so newest-wins and
+        idempotence hold, and what was written before a transient error is written again,
+        unchanged. Runs in a writer thread: no Kafka client call here (the loop sends the dead
+        letters, then commits)."""
+        table = schema.table(name)
         delay = self.settings.retry_initial
         attempt = 0
         while True:
             try:
-                self._write(name, frame, records)
-                if attempt:
-                    log.info("write succeeded after %d retries (%s)", attempt, name)
-                return
-            except Exception as exc:  # noqa: BLE001 - any failed write is retried, never committed
+                refused = isolate(lambda start, stop: self._write(table, frame, start, stop), len(frame),
+                                  on_permanent=lambda start, stop, exc: self._failed_for_good(
+                                      name, len(frame), start, stop, exc))
+                break
+            except StopRequested:
+                raise
+            except Exception as exc:  # noqa: BLE001 - transient (write_errors.classify): retried, never committed
                 attempt += 1
                 self.metrics.retried()
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -226,22 +243,42 @@ class StreamConsumer:
                 if self._wait_or_stop(delay):
                     raise StopRequested() from None
                 delay = min(delay * 2, self.settings.retry_max)
+        if attempt:
+            log.info("write succeeded after %d retries (%s)", attempt, name)
+        letters = []
+        for row in refused:
+            # The frame's index is the row's position in the table's records (event_batch.TableBatch).
+            rec = records[frame.index[row.row]]
+            reason = f"write failed: {describe(row.error)}"
+            log.warning("poison event dead-lettered: table %s, %s partition %d offset %d: %s",
+                        name, rec.topic, rec.partition, rec.offset, reason)
+            letters.append((rec, reason))
+        self._written(name, records, {id(rec) for rec, _ in letters})
+        return letters
 
-    def _write(self, name: str, frame: pd.DataFrame, records: list) -> None:
-        table = schema.table(name)
-        try:
-            written = push(table, frame, where=f"batch of {table.topic}",
-                           validated=True)  # decode checked every event
-        except PushValidationError as exc:
-            # Cannot happen for decoded events; if it does, keep the flow and the evidence.
-            log.error("batch of %s rejected by push validation: %s", name, exc)
-            for rec in records:
-                self._dead_letter(rec, f"push validation: {exc}")
-            return
+    def _write(self, table: schema.Table, frame: pd.DataFrame, start: int, stop: int) -> None:
+        """Push rows ``[start, stop)`` of a table's frame, online and offline."""
+        whole = start == 0 and stop == len(frame)
+        if not whole and (self.stopping.is_set() or self._giving_up.is_set()):
+            raise StopRequested()  # isolating poison events: the batch is read again after a restart
+        push(table, frame if whole else frame.iloc[start:stop], where=f"batch of {table.topic}",
+             validated=True)  # decode checked every event
+
+    def _failed_for_good(self, name: str, rows: int, start: int, stop: int, exc: BaseException) -> None:
+        if stop - start == rows:
+            log.warning("write of %d rows of %s failed for good (%s)%s", rows, name, describe(exc, limit=300),
+                        ": writing it in halves to isolate the events the database refuses" if rows > 1 else "")
+        else:
+            log.debug("rows %d..%d of %d of %s refused: %s", start, stop - 1, rows, name, describe(exc, limit=300))
+
+    def _written(self, name: str, records: list, refused: set[int]) -> None:
+        """Count a table's written events (every record but the refused ones: of several events of
+        one user and time only the last is pushed, and stands for them) and their freshness."""
         done = time.time()
-        self.metrics.count(self.metrics.written, name, len(records))
-        log.debug("wrote %d rows (%d events) of %s", written, len(records), name)
-        stamps = np.fromiter((rec.timestamp or 0 for rec in records), dtype=float, count=len(records))
+        written = [rec for rec in records if id(rec) not in refused] if refused else records
+        self.metrics.count(self.metrics.written, name, len(written))
+        log.debug("wrote %d events of %s", len(written), name)
+        stamps = np.fromiter((rec.timestamp or 0 for rec in written), dtype=float, count=len(written))
         stamps = stamps[stamps > 0]
         self.metrics.freshness.observe_many(np.maximum(0.0, done - stamps / 1000))
 
@@ -476,7 +513,7 @@ class StreamConsumer:
 
     def _submit(self, writers: ThreadPoolExecutor, batch: Batch) -> list[Future]:
         """Hand a batch's tables to the writer threads (each table is one push, online and offline;
-        tables are independent, so two write at once)."""
+        tables are independent, so two write at once). Each returns its poison events."""
         return [writers.submit(self.write_table, name, frame, batch.good_records[name])
                 for name, frame in batch.frames.items()]
 
@@ -490,16 +527,19 @@ class StreamConsumer:
         self._in_flight = None
         try:
             stopped = False
+            letters = []
             for future in futures:  # every one, even after a stop: no write left running
                 try:
-                    future.result()
+                    letters += future.result()
                 except StopRequested:
                     stopped = True
             if stopped:
-                log.warning("stop requested during retries: batch abandoned, not committed")
+                log.warning("stop requested while a write was retried or split: batch abandoned, not committed")
                 return False
             self.metrics.write_latency.observe(time.perf_counter() - started)
-            self.dead_letters.flush()  # dead letters of a batch push validation refused
+            for rec, reason in letters:  # poison events: the database refused them for good
+                self._dead_letter(rec, reason)
+            self.dead_letters.flush()
         except DeadLetterError as exc:
             log.warning("%s: re-reading the batch", exc)
             self.dead_letters.reset()

@@ -17,9 +17,11 @@ step "batch: load month_000 (Jan) into the offline store"; sf load data/month_00
 step "batch: training set for 2024-01-31 (point in time)"; sf training-set --as-of 2024-01-31
 step "batch: materialize to the online store"; sf materialize
 step "stream: replay month_000 and month_001 into Kafka"; sf produce --snapshots month_000 month_001
-step "lag before consuming"; sf lag || true
+step "lag before consuming (a group with no commits yet: status NEW)"; sf lag
 step "stream: consume until drained (validate, push online+offline, commit)"; sf consume --until-drained
-step "lag after consuming"; sf lag || true
+step "lag after consuming"; sf lag
+step "parity: online = newest offline row = the month_001 snapshot, for every user and view"
+sf verify --snapshot-dir data/month_001
 step "training set for 2024-02-29 from what was streamed"; sf training-set --as-of 2024-02-29
 users=$(sed -n '2p;3p;4p' data/month_001/users.csv | cut -d, -f1)
 step "online lookups (newest values: month_001)"; sf lookup $users
@@ -34,4 +36,5 @@ first=$(echo "$users" | head -n 1)
 get "/features/$first" | .venv/bin/python -m json.tool | sed -n '1,30p'  # sed reads it all: no SIGPIPE
 echo "lag (GET /lag): $(get /lag | .venv/bin/python -c 'import json,sys; d=json.load(sys.stdin); s=d["sample"]; print(s["lag"], "messages,", s["lag_seconds"], "s,", (d["status"] or {}).get("status"))')"
 kill $api_pid; wait $api_pid 2>/dev/null || true
-echo; echo "done. Services keep running: scripts/services.sh status | down"
+echo; echo "try: .venv/bin/streamflow lookup $first  (or any id of data/month_001/users.csv)"
+echo "done. Services keep running: scripts/services.sh status | down"

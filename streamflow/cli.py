@@ -1,15 +1,23 @@
 """`streamflow` command: one entry point for every job of the pipeline.
 
-    streamflow generate | load | apply | materialize | training-set | lookup
+    streamflow generate | load | apply | materialize | training-set | lookup | verify
     streamflow produce | consume | lag | api        (the long-running processes)
     streamflow rewind                              (a deliberate replay: move a stopped group back)
     streamflow dead-letters list | show | redrive
+    streamflow config [--json]                     (the settings in effect, from the environment)
+
+An expected error (StreamflowError: a bad setting, a service not reachable, ...) is one line,
+``error: <message>``, and the error's exit code (a bad setting: 2); its traceback only with
+STREAMFLOW_LOG_LEVEL=DEBUG.
 """
 
 from __future__ import annotations
 
 import importlib
 import sys
+import traceback
+
+from streamflow.errors import StreamflowError
 
 COMMANDS = {
     "generate": ("streamflow.datagen.generate", "main", "write snapshot CSVs (faker, seeded)"),
@@ -18,12 +26,14 @@ COMMANDS = {
     "materialize": ("streamflow.online", "materialize_main", "copy batch values to the online store"),
     "training-set": ("streamflow.training", "main", "build a point-in-time training set (parquet)"),
     "lookup": ("streamflow.online", "lookup_main", "print users' online features"),
+    "verify": ("streamflow.verify.cli", "main", "check online = offline (= snapshot) for every user"),
     "produce": ("producer.main", "main", "replay snapshots as Kafka events"),
     "consume": ("consumer.main", "main", "consume events into Feast push sources"),
     "lag": ("streamflow.lag.cli", "main", "consumer lag per partition, in messages and seconds"),
     "rewind": ("streamflow.lag.rewind", "main", "move a stopped group back on purpose (reported as REPLAY)"),
     "dead-letters": ("streamflow.dead_letters.cli", "main", "list, show and re-drive dead letters"),
     "api": ("api.main", "main", "serve the online feature API"),
+    "config": ("streamflow.config", "main", "print the settings in effect (--json); secrets masked"),
 }
 
 
@@ -48,6 +58,21 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except StreamflowError as exc:
+        if _debug():
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+
+
+def _debug() -> bool:
+    """STREAMFLOW_LOG_LEVEL=DEBUG (whatever other settings are bad)."""
+    from streamflow import config
+
+    try:
+        return config.group("logs").level == "DEBUG"
+    except config.ConfigError:
+        return False
 
 
 if __name__ == "__main__":

@@ -1,88 +1,493 @@
-"""Configuration from environment variables, with local defaults that docker-compose also uses.
+"""Every setting of StreamFlow, read from environment variables with pydantic-settings.
 
-Every process (loader, producer, consumer, API, Feast) reads its settings from here, so one
-set of variables configures the whole stack. Importing this module also fills in the defaults
-in ``os.environ`` for the variables that ``feature_repo/feature_store.yaml`` expands, so Feast
+:func:`settings` returns one object whose groups (``postgres``, ``kafka``, ``feast``, ``paths``,
+``consumer``, ``api``, ``lag``, ``logs``) hold every variable the code reads, each with a type, a
+local-development default (the same as docker-compose) and a one-line description. No other
+module reads the environment. ``streamflow config`` prints the values in effect and where they
+came from; the README's table of variables is generated from here
+(``python -m streamflow.config --markdown``) and a test keeps it in step.
+
+``settings()`` is cheap: the object is built again only when one of the variables changed (tests
+set them per test), otherwise the last one is returned. A bad value raises :class:`ConfigError`
+(exit code 2) with one line naming the variable and what it expects.
+
+Importing this module also fills in the defaults in ``os.environ`` for the variables that
+``feature_repo/feature_store.yaml`` expands (:func:`export_defaults_for_feast_yaml`), so Feast
 sees the same values as our own code.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import sys
+import typing
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
+from typing import Any, Literal, Optional
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streamflow.errors import StreamflowError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-_DEFAULTS = {
-    "POSTGRES_HOST": "127.0.0.1",
-    "POSTGRES_PORT": "5432",
-    "POSTGRES_DB": "streamflow",
-    "POSTGRES_USER": "streamflow",
-    "POSTGRES_PASSWORD": "streamflow",
-    "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092",
-    "FEAST_PROJECT": "streamflow",
-    "STREAMFLOW_DATA_DIR": str(REPO_ROOT / "data"),
-    "STREAMFLOW_FEATURE_REPO": str(REPO_ROOT / "feature_repo"),
-    "STREAMFLOW_TOPIC_PREFIX": "streamflow",
-}
+DEFAULT_CONSUMER_GROUP = "streamflow-consumer"
+"""The consumer group of ``streamflow consume``, and the one ``lag``, ``rewind`` and the API watch."""
 
-for _key, _value in _DEFAULTS.items():
-    os.environ.setdefault(_key, _value)
+SECRET_MASK = "****"
+MIB = 1024 * 1024
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
-def env(name: str) -> str:
-    return os.environ.get(name, _DEFAULTS.get(name, ""))
+class ConfigError(StreamflowError):
+    """An environment variable with a value of the wrong type or out of range."""
+
+    exit_code = 2
 
 
-@dataclass(frozen=True)
-class PostgresSettings:
-    host: str
-    port: int
-    database: str
-    user: str
-    password: str
+def var(name: str, default: Any, description: str, **constraints: Any) -> Any:
+    """A setting read from the environment variable ``name``."""
+    return Field(default, alias=name, description=description, **constraints)
+
+
+class _Group(BaseSettings):
+    """A group of settings. Variable names are matched exactly (case-sensitive); an empty value
+    counts as unset (its default applies), as in ``${VAR:-default}`` of scripts/services.sh.
+    Only the environment is read (no .env file, no secrets directory)."""
+
+    model_config = SettingsConfigDict(case_sensitive=True, env_ignore_empty=True, frozen=True, extra="ignore")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
+                                   file_secret_settings):
+        return (init_settings, env_settings)
+
+
+class Postgres(_Group):
+    """PostgreSQL: the warehouse, Feast's SQL registry and its offline and online stores."""
+
+    host: str = var("POSTGRES_HOST", "127.0.0.1", "PostgreSQL host (or the directory of its Unix socket)")
+    port: int = var("POSTGRES_PORT", 5432, "PostgreSQL port", ge=1, le=65535)
+    database: str = var("POSTGRES_DB", "streamflow",
+                        "database of the warehouse, the Feast registry and the offline and online stores")
+    user: str = var("POSTGRES_USER", "streamflow", "PostgreSQL role")
+    password: SecretStr = var("POSTGRES_PASSWORD", SecretStr("streamflow"),
+                              "password of the role (`streamflow config` shows it masked)")
+
+    def conninfo_kwargs(self) -> dict[str, Any]:
+        return dict(host=self.host, port=self.port, dbname=self.database, user=self.user,
+                    password=self.password.get_secret_value(), sslmode="disable")
 
     @property
     def conninfo(self) -> str:
-        return (
-            f"host={self.host} port={self.port} dbname={self.database} "
-            f"user={self.user} password={self.password} sslmode=disable"
-        )
+        """A libpq connection string for ``psycopg.connect``, quoted by psycopg (any password)."""
+        from psycopg.conninfo import make_conninfo
+
+        return make_conninfo("", **self.conninfo_kwargs())
 
     @property
-    def sqlalchemy_url(self) -> str:
-        return (
-            f"postgresql+psycopg://{self.user}:{self.password}@{self.host}:{self.port}/"
-            f"{self.database}?sslmode=disable"
-        )
+    def sqlalchemy_url(self):
+        """A ``sqlalchemy.URL`` (psycopg 3 driver), escaped by SQLAlchemy. Note that ``str()`` of it
+        hides the password: use it as is, or ``render_as_string(hide_password=False)``."""
+        from sqlalchemy import URL
+
+        return URL.create("postgresql+psycopg", username=self.user, password=self.password.get_secret_value(),
+                          host=self.host, port=self.port, database=self.database, query={"sslmode": "disable"})
+
+    def with_database(self, database: str) -> Postgres:
+        return self.model_copy(update={"database": database})
 
     def describe(self) -> str:
         """Where the database is, without the password (for logs and errors)."""
         return f"postgresql://{self.user}@{self.host}:{self.port}/{self.database}"
 
 
-def postgres() -> PostgresSettings:
-    return PostgresSettings(
-        host=env("POSTGRES_HOST"),
-        port=int(env("POSTGRES_PORT")),
-        database=env("POSTGRES_DB"),
-        user=env("POSTGRES_USER"),
-        password=env("POSTGRES_PASSWORD"),
-    )
+class Kafka(_Group):
+    """Kafka: every client (streamflow/kafka_clients.py) and the topics of the pipeline."""
+
+    bootstrap_servers: str = var("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092",
+                                 "host:port of one broker or a comma-separated list of several")
+    client_id: str = var("STREAMFLOW_KAFKA_CLIENT_ID", "streamflow",
+                         "prefix of every Kafka client id (the broker's logs and quotas see it)")
+    message_max_bytes: int = var("KAFKA_MESSAGE_MAX_BYTES", 2 * MIB,
+                                 "the broker's message.max.bytes; producers never ask for more", ge=1)
+    request_timeout_ms: int = var("STREAMFLOW_KAFKA_REQUEST_TIMEOUT_MS", 30_000,
+                                  "how long one Kafka request may wait for the broker (ms)", ge=1)
+    reconnect_backoff_max_ms: int = var("STREAMFLOW_KAFKA_RECONNECT_BACKOFF_MAX_MS", 2_000,
+                                        "the longest wait between two reconnects to a broker (ms)", ge=1)
+    bootstrap_timeout_ms: int = var("STREAMFLOW_KAFKA_BOOTSTRAP_TIMEOUT_MS", 15_000,
+                                    "how long building a Kafka client waits for a first broker (ms)", ge=1)
+    replication_factor: int = var("STREAMFLOW_REPLICATION_FACTOR", 0,
+                                  "replicas of the topics created (0: min(3, brokers))", ge=0)
+    topic_prefix: str = var("STREAMFLOW_TOPIC_PREFIX", "streamflow",
+                            "topics are `<prefix>.<table>` and `<prefix>.dead_letter`")
+    partitions: int = var("STREAMFLOW_PARTITIONS", 4, "partitions of the topics created", ge=1)
+
+
+class Feast(_Group):
+    project: str = var("FEAST_PROJECT", "streamflow", "Feast project (its tables are named after it)")
+
+
+class Paths(_Group):
+    data_dir: Path = var("STREAMFLOW_DATA_DIR", REPO_ROOT / "data",
+                         "where `generate` writes snapshots and `produce` looks for them")
+    feature_repo: Path = var("STREAMFLOW_FEATURE_REPO", REPO_ROOT / "feature_repo",
+                             "the Feast repository (`feature_store.yaml`)")
+
+
+class Consumer(_Group):
+    """`streamflow consume` (each flag of the same name overrides its variable)."""
+
+    group: str = var("STREAMFLOW_CONSUMER_GROUP", DEFAULT_CONSUMER_GROUP,
+                     "consumer group of `consume`; the group `lag`, `rewind` and the API report on")
+    max_batch: int = var("STREAMFLOW_MAX_BATCH", 5000, "most events per consumer batch (`--max-batch`)", ge=1)
+    instance_id: Optional[str] = var("STREAMFLOW_CONSUMER_INSTANCE_ID", None,
+                                     "static group membership id of the consumer (`--instance-id`)")
+    metrics_port: Optional[int] = var("STREAMFLOW_METRICS_PORT", None,
+                                      "port of the consumer's Prometheus metrics (`--metrics-port`; unset: none)",
+                                      ge=0, le=65535)
+    metrics_addr: str = var("STREAMFLOW_METRICS_ADDR", "127.0.0.1",
+                            "address of the consumer's metrics server (`--metrics-addr`)")
+    max_outage: Optional[float] = var("STREAMFLOW_MAX_OUTAGE", None,
+                                      "seconds Kafka may be unreachable before the consumer exits "
+                                      "(`--max-outage`; unset: wait forever)", gt=0, allow_inf_nan=False)
+
+
+class Api(_Group):
+    """`streamflow api` (each flag of the same name overrides its variable)."""
+
+    host: str = var("STREAMFLOW_API_HOST", "127.0.0.1", "address the API listens on (`--host`)")
+    port: int = var("STREAMFLOW_API_PORT", 8000, "port the API listens on (`--port`)", ge=0, le=65535)
+    workers: int = var("STREAMFLOW_API_WORKERS", 1, "API worker processes (`--workers`)", ge=1)
+    registry_refresh: float = var("STREAMFLOW_API_REGISTRY_REFRESH", 60.0,
+                                  "seconds between two reloads of the Feast registry by the API",
+                                  gt=0, allow_inf_nan=False)
+    db_timeout: float = var("STREAMFLOW_API_DB_TIMEOUT", 2.0,
+                            "seconds an API request waits for PostgreSQL before answering 503",
+                            gt=0, allow_inf_nan=False)
+
+
+class Lag(_Group):
+    """The API's lag sampler (GET /lag, its metrics and dashboard)."""
+
+    interval: float = var("STREAMFLOW_LAG_INTERVAL", 5.0, "seconds between two lag samples of the API",
+                          gt=0, allow_inf_nan=False)
+    timeout: float = var("STREAMFLOW_LAG_TIMEOUT", 10.0,
+                         "seconds connecting and each Kafka request of a lag sample may take",
+                         gt=0, allow_inf_nan=False)
+    max_backoff: float = var("STREAMFLOW_LAG_MAX_BACKOFF", 30.0,
+                             "longest wait between two lag samples while Kafka is unreachable (s)",
+                             gt=0, allow_inf_nan=False)
+    consumer_metrics_url: str = var("STREAMFLOW_CONSUMER_METRICS_URL", "http://127.0.0.1:9108/metrics",
+                                    "the consumer's metrics, where the dashboard reads freshness")
+
+
+class Logs(_Group):
+    level: Optional[Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]] = var(
+        "STREAMFLOW_LOG_LEVEL", None,
+        "log level (unset: INFO; WARNING for `lag`, `rewind` and `dead-letters`); DEBUG also shows tracebacks")
+    no_progress: bool = var("STREAMFLOW_NO_PROGRESS", False, "true: no progress bars, even on a terminal")
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        """Any case; a value that is no level stays as given, for the error to show it."""
+        if isinstance(value, str) and value.strip().upper() in LOG_LEVELS:
+            return value.strip().upper()
+        return value
+
+
+class Settings(BaseModel):
+    """Every setting of StreamFlow, by group."""
+
+    model_config = ConfigDict(frozen=True)
+
+    postgres: Postgres
+    kafka: Kafka
+    feast: Feast
+    paths: Paths
+    consumer: Consumer
+    api: Api
+    lag: Lag
+    logs: Logs
+
+
+GROUPS: dict[str, type[_Group]] = {name: field.annotation for name, field in Settings.model_fields.items()}
+
+
+@dataclass(frozen=True)
+class Variable:
+    """One environment variable: the setting it fills and its documentation."""
+
+    name: str
+    group: str
+    field: str
+    default: Any
+    description: str
+
+    @property
+    def setting(self) -> str:
+        return f"{self.group}.{self.field}"
+
+
+def variables() -> list[Variable]:
+    """Every variable, in the order of the settings."""
+    return [Variable(info.alias, group, field, info.default, info.description)
+            for group, cls in GROUPS.items() for field, info in cls.model_fields.items()]
+
+
+VARIABLES = {v.name: v for v in variables()}
+
+
+def default(name: str) -> Any:
+    """The default of a variable (a SecretStr for a secret)."""
+    return VARIABLES[name].default
+
+
+# -- building -------------------------------------------------------------------------------------
+
+
+def settings() -> Settings:
+    """The settings in effect. Built again when a variable changed since the last call, else the
+    same object (one dictionary lookup per variable). Raises ConfigError for a bad value."""
+    return _build(tuple(os.environ.get(name) for name in VARIABLES))
+
+
+@lru_cache(maxsize=8)
+def _build(_environment: tuple) -> Settings:
+    groups: dict[str, _Group] = {}
+    problems: list[str] = []
+    for name, cls in GROUPS.items():
+        try:
+            groups[name] = cls()
+        except ValidationError as exc:
+            problems += [_problem(cls, error) for error in exc.errors()]
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return Settings(**groups)
+
+
+def group(name: str) -> _Group:
+    """One group alone, read now (e.g. ``group("logs")`` while another group has a bad value)."""
+    cls = GROUPS[name]
+    try:
+        return cls()
+    except ValidationError as exc:
+        raise ConfigError("; ".join(_problem(cls, error) for error in exc.errors())) from None
+
+
+def _field(cls: type[_Group], name: str):
+    return next((info for info in cls.model_fields.values() if info.alias == name), None)
+
+
+def _bounds(info) -> dict[str, Any]:
+    bounds = {}
+    for item in info.metadata:
+        for op in ("ge", "gt", "le", "lt"):
+            if getattr(item, op, None) is not None:
+                bounds[op] = getattr(item, op)
+    return bounds
+
+
+def _kind(info) -> str:
+    types = [t for t in typing.get_args(info.annotation) or (info.annotation,) if t is not type(None)]
+    if int in types:
+        return "an integer"
+    if float in types:
+        return "a number"
+    return "a value"
+
+
+def _range(info) -> str:
+    b = _bounds(info)
+    if "ge" in b and "le" in b:
+        return f" from {b['ge']} to {b['le']}"
+    symbols = {"ge": ">=", "gt": ">", "le": "<=", "lt": "<"}
+    return "".join(f" {symbols[op]} {value}" for op, value in b.items())
+
+
+def _literals(annotation) -> list[Any]:
+    if typing.get_origin(annotation) is Literal:
+        return list(typing.get_args(annotation))
+    return [v for arg in typing.get_args(annotation) for v in _literals(arg)]
+
+
+def _problem(cls: type[_Group], error: dict) -> str:
+    """One pydantic error as ``VARIABLE: expected ..., got '...'``."""
+    name = str(error["loc"][0]) if error.get("loc") else cls.__name__
+    info = _field(cls, name)
+    kind = error["type"]
+    if info is None:
+        expected = error["msg"][:1].lower() + error["msg"][1:]
+    elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        expected = f"{_kind(info)}{_range(info)}"
+    elif kind == "literal_error":
+        expected = "one of " + ", ".join(map(str, _literals(info.annotation)))
+    elif kind.startswith("bool"):
+        expected = "true or false (also 1/0, yes/no, on/off)"
+    elif kind == "finite_number":
+        expected = f"a finite number{_range(info)}"
+    elif kind.startswith(("int", "float")):
+        expected = _kind(info)
+    else:
+        expected = error["msg"][:1].lower() + error["msg"][1:]
+    if "input" not in error:
+        return f"{name}: expected {expected}"
+    got = SECRET_MASK if info is not None and isinstance(info.default, SecretStr) else repr(error["input"])
+    return f"{name}: expected {expected}, got {got}"
+
+
+# -- what the rest of the code calls ----------------------------------------------------------------
+
+
+def postgres() -> Postgres:
+    return settings().postgres
 
 
 def kafka_bootstrap() -> str:
-    return env("KAFKA_BOOTSTRAP_SERVERS")
+    return settings().kafka.bootstrap_servers
 
 
 def topic_prefix() -> str:
-    return env("STREAMFLOW_TOPIC_PREFIX")
+    return settings().kafka.topic_prefix
 
 
 def data_dir() -> Path:
-    return Path(env("STREAMFLOW_DATA_DIR"))
+    return settings().paths.data_dir
 
 
 def feature_repo_dir() -> Path:
-    return Path(env("STREAMFLOW_FEATURE_REPO"))
+    return settings().paths.feature_repo
+
+
+def feast_project() -> str:
+    return settings().feast.project
+
+
+# -- the environment Feast's yaml expands (to be dropped once feature_store.yaml no longer does) -----
+
+FEAST_YAML_VARIABLES = ("POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD",
+                        "FEAST_PROJECT")
+"""What ``feature_repo/feature_store.yaml`` expands with ``${...}`` from ``os.environ``."""
+
+_EXPORTED: dict[str, str] = {}
+"""The defaults :func:`export_defaults_for_feast_yaml` put into os.environ (they are still defaults)."""
+
+
+def export_defaults_for_feast_yaml() -> None:
+    """Put the defaults of the variables ``feature_store.yaml`` expands into ``os.environ`` where
+    they are unset or empty, so Feast sees the same values as :func:`settings`. Called on import;
+    drop it (and its call below) once the yaml no longer reads ``${...}`` from the environment."""
+    for name in FEAST_YAML_VARIABLES:
+        if not os.environ.get(name):
+            os.environ[name] = _env_text(default(name))
+            _EXPORTED[name] = os.environ[name]
+
+
+def _env_text(value: Any) -> str:
+    return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
+
+
+export_defaults_for_feast_yaml()
+
+
+# -- streamflow config ------------------------------------------------------------------------------
+
+
+def source(name: str) -> str:
+    """Where a variable's value comes from: ``environment`` or ``default``."""
+    value = os.environ.get(name)
+    if not value or _EXPORTED.get(name) == value:
+        return "default"
+    return "environment"
+
+
+def _value(value: Any) -> Any:
+    """A value as JSON has it: secrets masked, paths as text."""
+    if isinstance(value, SecretStr):
+        return SECRET_MASK
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def _text(value: Any) -> str:
+    value = _value(value)
+    if value is None:
+        return "(unset)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def effective(current: Settings | None = None) -> list[dict[str, Any]]:
+    """Every setting in effect: name, value (secrets masked), variable and source."""
+    current = current or settings()
+    return [{"setting": v.setting, "value": _value(getattr(getattr(current, v.group), v.field)),
+             "variable": v.name, "source": source(v.name)} for v in variables()]
+
+
+def render_text(rows: list[dict[str, Any]]) -> str:
+    width = max(len(r["setting"]) for r in rows)
+    values = [_text(r["value"]) for r in rows]
+    value_width = max(len(v) for v in values)
+    var_width = max(len(r["variable"]) for r in rows)
+    return "".join(f"{r['setting']:<{width}} = {value:<{value_width}}  {r['variable']:<{var_width}}  "
+                   f"{r['source']}\n" for r, value in zip(rows, values))
+
+
+def markdown_default(value: Any) -> str:
+    """A default as the README's table shows it (paths relative to the repository)."""
+    if value is None:
+        return "unset"
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    elif isinstance(value, Path) and value.is_relative_to(REPO_ROOT):
+        value = f"<repo>/{value.relative_to(REPO_ROOT)}"
+    return f"`{_text(value)}`"
+
+
+def markdown_table() -> str:
+    """The README's table of variables: variable | default | meaning."""
+    lines = ["| variable | default | meaning |", "|---|---|---|"]
+    lines += [f"| `{v.name}` | {markdown_default(v.default)} | {v.description} |" for v in variables()]
+    return "\n".join(lines) + "\n"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="streamflow config",
+                                description="Print the settings in effect: value, variable and whether it "
+                                            "comes from the environment or is the default (secrets masked).")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="one JSON object: setting -> value, variable, source")
+    out.add_argument("--markdown", action="store_true",
+                     help="print the table of variables (variable | default | meaning) the README holds")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.markdown:
+        sys.stdout.write(markdown_table())
+        return 0
+    rows = effective()
+    if args.json:
+        doc = {r["setting"]: {k: r[k] for k in ("value", "variable", "source")} for r in rows}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+    else:
+        sys.stdout.write(render_text(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

@@ -20,3 +20,10 @@ class ServiceUnavailable(StreamflowError):
     """PostgreSQL or Kafka cannot be reached."""
 
     exit_code = 4
+
+
+def first_line(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (at most ``limit`` characters), or its type's name
+    when it has none: what a one-line error message quotes of a library's exception."""
+    text = str(exc).strip()
+    return text.splitlines()[0][:limit] if text else type(exc).__name__

@@ -35,7 +35,7 @@ _PANDAS_TYPES = {pa.int64(): pd.Int64Dtype(), pa.float64(): pd.Float64Dtype(), p
                  pa.string(): pd.StringDtype()}
 _DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 """RE2 (Arrow) with ASCII digits only: stricter than events._DATE (Python's \\d is any digit)."""
-_DAY_LIMITS = tuple(datetime(d.year, d.month, d.day) for d in events.DATE_RANGE)
+_DAY_LIMITS = tuple(datetime(d.year, d.month, d.day) for d in schema.DATE_RANGE)
 _NONE = type(None)
 
 
@@ -49,7 +49,8 @@ class TableBatch:
 
     frame: pd.DataFrame
     """The push frame (``push_columns`` order, registry dtypes; of several events of one user and
-    time, the last one)."""
+    time, the last one). Its index is the position in ``good`` of each row's record (the consumer
+    dead-letters the record of a row the database refuses)."""
     good: list
     """The records of the valid events, in order."""
     bad: list[tuple[object, events.InvalidEvent]]

@@ -28,9 +28,6 @@ from streamflow import schema
 MAX_EVENT_BYTES = 1_000_000
 """Largest event value accepted (bytes); larger ones are dead-lettered."""
 
-DATE_RANGE = (date(1678, 1, 1), date(2261, 12, 31))
-"""Days a date feature may hold: what pandas' datetime64[ns] can (the loader accepts the same)."""
-
 EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=timezone.utc)
 FUTURE_TOLERANCE = timedelta(days=1)
 
@@ -203,7 +200,7 @@ def _typed(column: schema.Column, value: Any) -> Any:
         day = _day(value)
         if day is None:
             raise InvalidEvent(f"field {column.name}: not a calendar date: {value!r}", column.name)
-        lo, hi = DATE_RANGE
+        lo, hi = schema.DATE_RANGE
         if not lo <= day.date() <= hi:
             # An event the push could never write (pandas cannot hold the day) must not reach it:
             # it would be retried forever and stop the flow.

@@ -12,7 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from streamflow import config, schema
-from streamflow.errors import ServiceUnavailable
+from streamflow.errors import ServiceUnavailable, first_line
 from streamflow.push_validation import validate_frame
 
 log = logging.getLogger(__name__)
@@ -97,7 +97,7 @@ def database_errors(action: str):
     try:
         yield
     except (psycopg.OperationalError, psycopg_pool.PoolTimeout, sqlalchemy.exc.OperationalError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ServiceUnavailable(
             f"{action}: PostgreSQL at {config.postgres().describe()} is not reachable ({first})"
         ) from None

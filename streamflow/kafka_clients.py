@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from dataclasses import dataclass, replace
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -32,50 +31,44 @@ log = logging.getLogger(__name__)
 MIB = 1024 * 1024
 
 
-def _int_env(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw.strip() == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        raise ServiceUnavailable(f"{name}={raw!r}: expected an integer") from None
-
-
 @dataclass(frozen=True)
 class KafkaSettings:
-    """What every client shares. ``from_env()`` reads it from the environment."""
+    """What every client shares, built from the ``kafka`` group of :func:`streamflow.config.settings`
+    (each variable's default and meaning: there, or ``streamflow config``)."""
 
-    bootstrap_servers: str = "127.0.0.1:9092"
+    bootstrap_servers: str
     """KAFKA_BOOTSTRAP_SERVERS: host:port[,host:port…] of one or more brokers of the cluster."""
-    client_id_prefix: str = "streamflow"
+    client_id_prefix: str
     """STREAMFLOW_KAFKA_CLIENT_ID: prefix of every client id (the broker logs and quotas see it)."""
-    message_max_bytes: int = 2 * MIB
+    message_max_bytes: int
     """KAFKA_MESSAGE_MAX_BYTES: the broker's message.max.bytes; producers never ask for more."""
-    request_timeout_ms: int = 30_000
+    request_timeout_ms: int
     """STREAMFLOW_KAFKA_REQUEST_TIMEOUT_MS: how long one request may wait for the broker."""
-    reconnect_backoff_ms: int = 100
-    reconnect_backoff_max_ms: int = 2_000
+    reconnect_backoff_max_ms: int
     """STREAMFLOW_KAFKA_RECONNECT_BACKOFF_MAX_MS: the longest wait between two reconnects."""
-    retry_backoff_ms: int = 200
-    bootstrap_timeout_ms: int = 15_000
+    bootstrap_timeout_ms: int
     """STREAMFLOW_KAFKA_BOOTSTRAP_TIMEOUT_MS: how long building a client waits for a first broker."""
-    replication_factor: int = 0
+    replication_factor: int
     """STREAMFLOW_REPLICATION_FACTOR: replicas of the topics created (0: min(3, brokers))."""
+    reconnect_backoff_ms: int = 100
+    retry_backoff_ms: int = 200
+
+    @classmethod
+    def from_config(cls, kafka: config.Kafka) -> KafkaSettings:
+        return cls(
+            bootstrap_servers=kafka.bootstrap_servers,
+            client_id_prefix=kafka.client_id,
+            message_max_bytes=kafka.message_max_bytes,
+            request_timeout_ms=kafka.request_timeout_ms,
+            reconnect_backoff_max_ms=kafka.reconnect_backoff_max_ms,
+            bootstrap_timeout_ms=kafka.bootstrap_timeout_ms,
+            replication_factor=kafka.replication_factor,
+        )
 
     @classmethod
     def from_env(cls) -> KafkaSettings:
-        d = cls()
-        return cls(
-            bootstrap_servers=config.kafka_bootstrap() or d.bootstrap_servers,
-            client_id_prefix=os.environ.get("STREAMFLOW_KAFKA_CLIENT_ID") or d.client_id_prefix,
-            message_max_bytes=_int_env("KAFKA_MESSAGE_MAX_BYTES", d.message_max_bytes),
-            request_timeout_ms=_int_env("STREAMFLOW_KAFKA_REQUEST_TIMEOUT_MS", d.request_timeout_ms),
-            reconnect_backoff_max_ms=_int_env("STREAMFLOW_KAFKA_RECONNECT_BACKOFF_MAX_MS",
-                                              d.reconnect_backoff_max_ms),
-            bootstrap_timeout_ms=_int_env("STREAMFLOW_KAFKA_BOOTSTRAP_TIMEOUT_MS", d.bootstrap_timeout_ms),
-            replication_factor=_int_env("STREAMFLOW_REPLICATION_FACTOR", d.replication_factor),
-        )
+        """The settings in effect (ConfigError for a bad value)."""
+        return cls.from_config(config.settings().kafka)
 
     def with_bootstrap(self, servers: str | None) -> KafkaSettings:
         return replace(self, bootstrap_servers=servers) if servers else self

@@ -8,7 +8,6 @@ acknowledged event is then on two nodes at least and survives the loss of one.
 from __future__ import annotations
 
 import logging
-import os
 
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
@@ -20,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def default_partitions() -> int:
-    return int(os.environ.get("STREAMFLOW_PARTITIONS", "4"))
+    return config.settings().kafka.partitions
 
 
 def dead_letter_topic() -> str:

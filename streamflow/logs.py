@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
-import os
+import re
 import sys
 import time
+import warnings
+
+from streamflow import config
 
 
 LIBRARIES = ("feast", "kafka", "urllib3", "sqlalchemy", "psycopg")
@@ -28,6 +33,34 @@ class OperatorFormatter(logging.Formatter):
             line = super().format(record)
             return f"{line} ({summary})" if summary else line
         return super().format(record)
+
+
+NOISE: tuple[tuple[str, str], ...] = (
+    # kafka-python 3.0 times its own event-loop tasks and warns when one took > 0.1 s: a note for
+    # its developers (a loaded machine, a large fetch), nothing an operator can act on.
+    ("kafka.net.selector", "ran for"),
+    # kafka-python 3.0 closing a consumer can race its reader coroutine: a traceback about a
+    # socket it has just closed itself.
+    ("kafka.net.transport", "Error receiving network data"),
+)
+"""(logger, message start or part) of library lines dropped below DEBUG."""
+
+WARNINGS_HIDDEN = (
+    # Feast reads offline tables with pandas.read_sql on a psycopg connection (it works).
+    "pandas only supports SQLAlchemy",
+)
+
+
+class NoiseFilter(logging.Filter):
+    """Drops the library lines of ``NOISE`` unless the root logger is at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if logging.getLogger().level <= logging.DEBUG:
+            return True
+        for name, text in NOISE:
+            if record.name == name and text in str(record.msg):
+                return False
+        return True
 
 
 class RepeatFilter(logging.Filter):
@@ -58,17 +91,55 @@ class RepeatFilter(logging.Filter):
         return True
 
 
+def configured_level(default: str = "INFO") -> str:
+    """STREAMFLOW_LOG_LEVEL, else the command's default."""
+    return config.settings().logs.level or default.upper()
+
+
 def setup(level: str | None = None) -> None:
-    level = (level or os.environ.get("STREAMFLOW_LOG_LEVEL", "INFO")).upper()
+    level = (level or configured_level()).upper()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(OperatorFormatter("%(asctime)s %(levelname)-5s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.addFilter(NoiseFilter())
     handler.addFilter(RepeatFilter())
     logging.basicConfig(level=level, handlers=[handler])
+    logging.captureWarnings(True)  # Python warnings become log lines (logger py.warnings)
+    if level != "DEBUG":
+        for text in WARNINGS_HIDDEN:
+            warnings.filterwarnings("ignore", message=text)
     # Feast and kafka-python are chatty at INFO; their warnings still show.
     for noisy in ("feast", "kafka", "urllib3", "sqlalchemy", "psycopg.pool"):  # not psycopg itself
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+class _PlainText(io.TextIOBase):
+    """A text stream that writes to ``out`` without ANSI escape codes (colours, bold)."""
+
+    def __init__(self, out):
+        self.out = out
+
+    def write(self, text: str) -> int:
+        self.out.write(_ANSI.sub("", text))
+        return len(text)
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+@contextlib.contextmanager
+def plain_stdout():
+    """Library output on stdout (Feast's materialize colours its lines) without escape codes when
+    stdout is not a terminal (a log file, a pipe, CI)."""
+    if sys.stdout.isatty():
+        yield
+        return
+    with contextlib.redirect_stdout(_PlainText(sys.stdout)):
+        yield
+
+
 def progress_enabled() -> bool:
-    """Progress bars only on a terminal (not in CI logs or pipes)."""
-    return sys.stderr.isatty() and os.environ.get("STREAMFLOW_NO_PROGRESS") is None
+    """Progress bars only on a terminal (not in CI logs or pipes) and unless STREAMFLOW_NO_PROGRESS."""
+    return sys.stderr.isatty() and not config.settings().logs.no_progress

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 from datetime import datetime, timezone
 
-from streamflow import logs, schema
+from streamflow import logs, schema, timefmt
 from streamflow.errors import StreamflowError
 from streamflow.feature_store import database_errors, get_store
 
@@ -15,7 +16,7 @@ log = logging.getLogger("streamflow.online")
 
 def materialize(start: datetime, end: datetime) -> None:
     store = get_store()
-    with database_errors("materialize"):
+    with database_errors("materialize"), logs.plain_stdout():
         store.materialize(start_date=start, end_date=end)
 
 
@@ -54,6 +55,7 @@ def materialize_main(argv: list[str] | None = None) -> int:
 def lookup_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="streamflow lookup", description="Print users' online features.")
     parser.add_argument("user_ids", nargs="+")
+    parser.add_argument("--json", action="store_true", help="one JSON object: the users and their features by view")
     args = parser.parse_args(argv)
     logs.setup()
     bad = [u for u in args.user_ids if not schema.USER_ID_PATTERN.match(u)]
@@ -65,14 +67,27 @@ def lookup_main(argv: list[str] | None = None) -> int:
     except StreamflowError as exc:
         log.error("%s", exc)
         return exc.exit_code
-    for row in rows:
-        user = row.pop(schema.KEY)
-        if all(v is None for v in row.values()):
-            print(f"{user}: not found in the online store")
+    users = [_user_doc(row) for row in rows]
+    if args.json:
+        print(json.dumps({"users": users}))
+        return 0
+    for user in users:
+        if not user["found"]:
+            print(f"{user[schema.KEY]}: not found in the online store")
             continue
-        print(f"{user}:")
-        for table in schema.FEATURE_TABLES:
-            print(f"  {table.feature_view}")
-            for name in table.feature_names:
-                print(f"    {name:32} {row.get(name)}")
+        print(f"{user[schema.KEY]}:")
+        for view, features in user["features"].items():
+            print(f"  {view}")
+            for name, value in features.items():
+                print(f"    {name:32} {'-' if value is None else value}")
     return 0
+
+
+def _user_doc(row: dict) -> dict:
+    """One user's lookup, features by view, values as the API prints them (days YYYY-MM-DD)."""
+    features = {
+        table.feature_view: {c.name: timefmt.feature_value(row.get(c.name), c.kind) for c in table.columns}
+        for table in schema.FEATURE_TABLES
+    }
+    found = any(v is not None for view in features.values() for v in view.values())
+    return {schema.KEY: row[schema.KEY], "found": found, "features": features}

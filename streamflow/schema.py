@@ -38,6 +38,9 @@ a backlog of such events as a deliberate replay (REPLAY), not an alarm."""
 
 USER_ID_PATTERN = re.compile(r"^[0-9]{4}-[A-Z]{5}$")
 
+DATE_RANGE = (date(1678, 1, 1), date(2261, 12, 31))
+"""Dates a value may hold: what pandas' datetime64[ns] can represent."""
+
 FEATURE_SERVICE = "churn_model_v1"
 
 
@@ -250,14 +253,15 @@ SNAPSHOTS: dict[str, date] = {
 }
 """Known snapshot ids and their as_of day (the event time of every row)."""
 
-_SNAPSHOT_ID = re.compile(r"^month_(\d{3})$")
+SNAPSHOT_ID = re.compile(r"^month_(\d{3})$")
+"""A snapshot folder name: month_NNN (NNN months after January 2024)."""
 
 
 def snapshot_as_of(snapshot_id: str) -> date:
     """as_of day of a snapshot: known ids, or month_NNN = last day of the NNN-th month after 2024-01."""
     if snapshot_id in SNAPSHOTS:
         return SNAPSHOTS[snapshot_id]
-    m = _SNAPSHOT_ID.match(snapshot_id)
+    m = SNAPSHOT_ID.match(snapshot_id)
     if not m:
         raise ValueError(
             f"cannot tell the as_of date of snapshot {snapshot_id!r}: name it month_NNN "

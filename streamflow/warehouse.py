@@ -204,7 +204,7 @@ def ensure_database(settings=None) -> None:
     from streamflow import config
 
     settings = settings or config.postgres()
-    admin = config.PostgresSettings(settings.host, settings.port, "streamflow", settings.user, settings.password)
+    admin = settings.with_database("streamflow")
     with psycopg.connect(admin.conninfo, autocommit=True, connect_timeout=5) as conn:
         if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (settings.database,)).fetchone():
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(settings.database)))

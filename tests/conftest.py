@@ -19,7 +19,7 @@ from streamflow import config, warehouse  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def pg_settings() -> config.PostgresSettings:
+def pg_settings() -> config.Postgres:
     settings = config.postgres()
     try:
         warehouse.ensure_database(settings)

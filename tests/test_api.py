@@ -7,6 +7,7 @@ event times), one user with users data only, and one user pushed two minutes ago
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import subprocess
@@ -28,6 +29,7 @@ from streamflow.datagen.generate import generate
 from streamflow.feature_store import push
 from streamflow.push_validation import push_columns
 from tests import pipeline
+from streamflow.net import free_port
 
 USERS = 50
 UNKNOWN = "0000-ZZZZZ"
@@ -364,9 +366,7 @@ def test_unexpected_error_is_500_json_without_internals_and_logged(data, caplog,
 
 
 def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens there once the socket is closed
+    return free_port()  # nothing listens there once the helper's socket is closed
 
 
 def test_unreachable_database_gives_503_naming_the_part_and_no_internals(data, monkeypatch):
@@ -570,3 +570,19 @@ else:  # pragma: no cover
     @pytest.mark.skip(reason="schemathesis is not installed (it is in the test extra: pip install -e '.[test]')")
     def test_fuzz_openapi_no_server_errors():
         pass
+
+
+def test_lookup_command_prints_what_the_api_answers(client, data, capsys):
+    from streamflow.online import lookup_main
+
+    user = data.users[0]
+    api = client.get(f"/features/{user}").json()["views"]
+    assert lookup_main([user, "9999-ZZZZZ", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    [ours, unknown] = doc["users"]
+    assert ours["found"] and not unknown["found"]
+    for view, body in api.items():  # same values, dates as YYYY-MM-DD like the API
+        assert ours["features"][view] == body["features"], view
+    assert lookup_main([user]) == 0
+    text = capsys.readouterr().out
+    assert text.startswith(f"{user}:\n") and "00:00:00" not in text and "+00:00" not in text

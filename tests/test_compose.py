@@ -48,8 +48,8 @@ def test_compose_services_have_health_checks_and_ordering():
         assert services[name]["depends_on"]["init"]["condition"] == "service_completed_successfully"
     # the stack's credentials are the local defaults of the code (one set of values)
     env = services["postgres"]["environment"]
-    assert env["POSTGRES_USER"] == config._DEFAULTS["POSTGRES_USER"]
-    assert env["POSTGRES_DB"] == config._DEFAULTS["POSTGRES_DB"]
+    assert env["POSTGRES_USER"] == config.default("POSTGRES_USER")
+    assert env["POSTGRES_DB"] == config.default("POSTGRES_DB")
 
 
 def test_compose_broker_takes_message_max_bytes_from_the_clients_variable():

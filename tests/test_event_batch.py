@@ -149,3 +149,21 @@ def test_an_int_given_for_a_float_is_valid_on_both_paths():
     recs[2] = with_payload(recs[2], _set("watch_hours_30d", 3))
     check_same(table, recs, columnar=True)
     assert event_batch.decode_table_batch(table, recs, NOW).frame["watch_hours_30d"].iloc[2] == 3.0
+
+
+@pytest.mark.parametrize("bad", [False, True], ids=["columnar", "event by event"])
+def test_the_frame_index_is_the_position_of_each_rows_record(bad):
+    """The consumer dead-letters the record of a row the database refuses: frame.index[i] is
+    the position in ``good`` of row i's record (the last of its user and time), on both paths."""
+    table = schema.table("usage_agg_30d")
+    recs = records(table, 40)  # users 0..29, then 0..9 again: the later ones are kept
+    if bad:
+        recs[5] = recs[5]._replace(value=b"{not json")
+    got = event_batch.decode_table_batch(table, recs, NOW)
+    assert got.columnar is not bad
+    assert len(got.frame) == 30 and len(got.good) == 40 - bad  # user 5's bad event has a good later one
+    for i, label in enumerate(got.frame.index):
+        rec = got.good[label]
+        assert rec.key.decode() == got.frame[schema.KEY].iloc[i]
+        later = [r for r in got.good[label + 1:] if r.key == rec.key]
+        assert not later  # the row's record is the last of its user (one time per batch here)

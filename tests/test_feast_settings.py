@@ -54,6 +54,19 @@ def test_registry_url_fills_in_what_it_leaves_out(monkeypatch):
     assert (explicit.host, explicit.port, explicit.database, explicit.username, explicit.password) == ("other", 1, "reg", "u", "x")
 
 
+def test_any_password_survives_the_registry_url(monkeypatch):
+    """The yaml no longer pastes ${POSTGRES_PASSWORD} into a URL: SQLAlchemy escapes it."""
+    from sqlalchemy.engine import make_url
+
+    nasty = "p a@s/s:w%rd'\"#?&="
+    monkeypatch.setenv("POSTGRES_PASSWORD", nasty)
+    monkeypatch.setenv("POSTGRES_USER", "us er@x")
+    store = open_store()
+    url = make_url(store.config.registry.path)
+    assert (url.password, url.username) == (nasty, "us er@x")
+    assert store.config.online_store.password == store.config.offline_store.password == nasty
+
+
 def test_the_registry_engine_gets_the_settings_through_the_sqlalchemy_plugin(monkeypatch):
     """What Feast does with the yaml's registry section: create_engine(path, **sqlalchemy_config_kwargs)."""
     import sqlalchemy

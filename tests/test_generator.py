@@ -335,3 +335,17 @@ def test_cli_writes_snapshots_and_logs(tmp_path, caplog):
     assert len(lines) == 31
     assert not (tmp_path / "month_001").exists()
     assert any(re.search(r"month_000: 30 users .* s$", r.getMessage()) for r in caplog.records)
+
+
+def test_the_readme_lookup_example_is_a_user_of_the_demo_data(tmp_path):
+    """The README's `streamflow lookup <id>` names a user that `make demo` (7,043 users, the default
+    seed) generates, so the example answers after the demo."""
+    import re
+
+    from streamflow import config
+
+    readme = (config.REPO_ROOT / "README.md").read_text()
+    [example] = re.findall(r"streamflow lookup (\d{4}-[A-Z]{5})", readme)
+    generate(tmp_path, users=7043, progress=False)
+    users = pd.read_csv(tmp_path / "month_001" / "users.csv", usecols=["user_id"])["user_id"]
+    assert example in set(users)

@@ -8,7 +8,6 @@ produced with explicit timestamps.
 from __future__ import annotations
 
 import json
-import socket
 import time
 import uuid
 
@@ -22,6 +21,7 @@ from streamflow.lag import cli
 from streamflow.lag.metrics import register_lag_metrics
 from streamflow.lag.monitor import LagMonitor
 from streamflow.lag.status import Status, StatusEvaluator
+from streamflow.net import free_port
 
 PARTITIONS = 3
 
@@ -290,9 +290,7 @@ def test_cli_watch_emits_one_document_per_sample(capsys, kafka_bootstrap, loaded
 
 
 def test_cli_kafka_unreachable(capsys):
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     rc = cli.main(["--bootstrap", f"127.0.0.1:{port}", "--timeout", "1"])
     err = capsys.readouterr()
     assert rc == 4

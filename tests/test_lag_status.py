@@ -240,3 +240,21 @@ def test_replay_backlog_and_marked_rewind_are_replay_not_alarms():
     ev = StatusEvaluator(window=3)
     st = feed(ev, sample(100, (90, 100)), replaying(sample(110, (10, 100)), rewound_at=t_before - 3600))
     assert p0(st) == Status.REWIND and st.status == Status.ERR
+
+
+def test_catching_up_after_a_rewind_is_replay_until_past_the_rewound_events():
+    rewound_at = (T0 + timedelta(seconds=50)).timestamp()
+
+    def after_rewind(s: GroupLag, produced_s: float) -> GroupLag:
+        for p in s.partitions:
+            p.replay_marked_at = rewound_at
+            p.oldest_produced_at = T0 + timedelta(seconds=produced_s)
+        return s
+
+    ev = StatusEvaluator(window=3)
+    # re-reading events produced before the rewind, while new ones arrive faster: REPLAY, not WARN
+    st = feed(ev, after_rewind(sample(60, (10, 100)), 5), after_rewind(sample(70, (30, 140)), 8))
+    assert p0(st) == Status.REPLAY and st.status == Status.REPLAY
+    # past the rewound events (the oldest pending one is newer than the rewind): judged as live
+    st = feed(ev, after_rewind(sample(80, (110, 220)), 75))
+    assert p0(st) == Status.WARN

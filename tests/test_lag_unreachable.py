@@ -36,6 +36,7 @@ from api.app import create_app
 from streamflow import config, kafka_clients
 from streamflow.kafka_topics import ensure_topics, table_topics
 from tests.kafka_cluster import SHARED_STATE, share_broker_jars
+from streamflow.net import free_port
 
 PRIVATE_PORT = 29092
 PRIVATE_BOOTSTRAP = f"127.0.0.1:{PRIVATE_PORT}"
@@ -46,9 +47,7 @@ SERVICES = str(config.REPO_ROOT / "scripts" / "services.sh")
 
 
 def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]  # nothing listens there once the socket is closed
+    return free_port()  # nothing listens there once the helper's socket is closed
 
 
 def wait_for(what: str, check: Callable[[], object], timeout: float = 90.0, every: float = 0.3):

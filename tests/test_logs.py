@@ -57,3 +57,34 @@ def test_a_repeating_library_line_is_shown_once_per_window_and_counts_what_it_he
         assert again.getMessage() == "Connection failed: refused [4 more like this in the last 30 s]"
     finally:
         root.setLevel(before)
+
+
+def test_library_noise_is_dropped_below_debug_and_shown_at_debug():
+    from streamflow.logs import NoiseFilter
+
+    noise = NoiseFilter()
+    root = logging.getLogger()
+    before = root.level
+
+    def record(name: str, msg: str):
+        return logging.getLogger(name).makeRecord(name, logging.WARNING, __file__, 1, msg, None, None)
+
+    slow = "Task %s ran for 0.101s (>0.100s threshold). It is blocking the event loop"
+    try:
+        root.setLevel(logging.INFO)
+        assert not noise.filter(record("kafka.net.selector", slow))
+        assert not noise.filter(record("kafka.net.transport", "%s: Error receiving network data closing socket"))
+        assert noise.filter(record("kafka.net.selector", "something else"))  # only the known lines
+        assert noise.filter(record("consumer", slow))  # never our own
+        root.setLevel(logging.DEBUG)
+        assert noise.filter(record("kafka.net.selector", slow))
+    finally:
+        root.setLevel(before)
+
+
+def test_library_colours_are_stripped_when_stdout_is_not_a_terminal(capsys):
+    from streamflow.logs import plain_stdout
+
+    with plain_stdout():
+        print("Materializing \x1b[1m\x1b[32m6\x1b[0m feature views")
+    assert capsys.readouterr().out == "Materializing 6 feature views\n"

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -33,6 +32,7 @@ from streamflow import config, kafka_clients, schema
 from streamflow.datagen.generate import generate
 from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
 from tests import pipeline
+from streamflow.net import free_port
 
 MONITORING = config.REPO_ROOT / "monitoring"
 ALERTS = MONITORING / "prometheus" / "alerts.yml"
@@ -57,12 +57,6 @@ USERS = 20
 def promtool(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([PROMTOOL, *args], input=stdin, capture_output=True, text=True, timeout=120,
                           cwd=cwd)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def http_get(url: str, timeout: float = 10) -> bytes:

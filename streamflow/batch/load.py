@@ -43,7 +43,7 @@ from psycopg import sql
 
 from streamflow import config, schema, warehouse
 from streamflow.batch import validate
-from streamflow.errors import DataValidationError, ServiceUnavailable, StreamflowError
+from streamflow.errors import DataValidationError, ServiceUnavailable, StreamflowError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -85,13 +85,13 @@ def prepare_snapshot(
     return Snapshot(folder, snapshot_id, as_of, files)
 
 
-def connect(settings: config.PostgresSettings | None = None) -> psycopg.Connection:
+def connect(settings: config.Postgres | None = None) -> psycopg.Connection:
     """A connection to the warehouse; ServiceUnavailable (no password shown) if it fails."""
     settings = settings or config.postgres()
     try:
         return psycopg.connect(settings.conninfo, connect_timeout=10)
     except psycopg.OperationalError as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        reason = first_line(exc)
         raise ServiceUnavailable(
             f"PostgreSQL is not reachable at {settings.describe()}: {reason}"
         ) from None

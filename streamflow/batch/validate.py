@@ -69,7 +69,6 @@ _FLOAT = r"^-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
 _ZERO = r"^-?0*\.?0*(?:[eE][+-]?[0-9]+)?$"
 _NOT_FINITE = r"(?i)^[+-]?(?:nan|inf|infinity)$"
 _DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
-_DATE_RANGE = (date(1678, 1, 1), date(2261, 12, 31))  # what datetime64[ns] can hold
 _VALUE_SHOWN = 160  # long enough for a whole header line
 _NAME_SHOWN = 64
 
@@ -424,7 +423,7 @@ def _to_dates(strings: pa.Array, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray
                 days[i] = date.fromisoformat(strings[int(i)].as_py()).toordinal() - epoch
             except ValueError:
                 real[i] = False
-    lo, hi = (d.toordinal() - epoch for d in _DATE_RANGE)
+    lo, hi = (d.toordinal() - epoch for d in schema.DATE_RANGE)
     real &= (days >= lo) & (days <= hi)
     return days, real
 
@@ -482,7 +481,7 @@ def _check_column(column: schema.Column, strings: pa.Array, lines: np.ndarray, p
     elif kind == "date":
         ok = _match(strings, _DATE)
         values, real = _to_dates(strings, ok)
-        lo, hi = _DATE_RANGE
+        lo, hi = schema.DATE_RANGE
         problems.add_mask(
             present & ~real,
             name,

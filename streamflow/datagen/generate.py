@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import re
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -31,7 +30,6 @@ BLOCK = 1000
 """Users per random block (the unit of randomness; chunks are sliced from blocks)."""
 
 DEFAULT_SNAPSHOTS = ("month_000", "month_001")
-_SNAPSHOT_ID = re.compile(r"^month_(\d{3})$")
 
 _ID_DIGITS, _ID_LETTERS = 10**4, 26**5
 ID_SPACE = _ID_DIGITS * _ID_LETTERS
@@ -267,7 +265,7 @@ def _csv(table: schema.Table, cols: dict[str, np.ndarray]) -> str:
 
 def snapshot_month(snapshot: str) -> int:
     """Month index of a snapshot id: month_002 -> 2."""
-    m = _SNAPSHOT_ID.match(snapshot)
+    m = schema.SNAPSHOT_ID.match(snapshot)
     if not m:
         raise ValueError(f"unknown snapshot {snapshot!r}: snapshot ids look like month_000, month_001, ...")
     return int(m.group(1))

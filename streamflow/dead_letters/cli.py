@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from typing import TextIO
 
@@ -209,7 +208,7 @@ def run(args, out: TextIO) -> int:
 
 def main(argv: list[str] | None = None, out: TextIO | None = None) -> int:
     args = parser().parse_args(argv)
-    level = os.environ.get("STREAMFLOW_LOG_LEVEL", "WARNING").upper()
+    level = logs.configured_level("WARNING")
     logs.setup(level)
     if level != "DEBUG":
         # kafka-python logs every refused connection at ERROR; the one-line error below says it.

@@ -21,7 +21,7 @@ import orjson
 from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
-from streamflow import kafka_clients, schema
+from streamflow import kafka_clients, schema, timefmt
 from streamflow.dead_letters import REDRIVE_HEADER
 from streamflow.errors import StreamflowError
 
@@ -31,12 +31,8 @@ STALL_SECONDS = 30.0
 """Seconds a read may go without receiving anything while records are still due before it fails."""
 
 
-def iso(ms: int | float | None) -> str | None:
-    """Epoch milliseconds as ISO 8601 UTC with a Z, to the millisecond."""
-    if ms is None or ms < 0:
-        return None
-    stamp = datetime.fromtimestamp(ms / 1000, tz=timezone.utc)
-    return stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+iso = timefmt.iso_ms
+"""Epoch milliseconds as ISO 8601 UTC with a Z, to the millisecond."""
 
 
 def iso_time(stamp: datetime | None) -> str | None:

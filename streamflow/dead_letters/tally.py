@@ -14,6 +14,7 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
+from streamflow import timefmt
 from streamflow.dead_letters.letters import DeadLetter, TopicReader
 
 log = logging.getLogger(__name__)
@@ -76,8 +77,8 @@ class DeadLetterTally:
                 "by_reason": [{"reason": r, "count": n} for r, n in top]
                 + ([{"reason": "other reasons", "count": other}] if other else []),
                 "by_topic": dict(self._by_topic.most_common()),
-                "newest": _iso_ms(self._newest_ms),
-                "refreshed_at": self._refreshed_at.isoformat().replace("+00:00", "Z") if self._refreshed_at else None,
+                "newest": timefmt.iso_ms(self._newest_ms),
+                "refreshed_at": timefmt.iso_utc(self._refreshed_at) if self._refreshed_at else None,
                 "error": self._error,
             }
 
@@ -97,9 +98,3 @@ class DeadLetterTally:
         if self._thread is not None:
             self._thread.join(timeout=40)
             self._thread = None
-
-
-def _iso_ms(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

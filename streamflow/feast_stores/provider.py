@@ -51,7 +51,7 @@ def fast_path_features(provider: PassthroughProvider, feature_view, field_mappin
     if provider.repo_config.entity_key_serialization_version < 3:
         return None
     features = [(f.name, f.dtype.to_value_type()) for f in feature_view.features]
-    if any(value_type not in value_encoding.SUPPORTED for _, value_type in features):
+    if not all(value_encoding.supports(value_type) for _, value_type in features):
         return None
     return features
 

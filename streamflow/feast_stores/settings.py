@@ -46,12 +46,13 @@ def database() -> dict:
     """host, port, database, user and password of the PostgreSQL that holds the offline store,
     the online store and the registry."""
     pg = config.postgres()
-    return {"host": pg.host, "port": pg.port, "database": pg.database, "user": pg.user, "password": pg.password}
+    return {"host": pg.host, "port": pg.port, "database": pg.database, "user": pg.user,
+            "password": pg.password.get_secret_value()}
 
 
 def project() -> str:
     """The Feast project StreamFlow works on."""
-    return config.env("FEAST_PROJECT")
+    return config.feast_project()
 
 
 # --- store config classes ----------------------------------------------------------------------

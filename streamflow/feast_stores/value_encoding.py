@@ -16,20 +16,23 @@ conventions, measured on feast 0.67 (tests/test_value_encoding.py checks them ag
   ``unix_timestamp_val = -2**63``;
 * oneof fields are always written, zero included (``int64_val: 0`` is ``b" \\x00"``).
 
-Only the value types StreamFlow's feature views use are handled (``SUPPORTED``); anything else
-goes through Feast's conversion.
+Only the value types StreamFlow's feature views use are handled (``SUPPORTED``, ``supports``);
+anything else goes through Feast's conversion. ``decode_elements`` reads a row back.
+
+This module does not import Feast (its import costs seconds): value types are named as
+``feast.ValueType`` names them (``"INT64"``), and a ``ValueType`` member is accepted wherever a
+name is.
 """
 
 from __future__ import annotations
 
 import struct
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-
-from feast import ValueType
 
 _EMPTY_VALUE = b"\x0a\x00"
 """One RepeatedValue element holding an empty Value (Feast's null)."""
@@ -105,8 +108,14 @@ def _encode_double(array: pa.ChunkedArray) -> list[bytes]:
 
 
 def _encode_string(array: pa.ChunkedArray) -> list[bytes]:
-    values = array.cast(pa.string()).fill_null("").to_pylist()
-    return _with_nulls(list(map(_string_element, values)), array)
+    # Each distinct string is encoded once (feature strings are mostly categories: 20x faster).
+    strings = array.cast(pa.string()).fill_null("")
+    if isinstance(strings, pa.ChunkedArray):
+        strings = strings.combine_chunks()
+    codes = strings.dictionary_encode()
+    elements = list(map(_string_element, codes.dictionary.to_pylist()))
+    indices = codes.indices.to_numpy(zero_copy_only=False).tolist()
+    return _with_nulls([elements[i] for i in indices], array)
 
 
 def _encode_bool(array: pa.ChunkedArray) -> list[bytes]:
@@ -130,24 +139,38 @@ def _encode_unix_timestamp(array: pa.ChunkedArray) -> list[bytes]:
 
 
 _ENCODERS = {
-    ValueType.INT64: _encode_int64,
-    ValueType.DOUBLE: _encode_double,
-    ValueType.STRING: _encode_string,
-    ValueType.BOOL: _encode_bool,
-    ValueType.UNIX_TIMESTAMP: _encode_unix_timestamp,
+    "INT64": _encode_int64,
+    "DOUBLE": _encode_double,
+    "STRING": _encode_string,
+    "BOOL": _encode_bool,
+    "UNIX_TIMESTAMP": _encode_unix_timestamp,
 }
 SUPPORTED = frozenset(_ENCODERS)
+"""Names of the value types encoded here (``feast.ValueType`` member names)."""
 
 
-def encode_rows(table: pa.Table, features: list[tuple[str, ValueType]]) -> list[bytes]:
-    """Per row, the RepeatedValue encoding of the given feature columns, in the given order."""
-    columns = [_ENCODERS[value_type](table.column(name)) for name, value_type in features]
+def _type_name(value_type: Any) -> str:
+    """A ``feast.ValueType`` member's name, or the name itself."""
+    return getattr(value_type, "name", value_type)
+
+
+def supports(value_type: Any) -> bool:
+    """Whether a value type (a ``feast.ValueType`` or its name) is encoded here."""
+    return _type_name(value_type) in SUPPORTED
+
+
+def encode_rows(table: pa.Table, features: list[tuple[str, Any]]) -> list[bytes]:
+    """Per row, the RepeatedValue encoding of the given feature columns, in the given order.
+
+    features: (column name, value type) pairs; a value type is a ``feast.ValueType`` or its name.
+    """
+    columns = [_ENCODERS[_type_name(value_type)](table.column(name)) for name, value_type in features]
     if not columns:
         return [b""] * table.num_rows
     return list(map(b"".join, zip(*columns)))
 
 
-_STRING_TYPE = struct.pack("<I", ValueType.STRING.value)
+_STRING_TYPE = struct.pack("<I", 2)  # feast.ValueType.STRING
 _ONE_KEY = struct.pack("<I", 1)
 _pack_length = struct.Struct("<I").pack
 
@@ -173,3 +196,104 @@ def string_entity_keys(join_key: str, array: pa.ChunkedArray) -> list[bytes]:
         return prefix + _pack_length(len(raw)) + raw
 
     return list(map(key, array.cast(pa.string()).to_pylist()))
+
+
+# --- reading rows back -----------------------------------------------------------------------------
+
+_SCALAR_FIELDS = {
+    1: "bytes_val",
+    2: "string_val",
+    3: "int32_val",
+    4: "int64_val",
+    5: "double_val",
+    6: "float_val",
+    7: "bool_val",
+    8: "unix_timestamp_val",
+    19: "null_val",
+}
+"""Value's scalar oneof fields by field number (feast/protos/feast/types/Value.proto)."""
+
+_unpack_double = struct.Struct("<d").unpack_from
+_unpack_float = struct.Struct("<f").unpack_from
+
+
+def _read_varint(raw: bytes, i: int) -> tuple[int, int]:
+    """The varint at raw[i:] and the index after it."""
+    n = shift = 0
+    while True:
+        if i >= len(raw):
+            raise ValueError("truncated varint")
+        b = raw[i]
+        i += 1
+        n |= (b & 0x7F) << shift
+        if b < 0x80:
+            return n, i
+        shift += 7
+
+
+def _signed64(n: int) -> int:
+    return n - (1 << 64) if n >= 1 << 63 else n
+
+
+def _decode_value(raw: bytes) -> tuple[str | None, Any]:
+    """(oneof field name, Python value) of one serialized Value; (None, None) when no field is set.
+
+    Scalars only; any other field comes back as ("field_<number>", its raw bytes or number). When a
+    message sets several fields, the last one wins, as in protobuf.
+    """
+    found: tuple[str | None, Any] = (None, None)
+    i = 0
+    while i < len(raw):
+        tag, i = _read_varint(raw, i)
+        number, wire = tag >> 3, tag & 7
+        name = _SCALAR_FIELDS.get(number, f"field_{number}")
+        if wire == 0:
+            n, i = _read_varint(raw, i)
+            if name in ("int32_val", "int64_val", "unix_timestamp_val"):
+                value: Any = _signed64(n)
+                if name == "int32_val":
+                    value = (value + (1 << 31)) % (1 << 32) - (1 << 31)
+            elif name == "bool_val":
+                value = n != 0
+            else:
+                value = n
+        elif wire == 1:
+            value = _unpack_double(raw, i)[0] if name == "double_val" else raw[i:i + 8]
+            i += 8
+        elif wire == 5:
+            value = _unpack_float(raw, i)[0] if name == "float_val" else raw[i:i + 4]
+            i += 4
+        elif wire == 2:
+            n, i = _read_varint(raw, i)
+            value = raw[i:i + n]
+            if name == "string_val":
+                value = value.decode("utf-8")
+            i += n
+        else:
+            raise ValueError(f"unsupported protobuf wire type {wire}")
+        if i > len(raw):
+            raise ValueError("truncated Value")
+        found = (name, value)
+    return found
+
+
+def decode_elements(raw: bytes) -> list[tuple[str | None, Any]]:
+    """The values of one online row (a serialized ``RepeatedValue``), without protobuf objects.
+
+    Per element: (oneof field name, Python value), e.g. ("double_val", 29.5), ("bool_val", True),
+    ("unix_timestamp_val", 1706659200); (None, None) for an empty Value, Feast's null. Raises
+    ValueError on bytes that are not a RepeatedValue.
+    """
+    out = []
+    i = 0
+    raw = bytes(raw)
+    while i < len(raw):
+        tag, i = _read_varint(raw, i)
+        if tag != 0x0A:
+            raise ValueError(f"not a RepeatedValue: tag {tag:#x} at byte {i - 1}")
+        n, i = _read_varint(raw, i)
+        if i + n > len(raw):
+            raise ValueError("truncated RepeatedValue")
+        out.append(_decode_value(raw[i:i + n]))
+        i += n
+    return out

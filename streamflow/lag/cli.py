@@ -23,16 +23,15 @@ import argparse
 import contextlib
 import json
 import logging
-import os
 import signal
 import sys
 import threading
 import time
 from typing import Any, TextIO
 
-from streamflow import logs
+from streamflow import config, logs
 from streamflow.errors import ServiceUnavailable, StreamflowError
-from streamflow.lag.monitor import DEFAULT_GROUP, GroupLag, LagMonitor
+from streamflow.lag.monitor import GroupLag, LagMonitor
 from streamflow.lag.status import GroupStatus, Status, StatusEvaluator, group_status
 
 log = logging.getLogger("streamflow.lag")
@@ -46,7 +45,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamflow lag", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="\n".join(__doc__.splitlines()[4:]))
-    p.add_argument("--group", default=os.environ.get("STREAMFLOW_CONSUMER_GROUP", DEFAULT_GROUP),
+    p.add_argument("--group", default=config.settings().consumer.group,
                    help="consumer group (default: %(default)s)")
     p.add_argument("--topic", action="append", dest="topics", metavar="TOPIC",
                    help="topic to report (repeatable; default: the table topics)")
@@ -135,7 +134,7 @@ def render(sample: GroupLag, status: GroupStatus, out: TextIO) -> None:
         span = f" over {status.samples} samples"
     out.write(f"group {sample.group} ({sample.state}, {members}): lag {sample.lag} messages, "
               f"oldest unconsumed event {_seconds(sample.lag_seconds)} s old, status {status.status.value}{span}\n")
-    if status.consume_rate is not None and sample.lag > 0:
+    if status.consume_rate is not None and sample.lag > 0 and status.status != Status.NEW:
         drain = (f"drains in {_seconds(status.drain_seconds)} s" if status.drain_seconds is not None
                  else "does not drain at this rate")
         out.write(f"consuming {status.consume_rate:,.1f} events/s over the window: {drain}\n")
@@ -172,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         parser().error("--watch SECONDS must be positive")
     if args.samples is not None and args.samples < 1:
         parser().error("--samples must be at least 1")
-    level = os.environ.get("STREAMFLOW_LOG_LEVEL", "WARNING").upper()
+    level = logs.configured_level("WARNING")
     logs.setup(level)
     if level != "DEBUG":
         # kafka-python logs every refused connection at ERROR; the one-line error below says it.

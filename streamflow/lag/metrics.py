@@ -79,11 +79,6 @@ class LagMetrics:
         with self._lock:
             self._up[group] = False
 
-    def forget(self, group: str) -> None:
-        with self._lock:
-            self._samples.pop(group, None)
-            self._up.pop(group, None)
-
     def describe(self) -> list[Metric]:
         return []  # the metric names are fixed, but no need to pre-declare them
 

@@ -44,13 +44,13 @@ from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import OffsetSpec
 from kafka.errors import CoordinatorLoadInProgressError, CoordinatorNotAvailableError, NotCoordinatorError
 
-from streamflow import config, kafka_clients, schema
+from streamflow import config, kafka_clients, schema, timefmt
 from streamflow.errors import ServiceUnavailable
 from streamflow.lag.status import REPLAY_MARK
 
 log = logging.getLogger(__name__)
 
-DEFAULT_GROUP = "streamflow-consumer"
+DEFAULT_GROUP = config.DEFAULT_CONSUMER_GROUP
 
 
 def marks_group(group: str) -> str:
@@ -71,8 +71,7 @@ def parse_mark(metadata: str | None) -> float | None:
 
 
 def _iso(ts: datetime | None) -> str | None:
-    """ISO 8601 in UTC with ``Z``, the format of every time StreamFlow prints."""
-    return ts.astimezone(timezone.utc).isoformat().replace("+00:00", "Z") if ts is not None else None
+    return timefmt.iso_utc(ts) if ts is not None else None
 
 
 def _round(value: float | None) -> float | None:
@@ -360,6 +359,9 @@ class LagMonitor:
                     "lag-reader", kafka=s,
                     fetch_max_wait_ms=100,
                     max_partition_fetch_bytes=READ_BYTES_PER_PARTITION,
+                # every record fetched in one poll: each poll wakes the client's network thread
+                # (measured: 200 polls of 500 records cost ~1 s of a 204-partition sample)
+                max_poll_records=1_000_000,
                     request_timeout_ms=max(ms, 1000),
                     bootstrap_timeout_ms=ms,
                 )

@@ -27,7 +27,7 @@ from kafka.structs import OffsetAndMetadata
 
 from streamflow import logs
 from streamflow.errors import StreamflowError
-from streamflow.lag.monitor import DEFAULT_GROUP, LagMonitor, marks_group
+from streamflow.lag.monitor import LagMonitor, marks_group
 from streamflow.lag.status import REPLAY_MARK
 
 
@@ -43,7 +43,7 @@ def parser() -> argparse.ArgumentParser:
                                 epilog="\n".join(__doc__.splitlines()[4:]))
     p.add_argument("--to", required=True, metavar="earliest|latest|TIME",
                    help="where to move the group: the log start, the log end, or a time (ISO 8601)")
-    p.add_argument("--group", default=config.env("STREAMFLOW_CONSUMER_GROUP") or DEFAULT_GROUP,
+    p.add_argument("--group", default=config.settings().consumer.group,
                    help="consumer group (default: %(default)s)")
     p.add_argument("--topic", action="append", dest="topics", metavar="TOPIC",
                    help="topic to rewind (repeatable; default: the table topics)")
@@ -114,7 +114,7 @@ def _alter(monitor: LagMonitor, group: str, offsets: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logs.setup("WARNING")
+    logs.setup(logs.configured_level("WARNING"))
     try:
         with LagMonitor(args.bootstrap, group=args.group, topics=args.topics) as monitor:
             rows = rewind(monitor, args.to, dry_run=args.dry_run)
@@ -132,5 +132,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['topic']:<{width}}  [{r['partition']}]  {r['from']} -> {r['to']}")
     verb = "would rewind" if args.dry_run else "rewound"
     print(f"{verb} group {args.group} on {len(rows)} partitions: {total:,} events to replay"
-          + ("" if args.dry_run else "; `streamflow lag` reports them as REPLAY"))
+          + ("" if args.dry_run else "; start its consumers: `streamflow lag` reports the rewound "
+                                      "partitions as REPLAY while they catch up"))
     return 0

@@ -9,7 +9,6 @@ event-to-online freshness, read from the consumer's own metrics endpoint when it
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import urllib.request
@@ -19,6 +18,7 @@ from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamflow import config
 from streamflow.errors import StreamflowError
 from streamflow.lag.metrics import LagMetrics
 from streamflow.lag.monitor import GroupLag, LagMonitor
@@ -30,7 +30,7 @@ FRESHNESS_METRIC = "streamflow_event_to_online_seconds"
 
 
 def consumer_metrics_url() -> str:
-    return os.environ.get("STREAMFLOW_CONSUMER_METRICS_URL", "http://127.0.0.1:9108/metrics")
+    return config.settings().lag.consumer_metrics_url
 
 
 def histogram_quantile(buckets: list[tuple[float, float]], q: float) -> float | None:
@@ -91,9 +91,9 @@ class LagSampler:
     after each further failure, at most ``max_backoff`` seconds; the first success resets it.
     ``timeout`` bounds connecting and each Kafka request of one sample (the monitor's timeout).
 
-    Thread-safe: ``sample_once`` may be called from request threads while the thread samples
-    (one sample at a time, under a lock); the readers (``snapshot``, ``history_dict``) only wait
-    for the short update of the results, never for a sample in progress.
+    Thread-safe: the thread is the only one that samples (``sample_once`` runs under a lock, for
+    tests); requests only read its results (``snapshot``, ``history_dict``, ``wait_first``) and
+    wait for the short update of the results, never for a sample in progress.
     """
 
     group: str
@@ -120,6 +120,8 @@ class LagSampler:
         self._sampling = threading.Lock()
         """One sample at a time: the monitor and the evaluator are not thread-safe."""
         self._stop = threading.Event()
+        self._attempted = threading.Event()
+        """Set once the first sample attempt has finished (successful or not)."""
         self._thread: threading.Thread | None = None
         self._monitor: LagMonitor | None = None
         self.evaluator = StatusEvaluator(window_seconds=self.window_seconds)
@@ -130,6 +132,7 @@ class LagSampler:
             self.error = message
             self.failures += 1
             self.attempts += 1
+        self._attempted.set()
         if self.metrics is not None:
             self.metrics.unreachable(self.group)
 
@@ -138,13 +141,10 @@ class LagSampler:
         with self._sampling:
             return self._sample_locked()
 
-    def sample_if_none(self) -> None:
-        """Take a first sample unless one was taken or attempted meanwhile (by the thread)."""
-        with self._sampling:
-            with self._lock:
-                if self.attempts:
-                    return
-            self._sample_locked()
+    def wait_first(self, timeout: float) -> bool:
+        """Wait until the thread has finished its first sample attempt (True), at most ``timeout``
+        seconds. Requests never sample themselves: the thread is the monitor's one user."""
+        return self._attempted.wait(timeout)
 
     def _sample_locked(self) -> bool:
         try:
@@ -201,6 +201,7 @@ class LagSampler:
             self.history.append(point)
             while self.history and self.history[0].t < point.t - self.history_seconds:
                 self.history.popleft()
+        self._attempted.set()
         if self.metrics is not None:
             self.metrics.update(sample, status)
 

@@ -19,7 +19,8 @@ Partition status, first rule that applies (W = the partition's samples in the wi
    committed offsets of a group of their own, see :func:`~streamflow.lag.monitor.marks_group`,
    so the consumers' commits cannot overwrite them). Likewise, a partition that would be WARN (falling behind) or UNKNOWN
    while its oldest unconsumed event was sent by a replay (``streamflow produce`` marks its
-   events) is REPLAY. A replay that stops moving is still STALL or STOP.
+   events) or produced before the partition's last rewind (the group re-reads it on purpose) is
+   REPLAY. A replay that stops moving is still STALL or STOP.
 5. **REWIND** -- the committed offset went back between two consecutive samples of W without
    that mark (including a committed offset that disappeared: deleted or expired offsets make
    the group re-read).
@@ -279,7 +280,7 @@ class StatusEvaluator:
             if track is None:
                 track = self._tracks[key] = _Track(deque(maxlen=self.window))
             point = _Point(t, p.committed_offset, int(p.lag), int(p.log_end_offset) - int(p.lag),
-                           rewound_at=p.replay_marked_at, replay_backlog=p.replay_id is not None)
+                           rewound_at=p.replay_marked_at, replay_backlog=_replay_backlog(p))
             prev = track.points[-1] if track.points else None
             if point.lag <= 0:
                 track.stuck_since = None
@@ -362,6 +363,16 @@ class StatusEvaluator:
             return result(Status.WARN, f"consuming, but the lag grew from {w[0].lag} to {last.lag} "
                                        f"in {n} samples ({last.t - w[0].t:.0f} s)")
         return result(Status.OK, "consuming")
+
+
+def _replay_backlog(p) -> bool:
+    """The oldest unconsumed event was sent by a replay (``streamflow produce`` marks its events),
+    or was produced before the partition's last ``streamflow rewind``: the group re-reads it on
+    purpose."""
+    if p.replay_id is not None:
+        return True
+    return (p.replay_marked_at is not None and p.oldest_produced_at is not None
+            and p.oldest_produced_at.timestamp() <= p.replay_marked_at)
 
 
 def _fmt(offset: int | None) -> str:
