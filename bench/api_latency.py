@@ -62,7 +62,8 @@ from streamflow.net import free_port
 RESULTS = REPO / "bench" / "results" / "api_latency.json"
 FEAST_ENV = ("POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD",
              "FEAST_PROJECT", "STREAMFLOW_FEATURE_REPO")
-"""What feature_repo/feature_store.yaml expands (and where it is): handed to `feast serve` explicitly."""
+"""StreamFlow's settings that our Feast classes read (and where the repo is): handed to `feast serve`
+explicitly; the project also goes into the yaml it is given (-f), since Feast reads it there only."""
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -158,7 +159,7 @@ def start_api(port: int, workers: int, log_dir: Path) -> Server:
 
 
 def feast_serve_env(runtime_dir: Path) -> dict[str, str]:
-    """Exactly what `feast serve` gets: the variables the repo's yaml expands, our code on the path.
+    """Exactly what `feast serve` gets: the settings our Feast classes read, our code on the path.
 
     XDG_RUNTIME_DIR gives gunicorn's control socket a private place (its default,
     ~/.gunicorn/gunicorn.ctl, would be shared with any other gunicorn of the same user)."""
@@ -172,11 +173,15 @@ def start_feast_serve(port: int, workers: int, log_dir: Path) -> Server:
     """`feast serve` on our feature repo, tuned for the best it can do: no access log, and no
     worker restart every 1,000 requests (its default --max-requests, a restart a second at 1,000
     req/s)."""
+    from streamflow.feature_store import feast_yaml
+
     feast_cli = str(Path(sys.executable).parent / "feast")
-    command = [sys.executable, feast_cli, "-c", str(config.feature_repo_dir()), "serve",
+    runtime_dir = Path(tempfile.mkdtemp(prefix="feast-serve-", dir=log_dir))
+    fs_yaml = runtime_dir / "feature_store.yaml"  # the repo's, naming the benchmark's project
+    fs_yaml.write_text(feast_yaml(os.environ["FEAST_PROJECT"]))
+    command = [sys.executable, feast_cli, "-c", str(config.feature_repo_dir()), "-f", str(fs_yaml), "serve",
                "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
                "--no-access-log", "--max-requests", "0"]
-    runtime_dir = Path(tempfile.mkdtemp(prefix="feast-serve-", dir=log_dir))
     log_path = log_dir / f"feast-serve-{port}.log"
     env = feast_serve_env(runtime_dir)
     proc = spawn(command, env, log_path)

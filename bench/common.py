@@ -96,12 +96,14 @@ def stock_store():
     import yaml
     from feast import FeatureStore, RepoConfig
 
+    from streamflow.feast_stores.settings import connection_fields
+
     repo = config.feature_repo_dir()
-    raw = yaml.safe_load(os.path.expandvars((repo / "feature_store.yaml").read_text()))
+    raw = yaml.safe_load((repo / "feature_store.yaml").read_text())
     raw["project"] = STOCK_PROJECT
     raw["provider"] = "local"
-    raw["online_store"] = {**raw["online_store"], "type": "postgres"}
-    raw["offline_store"] = {**raw["offline_store"], "type": "postgres"}
+    raw["online_store"] = {**connection_fields(), **raw["online_store"], "type": "postgres"}
+    raw["offline_store"] = {**connection_fields(), **raw["offline_store"], "type": "postgres"}
     repo_config = RepoConfig(**raw)
     repo_config.repo_path = repo
     return FeatureStore(repo_path=str(repo), config=repo_config)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextvars
 import logging
+import re
 from contextlib import contextmanager
 from functools import lru_cache
+from pathlib import Path
 
 import pandas as pd
 
@@ -16,8 +18,7 @@ from streamflow.push_validation import validate_frame
 log = logging.getLogger(__name__)
 
 
-@lru_cache(maxsize=None)
-def _store(repo: str, project: str):
+def _feature_store_class():
     from feast import FeatureStore
 
     class StreamflowFeatureStore(FeatureStore):
@@ -35,12 +36,55 @@ def _store(repo: str, project: str):
             if any(getattr(service, "precompute_online", False) for service in services):
                 super()._precompute_for_push(feature_view_name, df)
 
-    return StreamflowFeatureStore(repo_path=repo)
+    return StreamflowFeatureStore
+
+
+def yaml_path(repo: Path | str | None = None) -> Path:
+    """The feature_store.yaml Feast reads for a repo: FEAST_FS_YAML_FILE_PATH, else the repo's."""
+    from feast.utils import get_default_yaml_file_path
+
+    return Path(get_default_yaml_file_path(Path(repo or config.feature_repo_dir())))
+
+
+def open_store(repo: Path | str | None = None, project: str | None = None):
+    """A new FeatureStore on the repo's yaml, on StreamFlow's project (FEAST_PROJECT by default).
+
+    Feast reads the project from the yaml only; StreamFlow's code sets it from its settings, and
+    reads every other setting now (streamflow.feast_stores.settings.pin), so the store keeps the
+    settings of the moment it was opened.
+    """
+    from feast.repo_config import load_repo_config
+
+    from streamflow.feast_stores import settings
+
+    repo = Path(repo or config.feature_repo_dir())
+    repo_config = load_repo_config(repo, yaml_path(repo))
+    repo_config.project = project or settings.project()
+    settings.pin(repo_config)
+    return _feature_store_class()(repo_path=str(repo), config=repo_config)
+
+
+@lru_cache(maxsize=None)
+def _store(repo: str, yaml: str, project: str, database: str):
+    return open_store(repo, project)
 
 
 def get_store():
-    """The process's FeatureStore for the configured repo and project (opened once)."""
-    return _store(str(config.feature_repo_dir()), config.feast_project())
+    """The process's FeatureStore for the configured repo, yaml, project and database (opened once)."""
+    from streamflow.feast_stores import settings
+
+    repo = config.feature_repo_dir()
+    return _store(str(repo), str(yaml_path(repo)), settings.project(), config.postgres().describe())
+
+
+def feast_yaml(project: str, repo: Path | str | None = None) -> str:
+    """The repo's feature_store.yaml naming another project: what the Feast CLI needs to work on
+    that project (``feast -f FILE``), since Feast reads the project from its yaml only."""
+    text = (Path(repo or config.feature_repo_dir()) / "feature_store.yaml").read_text()
+    out, n = re.subn(r"(?m)^project:.*$", f"project: {project}", text, count=1)
+    if n != 1:
+        raise ValueError("feature_store.yaml has no top-level 'project:' line")
+    return out
 
 
 @contextmanager
@@ -71,7 +115,7 @@ def apply() -> list[str]:
         objects = definitions.all_objects()
         get_store().apply(objects)
     names = [o.name for o in objects]
-    log.info("applied %d Feast objects to project %s: %s", len(names), config.feast_project(), ", ".join(names))
+    log.info("applied %d Feast objects to project %s: %s", len(names), get_store().project, ", ".join(names))
     return names
 
 
@@ -80,9 +124,20 @@ _VALIDATED = contextvars.ContextVar("streamflow_validated_push", default=False)
 
 def push_is_validated() -> bool:
     """Whether the push being written in this thread was validated against the registry already
-    (by :func:`push`): the offline store then skips checking the same rows again. A push that did
-    not come through :func:`push` (``feast serve`` /push, a user's own ``store.push``) is checked."""
+    (by :func:`push`): our provider and offline store then skip checking the same rows again. A
+    push that did not come through :func:`push` (``feast serve`` /push, a user's own
+    ``store.push``) is checked by them (streamflow.feast_stores.validation)."""
     return _VALIDATED.get()
+
+
+@contextmanager
+def validated_push():
+    """Inside this block, writes to Feast count as validated already (see push_is_validated)."""
+    token = _VALIDATED.set(True)
+    try:
+        yield
+    finally:
+        _VALIDATED.reset(token)
 
 
 def push(table: schema.Table, frame: pd.DataFrame, where: str = "push", *, validated: bool = False) -> int:
@@ -96,9 +151,6 @@ def push(table: schema.Table, frame: pd.DataFrame, where: str = "push", *, valid
     typed = frame if validated else validate_frame(table, frame, where=where)
     if typed.empty:
         return 0
-    token = _VALIDATED.set(True)
-    try:
+    with validated_push():
         get_store().push(table.push_source, typed, to=PushMode.ONLINE_AND_OFFLINE)
-    finally:
-        _VALIDATED.reset(token)
     return len(typed)

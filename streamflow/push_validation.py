@@ -3,7 +3,12 @@
 Stock Feast fails late and vaguely on a malformed push (a bare ``KeyError``, ``ValueError`` or
 ``AssertionError`` from pandas or pyarrow) and silently coerces some bad values (``7.9`` into an
 Int64 becomes 7). Everything StreamFlow pushes goes through :func:`validate_frame` first, which
-raises :class:`PushValidationError` naming the push, the row, the user and the field.
+raises :class:`PushValidationError` naming the push, the row, the user and the field. Pushes that
+reach Feast some other way (``feast serve`` /push, a user's own ``store.push``) are checked by our
+provider and offline store with the same function (streamflow.feast_stores.validation).
+
+Times are taken as Feast's own online path takes them: datetimes (naive ones are UTC) and ISO 8601
+strings, with ``Z``, an offset or none (UTC), converted by :func:`utc_times` and nowhere else.
 """
 
 from __future__ import annotations
@@ -24,11 +29,26 @@ def push_columns(table: schema.Table) -> list[str]:
     return [schema.KEY, schema.SNAPSHOT_TIME, *table.feature_names, schema.EVENT_SNAPSHOT]
 
 
+def utc_times(values: pd.Series) -> pd.Series:
+    """Event times or dates of a push as a UTC timestamp column: the one conversion of times.
+
+    Accepted as Feast's online path accepts them: datetime columns and objects (naive ones are UTC)
+    and ISO 8601 strings ("2024-01-31T00:00:00Z", "2024-01-31T02:00:00+02:00", naive
+    "2024-01-31T00:00:00" = UTC, "2024-01-31"). Anything else becomes NaT (the callers report it):
+    numbers too, which Feast would read as nanoseconds since 1970.
+    """
+    if pd.api.types.is_datetime64_any_dtype(values):
+        return values.dt.tz_localize("UTC") if values.dt.tz is None else values.dt.tz_convert("UTC")
+    return pd.to_datetime(values, utc=True, errors="coerce", format="ISO8601")
+
+
 def _fail(where: str, frame: pd.DataFrame, mask: np.ndarray, field: str, what: str) -> None:
     idx = np.flatnonzero(mask)
     pos = int(idx[0])
     user = frame[schema.KEY].iloc[pos] if schema.KEY in frame else "?"
     value = frame[field].iloc[pos]
+    if isinstance(value, np.generic):
+        value = value.item()  # -4, not np.int64(-4)
     more = f" ({len(idx) - 1} more rows like it)" if len(idx) > 1 else ""
     raise PushValidationError(
         f"{where}: row {pos} (user {user}), field {field}: {what} (got {value!r}){more}"
@@ -104,14 +124,10 @@ def _check_column(where: str, frame: pd.DataFrame, col: schema.Column) -> pd.Ser
                 _fail(where, frame, bad, col.name, f"expected one of {', '.join(col.choices)}")
         out = s.astype("string")
     elif col.kind == "date":
-        if pd.api.types.is_datetime64_any_dtype(s):
-            out = pd.to_datetime(s, utc=True)
-        else:
-            parsed = pd.to_datetime(s, utc=True, errors="coerce", format="ISO8601")
-            bad = present & parsed.isna().to_numpy()
-            if bad.any():
-                _fail(where, frame, bad, col.name, "expected a date YYYY-MM-DD")
-            out = parsed
+        out = utc_times(s)
+        bad = present & out.isna().to_numpy()
+        if bad.any():
+            _fail(where, frame, bad, col.name, "expected a date YYYY-MM-DD")
     else:  # pragma: no cover - the registry only has the kinds above
         raise AssertionError(col.kind)
     return out
@@ -138,15 +154,15 @@ def validate_frame(table: schema.Table, frame: pd.DataFrame, where: str = "push"
         _fail(where, frame, bad, schema.KEY, "expected a user id like 7590-VHVEG")
     out[schema.KEY] = keys.astype("string")
     ts = frame[schema.SNAPSHOT_TIME]
-    if not pd.api.types.is_datetime64_any_dtype(ts) or getattr(ts.dt, "tz", None) is None:
-        raise PushValidationError(
-            f"{where} ({table.push_source}): field {schema.SNAPSHOT_TIME} must be a timezone-aware "
-            f"timestamp column, got dtype {ts.dtype}"
-        )
-    nat = ts.isna().to_numpy()
-    if nat.any():
-        _fail(where, frame, nat, schema.SNAPSHOT_TIME, "must not be null")
-    out[schema.SNAPSHOT_TIME] = ts.dt.tz_convert("UTC")
+    null = ts.isna().to_numpy()
+    if null.any():
+        _fail(where, frame, null, schema.SNAPSHOT_TIME, "must not be null")
+    times = utc_times(ts)
+    bad = times.isna().to_numpy()
+    if bad.any():
+        _fail(where, frame, bad, schema.SNAPSHOT_TIME,
+              "expected an ISO 8601 timestamp like 2024-01-31T00:00:00Z (no offset: UTC)")
+    out[schema.SNAPSHOT_TIME] = times
     for col in table.columns:
         out[col.name] = _check_column(f"{where} ({table.push_source})", frame, col)
     snap = frame[schema.EVENT_SNAPSHOT]

@@ -373,9 +373,9 @@ def test_unreachable_database_gives_503_naming_the_part_and_no_internals(data, m
     port = closed_port()
     with monkeypatch.context() as m:
         m.setenv("POSTGRES_PORT", str(port))
-        from feast import FeatureStore
+        from streamflow.feature_store import open_store
 
-        store = FeatureStore(repo_path=str(config.feature_repo_dir()))
+        store = open_store()  # reads the settings now
     app = create_app(FeatureReader(store=store, db_timeout=0.5))
     with TestClient(app) as c:
         assert c.get("/health").status_code == 200
@@ -474,9 +474,9 @@ def test_database_outage_gives_503_and_the_service_recovers_by_itself(data):
     try:
         with pytest.MonkeyPatch.context() as m:
             m.setenv("POSTGRES_PORT", str(proxy.port))
-            from feast import FeatureStore
+            from streamflow.feature_store import open_store
 
-            store = FeatureStore(repo_path=str(config.feature_repo_dir()))
+            store = open_store()  # reads the settings now
         app = create_app(FeatureReader(store=store, db_timeout=1.0))
         user = data.users[4]
         with TestClient(app) as c:

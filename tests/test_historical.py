@@ -9,7 +9,6 @@ still fail here.
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 
 import pandas as pd
@@ -80,10 +79,13 @@ def stock_store():
     import yaml
     from feast import FeatureStore, RepoConfig
 
+    from streamflow.feast_stores.settings import connection_fields, project
+
     repo = config.feature_repo_dir()
-    raw = yaml.safe_load(os.path.expandvars((repo / "feature_store.yaml").read_text()))
+    raw = yaml.safe_load((repo / "feature_store.yaml").read_text())
+    raw["project"] = project()
     raw["provider"] = "local"
-    raw["offline_store"] = {**raw["offline_store"], "type": "postgres"}
+    raw["offline_store"] = {**connection_fields(), **raw["offline_store"], "type": "postgres"}
     repo_config = RepoConfig(**raw)
     repo_config.repo_path = repo
     return FeatureStore(repo_path=str(repo), config=repo_config)

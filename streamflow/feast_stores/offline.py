@@ -37,15 +37,18 @@ from feast.infra.offline_stores.offline_store import RetrievalJob
 from feast.infra.registry.base_registry import BaseRegistry
 
 from streamflow import schema
-from streamflow.feast_stores import historical
+from streamflow.feast_stores import historical, validation
 from streamflow.feast_stores.online import _pool_key, connection_pool
-from streamflow.push_validation import validate_frame
+from streamflow.feast_stores.settings import DatabaseDefaults
 from streamflow import warehouse
 
 STORE_TYPE = "streamflow.feast_stores.offline.StreamflowOfflineStore"
 
 
-class StreamflowOfflineStoreConfig(PostgreSQLOfflineStoreConfig):
+class StreamflowOfflineStoreConfig(DatabaseDefaults, PostgreSQLOfflineStoreConfig):
+    """The ``offline_store:`` section; host, port, database, user and password default to
+    StreamFlow's settings (streamflow.feast_stores.settings)."""
+
     type: Literal["streamflow.feast_stores.offline.StreamflowOfflineStore"] = STORE_TYPE  # type: ignore[assignment]
     min_conn: int = 1
     max_conn: int = 4
@@ -105,8 +108,8 @@ class StreamflowOfflineStore(PostgreSQLOfflineStore):
 
         spec = schema.table_for_feature_view(feature_view.name)
         if not push_is_validated():
-            frame = validate_frame(spec, table.to_pandas(types_mapper=_NULLABLE_DTYPES.get),
-                                   where=f"offline write to {feature_view.name}")
+            frame = validation.checked(feature_view, table.to_pandas(types_mapper=_NULLABLE_DTYPES.get),
+                                       where=f"offline write to {feature_view.name}")
             table = pyarrow.Table.from_pandas(frame, preserve_index=False)
         with connection_pool(config.offline_store).connection(timeout=10.0) as conn:
             merge_rows(conn, spec, table)

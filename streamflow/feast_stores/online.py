@@ -37,6 +37,7 @@ from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import RepeatedValue
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
+from streamflow.feast_stores.settings import DatabaseDefaults
 from streamflow.feast_stores.value_encoding import element, string_entity_key
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,10 @@ log = logging.getLogger(__name__)
 STORE_TYPE = "streamflow.feast_stores.online.StreamflowOnlineStore"
 
 
-class StreamflowOnlineStoreConfig(PostgreSQLConfig):
+class StreamflowOnlineStoreConfig(DatabaseDefaults, PostgreSQLConfig):
+    """The ``online_store:`` section; host, port, database, user and password default to
+    StreamFlow's settings (streamflow.feast_stores.settings)."""
+
     type: Literal["streamflow.feast_stores.online.StreamflowOnlineStore"] = STORE_TYPE
     connect_timeout: int = 5
     """Seconds to wait for a new connection before giving up (an outage fails fast)."""

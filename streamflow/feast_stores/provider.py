@@ -8,6 +8,12 @@ them again; here the frame is encoded per column straight into the online table'
 (``value_encoding``) and written with one binary COPY. Views the fast path does not cover (other
 online stores, on-demand views, field mappings, composite or non-string keys, other value types)
 take Feast's path unchanged.
+
+Two checks come first. The provider refuses a configuration whose project is not StreamFlow's
+(``settings.check_project``: Feast reads the project from its yaml only). A push to one of the
+registry's views that ``streamflow.feature_store.push`` did not validate (``feast serve`` /push,
+a user's own ``store.push``) is validated here (``validation.checked``: 422 from ``feast serve``)
+and the typed frame is what gets written, whichever path writes it.
 """
 
 from __future__ import annotations
@@ -23,8 +29,9 @@ from feast import FeatureView
 from feast.infra.passthrough_provider import PassthroughProvider
 from feast.value_type import ValueType
 
-from streamflow.feast_stores import value_encoding
+from streamflow.feast_stores import settings, validation, value_encoding
 from streamflow.feast_stores.online import StreamflowOnlineStore
+from streamflow.push_validation import utc_times
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +60,7 @@ def event_micros(frame: pd.DataFrame, column: str, view: str) -> np.ndarray:
     """Event times as microseconds since the epoch (naive times are UTC, as in Feast)."""
     times = frame[column]
     if not isinstance(times.dtype, pd.DatetimeTZDtype):  # converting a zoned column again cost 1/10 of a push
-        times = pd.to_datetime(times, utc=True, cache=False)
+        times = utc_times(times)
     if times.isna().any():
         row = int(np.flatnonzero(times.isna().to_numpy())[0])
         raise ValueError(f"push to {view}: row {row} has no event time in column {column!r}")
@@ -63,7 +70,12 @@ def event_micros(frame: pd.DataFrame, column: str, view: str) -> np.ndarray:
 class StreamflowProvider(PassthroughProvider):
     """Feast's passthrough provider, with pushes to our online store encoded column-wise."""
 
+    def __init__(self, config):
+        settings.check_project(config)
+        super().__init__(config)
+
     def ingest_df(self, feature_view, df: pd.DataFrame, field_mapping: Optional[Dict] = None):
+        df = validation.checked(feature_view, df, where=f"push to {feature_view.name}")
         features = fast_path_features(self, feature_view, field_mapping)
         if features is None:
             return super().ingest_df(feature_view, df, field_mapping)
@@ -80,3 +92,7 @@ class StreamflowProvider(PassthroughProvider):
         stamps = event_micros(df, feature_view.batch_source.timestamp_field, feature_view.name)
         self.online_store.write_encoded(self.repo_config, feature_view.name, keys,
                                         ",".join(name for name, _ in features), vals, stamps)
+
+    async def ingest_df_async(self, feature_view, df: pd.DataFrame, field_mapping: Optional[Dict] = None):
+        df = validation.checked(feature_view, df, where=f"push to {feature_view.name}")
+        return await super().ingest_df_async(feature_view, df, field_mapping)
