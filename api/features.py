@@ -31,6 +31,7 @@ from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from psycopg import sql
+from psycopg_pool import ConnectionPool
 
 from streamflow import config as streamflow_config, schema
 from streamflow.errors import first_line
@@ -189,7 +190,7 @@ class MultiViewOnlineStore(StreamflowOnlineStore):
 
     def __init__(self) -> None:
         super().__init__()
-        self._pool = None
+        self._pool: ConnectionPool | None = None
         self._pool_for = None
         self._queries: dict[tuple[str, tuple[str, ...], bool], bytes] = {}
 

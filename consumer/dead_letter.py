@@ -37,7 +37,8 @@ def _text_or_base64(value: bytes) -> dict:
 def _headers(record) -> tuple[list[dict], bool]:
     """The record's headers, in order, as long as they fit in MAX_HEADERS_COPY (and whether some
     were left out): what a redrive sends again."""
-    copied, used = [], 0
+    copied: list[dict] = []
+    used = 0
     for name, value in getattr(record, "headers", None) or ():
         used += len(name) + len(value or b"")
         if used > MAX_HEADERS_COPY:

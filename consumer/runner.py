@@ -186,7 +186,7 @@ class StreamConsumer:
         cannot be)."""
         by_table: dict[str, list] = defaultdict(list)
         next_offsets: dict[TopicPartition, int] = {}
-        unknown = []
+        unknown: list = []
         for tp, recs in records.items():
             self.metrics.count(self.metrics.consumed, tp.topic, len(recs))
             table = schema.table_for_topic(tp.topic)
@@ -523,6 +523,7 @@ class StreamConsumer:
 
         ``also_rewind``: the batch decoded meanwhile, read again with this one when the dead
         letters of this one cannot be acknowledged (its partitions may be ahead of this one's)."""
+        assert self._in_flight is not None  # callers check it
         futures, batch, started = self._in_flight
         self._in_flight = None
         try:

@@ -195,6 +195,7 @@ class Supervisor:
                 self._send(m, signum)
 
     def _send(self, m: Member, signum: int) -> None:
+        assert m.proc is not None  # callers send only to a running member
         try:
             m.proc.send_signal(signum)
         except ProcessLookupError:  # it has just exited; the loop reaps it
@@ -228,6 +229,7 @@ class Supervisor:
                 self._exited(m, rc)
 
     def _exited(self, m: Member, rc: int) -> None:
+        assert m.proc is not None  # _reap polled it
         ran, pid = self.clock() - m.started, m.proc.pid
         m.proc = None
         what = f"member {m.index} (pid {pid}) {describe_exit(rc)} after {ran:.0f} s"

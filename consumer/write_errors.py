@@ -128,7 +128,7 @@ def _driver_errors() -> list:
     errors that carry no SQLSTATE (a connection lost, a value psycopg itself refused)."""
     global _DRIVER_ERRORS
     if _DRIVER_ERRORS is None:
-        found = []
+        found: list[tuple[type[Exception], tuple[type[Exception], ...], tuple[type[Exception], ...]]] = []
         try:
             import psycopg
 

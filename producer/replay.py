@@ -24,6 +24,7 @@ import logging
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
@@ -182,7 +183,7 @@ class Replayer:
         self.stopped = threading.Event()
         self._deliveries: dict[str, _Delivery] = {}
 
-    def _partitions(self, topic: str, keys: list[bytes]) -> list[int | None]:
+    def _partitions(self, topic: str, keys: list[bytes]) -> Sequence[int | None]:
         """The partition of each key, as the producer's default partitioner would choose it; None
         (the producer chooses) when it has another partitioner or no metadata for the topic."""
         if type(self.producer.config.get("partitioner")) is DefaultPartitioner:

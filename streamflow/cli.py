@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib
 import sys
 import traceback
+import typing
 
 from streamflow import logs
 from streamflow.errors import StreamflowError
@@ -84,7 +85,7 @@ def _debug() -> bool:
     from streamflow import config
 
     try:
-        return config.group("logs").level == "DEBUG"
+        return typing.cast(config.Logs, config.group("logs")).level == "DEBUG"
     except config.ConfigError:
         return False
 

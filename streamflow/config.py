@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_core import ErrorDetails
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamflow.errors import StreamflowError
@@ -216,7 +217,8 @@ class Settings(BaseModel):
     logs: Logs
 
 
-GROUPS: dict[str, type[_Group]] = {name: field.annotation for name, field in Settings.model_fields.items()}
+GROUPS: dict[str, type[_Group]] = {name: typing.cast(type[_Group], field.annotation)  # every field of Settings is a group
+                                    for name, field in Settings.model_fields.items()}
 
 
 @dataclass(frozen=True)
@@ -236,8 +238,12 @@ class Variable:
 
 def variables() -> list[Variable]:
     """Every variable, in the order of the settings."""
-    return [Variable(info.alias, group, field, info.default, info.description)
-            for group, cls in GROUPS.items() for field, info in cls.model_fields.items()]
+    found: list[Variable] = []
+    for group, cls in GROUPS.items():
+        for field, info in cls.model_fields.items():
+            assert info.alias is not None and info.description is not None  # every field is made by var()
+            found.append(Variable(info.alias, group, field, info.default, info.description))
+    return found
 
 
 VARIABLES = {v.name: v for v in variables()}
@@ -259,7 +265,7 @@ def settings() -> Settings:
 
 @lru_cache(maxsize=8)
 def _build(_environment: tuple) -> Settings:
-    groups: dict[str, _Group] = {}
+    groups: dict[str, Any] = {}  # Settings(**groups) checks each group's class
     problems: list[str] = []
     for name, cls in GROUPS.items():
         try:
@@ -316,7 +322,7 @@ def _literals(annotation) -> list[Any]:
     return [v for arg in typing.get_args(annotation) for v in _literals(arg)]
 
 
-def _problem(cls: type[_Group], error: dict) -> str:
+def _problem(cls: type[_Group], error: ErrorDetails) -> str:
     """One pydantic error as ``VARIABLE: expected ..., got '...'``."""
     name = str(error["loc"][0]) if error.get("loc") else cls.__name__
     info = _field(cls, name)

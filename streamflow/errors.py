@@ -1,5 +1,12 @@
 """Expected errors: the CLI prints their message and exits non-zero, without a traceback."""
 
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from streamflow.batch.validate import Problem
+
 
 class StreamflowError(Exception):
     """An error the user can act on (bad input, a service not reachable, ...)."""
@@ -15,9 +22,9 @@ class DataValidationError(StreamflowError):
 
     exit_code = 3
 
-    def __init__(self, message: str, problems: list[str] | None = None):
+    def __init__(self, message: str, problems: list[Problem] | None = None):
         super().__init__(message)
-        self.problems: list[str] = problems or []
+        self.problems: list[Problem] = problems or []
         """The problems found, one line each (the message shows the first of them)."""
 
 

@@ -30,7 +30,7 @@ from streamflow.push_validation import push_columns
 
 _ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "str": pa.string(),
                 "date": pa.string()}
-_PYTHON_TYPES = {"int": {int}, "float": {float, int}, "bool": {bool}, "str": {str}, "date": {str}}
+_PYTHON_TYPES: dict[str, set[type]] = {"int": {int}, "float": {float, int}, "bool": {bool}, "str": {str}, "date": {str}}
 _PANDAS_TYPES = {pa.int64(): pd.Int64Dtype(), pa.float64(): pd.Float64Dtype(), pa.bool_(): pd.BooleanDtype(),
                  pa.string(): pd.StringDtype()}
 _DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
@@ -92,7 +92,7 @@ def utc_times(values: list[datetime | None]) -> pd.Series:
     """
     nanos: dict[datetime | None, int] = {None: _NAT}
     for value in values:
-        if value not in nanos:
+        if value is not None and value not in nanos:  # None is in nanos already
             nanos[value] = (value - _EPOCH) // _MICROSECOND * 1_000
     stamps = np.fromiter((nanos[v] for v in values), dtype=np.int64, count=len(values))
     return pd.Series(pd.to_datetime(stamps.view("datetime64[ns]"), utc=True))

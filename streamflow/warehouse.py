@@ -301,7 +301,7 @@ def copy_csv(
     NULL for a quoted empty value too. The bytes must already be validated: PostgreSQL's error
     for a bad value names no file line.
     """
-    options = [sql.SQL("FORMAT csv"), sql.SQL("ENCODING 'UTF8'")]
+    options: list[sql.Composable] = [sql.SQL("FORMAT csv"), sql.SQL("ENCODING 'UTF8'")]
     if header:
         options.append(sql.SQL("HEADER true"))
     if force_null:
@@ -309,7 +309,8 @@ def copy_csv(
     stmt = sql.SQL("COPY {} ({}) FROM STDIN ({})").format(
         sql.Identifier(staging), _ids(columns), sql.SQL(", ").join(options)
     )
-    pieces = [data] if isinstance(data, (bytes, bytearray, memoryview, pa.Buffer)) else data
+    pieces: Iterable[bytes | memoryview | pa.Buffer] = (
+        [data] if isinstance(data, (bytes, bytearray, memoryview, pa.Buffer)) else data)
     with cur.copy(stmt) as copy:
         for piece in pieces:
             view = memoryview(piece)
@@ -327,7 +328,7 @@ def copy_csv(
 # transaction writes the same keys at the same time.
 
 
-def _staged(staging: str, names: list[str], distinct_on: list[str], order: list[sql.Composable]):
+def _staged(staging: str, names: list[str], distinct_on: list[str], order: Sequence[sql.Composable]):
     """The staged rows, aliased s; one per distinct_on key (newest by order, then last staged)."""
     if not distinct_on:
         return sql.SQL("{} AS s").format(sql.Identifier(staging))

@@ -81,7 +81,9 @@ class Ledger:
                     self.conn.execute(DDL)
                 except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateTable):
                     pass  # created meanwhile by a redrive of another dead-letter topic
-            self.exists = self.conn.execute("SELECT to_regclass(%s)", (TABLE,)).fetchone()[0] is not None
+            row = self.conn.execute("SELECT to_regclass(%s)", (TABLE,)).fetchone()
+            assert row is not None  # a SELECT without FROM returns one row
+            self.exists = row[0] is not None
         except psycopg.OperationalError as exc:
             self.close()
             raise unreachable("opening the redrive ledger", exc) from None
@@ -90,8 +92,10 @@ class Ledger:
             raise
 
     def _lock(self) -> None:
-        got = self.conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))",
-                                (f"{TABLE}:{self.dlq_topic}",)).fetchone()[0]
+        row = self.conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))",
+                                (f"{TABLE}:{self.dlq_topic}",)).fetchone()
+        assert row is not None  # a SELECT without FROM returns one row
+        got = row[0]
         if not got:
             raise StreamflowError(f"another redrive of {self.dlq_topic} is running (it holds the lock "
                                   f"{TABLE}:{self.dlq_topic}); try again when it is done")

@@ -126,9 +126,9 @@ class DeadLetter:
             return str(self.doc["value"]).encode("utf-8")
         return base64.b64decode(self.doc.get("value_base64") or "")
 
-    def original_headers(self) -> list[tuple[str, bytes]]:
+    def original_headers(self) -> list[tuple[str, bytes | None]]:
         """The headers the event had (those the dead letter kept), without an older ``redrive_of``."""
-        out = []
+        out: list[tuple[str, bytes | None]] = []
         for entry in self.doc.get("headers") or ():
             if entry.get("name") == REDRIVE_HEADER:
                 continue

@@ -32,11 +32,12 @@ class Outgoing:
     topic: str
     key: bytes | None
     value: bytes | None
-    headers: list[tuple[str, bytes]]
+    headers: list[tuple[str, bytes | None]]
 
     @classmethod
     def of(cls, letter: DeadLetter) -> Outgoing:
         headers = letter.original_headers() + [(REDRIVE_HEADER, letter.ref.encode())]
+        assert letter.source_topic is not None  # only a redrivable letter (not_redrivable() None) has an Outgoing
         return cls(letter, letter.source_topic, letter.original_key(), letter.original_value(), headers)
 
 

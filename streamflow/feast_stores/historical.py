@@ -31,7 +31,7 @@ import io
 import logging
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
 import numpy as np
 import pandas as pd
@@ -325,7 +325,7 @@ def _fetch_as_stock(cur, query: sql.Composable, target: pa.Schema) -> pa.Table:
     """Python values converted as stock Feast does (for column types the CSV reader does not take)."""
     cur.execute(query)
     rows = cur.fetchall()
-    columns = list(zip(*rows)) if rows else [[] for _ in target]
+    columns: list[Any] = list(zip(*rows)) if rows else [[] for _ in target]
     return pa.Table.from_arrays([pa.array(c) for c in columns], schema=target)
 
 

@@ -22,7 +22,7 @@ import struct
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable, Literal, Optional, Sequence
+from typing import Any, Callable, Final, Literal, Optional, Sequence
 
 import numpy as np
 from psycopg import sql
@@ -42,7 +42,7 @@ from streamflow.feast_stores.value_encoding import element, string_entity_key
 
 log = logging.getLogger(__name__)
 
-STORE_TYPE = "streamflow.feast_stores.online.StreamflowOnlineStore"
+STORE_TYPE: Final = "streamflow.feast_stores.online.StreamflowOnlineStore"
 
 
 class StreamflowOnlineStoreConfig(DatabaseDefaults, PostgreSQLConfig):

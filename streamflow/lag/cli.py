@@ -97,7 +97,8 @@ def report(sample: GroupLag, status: GroupStatus) -> dict[str, Any]:
             drains.append(pdoc["drain_seconds"])
             statuses.append(Status(pdoc["status"]))
         topic_doc["status"] = group_status(statuses).value
-        topic_doc["drain_seconds"] = None if any(d is None for d in drains) else max(drains, default=0.0)
+        topic_doc["drain_seconds"] = (None if any(d is None for d in drains)
+                                      else max((d for d in drains if d is not None), default=0.0))
     return doc
 
 

@@ -68,7 +68,7 @@ def read_freshness(url: str, timeout: float = 1.0) -> dict[str, float | None] | 
 @dataclass
 class HistoryPoint:
     t: float
-    topics: dict[str, dict[str, float]]
+    topics: dict[str, dict[str, float | None]]
     freshness_p50: float | None = None
     freshness_p99: float | None = None
     drain_seconds: float | None = None
@@ -185,6 +185,7 @@ class LagSampler:
             with self._lock:
                 self.history = deque(p for p in self.history if p.t <= sample.timestamp)
         status = self.evaluator.add(sample)
+        assert self.freshness_url is not None  # __post_init__ sets it
         fresh = read_freshness(self.freshness_url) or {}
         point = HistoryPoint(
             t=sample.timestamp,

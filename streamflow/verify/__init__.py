@@ -104,7 +104,8 @@ def verify(
                     cur.execute("SET LOCAL TIME ZONE 'UTC'")
                     cur.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
                     query.check_tables(cur, project, tables)
-                    staged = query.stage_snapshot(cur, folder, day, tables) if folder is not None else None
+                    staged = (query.stage_snapshot(cur, folder, day, tables)
+                              if folder is not None and day is not None else None)  # day is set with folder
                 reports = {}
                 for table in tables:
                     reports[table.feature_view] = view = compare.compare_view(

@@ -161,6 +161,7 @@ def _compare_row(row: tuple, status: int, vals_differ: bool, layout: _Layout, re
     elif status & IN_OFFLINE:
         report.only_offline.add(user)
     if snapshot is not None:
+        assert layout.bits is not None  # compare_view lays out the snapshot columns when there is a snapshot
         if status & IN_OFFLINE and not status & IN_SNAPSHOT:
             report.not_in_snapshot.add(user)
         elif status & IN_SNAPSHOT and not status & IN_OFFLINE:

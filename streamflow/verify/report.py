@@ -130,6 +130,10 @@ class Report:
         return self.mismatches == 0
 
     def to_json(self) -> dict:
+        snapshot = None
+        if self.snapshot_dir is not None:
+            assert self.snapshot_as_of is not None  # verify() sets both or neither
+            snapshot = {"dir": str(self.snapshot_dir), "as_of": self.snapshot_as_of.isoformat()}
         return {
             "ok": self.ok,
             "users": self.users,
@@ -137,8 +141,7 @@ class Report:
             "checked_at": show(self.checked_at),
             "database": self.database,
             "project": self.project,
-            "snapshot": None if self.snapshot_dir is None else {
-                "dir": str(self.snapshot_dir), "as_of": self.snapshot_as_of.isoformat()},
+            "snapshot": snapshot,
             "views": {name: v.to_json() for name, v in self.views.items()},
             "seconds": round(self.seconds, 3),
         }
@@ -150,7 +153,7 @@ class Report:
                  + (f", offline rows against snapshot {self.snapshot_dir} (as_of {self.snapshot_as_of})"
                     if snap else "")]
         head = ["view", "users", "online", "offline"] + (["snapshot"] if snap else []) + ["mismatches"]
-        rows = [[v.view, v.users, v.online, v.offline] + ([v.snapshot_rows] if snap else []) + [v.mismatches]
+        rows: list[list[Any]] = [[v.view, v.users, v.online, v.offline] + ([v.snapshot_rows] if snap else []) + [v.mismatches]
                 for v in self.views.values()]
         widths = [max(len(_n(r[i])) for r in [head, *rows]) for i in range(len(head))]
         for r in [head, *rows]:
