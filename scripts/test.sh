@@ -15,6 +15,10 @@ if [ "$(id -u)" = 0 ] && { ! command -v promtool >/dev/null || ! command -v prom
   apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
     prometheus >/dev/null
 fi
+echo "[test] ruff check, ruff format --check, mypy (config in pyproject.toml)" >&2
+.venv/bin/ruff check --no-cache .
+.venv/bin/ruff format --check --no-cache .
+.venv/bin/mypy
 scripts/services.sh up
 export STREAMFLOW_NO_PROGRESS=1
 exec .venv/bin/python -m pytest "$@"

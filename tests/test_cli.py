@@ -28,6 +28,7 @@ def test_the_overview_lists_every_command_and_the_common_options(capsys):
 
 
 def test_no_progress_is_taken_by_every_command_and_turns_bars_off(monkeypatch, capsys):
+    monkeypatch.delenv("STREAMFLOW_NO_PROGRESS", raising=False)  # the test command sets it
     monkeypatch.setattr(logs, "_PROGRESS_OFF", False)
     monkeypatch.setattr("sys.stderr.isatty", lambda: True)
     assert logs.progress_enabled()
