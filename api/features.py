@@ -6,10 +6,11 @@ Two costs decide the latency of a lookup, and both are kept off the request path
   registry once at start-up and refreshed in the background (every 60 s by default), so a
   request never waits for a registry round trip. If the registry cannot be reached, the last
   good catalog keeps serving; until one has been loaded, lookups answer 503.
-* **PostgreSQL.** One read per request for every requested view and every user, through our
-  Feast online store class (:class:`MultiViewOnlineStore` adds a multi-view read to
-  ``StreamflowOnlineStore``: one ``UNION ALL`` query instead of one query and one pool
-  checkout per view), on the process-wide pool of ``connection_pool()``.
+* **PostgreSQL.** One read per request for every requested view and every user, through the
+  reader our Feast online store reads with (``streamflow.feast_stores.online.OnlineReader``: one
+  ``UNION ALL`` query and one pool checkout for all views), on the process-wide pool of
+  ``connection_pool()``. Entity keys are encoded and rows decoded by our own plain-Python code
+  (``value_encoding``), no protobuf objects on the way.
 
 A database outage surfaces as :class:`FeaturesUnavailable` (the API answers 503); the pool
 checks each connection it hands out, so lookups work again as soon as PostgreSQL is back.
@@ -21,28 +22,24 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Callable, Optional
 
-from feast.infra.key_encoding_utils import serialize_entity_key
-from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
-from feast.protos.feast.types.Value_pb2 import Value as ValueProto
-from psycopg import sql
-from psycopg_pool import ConnectionPool
-
 from streamflow import config as streamflow_config, schema
 from streamflow.errors import first_line
 from streamflow.timefmt import iso_utc
 from streamflow.feast_stores.online import (
-    StreamflowOnlineStore,
+    Decoder,
+    OnlineReader,
     close_pools,
     connection_pool,
     decode_values,
-    table_name,
+    string_key_bytes,
 )
+from streamflow.feast_stores.value_encoding import decode_elements, supports
 
 log = logging.getLogger("api.features")
 
@@ -96,6 +93,9 @@ class ViewSpec:
     features: tuple[str, ...]
     kinds: dict[str, str]
     """Feature -> schema kind (str, int, float, bool, date); decides how a value is rendered."""
+    decode: Decoder = decode_elements
+    """How the view's rows are decoded: ``decode_elements`` when it handles every value type of the
+    view (``value_encoding.supports``), else through Feast's protobuf classes (``proto_elements``)."""
 
 
 @dataclass(frozen=True)
@@ -153,6 +153,14 @@ def _kind_of(view_name: str, feature: Any) -> str:
                 UnixTimestamp: "datetime"}.get(feature.dtype, "str")
 
 
+def _plain(feature: Any) -> bool:
+    """Whether our plain-Python decoder handles the feature's value type."""
+    try:
+        return supports(feature.dtype.to_value_type())
+    except Exception:  # noqa: BLE001 - a type without a value type: let Feast's classes decode it
+        return False
+
+
 def load_catalog(store) -> Catalog:
     """The feature service's views and features, straight from the registry (no cache)."""
     registry = store.registry
@@ -172,6 +180,7 @@ def load_catalog(store) -> Catalog:
             view=view,
             features=tuple(f.name for f in fields),
             kinds={f.name: _kind_of(view.name, f) for f in fields},
+            decode=decode_elements if all(_plain(f) for f in view.features) else proto_elements,
         )
     return Catalog(specs)
 
@@ -179,98 +188,36 @@ def load_catalog(store) -> Catalog:
 # --- reads -------------------------------------------------------------------------------------
 
 
-class MultiViewOnlineStore(StreamflowOnlineStore):
-    """StreamflowOnlineStore plus a read of several views in one query.
-
-    Per lookup: one pool checkout (the pool pings a connection only after it sat idle) and one query, in autocommit
-    so that no BEGIN/COMMIT round trips are added; the connection goes back to the pool in the
-    mode it came in. The pool of ``connection_pool()`` is looked up once, not per call (building
-    its conninfo costs a quarter of a millisecond), and again only after it was closed.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._pool: ConnectionPool | None = None
-        self._pool_for = None
-        self._queries: dict[tuple[str, tuple[str, ...], bool], bytes] = {}
-
-    def _conn(self, config, timeout: float = 10.0):
-        pool = self._pool
-        if pool is None or pool.closed or self._pool_for is not config.online_store:
-            pool = connection_pool(config.online_store)
-            self._pool, self._pool_for = pool, config.online_store
-        return pool.connection(timeout=timeout)
-
-    def _query(self, conn, project: str, view_names: tuple[str, ...], one: bool) -> bytes:
-        """SELECT over the views' tables; for one key ``= key`` (0.25 ms faster than ``= ANY``)."""
-        key = (project, view_names, one)
-        query = self._queries.get(key)
-        if query is None:
-            where = sql.SQL("entity_key = %(keys)s" if one else "entity_key = ANY(%(keys)s)")
-            parts = [
-                sql.SQL("SELECT {i}::int2 AS v, entity_key, names, vals, event_ts FROM {t} WHERE {where}").format(
-                    i=sql.Literal(i), t=sql.Identifier(table_name(project, name)), where=where
-                )
-                for i, name in enumerate(view_names)
-            ]
-            query = sql.SQL(" UNION ALL ").join(parts).as_bytes(conn)
-            self._queries[key] = query
-        return query
-
-    def online_read_views(
-        self,
-        config,
-        views: Sequence[Any],
-        entity_keys: list[EntityKeyProto],
-        requested_features: Sequence[Optional[Iterable[str]]],
-        timeout: float = DEFAULT_DB_TIMEOUT,
-    ) -> list[list[tuple[Optional[datetime], Optional[dict[str, ValueProto]]]]]:
-        """``online_read`` of several views at once: per view, one (event_ts, values) per key."""
-        version = config.entity_key_serialization_version
-        keys = [serialize_entity_key(k, entity_key_serialization_version=version) for k in entity_keys]
-        return self.read_serialized(config, views, keys, requested_features, timeout)
-
-    def read_serialized(self, config, views, keys: list[bytes], requested_features, timeout):
-        """``online_read_views`` with the entity keys already serialized."""
-        if not keys:
-            return [[] for _ in views]
-        with self._conn(config, timeout=timeout) as conn:
-            one = len(keys) == 1
-            query = self._query(conn, config.project, tuple(v.name for v in views), one)
-            # pool connections are in autocommit mode (streamflow.feast_stores.online.connection_pool)
-            rows = conn.execute(query, {"keys": keys[0] if one else keys}).fetchall()
-        wanted = [set(r) if r else None for r in requested_features]
-        found: list[dict[bytes, tuple[datetime, dict[str, ValueProto]]]] = [{} for _ in views]
-        for v, key, names, vals, event_ts in rows:
-            want = wanted[v]
-            # The row layout of StreamflowOnlineStore: names comma-separated, values one RepeatedValue.
-            found[v][bytes(key)] = (event_ts, {
-                name: proto
-                for name, proto in zip(names.split(","), decode_values(vals))
-                if want is None or name in want
-            })
-        return [[f.get(k, (None, None)) for k in keys] for f in found]
+Element = tuple[Optional[str], Any]
+"""One decoded value: (protobuf field of ``Value``, Python value), e.g. ("double_val", 29.5)."""
 
 
-def entity_key(user_id: str) -> EntityKeyProto:
-    return EntityKeyProto(join_keys=[schema.KEY], entity_values=[ValueProto(string_val=user_id)])
+def proto_elements(raw: bytes) -> list[Element]:
+    """``decode_elements`` through Feast's protobuf classes (for value types it does not handle)."""
+    out: list[Element] = []
+    for value in decode_values(raw):
+        which = value.WhichOneof("val")
+        out.append((which, getattr(value, which) if which is not None else None))
+    return out
 
 
-def decode_value(value: ValueProto | None, kind: str) -> JSONValue:
-    """A Feast ValueProto as a JSON value: bool, int, float, str, an ISO date, or None."""
-    if value is None:
+def decode_value(element: Element | None, kind: str) -> JSONValue:
+    """A decoded value as a JSON value: bool, int, float, str, an ISO date, or None."""
+    if element is None:
         return None
-    which = value.WhichOneof("val")
+    which, raw = element
+    if which == "string_val" or which == "int64_val" or which == "bool_val" or which == "int32_val":
+        return raw
+    if which == "double_val" or which == "float_val":
+        return raw if math.isfinite(raw) else None
     if which is None or which == "null_val":
         return None
-    raw = getattr(value, which)
     if which == "unix_timestamp_val":
-        ts = datetime.fromtimestamp(raw, tz=timezone.utc)
+        try:
+            ts = datetime.fromtimestamp(raw, tz=timezone.utc)
+        except (OverflowError, OSError, ValueError):  # Feast's null timestamp (-2**63): no value
+            return None
         return ts.date().isoformat() if kind == "date" else iso_utc(ts)
-    if which in ("double_val", "float_val"):
-        return raw if math.isfinite(raw) else None
-    if which in ("bool_val", "int64_val", "int32_val", "string_val"):
-        return raw
     if which == "bytes_val":
         return raw.hex()
     return str(raw)  # pragma: no cover - the views only have the kinds above
@@ -306,7 +253,7 @@ class FeatureReader:
         self.refresh_seconds = refresh_seconds if refresh_seconds is not None else env.registry_refresh
         self.db_timeout = db_timeout if db_timeout is not None else env.db_timeout
         self.clock = clock or (lambda: datetime.now(timezone.utc))
-        self.online = MultiViewOnlineStore()
+        self.online = OnlineReader()
         self._catalog: Catalog | None = None
         self._catalog_lock = threading.Lock()
         self._stop = threading.Event()
@@ -400,10 +347,11 @@ class FeatureReader:
         config = self.config
         version = config.entity_key_serialization_version
         unique = list(dict.fromkeys(user_ids))
-        keys = [serialize_entity_key(entity_key(u), entity_key_serialization_version=version) for u in unique]
+        keys = [string_key_bytes(schema.KEY, u, version) for u in unique]
         try:
-            per_view = self.online.read_serialized(
-                config, [s.view for s in specs], keys, [chosen[s.name] for s in specs], self.db_timeout
+            per_view = self.online.read(
+                config, [s.view.name for s in specs], keys, [chosen[s.name] for s in specs],
+                decode=[s.decode for s in specs], timeout=self.db_timeout,
             )
         except _database_errors() as exc:
             log.warning("online read failed: %s: %s", type(exc).__name__, first_line(exc))
@@ -422,7 +370,7 @@ class FeatureReader:
                 views[spec.name] = ViewResult(
                     True,
                     event_ts,
-                    round((now - event_ts).total_seconds(), 3),
+                    round((now - event_ts).total_seconds(), 3) if event_ts is not None else None,
                     {f: decode_value(values.get(f), spec.kinds[f]) for f in chosen[spec.name]},
                 )
             by_user[user] = UserResult(user, any_found, views if any_found else {})
@@ -432,7 +380,7 @@ class FeatureReader:
 
     def check_postgres(self) -> None:
         def probe():
-            with self.online._conn(self.config, timeout=min(self.db_timeout, CHECK_TIMEOUT)) as conn:
+            with self.online.connection(self.config, timeout=min(self.db_timeout, CHECK_TIMEOUT)) as conn:
                 conn.execute("SELECT 1").fetchone()
 
         self._run_check("postgres", probe, "PostgreSQL (online store) is not reachable")
@@ -463,12 +411,10 @@ __all__ = [
     "FeatureReader",
     "FeaturesUnavailable",
     "MAX_BATCH",
-    "MultiViewOnlineStore",
     "UnknownFeatures",
     "UserResult",
     "ViewResult",
     "decode_value",
-    "entity_key",
     "iso_utc",
     "load_catalog",
     "parse_selection",

@@ -476,9 +476,8 @@ def timed(fn, items: list, pace: float | None = None) -> list[float]:
 def sql_floor(users: list[str], count: int, seed: int, pace: float | None) -> dict:
     """One SELECT over the service's online tables per user: the least any lookup can cost."""
     import psycopg
-    from feast.infra.key_encoding_utils import serialize_entity_key
 
-    from api.features import entity_key
+    from streamflow.feast_stores.value_encoding import string_entity_key
 
     views = [t.feature_view for t in schema.FEATURE_TABLES]
     query = " UNION ALL ".join(
@@ -486,8 +485,7 @@ def sql_floor(users: list[str], count: int, seed: int, pace: float | None) -> di
         for i, v in enumerate(views)
     )
     rng = random.Random(seed)
-    keys = [serialize_entity_key(entity_key(rng.choice(users)), entity_key_serialization_version=3)
-            for _ in range(count)]
+    keys = [string_entity_key(schema.KEY, rng.choice(users)) for _ in range(count)]
     with psycopg.connect(config.postgres().conninfo, autocommit=True, prepare_threshold=0) as conn:
         def lookup(key):
             rows = conn.execute(query, {"key": key}).fetchall()

@@ -586,3 +586,12 @@ def test_lookup_command_prints_what_the_api_answers(client, data, capsys):
     assert lookup_main([user]) == 0
     text = capsys.readouterr().out
     assert text.startswith(f"{user}:\n") and "00:00:00" not in text and "+00:00" not in text
+
+
+def test_a_null_timestamp_value_is_no_value_not_a_500():
+    from api.features import decode_value
+
+    null = -(2**63)  # what Feast stores for a missing timestamp
+    assert decode_value(("unix_timestamp_val", null), "date") is None
+    assert decode_value(("unix_timestamp_val", null), "timestamp") is None
+    assert decode_value(("unix_timestamp_val", 1706659200), "date") == "2024-01-31"

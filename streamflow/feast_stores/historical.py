@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.csv as pa_csv
 from psycopg import sql
 
-from feast import FeatureView
+from feast import FeatureView, RepoConfig
 from feast.errors import ZeroColumnQueryResult
 from feast.infra.offline_stores import offline_utils
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres import (
@@ -51,7 +51,6 @@ from feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source i
 from feast.infra.offline_stores.offline_store import RetrievalMetadata
 from feast.infra.offline_stores.offline_utils import FeatureViewQueryContext
 from feast.infra.registry.base_registry import BaseRegistry
-from feast.repo_config import RepoConfig
 from feast.type_map import arrow_to_pg_type, pg_type_code_to_arrow
 
 from streamflow import schema, warehouse

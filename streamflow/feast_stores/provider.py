@@ -25,9 +25,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from feast import FeatureView
+from feast import FeatureView, ValueType
 from feast.infra.passthrough_provider import PassthroughProvider
-from feast.value_type import ValueType
 
 from streamflow.feast_stores import settings, validation, value_encoding
 from streamflow.feast_stores.online import StreamflowOnlineStore

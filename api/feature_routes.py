@@ -1,0 +1,92 @@
+"""Feature endpoints of the API: `GET /features/{user_id}` and `POST /features`.
+
+Plain ``def`` endpoints (FastAPI runs them on its thread pool): the reads are blocking psycopg
+calls. The reader and the metrics are the app's (``app.state.reader``, ``app.state.metrics``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import orjson
+from fastapi import APIRouter, Path, Query, Request
+from fastapi.responses import Response
+
+from api import models
+from api.errors import RESPONSES, error
+from api.features import MAX_BATCH, UserResult, iso_utc, parse_selection
+from streamflow import schema
+
+router = APIRouter(tags=["features"])
+
+SELECTION = Query(
+    description="Comma-separated view:feature names to return (default: every feature of the service), "
+    "e.g. subs_profile_fv:contract_type,usage_agg_30d_fv:watch_hours_30d",
+)
+USER_ID = Path(pattern=schema.USER_ID_PATTERN.pattern, description="A user id, e.g. 7590-VHVEG")
+
+
+class JSONBytes(Response):
+    """A JSON answer serialized once with orjson (the response models document its shape).
+
+    Returning it from an endpoint skips FastAPI's re-validation through the response model,
+    which cost more than the database read; tests check the bodies against the models.
+    """
+
+    media_type = "application/json"
+
+    def render(self, content) -> bytes:
+        return content if isinstance(content, bytes) else orjson.dumps(content)
+
+
+def _user(result: UserResult) -> dict:
+    """The JSON shape of models.UserFeatures."""
+    return {
+        "user_id": result.user_id,
+        "found": result.found,
+        "views": {
+            name: {
+                "found": v.found,
+                "event_timestamp": iso_utc(v.event_timestamp) if v.event_timestamp else None,
+                "age_seconds": v.age_seconds,
+                "features": v.features,
+            }
+            for name, v in result.views.items()
+        },
+    }
+
+
+@router.get(
+    "/features/{user_id}",
+    response_model=models.UserFeatures,
+    responses={k: RESPONSES[k] for k in (400, 404, 422, 503)},
+    summary="Online features of one user",
+)
+def get_features(
+    request: Request,
+    user_id: Annotated[str, USER_ID],
+    features: Annotated[Optional[str], SELECTION] = None,
+):
+    state = request.app.state
+    [result] = state.reader.lookup([user_id], parse_selection(features))
+    state.metrics.users.labels("found" if result.found else "not_found").inc()
+    if not result.found:
+        what = "none of the requested features" if features is not None else "no features"
+        return error(404, "not_found", f"user {user_id} has {what} in the online store")
+    return JSONBytes(_user(result))
+
+
+@router.post(
+    "/features",
+    response_model=models.BatchFeatures,
+    responses={k: RESPONSES[k] for k in (400, 422, 503)},
+    summary=f"Online features of up to {MAX_BATCH} users",
+)
+def post_features(request: Request, body: models.FeaturesRequest):
+    state = request.app.state
+    results = state.reader.lookup(body.user_ids, body.features)
+    found = sum(r.found for r in results)
+    state.metrics.users.labels("found").inc(found)
+    state.metrics.users.labels("not_found").inc(len(results) - found)
+    return JSONBytes({"results": [_user(r) for r in results], "found": found,
+                      "not_found": len(results) - found})
