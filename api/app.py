@@ -38,9 +38,9 @@ from api import feature_routes, health_routes, lag_routes
 from api.errors import add_exception_handlers, error
 from api.features import FeatureReader
 from streamflow import config, schema
-from streamflow.lag.metrics import register_lag_metrics
 from streamflow.dead_letters.tally import DeadLetterTally
 from streamflow.kafka_topics import dead_letter_topic
+from streamflow.lag.metrics import register_lag_metrics
 from streamflow.lag.sampler import LagSampler
 
 log = logging.getLogger("api")
@@ -55,16 +55,23 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         labels = ("method", "route", "status")
         self.requests = Counter(
-            "streamflow_api_requests", "HTTP requests answered, by route template and status",
-            labels, registry=self.registry,
+            "streamflow_api_requests",
+            "HTTP requests answered, by route template and status",
+            labels,
+            registry=self.registry,
         )
         self.latency = Histogram(
-            "streamflow_api_request_duration_seconds", "Time to answer an HTTP request, by route template and status",
-            labels, buckets=LATENCY_BUCKETS, registry=self.registry,
+            "streamflow_api_request_duration_seconds",
+            "Time to answer an HTTP request, by route template and status",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
         )
         self.users = Counter(
-            "streamflow_api_users_looked_up", "Users looked up, by whether the online store had them",
-            ("result",), registry=self.registry,
+            "streamflow_api_users_looked_up",
+            "Users looked up, by whether the online store had them",
+            ("result",),
+            registry=self.registry,
         )
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
@@ -123,8 +130,9 @@ def lag_sampler_from_env(metrics_registry: CollectorRegistry) -> LagSampler:
     )
 
 
-def _lifespan(reader: FeatureReader, sampler: LagSampler | None, tally: DeadLetterTally | None,
-              freeze_gc: bool):
+def _lifespan(
+    reader: FeatureReader, sampler: LagSampler | None, tally: DeadLetterTally | None, freeze_gc: bool
+):
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await run_in_threadpool(reader.start)
@@ -148,8 +156,9 @@ def _lifespan(reader: FeatureReader, sampler: LagSampler | None, tally: DeadLett
     return lifespan
 
 
-def create_app(reader: FeatureReader | None = None, *, store=None, freeze_gc: bool = False,
-               lag: bool = True) -> FastAPI:
+def create_app(
+    reader: FeatureReader | None = None, *, store=None, freeze_gc: bool = False, lag: bool = True
+) -> FastAPI:
     """The API application. ``reader`` or ``store`` replace the configured Feast store (tests).
 
     ``freeze_gc`` (the server does it): once started, move every object alive to the garbage

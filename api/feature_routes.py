@@ -6,7 +6,7 @@ calls. The reader and the metrics are the app's (``app.state.reader``, ``app.sta
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Path, Query, Request
@@ -65,7 +65,7 @@ def _user(result: UserResult) -> dict:
 def get_features(
     request: Request,
     user_id: Annotated[str, USER_ID],
-    features: Annotated[Optional[str], SELECTION] = None,
+    features: Annotated[str | None, SELECTION] = None,
 ):
     state = request.app.state
     [result] = state.reader.lookup([user_id], parse_selection(features))
@@ -88,5 +88,6 @@ def post_features(request: Request, body: models.FeaturesRequest):
     found = sum(r.found for r in results)
     state.metrics.users.labels("found").inc(found)
     state.metrics.users.labels("not_found").inc(len(results) - found)
-    return JSONBytes({"results": [_user(r) for r in results], "found": found,
-                      "not_found": len(results) - found})
+    return JSONBytes(
+        {"results": [_user(r) for r in results], "found": found, "not_found": len(results) - found}
+    )

@@ -22,15 +22,16 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor, TimeoutError as FutureTimeout
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Callable, Optional
+from typing import Any
 
-from streamflow import config as streamflow_config, schema
+from streamflow import config as streamflow_config
+from streamflow import schema
 from streamflow.errors import first_line
-from streamflow.timefmt import iso_utc
 from streamflow.feast_stores.online import (
     Decoder,
     OnlineReader,
@@ -40,6 +41,7 @@ from streamflow.feast_stores.online import (
     string_key_bytes,
 )
 from streamflow.feast_stores.value_encoding import decode_elements, supports
+from streamflow.timefmt import iso_utc
 
 log = logging.getLogger("api.features")
 
@@ -149,8 +151,14 @@ def _kind_of(view_name: str, feature: Any) -> str:
     except KeyError:
         from feast.types import Bool, Float32, Float64, Int32, Int64, UnixTimestamp
 
-        return {Bool: "bool", Int32: "int", Int64: "int", Float32: "float", Float64: "float",
-                UnixTimestamp: "datetime"}.get(feature.dtype, "str")
+        return {
+            Bool: "bool",
+            Int32: "int",
+            Int64: "int",
+            Float32: "float",
+            Float64: "float",
+            UnixTimestamp: "datetime",
+        }.get(feature.dtype, "str")
 
 
 def _plain(feature: Any) -> bool:
@@ -171,8 +179,9 @@ def load_catalog(store) -> Catalog:
     for projection in service.feature_view_projections:
         view = views.get(projection.name)
         if view is None:
-            raise LookupError(f"feature view {projection.name!r} of service {schema.FEATURE_SERVICE} "
-                              "is not in the registry")
+            raise LookupError(
+                f"feature view {projection.name!r} of service {schema.FEATURE_SERVICE} is not in the registry"
+            )
         fields = projection.features or view.features
         name = projection.name_to_use()
         specs[name] = ViewSpec(
@@ -188,7 +197,7 @@ def load_catalog(store) -> Catalog:
 # --- reads -------------------------------------------------------------------------------------
 
 
-Element = tuple[Optional[str], Any]
+Element = tuple[str | None, Any]
 """One decoded value: (protobuf field of ``Value``, Python value), e.g. ("double_val", 29.5)."""
 
 
@@ -226,8 +235,8 @@ def decode_value(element: Element | None, kind: str) -> JSONValue:
 @dataclass
 class ViewResult:
     found: bool
-    event_timestamp: Optional[datetime]
-    age_seconds: Optional[float]
+    event_timestamp: datetime | None
+    age_seconds: float | None
     features: dict[str, JSONValue]
 
 
@@ -283,7 +292,9 @@ class FeatureReader:
         except FeaturesUnavailable as exc:
             log.warning("starting without the feature catalog (%s); will retry", exc)
         self._stop.clear()
-        self._refresher = threading.Thread(target=self._refresh_loop, name="api-registry-refresh", daemon=True)
+        self._refresher = threading.Thread(
+            target=self._refresh_loop, name="api-registry-refresh", daemon=True
+        )
         self._refresher.start()
 
     def stop(self) -> None:
@@ -302,8 +313,9 @@ class FeatureReader:
             try:
                 self.refresh()
             except FeaturesUnavailable as exc:
-                log.warning("registry refresh failed, keeping the catalog loaded %s: %s",
-                            self._catalog_age(), exc)
+                log.warning(
+                    "registry refresh failed, keeping the catalog loaded %s: %s", self._catalog_age(), exc
+                )
 
     def _catalog_age(self) -> str:
         if self._catalog is None:
@@ -317,15 +329,23 @@ class FeatureReader:
         try:
             catalog = load_catalog(self.store)
         except Exception as exc:  # noqa: BLE001 - any registry failure: keep serving the old one
-            log.warning("cannot load feature service %s from the Feast registry: %s: %s",
-                        schema.FEATURE_SERVICE, type(exc).__name__, first_line(exc))
+            log.warning(
+                "cannot load feature service %s from the Feast registry: %s: %s",
+                schema.FEATURE_SERVICE,
+                type(exc).__name__,
+                first_line(exc),
+            )
             raise FeaturesUnavailable("feast_registry", "the Feast registry is not reachable") from None
         with self._catalog_lock:
             changed = self._catalog is None or self._catalog.all_features() != catalog.all_features()
             self._catalog = catalog
         if changed:
-            log.info("feature service %s: %d views, %d features", schema.FEATURE_SERVICE,
-                     len(catalog.views), sum(len(s.features) for s in catalog.views.values()))
+            log.info(
+                "feature service %s: %d views, %d features",
+                schema.FEATURE_SERVICE,
+                len(catalog.views),
+                sum(len(s.features) for s in catalog.views.values()),
+            )
         return catalog
 
     def catalog(self) -> Catalog:
@@ -350,8 +370,12 @@ class FeatureReader:
         keys = [string_key_bytes(schema.KEY, u, version) for u in unique]
         try:
             per_view = self.online.read(
-                config, [s.view.name for s in specs], keys, [chosen[s.name] for s in specs],
-                decode=[s.decode for s in specs], timeout=self.db_timeout,
+                config,
+                [s.view.name for s in specs],
+                keys,
+                [chosen[s.name] for s in specs],
+                decode=[s.decode for s in specs],
+                timeout=self.db_timeout,
             )
         except _database_errors() as exc:
             log.warning("online read failed: %s: %s", type(exc).__name__, first_line(exc))
@@ -387,7 +411,9 @@ class FeatureReader:
 
     def check_registry(self) -> None:
         def probe():
-            self.store.registry.get_feature_service(schema.FEATURE_SERVICE, self.store.project, allow_cache=False)
+            self.store.registry.get_feature_service(
+                schema.FEATURE_SERVICE, self.store.project, allow_cache=False
+            )
             if self._catalog is None:
                 self.refresh()
 

@@ -14,8 +14,10 @@ from api import models
 router = APIRouter(tags=["lag"])
 
 UNAVAILABLE: dict[int | str, dict[str, Any]] = {
-    503: {"model": models.ErrorResponse,
-          "description": "Kafka is not reachable (the newest lag sample failed) or lag monitoring is off"},
+    503: {
+        "model": models.ErrorResponse,
+        "description": "Kafka is not reachable (the newest lag sample failed) or lag monitoring is off",
+    },
 }
 
 
@@ -28,13 +30,22 @@ def _sampler(request: Request):
 
 def _unavailable(detail: str, retry_after: float) -> JSONResponse:
     # The body of models.ErrorResponse; detail starts with "Kafka unreachable at ..." when it is.
-    return JSONResponse({"error": "kafka_unreachable" if detail.startswith("Kafka unreachable") else "unavailable",
-                         "detail": detail},
-                        status_code=503, headers={"Retry-After": str(max(1, round(retry_after)))})
+    return JSONResponse(
+        {
+            "error": "kafka_unreachable" if detail.startswith("Kafka unreachable") else "unavailable",
+            "detail": detail,
+        },
+        status_code=503,
+        headers={"Retry-After": str(max(1, round(retry_after)))},
+    )
 
 
-@router.get("/lag", summary="Consumer lag per partition, in messages and seconds, with a status",
-            response_model=dict, responses=UNAVAILABLE)
+@router.get(
+    "/lag",
+    summary="Consumer lag per partition, in messages and seconds, with a status",
+    response_model=dict,
+    responses=UNAVAILABLE,
+)
 def get_lag(request: Request):
     """The newest sample, while the newest sample attempt succeeded; 503 with its error when it
     failed (the last good figures are not served as current)."""
@@ -52,19 +63,26 @@ def get_lag(request: Request):
     return snap
 
 
-@router.get("/lag/history", summary="Recent lag and freshness per topic, for the dashboard", responses=UNAVAILABLE)
+@router.get(
+    "/lag/history", summary="Recent lag and freshness per topic, for the dashboard", responses=UNAVAILABLE
+)
 def get_lag_history(request: Request) -> dict:
     return _sampler(request).history_dict()
 
 
-@router.get("/dead-letters/summary", summary="Dead letters counted by reason and by source topic",
-            responses=UNAVAILABLE)
+@router.get(
+    "/dead-letters/summary",
+    summary="Dead letters counted by reason and by source topic",
+    responses=UNAVAILABLE,
+)
 def get_dead_letter_summary(request: Request) -> dict:
     """Counts of the dead-letter topic, refreshed in the background every few seconds (``error``
     says why the newest refresh failed; the counts are those of the last good one)."""
     tally = getattr(request.app.state, "dead_letters", None)
     if tally is None:
-        raise HTTPException(status_code=503, detail="dead-letter counting is not running (lag monitoring is off)")
+        raise HTTPException(
+            status_code=503, detail="dead-letter counting is not running (lag monitoring is off)"
+        )
     return tally.snapshot()
 
 

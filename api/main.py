@@ -28,14 +28,26 @@ def _port(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     env = config.settings().api
     parser = argparse.ArgumentParser(prog="streamflow api", description="Serve the online feature API.")
-    parser.add_argument("--host", default=env.host,
-                        help="address to listen on (env STREAMFLOW_API_HOST; default %(default)s)")
-    parser.add_argument("--port", type=_port, default=env.port,
-                        help="port to listen on (env STREAMFLOW_API_PORT; default %(default)s)")
-    parser.add_argument("--workers", type=int, default=env.workers,
-                        help="worker processes (env STREAMFLOW_API_WORKERS; default %(default)s)")
-    parser.add_argument("--log-level", default=logs.configured_level("INFO"),
-                        help="log level (env STREAMFLOW_LOG_LEVEL; default %(default)s)")
+    parser.add_argument(
+        "--host", default=env.host, help="address to listen on (env STREAMFLOW_API_HOST; default %(default)s)"
+    )
+    parser.add_argument(
+        "--port",
+        type=_port,
+        default=env.port,
+        help="port to listen on (env STREAMFLOW_API_PORT; default %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=env.workers,
+        help="worker processes (env STREAMFLOW_API_WORKERS; default %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default=logs.configured_level("INFO"),
+        help="log level (env STREAMFLOW_LOG_LEVEL; default %(default)s)",
+    )
     parser.add_argument("--access-log", action="store_true", help="log every request (costs latency)")
     return parser
 

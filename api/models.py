@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Optional, Union
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
-from streamflow import schema
-
 from api.features import MAX_BATCH
+from streamflow import schema
 
 UserId = Annotated[
     str,
@@ -17,22 +16,23 @@ UserId = Annotated[
 ]
 """A user id: four digits, a dash, five capital letters (e.g. 7590-VHVEG)."""
 
-FeatureValue = Union[bool, int, float, str, None]
+FeatureValue = bool | int | float | str | None
 
 
 class ViewFeatures(BaseModel):
     """The features of one feature view for one user, with how fresh they are."""
 
     found: bool = Field(description="Whether the online store has a row of this view for the user.")
-    event_timestamp: Optional[datetime] = Field(
+    event_timestamp: datetime | None = Field(
         description="Event time of the values (the snapshot's as_of or the streamed event's time), UTC; "
         "null when the view has no row for the user."
     )
-    age_seconds: Optional[float] = Field(
+    age_seconds: float | None = Field(
         description="Seconds between event_timestamp and the time of the answer (how stale the values are)."
     )
     features: dict[str, FeatureValue] = Field(
-        description="Feature name -> value (dates as YYYY-MM-DD); empty when the view has no row for the user. "
+        description="Feature name -> value (dates as YYYY-MM-DD); empty when the view has no row "
+        "for the user. "
         "A null value is a value that is unknown in the data (e.g. plan_stream_tv without internet service)."
     )
 
@@ -41,7 +41,9 @@ class UserFeatures(BaseModel):
     """Every requested feature of one user, grouped by feature view."""
 
     user_id: str
-    found: bool = Field(description="False when the online store has no row of any requested view for the user.")
+    found: bool = Field(
+        description="False when the online store has no row of any requested view for the user."
+    )
     views: dict[str, ViewFeatures] = Field(
         description="Feature view -> its features; empty when the user is not found."
     )
@@ -55,7 +57,7 @@ class FeaturesRequest(BaseModel):
         description=f"Users to look up, at most {MAX_BATCH}; answers come back in this order.",
         examples=[["7590-VHVEG", "5575-GNVDE"]],
     )
-    features: Optional[list[str]] = Field(
+    features: list[str] | None = Field(
         default=None,
         description="Features to return as view:feature (e.g. subs_profile_fv:contract_type); default: "
         f"every feature of the feature service {schema.FEATURE_SERVICE}.",
@@ -81,7 +83,7 @@ class Health(BaseModel):
 
 class CheckResult(BaseModel):
     ok: bool
-    detail: Optional[str] = None
+    detail: str | None = None
     seconds: float
 
 

@@ -48,20 +48,27 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from streamflow import config, schema  # noqa: E402  (fills in the default environment)
-from streamflow.net import free_port
+from streamflow.net import free_port  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "api_latency.json"
-FEAST_ENV = ("POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD",
-             "FEAST_PROJECT", "STREAMFLOW_FEATURE_REPO")
+FEAST_ENV = (
+    "POSTGRES_HOST",
+    "POSTGRES_PORT",
+    "POSTGRES_DB",
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+    "FEAST_PROJECT",
+    "STREAMFLOW_FEATURE_REPO",
+)
 """StreamFlow's settings that our Feast classes read (and where the repo is): handed to `feast serve`
 explicitly; the project also goes into the yaml it is given (-f), since Feast reads it there only."""
 
@@ -90,8 +97,10 @@ def online_users(limit: int) -> list[str]:
         rows = conn.execute(
             f'SELECT entity_key FROM "{online_table(first)}" {joins} ORDER BY random() LIMIT %s', (limit,)
         ).fetchall()
-    return [deserialize_entity_key(bytes(k), entity_key_serialization_version=3).entity_values[0].string_val
-            for (k,) in rows]
+    return [
+        deserialize_entity_key(bytes(k), entity_key_serialization_version=3).entity_values[0].string_val
+        for (k,) in rows
+    ]
 
 
 def load_data(users: int) -> None:
@@ -99,8 +108,11 @@ def load_data(users: int) -> None:
     from streamflow.datagen.generate import generate
     from streamflow.online import materialize
 
-    print(f"no users online in {config.postgres().describe()} project {os.environ['FEAST_PROJECT']}: "
-          f"loading {users} generated users", file=sys.stderr)
+    print(
+        f"no users online in {config.postgres().describe()} project {os.environ['FEAST_PROJECT']}: "
+        f"loading {users} generated users",
+        file=sys.stderr,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         for folder in generate(Path(tmp), users=users, progress=False).values():
             load_snapshot(folder)
@@ -146,13 +158,25 @@ def feast_request(user: str) -> Request:
 def spawn(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
     """A server in its own process group, so that stopping it also stops the workers it forked."""
     with open(log_path, "wb") as log:
-        return subprocess.Popen(command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+        return subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def start_api(port: int, workers: int, log_dir: Path) -> Server:
-    command = [sys.executable, "-m", "api.main", "--host", "127.0.0.1", "--port", str(port),
-               "--workers", str(workers), "--log-level", "WARNING"]
+    command = [
+        sys.executable,
+        "-m",
+        "api.main",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--log-level",
+        "WARNING",
+    ]
     log_path = log_dir / f"api-{port}.log"
     env = os.environ.copy()
     return Server("api", spawn(command, env, log_path), port, log_path, "/ready", api_request, command, env)
@@ -164,8 +188,13 @@ def feast_serve_env(runtime_dir: Path) -> dict[str, str]:
     XDG_RUNTIME_DIR gives gunicorn's control socket a private place (its default,
     ~/.gunicorn/gunicorn.ctl, would be shared with any other gunicorn of the same user)."""
     env = {k: os.environ[k] for k in FEAST_ENV if k in os.environ}
-    env.update(PATH=os.environ.get("PATH", "/usr/bin:/bin"), HOME=os.environ.get("HOME", "/tmp"),
-               PYTHONPATH=str(REPO), XDG_RUNTIME_DIR=str(runtime_dir), PYTHONUNBUFFERED="1")
+    env.update(
+        PATH=os.environ.get("PATH", "/usr/bin:/bin"),
+        HOME=os.environ.get("HOME", "/tmp"),
+        PYTHONPATH=str(REPO),
+        XDG_RUNTIME_DIR=str(runtime_dir),
+        PYTHONUNBUFFERED="1",
+    )
     return env
 
 
@@ -179,9 +208,24 @@ def start_feast_serve(port: int, workers: int, log_dir: Path) -> Server:
     runtime_dir = Path(tempfile.mkdtemp(prefix="feast-serve-", dir=log_dir))
     fs_yaml = runtime_dir / "feature_store.yaml"  # the repo's, naming the benchmark's project
     fs_yaml.write_text(feast_yaml(os.environ["FEAST_PROJECT"]))
-    command = [sys.executable, feast_cli, "-c", str(config.feature_repo_dir()), "-f", str(fs_yaml), "serve",
-               "--host", "127.0.0.1", "--port", str(port), "--workers", str(workers),
-               "--no-access-log", "--max-requests", "0"]
+    command = [
+        sys.executable,
+        feast_cli,
+        "-c",
+        str(config.feature_repo_dir()),
+        "-f",
+        str(fs_yaml),
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        str(workers),
+        "--no-access-log",
+        "--max-requests",
+        "0",
+    ]
     log_path = log_dir / f"feast-serve-{port}.log"
     env = feast_serve_env(runtime_dir)
     proc = spawn(command, env, log_path)
@@ -192,8 +236,9 @@ def wait_ready(server: Server, timeout: float) -> float:
     """Seconds from its start until the server's readiness path answers 200 (SystemExit if never)."""
     while time.perf_counter() - server.spawned < timeout:
         if server.proc.poll() is not None:
-            raise SystemExit(f"{server.name} exited with {server.proc.returncode}:\n"
-                             f"{server.log_path.read_text()[-3000:]}")
+            raise SystemExit(
+                f"{server.name} exited with {server.proc.returncode}:\n{server.log_path.read_text()[-3000:]}"
+            )
         try:
             conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
             conn.request("GET", server.ready_path)
@@ -202,8 +247,9 @@ def wait_ready(server: Server, timeout: float) -> float:
         except OSError:
             pass
         time.sleep(0.2)
-    raise SystemExit(f"{server.name} was not ready within {timeout:.0f} s:\n"
-                     f"{server.log_path.read_text()[-3000:]}")
+    raise SystemExit(
+        f"{server.name} was not ready within {timeout:.0f} s:\n{server.log_path.read_text()[-3000:]}"
+    )
 
 
 def ask(server: Server, user: str) -> dict:
@@ -237,8 +283,11 @@ def server_buckets(port: int) -> dict[str, float]:
     text = conn.getresponse().read().decode()
     buckets = {}
     for line in text.splitlines():
-        if (line.startswith("streamflow_api_request_duration_seconds_bucket{")
-                and 'route="/features/{user_id}"' in line and 'status="200"' in line):
+        if (
+            line.startswith("streamflow_api_request_duration_seconds_bucket{")
+            and 'route="/features/{user_id}"' in line
+            and 'status="200"' in line
+        ):
             le = line.split('le="', 1)[1].split('"', 1)[0]
             buckets[le] = float(line.rsplit(" ", 1)[1])
     return buckets
@@ -248,8 +297,11 @@ def server_histogram(before: dict[str, float], after: dict[str, float]) -> dict:
     """Share of the measured requests the server answered within each bound (its own timing)."""
     delta = {le: after[le] - before.get(le, 0.0) for le in after}
     total = delta.get("+Inf", 0.0)
-    shares = {f"<= {float(le) * 1000:g} ms": round(n / total, 4)
-              for le, n in delta.items() if le != "+Inf" and total}
+    shares = {
+        f"<= {float(le) * 1000:g} ms": round(n / total, 4)
+        for le, n in delta.items()
+        if le != "+Inf" and total
+    }
     return {**shares, "requests": int(total)}
 
 
@@ -303,8 +355,9 @@ def plan(server: Server, users: list[str], count: int, seed: int) -> list[Reques
     return [server.request(rng.choice(users)) for _ in range(count)]
 
 
-def steady_load(server: Server, requests: list[Request], rate: float, threads: int, timeout: float,
-                give_up: float) -> dict:
+def steady_load(
+    server: Server, requests: list[Request], rate: float, threads: int, timeout: float, give_up: float
+) -> dict:
     """Open-loop load: request i is due at t0 + i / rate and sent by the next free client thread.
 
     A thread never waits for a slow answer of another one, so a slow server is met with the
@@ -358,8 +411,9 @@ def steady_load(server: Server, requests: list[Request], rate: float, threads: i
     return load_result(statuses, due_latency, sent_latency, finished, t0, rate)
 
 
-def load_result(statuses: list[str], due: list[float], sent: list[float], finished: list[float],
-                t0: float, rate: float) -> dict:
+def load_result(
+    statuses: list[str], due: list[float], sent: list[float], finished: list[float], t0: float, rate: float
+) -> dict:
     """Counts, rates and latencies of one run; latencies are of the 2xx answers.
 
     Errors are non-2xx answers, exceptions and timeouts; requests the client never sent (it gave
@@ -402,10 +456,14 @@ def measure(server: Server, users: list[str], rate: float, args) -> dict:
     if before is not None:
         result["server_histogram"] = server_histogram(before, server_buckets(server.port))
     lat = result["latency_ms"]
-    print(f"  {server.name} at {rate:g} req/s: achieved {result['achieved_rate']:g}, "
-          f"p50 {lat.get('p50', float('nan')):.2f} ms, p99 {lat.get('p99', float('nan')):.2f} ms, "
-          f"errors {result['errors']}, {result['statuses']}, server CPU "
-          f"{result['server_cpu_ms_per_request']} ms/request", file=sys.stderr, flush=True)
+    print(
+        f"  {server.name} at {rate:g} req/s: achieved {result['achieved_rate']:g}, "
+        f"p50 {lat.get('p50', float('nan')):.2f} ms, p99 {lat.get('p99', float('nan')):.2f} ms, "
+        f"errors {result['errors']}, {result['statuses']}, server CPU "
+        f"{result['server_cpu_ms_per_request']} ms/request",
+        file=sys.stderr,
+        flush=True,
+    )
     return result
 
 
@@ -416,8 +474,11 @@ def compare(servers: list[Server], users: list[str], rates: list[float], args) -
 
 def log_problems(path: Path, most: int = 5) -> dict:
     """Error lines a server logged during the run (its log is deleted after a clean run)."""
-    lines = [line.strip() for line in path.read_text(errors="replace").splitlines()
-             if any(word in line for word in ("ERROR", "Traceback", "CRITICAL", "Exception"))]
+    lines = [
+        line.strip()
+        for line in path.read_text(errors="replace").splitlines()
+        if any(word in line for word in ("ERROR", "Traceback", "CRITICAL", "Exception"))
+    ]
     return {"count": len(lines), "first": lines[:most]}
 
 
@@ -451,8 +512,14 @@ def serve_and_load(users: list[str], args) -> tuple[dict, dict]:
     finally:
         for s in servers:
             stop_server(s)
-    info = {s.name: {"command": " ".join(s.command[1:]), "startup_seconds": startup[s.name],
-                     "log_errors": log_problems(s.log_path)} for s in servers}
+    info = {
+        s.name: {
+            "command": " ".join(s.command[1:]),
+            "startup_seconds": startup[s.name],
+            "log_errors": log_problems(s.log_path),
+        }
+        for s in servers
+    }
     shutil.rmtree(log_dir, ignore_errors=True)
     info["feast_serve"]["environment"] = sorted(servers[1].env)  # names only: it holds the password
     info["features_per_request"] = len(features["api"])
@@ -487,6 +554,7 @@ def sql_floor(users: list[str], count: int, seed: int, pace: float | None) -> di
     rng = random.Random(seed)
     keys = [string_entity_key(schema.KEY, rng.choice(users)) for _ in range(count)]
     with psycopg.connect(config.postgres().conninfo, autocommit=True, prepare_threshold=0) as conn:
+
         def lookup(key):
             rows = conn.execute(query, {"key": key}).fetchall()
             assert len(rows) == len(views)
@@ -541,8 +609,14 @@ def summary(seconds: list[float]) -> dict:
     if not v:
         return {"n": 0}
     ms = lambda x: round(x * 1000, 3)  # noqa: E731
-    return {"n": len(v), "p50": ms(percentile(v, 50)), "p95": ms(percentile(v, 95)),
-            "p99": ms(percentile(v, 99)), "max": ms(v[-1]), "mean": ms(statistics.fmean(v))}
+    return {
+        "n": len(v),
+        "p50": ms(percentile(v, 50)),
+        "p95": ms(percentile(v, 95)),
+        "p99": ms(percentile(v, 99)),
+        "max": ms(v[-1]),
+        "mean": ms(statistics.fmean(v)),
+    }
 
 
 LABELS = {"api": "API `GET /features/{user_id}`", "feast_serve": "`feast serve` `POST /get-online-features`"}
@@ -552,8 +626,10 @@ def table(result: dict) -> str:
     rows = []
     for rate, sides in result["load"].items():
         for name, side in sides.items():
-            extra = (f"{side['achieved_rate']} of {rate}; {side['errors']} errors, {side['unsent']} unsent; "
-                     f"server CPU {side['server_cpu_ms_per_request']} ms/req")
+            extra = (
+                f"{side['achieved_rate']} of {rate}; {side['errors']} errors, {side['unsent']} unsent; "
+                f"server CPU {side['server_cpu_ms_per_request']} ms/req"
+            )
             rows.append((f"{LABELS[name]} (from due time)", side["latency_ms"], extra))
             rows.append((f"{LABELS[name]} (from send)", side["latency_from_send_ms"], extra))
     rows += [
@@ -561,43 +637,61 @@ def table(result: dict) -> str:
         ("API read path in-process (FeatureReader.lookup, no HTTP)", result["reader"]["latency_ms"], ""),
         ("Feast `get_online_features` in-process (reference)", result["feast"]["latency_ms"], ""),
     ]
-    out = ["| path | n | p50 ms | p95 ms | p99 ms | max ms | req/s achieved of asked; errors; CPU |",
-           "|---|---:|---:|---:|---:|---:|---|"]
+    out = [
+        "| path | n | p50 ms | p95 ms | p99 ms | max ms | req/s achieved of asked; errors; CPU |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
     for name, s, extra in rows:
         if s.get("n"):
-            out.append(f"| {name} | {s['n']} | {s['p50']:.2f} | {s['p95']:.2f} | {s['p99']:.2f} | "
-                       f"{s['max']:.2f} | {extra} |")
+            out.append(
+                f"| {name} | {s['n']} | {s['p50']:.2f} | {s['p95']:.2f} | {s['p99']:.2f} | "
+                f"{s['max']:.2f} | {extra} |"
+            )
     return "\n".join(out)
 
 
 def report(result: dict, args) -> None:
     """The run on stdout: settings, the table, our API's own histogram, what the servers logged."""
     servers, machine = result["server"], result["machine"]
-    print(f"\none user's whole {schema.FEATURE_SERVICE} per request ({servers['features_per_request']} "
-          f"features), {result['users_asked']} users; {args.workers} worker(s) per server, {args.threads} "
-          f"client threads, {machine['cpus']} CPUs; load average before {machine['loadavg_before'][0]:.2f}, "
-          f"after {machine['loadavg_after_load'][0]:.2f} (other processes share the CPUs)\n")
+    print(
+        f"\none user's whole {schema.FEATURE_SERVICE} per request ({servers['features_per_request']} "
+        f"features), {result['users_asked']} users; {args.workers} worker(s) per server, {args.threads} "
+        f"client threads, {machine['cpus']} CPUs; load average before {machine['loadavg_before'][0]:.2f}, "
+        f"after {machine['loadavg_after_load'][0]:.2f} (other processes share the CPUs)\n"
+    )
     print(table(result))
     hist = result["api"].get("server_histogram", {})
-    print(f"\nour API's own histogram at {args.rates[0]:g} req/s: "
-          + ", ".join(f"{hist[k] * 100:.1f}% {k}" for k in ("<= 5 ms", "<= 10 ms", "<= 25 ms") if k in hist))
+    print(
+        f"\nour API's own histogram at {args.rates[0]:g} req/s: "
+        + ", ".join(f"{hist[k] * 100:.1f}% {k}" for k in ("<= 5 ms", "<= 10 ms", "<= 25 ms") if k in hist)
+    )
     for name in ("api", "feast_serve"):
         errors = servers[name]["log_errors"]
         if errors["count"]:
-            print(f"\n{name} logged {errors['count']} error lines, the first:\n  "
-                  + "\n  ".join(errors["first"]))
+            print(
+                f"\n{name} logged {errors['count']} error lines, the first:\n  "
+                + "\n  ".join(errors["first"])
+            )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rates", "--rate", type=float, nargs="+", default=[200.0, 1000.0],
-                        help="requests per second, one run per rate and server (default 200 1000)")
-    parser.add_argument("--duration", type=float, default=10.0,
-                        help="seconds of steady load per run (default 10)")
+    parser.add_argument(
+        "--rates",
+        "--rate",
+        type=float,
+        nargs="+",
+        default=[200.0, 1000.0],
+        help="requests per second, one run per rate and server (default 200 1000)",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=10.0, help="seconds of steady load per run (default 10)"
+    )
     parser.add_argument("--warmup", type=float, default=2.0, help="seconds of load before each measured run")
     parser.add_argument("--threads", type=int, default=16, help="client threads (keep-alive connections)")
-    parser.add_argument("--timeout", type=float, default=10.0,
-                        help="seconds a request may take (then: an error)")
+    parser.add_argument(
+        "--timeout", type=float, default=10.0, help="seconds a request may take (then: an error)"
+    )
     parser.add_argument("--workers", type=int, default=1, help="worker processes of each server")
     parser.add_argument("--users", type=int, default=1000, help="distinct users to ask for")
     parser.add_argument("--load-users", type=int, default=2000, help="users to generate when none are online")
@@ -631,16 +725,23 @@ def main(argv: list[str] | None = None) -> int:
     pace = 1.0 / args.rates[0]
     result = {
         "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform(),
-                    "loadavg_before": [round(x, 2) for x in load_before],
-                    "loadavg_after_load": [round(x, 2) for x in load_after]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after_load": [round(x, 2) for x in load_after],
+        },
         "database": config.postgres().describe(),
         "feast_project": os.environ["FEAST_PROJECT"],
         "users_asked": len(users),
         "server": {"workers": args.workers, **servers},
-        "client": {"threads": args.threads, "warmup_seconds": args.warmup, "duration_seconds": args.duration,
-                   "timeout_seconds": args.timeout},
+        "client": {
+            "threads": args.threads,
+            "warmup_seconds": args.warmup,
+            "duration_seconds": args.duration,
+            "timeout_seconds": args.timeout,
+        },
         "load": load,
         "api": first["api"],  # our API at the first rate, against the floor below
         "sql_floor": sql_floor(users, args.floor_lookups, args.seed, pace),

@@ -3,9 +3,9 @@
 Importing this module points the process at the benchmarks' own resources BEFORE any streamflow
 module is imported (it must be the first import of every benchmark module):
 
-* database ``streamflow_bench`` (or ``$STREAMFLOW_BENCH_DB``; created if missing), Feast project ``streamflow_bench`` for our
-  store classes and ``streamflow_bench_stock`` for the stock ones (same SQL registry, same
-  warehouse tables, their own online tables);
+* database ``streamflow_bench`` (or ``$STREAMFLOW_BENCH_DB``; created if missing), Feast project
+  ``streamflow_bench`` for our store classes and ``streamflow_bench_stock`` for the stock ones
+  (same SQL registry, same warehouse tables, their own online tables);
 * a fresh topic prefix per run and per benchmark (``bench<run>-<name>-<id>``), deleted at the end.
 
 So the benchmarks never touch the demo's (``streamflow``) or the tests' (``streamflow_test``) data.
@@ -38,7 +38,7 @@ import shutil  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
-from functools import lru_cache  # noqa: E402
+from functools import cache  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import psycopg  # noqa: E402
@@ -89,7 +89,7 @@ def our_store():
     return get_store()
 
 
-@lru_cache(maxsize=None)
+@cache
 def stock_store():
     """A FeatureStore on the same database whose provider (``local``) and online and offline stores
     (``type: postgres``) are Feast's stock classes, in project streamflow_bench_stock."""
@@ -144,9 +144,14 @@ def machine() -> dict:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemTotal:"):
                 ram = int(line.split()[1]) * 1024
-    return {"nproc": os.cpu_count(), "ram_gib": round(ram / 2**30, 1), "cpu": cpu,
-            "python": platform.python_version(), **server_versions(),
-            "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
+    return {
+        "nproc": os.cpu_count(),
+        "ram_gib": round(ram / 2**30, 1),
+        "cpu": cpu,
+        "python": platform.python_version(),
+        **server_versions(),
+        "loadavg_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
 
 
 # --- Kafka topics -----------------------------------------------------------------------------------
@@ -215,7 +220,9 @@ def load_warehouse(users: int) -> None:
         warehouse.ensure_schema(conn)
     for folder in folders.values():
         load_snapshot(folder)
-    with connect(autocommit=True) as conn:  # settle the fresh rows (hint bits, statistics): fair to both readers
+    with connect(
+        autocommit=True
+    ) as conn:  # settle the fresh rows (hint bits, statistics): fair to both readers
         for table in schema.TABLES:
             conn.execute(f"VACUUM (ANALYZE) {table.snapshot_table}")
     say(f"  loaded {users:,} users x 2 months in {time.perf_counter() - started:.1f} s")
@@ -261,8 +268,9 @@ def profiled(name: str, append: bool = False):
         profiler.stop()
         if append:
             earlier = _SESSIONS.get(name)
-            _SESSIONS[name] = profiler.last_session if earlier is None else Session.combine(
-                earlier, profiler.last_session)
+            _SESSIONS[name] = (
+                profiler.last_session if earlier is None else Session.combine(earlier, profiler.last_session)
+            )
         else:
             _write_profile(name, profiler.last_session)
 
@@ -273,11 +281,29 @@ def flush_profiles() -> None:
         _write_profile(*_SESSIONS.popitem())
 
 
-def row(benchmark: str, measure: str, ours: float | None, baseline: float | None, unit: str,
-        goal: str = "", met: bool | None = None, higher_is_better: bool = True, note: str = "") -> dict:
+def row(
+    benchmark: str,
+    measure: str,
+    ours: float | None,
+    baseline: float | None,
+    unit: str,
+    goal: str = "",
+    met: bool | None = None,
+    higher_is_better: bool = True,
+    note: str = "",
+) -> dict:
     """One line of the results table; ratio = ours / baseline (baseline / ours when lower is better)."""
     ratio = None
     if ours and baseline:
         ratio = ours / baseline if higher_is_better else baseline / ours
-    return {"benchmark": benchmark, "measure": measure, "ours": ours, "baseline": baseline, "unit": unit,
-            "ratio": ratio, "goal": goal, "met": met, "note": note}
+    return {
+        "benchmark": benchmark,
+        "measure": measure,
+        "ours": ours,
+        "baseline": baseline,
+        "unit": unit,
+        "ratio": ratio,
+        "goal": goal,
+        "met": met,
+        "note": note,
+    }

@@ -16,13 +16,12 @@ its first record to its last. Ours can at best reach it (the ratio ours / bare s
 
 from __future__ import annotations
 
-from bench import common  # noqa: I001  (first: sets the benchmark environment)
-
 import time
 import uuid
 
 from feast.data_source import PushMode
 
+from bench import common  # noqa: I001  (first: sets the benchmark environment)
 from streamflow import schema
 from streamflow.batch.validate import read_snapshot
 from streamflow.push_validation import push_columns
@@ -44,8 +43,14 @@ def produce(folder) -> int:
 def consume(batch: int) -> dict:
     from consumer.runner import ConsumerSettings, StreamConsumer
 
-    consumer = StreamConsumer(ConsumerSettings(group_id=f"bench-{uuid.uuid4().hex[:8]}", max_batch=batch,
-                                               until_drained=True, max_idle_seconds=120))
+    consumer = StreamConsumer(
+        ConsumerSettings(
+            group_id=f"bench-{uuid.uuid4().hex[:8]}",
+            max_batch=batch,
+            until_drained=True,
+            max_idle_seconds=120,
+        )
+    )
     marks: dict[str, float] = {}
     decode, commit = consumer.decode_batch, consumer.commit
 
@@ -120,32 +125,52 @@ def run(args) -> dict:
     events = produce(folder)
     common.say(f"  produced {events:,} events (not timed)")
     ours = consume(args.batch)
-    common.say(f"  ours : {ours['written']:,.0f} events written in {ours['seconds']:.2f} s "
-               f"(+{ours['join_seconds']:.2f} s group join), {ours['batches']:.0f} batches")
+    common.say(
+        f"  ours : {ours['written']:,.0f} events written in {ours['seconds']:.2f} s "
+        f"(+{ours['join_seconds']:.2f} s group join), {ours['batches']:.0f} batches"
+    )
     runs = [bare_poll(events, args.batch) for _ in range(3)]  # a short run: the median of three
     bare = sorted(runs, key=lambda r: r["seconds"])[1]
     times = ", ".join(f"{r['seconds']:.2f}" for r in runs)
-    common.say(f"  bare : {bare['records']:,} records polled in {bare['seconds']:.2f} s (median of "
-               f"{times})")
+    common.say(f"  bare : {bare['records']:,} records polled in {bare['seconds']:.2f} s (median of {times})")
     rows, seconds = stock_push(folder, args.batch)
     common.say(f"  stock: {rows:,} rows pushed online in {seconds:.2f} s")
     ours_rate, stock_rate = common.rate(ours["written"], ours["seconds"]), common.rate(rows, seconds)
     bare_rate = common.rate(bare["records"], bare["seconds"])
     limit = common.row(
-        "2 consumer end to end", "events/s (ours: Kafka→validate→online+offline→commit; baseline: a bare "
-        "poll loop of the same client, same records)", ours_rate, bare_rate, "events/s",
-        "≥ 0.6× (stretch 0.8×)", ours_rate >= 0.6 * bare_rate,
+        "2 consumer end to end",
+        "events/s (ours: Kafka→validate→online+offline→commit; baseline: a bare "
+        "poll loop of the same client, same records)",
+        ours_rate,
+        bare_rate,
+        "events/s",
+        "≥ 0.6× (stretch 0.8×)",
+        ours_rate >= 0.6 * bare_rate,
         note=f"ours including the group join: {common.rate(ours['written'], ours['run_seconds']):,.0f} "
-             "events/s.")
+        "events/s.",
+    )
     peer = common.row(
-        "2 consumer end to end", "events/s (ours as above; baseline: stock push ONLINE only, no Kafka, no "
-        "offline write)", ours_rate, stock_rate, "events/s", "≥ 1.5×", ours_rate >= 1.5 * stock_rate)
+        "2 consumer end to end",
+        "events/s (ours as above; baseline: stock push ONLINE only, no Kafka, no offline write)",
+        ours_rate,
+        stock_rate,
+        "events/s",
+        "≥ 1.5×",
+        ours_rate >= 1.5 * stock_rate,
+    )
     return {
         "rows": [limit, peer],
-        "details": {"users": args.users, "events": events, "batch": args.batch, "ours": ours,
-                    "bare_poll": bare, "bare_poll_runs": runs, "stock": {"rows": rows, "seconds": seconds},
-                    "method": "events produced first (not timed); our consumer in-process, from its first "
-                              "batch to its last commit; a bare poll loop of the same client (median of 3); "
-                              "stock push of the same rows (typed frames of the same CSVs) in batches of the "
-                              "same size, online only."},
+        "details": {
+            "users": args.users,
+            "events": events,
+            "batch": args.batch,
+            "ours": ours,
+            "bare_poll": bare,
+            "bare_poll_runs": runs,
+            "stock": {"rows": rows, "seconds": seconds},
+            "method": "events produced first (not timed); our consumer in-process, from its first "
+            "batch to its last commit; a bare poll loop of the same client (median of 3); "
+            "stock push of the same rows (typed frames of the same CSVs) in batches of the "
+            "same size, online only.",
+        },
     }

@@ -15,8 +15,6 @@ process helps only as far as one member leaves a core idle (waiting on PostgreSQ
 
 from __future__ import annotations
 
-from bench import common  # noqa: I001  (first: sets the benchmark environment)
-
 import os
 import re
 import subprocess
@@ -24,6 +22,7 @@ import sys
 import time
 import uuid
 
+from bench import common  # noqa: I001  (first: sets the benchmark environment)
 from bench.consumer_e2e import produce
 
 NAME = "consumer_processes"
@@ -33,12 +32,29 @@ SUMMARY = re.compile(r"consumed (\d+), written (\d+),")
 
 def consume(processes: int, batch: int) -> dict:
     """One ``consume --processes N --until-drained`` run in a fresh group; its timings and counts."""
-    command = [sys.executable, "-m", "consumer.main", "--group", f"bench-{uuid.uuid4().hex[:8]}",
-               "--processes", str(processes), "--until-drained", "--max-batch", str(batch)]
+    command = [
+        sys.executable,
+        "-m",
+        "consumer.main",
+        "--group",
+        f"bench-{uuid.uuid4().hex[:8]}",
+        "--processes",
+        str(processes),
+        "--until-drained",
+        "--max-batch",
+        str(batch),
+    ]
     env = {**os.environ, "STREAMFLOW_LOG_LEVEL": "DEBUG"}  # DEBUG: one 'wrote' line per table and batch
     started = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=common.REPO, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    proc = subprocess.Popen(
+        command,
+        cwd=common.REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+    )
     first_write, lines = None, []
     for line in proc.stdout:
         if first_write is None and WROTE.search(line):
@@ -47,13 +63,18 @@ def consume(processes: int, batch: int) -> dict:
     code = proc.wait()
     ended = time.perf_counter()
     if code != 0:
-        raise RuntimeError(f"consume --processes {processes} exited with code {code}: "
-                           + "\n".join(lines[-15:]))
+        raise RuntimeError(
+            f"consume --processes {processes} exited with code {code}: " + "\n".join(lines[-15:])
+        )
     written = [int(w) for _, w in (SUMMARY.search(ln).groups() for ln in lines if SUMMARY.search(ln))]
-    return {"processes": processes, "seconds": ended - started,
-            "first_write_seconds": (first_write or ended) - started,
-            "after_first_write_seconds": ended - (first_write or started),
-            "written": sum(written), "written_per_member": written}
+    return {
+        "processes": processes,
+        "seconds": ended - started,
+        "first_write_seconds": (first_write or ended) - started,
+        "after_first_write_seconds": ended - (first_write or started),
+        "written": sum(written),
+        "written_per_member": written,
+    }
 
 
 def run(args) -> dict:
@@ -67,23 +88,36 @@ def run(args) -> dict:
         runs[processes] = r = consume(processes, args.batch)
         if r["written"] < events:
             raise RuntimeError(f"--processes {processes} wrote {r['written']} of {events} events")
-        common.say(f"  --processes {processes}: {r['written']:,} written {r['written_per_member']} in "
-                   f"{r['seconds']:.1f} s from start to exit, "
-                   f"first write after {r['first_write_seconds']:.1f} s")
+        common.say(
+            f"  --processes {processes}: {r['written']:,} written {r['written_per_member']} in "
+            f"{r['seconds']:.1f} s from start to exit, "
+            f"first write after {r['first_write_seconds']:.1f} s"
+        )
     one, two = runs[1], runs[2]
     whole = [common.rate(events, r["seconds"]) for r in (two, one)]
     consuming = [common.rate(events, r["after_first_write_seconds"]) for r in (two, one)]
     return {
         "rows": [
-            common.row("2b consumer scale-out", "events/s, process start → exit (ours: --processes 2; "
-                       "baseline: --processes 1), --until-drained", *whole, "events/s",
-                       note=f"start-up and join: {two['first_write_seconds']:.1f} s with 2 processes, "
-                            f"{one['first_write_seconds']:.1f} s with 1 (both on the same 2 cores)."),
-            common.row("2b consumer scale-out", "events/s, first write → exit (same runs)", *consuming,
-                       "events/s"),
+            common.row(
+                "2b consumer scale-out",
+                "events/s, process start → exit (ours: --processes 2; "
+                "baseline: --processes 1), --until-drained",
+                *whole,
+                "events/s",
+                note=f"start-up and join: {two['first_write_seconds']:.1f} s with 2 processes, "
+                f"{one['first_write_seconds']:.1f} s with 1 (both on the same 2 cores).",
+            ),
+            common.row(
+                "2b consumer scale-out", "events/s, first write → exit (same runs)", *consuming, "events/s"
+            ),
         ],
-        "details": {"users": args.users, "events": events, "batch": args.batch, "runs": runs,
-                    "method": "events produced first (not timed); each command a subprocess in a fresh group "
-                              "over the same events, stores emptied before each; timed from process start "
-                              "to exit, and from the first 'wrote' log line (as it arrives) to exit."},
+        "details": {
+            "users": args.users,
+            "events": events,
+            "batch": args.batch,
+            "runs": runs,
+            "method": "events produced first (not timed); each command a subprocess in a fresh group "
+            "over the same events, stores emptied before each; timed from process start "
+            "to exit, and from the first 'wrote' log line (as it arrives) to exit.",
+        },
     }

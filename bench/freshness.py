@@ -19,8 +19,6 @@ cross-check.
 
 from __future__ import annotations
 
-from bench import common  # noqa: I001  (first: sets the benchmark environment)
-
 import http.client
 import itertools
 import os
@@ -36,6 +34,7 @@ from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
+from bench import common  # noqa: I001  (first: sets the benchmark environment)
 from producer.replay import make_producer
 from streamflow import schema
 from streamflow.datagen.generate import user_ids
@@ -67,12 +66,18 @@ def key_array(keys) -> str:
 
 
 def event(user: str, i: int, sent: float) -> bytes:
-    return orjson.dumps({
-        schema.KEY: user, "watch_hours_30d": float(i % 700), "avg_session_mins_7d": 30.5,
-        "unique_devices_30d": 1 + i % 5, "skips_7d": i, "rebuffer_events_7d": i % 7,
-        schema.EVENT_TIME: datetime.fromtimestamp(sent, timezone.utc).isoformat(),
-        schema.EVENT_SNAPSHOT: "bench_freshness",
-    })
+    return orjson.dumps(
+        {
+            schema.KEY: user,
+            "watch_hours_30d": float(i % 700),
+            "avg_session_mins_7d": 30.5,
+            "unique_devices_30d": 1 + i % 5,
+            "skips_7d": i,
+            "rebuffer_events_7d": i % 7,
+            schema.EVENT_TIME: datetime.fromtimestamp(sent, timezone.utc).isoformat(),
+            schema.EVENT_SNAPSHOT: "bench_freshness",
+        }
+    )
 
 
 class Poller(threading.Thread):
@@ -137,8 +142,9 @@ def send_steady(producer, poller: Poller, users: list[str], rate: float, offset:
     topic = TABLE.topic
     headers = [(schema.EVENT_TABLE_HEADER, TABLE.name.encode())]
     stride = max(1, round(rate / TIMED_PER_SECOND))
-    prepared = [(user, user.encode(), entity_key(user) if i % stride == 0 else None)
-                for i, user in enumerate(users)]
+    prepared = [
+        (user, user.encode(), entity_key(user) if i % stride == 0 else None) for i, user in enumerate(users)
+    ]
     t0 = time.perf_counter()
     for i, (user, kafka_key, key) in enumerate(prepared):
         delay = t0 + i / rate - time.perf_counter()
@@ -158,7 +164,7 @@ def count_arrived(users: list[str]) -> int:
     found = 0
     with common.connect(autocommit=True) as conn:
         for start in range(0, len(users), 5000):
-            keys = [entity_key(u) for u in users[start:start + 5000]]
+            keys = [entity_key(u) for u in users[start : start + 5000]]
             found += conn.execute(query, (key_array(keys),)).fetchone()[0]
     return found
 
@@ -194,9 +200,22 @@ def percentile(values: list[float], q: float) -> float:
 def start_consumer(port: int, log_path) -> subprocess.Popen:
     with open(log_path, "wb") as log:
         return subprocess.Popen(
-            [sys.executable, "-m", "consumer.main", "--group", f"bench-{uuid.uuid4().hex[:8]}",
-             "--metrics-port", str(port), "--max-idle", "300"],
-            cwd=common.REPO, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "consumer.main",
+                "--group",
+                f"bench-{uuid.uuid4().hex[:8]}",
+                "--metrics-port",
+                str(port),
+                "--max-idle",
+                "300",
+            ],
+            cwd=common.REPO,
+            env=os.environ.copy(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def stop_consumer(consumer: subprocess.Popen) -> None:
@@ -208,8 +227,15 @@ def stop_consumer(consumer: subprocess.Popen) -> None:
         consumer.wait()
 
 
-def measure_rate(producer, poller: Poller, consumer: subprocess.Popen, port: int, users: list[str],
-                 rate: float, offset: int) -> dict:
+def measure_rate(
+    producer,
+    poller: Poller,
+    consumer: subprocess.Popen,
+    port: int,
+    users: list[str],
+    rate: float,
+    offset: int,
+) -> dict:
     """One steady run at one rate, on users no earlier run sent: latencies, the achieved rate."""
     left_over = poller.restart()
     time.sleep(0.5)  # the histogram is updated right after a write: the warm-up's last one, here
@@ -224,19 +250,34 @@ def measure_rate(producer, poller: Poller, consumer: subprocess.Popen, port: int
     achieved = len(users) / sending
     arrived = count_arrived(users)
     result = {
-        "target_rate": rate, "achieved_rate": round(achieved, 1), "on_rate": achieved >= ON_RATE * rate,
-        "events": len(users), "arrived": arrived, "timed": timed, "seen": len(ms),
-        "all_seen": all_seen and arrived == len(users), "polls": poller.polls, "unseen_before": left_over,
-        "latency_ms": {"p50": percentile(ms, 0.50), "p90": percentile(ms, 0.9),
-                       "p99": percentile(ms, 0.99), "max": max(ms, default=None)},
-        "consumer_histogram_s": {"p50_bucket": bucket_quantile(before, after, 0.5),
-                                 "p99_bucket": bucket_quantile(before, after, 0.99)},
+        "target_rate": rate,
+        "achieved_rate": round(achieved, 1),
+        "on_rate": achieved >= ON_RATE * rate,
+        "events": len(users),
+        "arrived": arrived,
+        "timed": timed,
+        "seen": len(ms),
+        "all_seen": all_seen and arrived == len(users),
+        "polls": poller.polls,
+        "unseen_before": left_over,
+        "latency_ms": {
+            "p50": percentile(ms, 0.50),
+            "p90": percentile(ms, 0.9),
+            "p99": percentile(ms, 0.99),
+            "max": max(ms, default=None),
+        },
+        "consumer_histogram_s": {
+            "p50_bucket": bucket_quantile(before, after, 0.5),
+            "p99_bucket": bucket_quantile(before, after, 0.99),
+        },
     }
     lat, hist = result["latency_ms"], result["consumer_histogram_s"]
-    common.say(f"  asked {rate:,.0f}/s, sent {len(users):,} at {achieved:,.0f}/s, {arrived:,} arrived; "
-               f"{len(ms):,}/{timed:,} timed events seen: p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms, "
-               f"max {lat['max'] or float('nan'):.0f} ms; consumer histogram p50 <= {hist['p50_bucket']} s, "
-               f"p99 <= {hist['p99_bucket']} s; {poller.polls} polls")
+    common.say(
+        f"  asked {rate:,.0f}/s, sent {len(users):,} at {achieved:,.0f}/s, {arrived:,} arrived; "
+        f"{len(ms):,}/{timed:,} timed events seen: p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms, "
+        f"max {lat['max'] or float('nan'):.0f} ms; consumer histogram p50 <= {hist['p50_bucket']} s, "
+        f"p99 <= {hist['p99_bucket']} s; {poller.polls} polls"
+    )
     return result
 
 
@@ -245,22 +286,36 @@ def rows_of(r: dict) -> list[dict]:
     rate, lat, hist = r["target_rate"], r["latency_ms"], r["consumer_histogram_s"]
     goal_ms = GOALS_MS.get(int(rate))
     at = f"at {rate:,.0f} events/s asked ({r['achieved_rate']:,.0f} sent)"
-    notes = [f"At {rate:,.0f}/s: consumer's own histogram (record timestamp→write, bucket upper bounds): "
-             f"p50 ≤ {hist['p50_bucket']} s, p99 ≤ {hist['p99_bucket']} s."]
+    notes = [
+        f"At {rate:,.0f}/s: consumer's own histogram (record timestamp→write, bucket upper bounds): "
+        f"p50 ≤ {hist['p50_bucket']} s, p99 ≤ {hist['p99_bucket']} s."
+    ]
     if not r["on_rate"]:
-        notes.append(f"The producer reached only {r['achieved_rate']:,.0f} of {rate:,.0f} events/s: "
-                     "not a run at the asked rate.")
+        notes.append(
+            f"The producer reached only {r['achieved_rate']:,.0f} of {rate:,.0f} events/s: "
+            "not a run at the asked rate."
+        )
     if not r["all_seen"]:
-        notes.append(f"Not all events became visible within 60 s: {r['seen']:,} of {r['timed']:,} timed "
-                     f"ones, {r['arrived']:,} of {r['events']:,} in all.")
+        notes.append(
+            f"Not all events became visible within 60 s: {r['seen']:,} of {r['timed']:,} timed "
+            f"ones, {r['arrived']:,} of {r['events']:,} in all."
+        )
     met = None
     if goal_ms is not None:
         met = lat["p99"] < goal_ms and r["all_seen"] and r["on_rate"]
     return [
         common.row("4 freshness", f"event→online p50 {at}", lat["p50"], None, "ms"),
-        common.row("4 freshness", f"event→online p99 {at}", lat["p99"], None, "ms",
-                   f"p99 < {goal_ms} ms" if goal_ms else "", met, higher_is_better=False,
-                   note=" ".join(notes)),
+        common.row(
+            "4 freshness",
+            f"event→online p99 {at}",
+            lat["p99"],
+            None,
+            "ms",
+            f"p99 < {goal_ms} ms" if goal_ms else "",
+            met,
+            higher_is_better=False,
+            note=" ".join(notes),
+        ),
     ]
 
 
@@ -278,12 +333,14 @@ def run(args) -> dict:
     try:
         send_steady(producer, poller, users[:WARMUP_EVENTS], 200, 0)  # the consumer has joined and writes
         if not poller.wait_seen(180, consumer):
-            raise RuntimeError("warm-up events never became visible; consumer log:\n"
-                               f"{log_path.read_text()[-2000:]}")
+            raise RuntimeError(
+                f"warm-up events never became visible; consumer log:\n{log_path.read_text()[-2000:]}"
+            )
         offset = WARMUP_EVENTS
         for rate, count in zip(rates, counts):
-            results.append(measure_rate(producer, poller, consumer, port, users[offset:offset + count],
-                                        rate, offset))
+            results.append(
+                measure_rate(producer, poller, consumer, port, users[offset : offset + count], rate, offset)
+            )
             offset += count
     finally:
         poller.stopping.set()
@@ -291,6 +348,9 @@ def run(args) -> dict:
         stop_consumer(consumer)
     return {
         "rows": [row for r in results for row in rows_of(r)],
-        "details": {"rates": results, "duration_seconds": args.duration,
-                    "method": __doc__.split("\n\n", 1)[1].replace("\n", " ").strip()},
+        "details": {
+            "rates": results,
+            "duration_seconds": args.duration,
+            "method": __doc__.split("\n\n", 1)[1].replace("\n", " ").strip(),
+        },
     }

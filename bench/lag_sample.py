@@ -48,8 +48,10 @@ def run(args) -> dict:
     producer.flush()
     producer.close()
     group = f"bench-lag-{uuid.uuid4().hex[:8]}"
-    offsets = {TopicPartition(t, p): (i * 7) % PER_PARTITION for i, (t, p) in
-               enumerate((t, p) for t in topics for p in range(PARTITIONS))}
+    offsets = {
+        TopicPartition(t, p): (i * 7) % PER_PARTITION
+        for i, (t, p) in enumerate((t, p) for t in topics for p in range(PARTITIONS))
+    }
     committer = kafka_clients.group_consumer(group, role="bench-lag")
     committer.assign(list(offsets))
     committer.commit({tp: OffsetAndMetadata(o, "", -1) for tp, o in offsets.items()})
@@ -69,22 +71,49 @@ def run(args) -> dict:
     tools = _tools()
     for _ in range(3):
         started = time.perf_counter()
-        subprocess.run(["java", "-cp", f"{tools}/*", "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
-                        "--bootstrap-server", kafka_clients.settings().bootstrap_servers, "--describe",
-                        "--group", group], check=True, capture_output=True, timeout=300)
+        subprocess.run(
+            [
+                "java",
+                "-cp",
+                f"{tools}/*",
+                "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+                "--bootstrap-server",
+                kafka_clients.settings().bootstrap_servers,
+                "--describe",
+                "--group",
+                group,
+            ],
+            check=True,
+            capture_output=True,
+            timeout=300,
+        )
         theirs.append(time.perf_counter() - started)
     first, steady = ours[0], statistics.median(ours[1:])
-    common.say(f"  ours: first {first:.2f} s, then median {steady:.2f} s; lag seconds on every lagging "
-               f"partition: {complete}; kafka-consumer-groups --describe: median {statistics.median(theirs):.2f} s")
+    common.say(
+        f"  ours: first {first:.2f} s, then median {steady:.2f} s; lag seconds on every lagging "
+        f"partition: {complete}; kafka-consumer-groups --describe: median {statistics.median(theirs):.2f} s"
+    )
     return {
         "rows": [
-            common.row("lag sample, 204 partitions", "seconds per sample (ours: median of samples 2-5 of one "
-                       "monitor; baseline: kafka-consumer-groups --describe incl. JVM start)",
-                       steady, statistics.median(theirs), "s", goal="< 2 s, lag seconds on every lagging partition",
-                       met=steady < 2 and complete, higher_is_better=False,
-                       note=f"first sample (clients connect): {first:.2f} s; every lagging partition had its lag "
-                            f"in seconds: {complete}"),
+            common.row(
+                "lag sample, 204 partitions",
+                "seconds per sample (ours: median of samples 2-5 of one "
+                "monitor; baseline: kafka-consumer-groups --describe incl. JVM start)",
+                steady,
+                statistics.median(theirs),
+                "s",
+                goal="< 2 s, lag seconds on every lagging partition",
+                met=steady < 2 and complete,
+                higher_is_better=False,
+                note=f"first sample (clients connect): {first:.2f} s; every lagging partition had its lag "
+                f"in seconds: {complete}",
+            ),
         ],
-        "details": {"partitions": len(offsets), "lagging": lagging, "ours_seconds": ours, "theirs_seconds": theirs,
-                    "complete": complete},
+        "details": {
+            "partitions": len(offsets),
+            "lagging": lagging,
+            "ours_seconds": ours,
+            "theirs_seconds": theirs,
+            "complete": complete,
+        },
     }

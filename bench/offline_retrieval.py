@@ -14,12 +14,11 @@ Both frames are compared (sorted by user) to show they are the same training set
 
 from __future__ import annotations
 
-from bench import common  # noqa: I001  (first: sets the benchmark environment)
-
 import time
 
 import pandas as pd
 
+from bench import common  # noqa: I001  (first: sets the benchmark environment)
 from streamflow import schema, training
 
 NAME = "offline_retrieval"
@@ -65,14 +64,33 @@ def run(args) -> dict:
         stock_frame = stock(entities)
         base = time.perf_counter() - started
         equal = same(ours_frame, stock_frame)
-        common.say(f"  {users:,} users: ours {ours:.2f} s, stock {base:.2f} s, "
-                   f"{len(ours_frame):,} vs {len(stock_frame):,} rows, same training set: {equal}")
+        common.say(
+            f"  {users:,} users: ours {ours:.2f} s, stock {base:.2f} s, "
+            f"{len(ours_frame):,} vs {len(stock_frame):,} rows, same training set: {equal}"
+        )
         goal, met = ("≥ 3×", base / ours >= 3) if users >= 100_000 else ("", None)
-        rows.append(common.row("6 offline retrieval", f"training set, {users:,} users, seconds", ours, base, "s",
-                               goal, met, higher_is_better=False,
-                               note=f"{users:,} users: same training set: {'yes' if equal else 'NO'}."))
-        details[users] = {"ours_seconds": ours, "stock_seconds": base, "rows": len(ours_frame),
-                          "stock_rows": len(stock_frame), "same": equal}
-    details["method"] = ("warehouse loaded with both months; training set for 2024-01-31; ours passes the "
-                         "entity set as SQL, stock uploads it from a DataFrame; timed after a 50-user warm-up.")
+        rows.append(
+            common.row(
+                "6 offline retrieval",
+                f"training set, {users:,} users, seconds",
+                ours,
+                base,
+                "s",
+                goal,
+                met,
+                higher_is_better=False,
+                note=f"{users:,} users: same training set: {'yes' if equal else 'NO'}.",
+            )
+        )
+        details[users] = {
+            "ours_seconds": ours,
+            "stock_seconds": base,
+            "rows": len(ours_frame),
+            "stock_rows": len(stock_frame),
+            "same": equal,
+        }
+    details["method"] = (
+        "warehouse loaded with both months; training set for 2024-01-31; ours passes the "
+        "entity set as SQL, stock uploads it from a DataFrame; timed after a 50-user warm-up."
+    )
     return {"rows": rows, "details": details}

@@ -9,8 +9,6 @@ index (the view has String features); ours: one row per user and view, COPY + on
 
 from __future__ import annotations
 
-from bench import common  # noqa: I001  (first: sets the benchmark environment)
-
 import contextlib
 import random
 import time
@@ -20,6 +18,7 @@ from feast.infra.online_stores.postgres_online_store.postgres import PostgreSQLO
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 
+from bench import common  # noqa: I001  (first: sets the benchmark environment)
 from streamflow import schema
 from streamflow.datagen.generate import user_ids
 from streamflow.feast_stores.online import StreamflowOnlineStore
@@ -81,20 +80,30 @@ def run(args) -> dict:
             common.say(f"  {phase:8} {side:5}: {len(rows):,} rows in {seconds[phase][side]:.2f} s")
 
     with common.connect() as conn:
-        counts = {side: conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
-                  for side, (_s, _c, table) in stores.items()}
+        counts = {
+            side: conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+            for side, (_s, _c, table) in stores.items()
+        }
 
     out_rows = []
     for phase in phases:
         ours, stock = (common.rate(len(users), seconds[phase][s]) for s in ("ours", "stock"))
         goal, met = ("≥ 4× on updates", ours / stock >= 4) if phase == "updates" else ("", None)
         out_rows.append(common.row("1 online write", f"{phase}, rows/s", ours, stock, "rows/s", goal, met))
-        out_rows.append(common.row("1 online write", f"{phase}, feature values/s", ours * features,
-                                   stock * features, "values/s"))
+        out_rows.append(
+            common.row(
+                "1 online write", f"{phase}, feature values/s", ours * features, stock * features, "values/s"
+            )
+        )
     return {
         "rows": out_rows,
-        "details": {"users": len(users), "features_per_row": features, "batch": args.batch,
-                    "seconds": seconds, "table_rows_after": counts,
-                    "method": "same tuples to each store's online_write_batch, in batches; tables emptied "
-                              "before the inserts; stock tables made by its own update() (feast apply)"},
+        "details": {
+            "users": len(users),
+            "features_per_row": features,
+            "batch": args.batch,
+            "seconds": seconds,
+            "table_rows_after": counts,
+            "method": "same tuples to each store's online_write_batch, in batches; tables emptied "
+            "before the inserts; stock tables made by its own update() (feast apply)",
+        },
     }

@@ -8,10 +8,9 @@ callbacks, flushing. The bare loop sends events serialized beforehand (not timed
 
 from __future__ import annotations
 
-from bench import common  # noqa: I001  (first: sets the benchmark environment)
-
 import time
 
+from bench import common  # noqa: I001  (first: sets the benchmark environment)
 from producer.replay import Replayer, _records, make_producer
 from streamflow import events, schema
 from streamflow.batch.validate import read_snapshot
@@ -27,8 +26,14 @@ def serialized(folder) -> list[tuple]:
     for table in schema.TABLES:
         hdrs = events.headers(table, as_of)
         for row in _records(frames[table.name]):
-            out.append((table.topic, row[schema.KEY].encode(),
-                        events.encode_value(table, row, as_of, folder.name), hdrs))
+            out.append(
+                (
+                    table.topic,
+                    row[schema.KEY].encode(),
+                    events.encode_value(table, row, as_of, folder.name),
+                    hdrs,
+                )
+            )
     return out
 
 
@@ -65,17 +70,35 @@ def run(args) -> dict:
     messages = serialized(folder)
     prepare = time.perf_counter() - started
     bare_seconds = bare_loop(messages)
-    common.say(f"  bare loop: {len(messages):,} events in {bare_seconds:.2f} s "
-               f"(serialized beforehand in {prepare:.2f} s)")
+    common.say(
+        f"  bare loop: {len(messages):,} events in {bare_seconds:.2f} s "
+        f"(serialized beforehand in {prepare:.2f} s)"
+    )
     acked, seconds, failed = replayer(folder)
     common.say(f"  Replayer : {acked:,} events acknowledged in {seconds:.2f} s, {failed} failed")
     ours, bare = common.rate(acked, seconds), common.rate(len(messages), bare_seconds)
     return {
-        "rows": [common.row("3 producer", "events/s (Replayer incl. CSV read + encode; bare: pre-serialized)",
-                            ours, bare, "events/s", "≥ 0.7×", ours >= 0.7 * bare)],
-        "details": {"users": args.users, "events": len(messages), "bare_seconds": bare_seconds,
-                    "serialize_seconds": prepare, "replayer_seconds": seconds, "acked": acked, "failed": failed,
-                    "method": "same producer settings (make_producer) and topics; the bare loop sends events "
-                              "serialized beforehand and flushes; the Replayer's own timing (read, validate, "
-                              "encode, send with callbacks, flush)."},
+        "rows": [
+            common.row(
+                "3 producer",
+                "events/s (Replayer incl. CSV read + encode; bare: pre-serialized)",
+                ours,
+                bare,
+                "events/s",
+                "≥ 0.7×",
+                ours >= 0.7 * bare,
+            )
+        ],
+        "details": {
+            "users": args.users,
+            "events": len(messages),
+            "bare_seconds": bare_seconds,
+            "serialize_seconds": prepare,
+            "replayer_seconds": seconds,
+            "acked": acked,
+            "failed": failed,
+            "method": "same producer settings (make_producer) and topics; the bare loop sends events "
+            "serialized beforehand and flushes; the Replayer's own timing (read, validate, "
+            "encode, send with callbacks, flush).",
+        },
     }

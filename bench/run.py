@@ -12,8 +12,6 @@ to bench/results/results.json (merged with earlier runs of other benchmarks) and
 
 from __future__ import annotations
 
-from bench import common  # noqa: I001  (first: sets the benchmark environment)
-
 import argparse
 import importlib
 import json
@@ -21,8 +19,21 @@ import time
 import traceback
 from datetime import datetime, timezone
 
-BENCHMARKS = ["online_write", "consumer_e2e", "consumer_processes", "producer", "freshness", "api_latency",
-              "lag_sample", "offline_retrieval", "memory", "verify", "scale"]
+from bench import common  # noqa: I001  (first: sets the benchmark environment)
+
+BENCHMARKS = [
+    "online_write",
+    "consumer_e2e",
+    "consumer_processes",
+    "producer",
+    "freshness",
+    "api_latency",
+    "lag_sample",
+    "offline_retrieval",
+    "memory",
+    "verify",
+    "scale",
+]
 DEFAULT = BENCHMARKS[:-1]
 RUNNERS = {"memory": ("bench.scale", "run_memory")}
 """Benchmarks run by a function other than their own module's run()."""
@@ -32,24 +43,53 @@ MARKDOWN = common.RESULTS / "results.md"
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.splitlines()[0])
-    p.add_argument("--users", type=int, default=20_000,
-                   help="users of the write, consumer and producer benchmarks (default 20,000)")
+    p.add_argument(
+        "--users",
+        type=int,
+        default=20_000,
+        help="users of the write, consumer and producer benchmarks (default 20,000)",
+    )
     p.add_argument("--batch", type=int, default=5000, help="rows per write / events per consumer batch")
     p.add_argument("--scale", action="store_true", help="also run the 1,000,000-user scale benchmark")
     p.add_argument("--scale-users", type=int, default=1_000_000, help=argparse.SUPPRESS)
-    p.add_argument("--offline-users", type=int, nargs="+", default=[7043, 100_000],
-                   help="entity set sizes of the offline retrieval benchmark")
-    p.add_argument("--rates", "--rate", type=float, nargs="+", default=[2000, 5000],
-                   help="events/s of the freshness benchmark, one run per rate (default 2000 5000)")
+    p.add_argument(
+        "--offline-users",
+        type=int,
+        nargs="+",
+        default=[7043, 100_000],
+        help="entity set sizes of the offline retrieval benchmark",
+    )
+    p.add_argument(
+        "--rates",
+        "--rate",
+        type=float,
+        nargs="+",
+        default=[2000, 5000],
+        help="events/s of the freshness benchmark, one run per rate (default 2000 5000)",
+    )
     p.add_argument("--duration", type=float, default=15, help="seconds of the freshness benchmark, per rate")
-    p.add_argument("--verify-users", type=int, default=7043,
-                   help="users of the verify benchmark (default 7,043)")
-    p.add_argument("--api-rates", type=float, nargs="+", default=[200, 1000],
-                   help="req/s of the online lookup benchmark, ours and feast serve's (default 200 1000)")
-    p.add_argument("--only", nargs="+", choices=BENCHMARKS, metavar="NAME",
-                   help=f"run only these: {', '.join(BENCHMARKS)}")
-    p.add_argument("--profile", action="store_true",
-                   help="profile our side with pyinstrument (bench/results/profile_*.txt; figures slower)")
+    p.add_argument(
+        "--verify-users", type=int, default=7043, help="users of the verify benchmark (default 7,043)"
+    )
+    p.add_argument(
+        "--api-rates",
+        type=float,
+        nargs="+",
+        default=[200, 1000],
+        help="req/s of the online lookup benchmark, ours and feast serve's (default 200 1000)",
+    )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=BENCHMARKS,
+        metavar="NAME",
+        help=f"run only these: {', '.join(BENCHMARKS)}",
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="profile our side with pyinstrument (bench/results/profile_*.txt; figures slower)",
+    )
     return p
 
 
@@ -59,7 +99,10 @@ def api_latency(args) -> dict:
     try:
         module = importlib.import_module("bench.api_latency")
     except ImportError as exc:
-        return {"rows": [], "details": {"method": f"skipped: bench/api_latency.py cannot be imported ({exc})"}}
+        return {
+            "rows": [],
+            "details": {"method": f"skipped: bench/api_latency.py cannot be imported ({exc})"},
+        }
     if not callable(getattr(module, "main", None)):
         return {"rows": [], "details": {"method": "skipped: bench/api_latency.py has no main(argv)"}}
     out = common.data_dir() / "api_latency.json"
@@ -114,14 +157,26 @@ def _floor_rows(res: dict) -> list[dict]:
     api, floor = res["api"]["latency_ms"], res["sql_floor"]["latency_ms"]
     rate = res["api"]["target_rate"]
     feast = res["feast"]["latency_ms"]
-    feast_note = (f"Feast get_online_features in-process (reference): p50 {feast['p50']:.2f} ms, "
-                  f"p99 {feast['p99']:.2f} ms.")
+    feast_note = (
+        f"Feast get_online_features in-process (reference): p50 {feast['p50']:.2f} ms, "
+        f"p99 {feast['p99']:.2f} ms."
+    )
     at = f"at {rate:g} req/s (baseline: plain SQL floor)"
     return [
-        common.row("5 online lookup", f"API p50 {at}", api.get("p50"), floor["p50"], "ms",
-                   higher_is_better=False),
-        common.row("5 online lookup", f"API p99 {at}", api.get("p99"), floor["p99"], "ms", "p99 < 10 ms",
-                   api.get("p99", float("inf")) < 10, higher_is_better=False, note=feast_note),
+        common.row(
+            "5 online lookup", f"API p50 {at}", api.get("p50"), floor["p50"], "ms", higher_is_better=False
+        ),
+        common.row(
+            "5 online lookup",
+            f"API p99 {at}",
+            api.get("p99"),
+            floor["p99"],
+            "ms",
+            "p99 < 10 ms",
+            api.get("p99", float("inf")) < 10,
+            higher_is_better=False,
+            note=feast_note,
+        ),
     ]
 
 
@@ -130,31 +185,61 @@ def _peer_rows(rate: str, sides: dict) -> list[dict]:
     ours, peer = sides["api"], sides["feast_serve"]
     at = f"at {float(rate):,.0f} req/s asked (baseline: feast serve)"
     lat, peer_lat = ours["latency_ms"], peer["latency_ms"]  # {"n": 0} when nothing was answered
-    met = (lat.get("p99") is not None and peer_lat.get("p99") is not None
-           and lat["p99"] <= 0.1 * peer_lat["p99"] and ours["errors"] == 0)
+    met = (
+        lat.get("p99") is not None
+        and peer_lat.get("p99") is not None
+        and lat["p99"] <= 0.1 * peer_lat["p99"]
+        and ours["errors"] == 0
+    )
     goal = "p99 ours / feast serve ≤ 0.1× at both rates, 0 errors on our side"
     return [
-        common.row("5 online lookup", f"API p50 {at}", lat.get("p50"), peer_lat.get("p50"), "ms",
-                   higher_is_better=False),
-        common.row("5 online lookup", f"API p99 {at}", lat.get("p99"), peer_lat.get("p99"), "ms", goal, met,
-                   higher_is_better=False, note=_peer_note(rate, ours, peer)),
-        common.row("5 online lookup", f"answers/s {at}", ours["achieved_rate"], peer["achieved_rate"],
-                   "req/s"),
-        common.row("5 online lookup", f"errors (non-2xx, exceptions, timeouts) {at}", ours["errors"],
-                   peer["errors"], "requests", higher_is_better=False),
+        common.row(
+            "5 online lookup",
+            f"API p50 {at}",
+            lat.get("p50"),
+            peer_lat.get("p50"),
+            "ms",
+            higher_is_better=False,
+        ),
+        common.row(
+            "5 online lookup",
+            f"API p99 {at}",
+            lat.get("p99"),
+            peer_lat.get("p99"),
+            "ms",
+            goal,
+            met,
+            higher_is_better=False,
+            note=_peer_note(rate, ours, peer),
+        ),
+        common.row(
+            "5 online lookup", f"answers/s {at}", ours["achieved_rate"], peer["achieved_rate"], "req/s"
+        ),
+        common.row(
+            "5 online lookup",
+            f"errors (non-2xx, exceptions, timeouts) {at}",
+            ours["errors"],
+            peer["errors"],
+            "requests",
+            higher_is_better=False,
+        ),
     ]
 
 
 def _peer_note(rate: str, ours: dict, peer: dict) -> str:
     """What the table leaves out: CPU per request, latency from send, requests never sent."""
-    text = (f"At {float(rate):,.0f} req/s: server CPU per request ours "
-            f"{ours['server_cpu_ms_per_request']} ms, feast serve {peer['server_cpu_ms_per_request']} ms; "
-            f"p99 from send (without the client's queue) ours {_p99(ours['latency_from_send_ms'])} ms, "
-            f"feast serve {_p99(peer['latency_from_send_ms'])} ms")
+    text = (
+        f"At {float(rate):,.0f} req/s: server CPU per request ours "
+        f"{ours['server_cpu_ms_per_request']} ms, feast serve {peer['server_cpu_ms_per_request']} ms; "
+        f"p99 from send (without the client's queue) ours {_p99(ours['latency_from_send_ms'])} ms, "
+        f"feast serve {_p99(peer['latency_from_send_ms'])} ms"
+    )
     for name, side in (("ours", ours), ("feast serve", peer)):
         if side["unsent"]:
-            text += (f"; {side['unsent']:,} of {side['requests']:,} requests to {name} never sent "
-                     "(too slow to take them), its latencies a lower bound")
+            text += (
+                f"; {side['unsent']:,} of {side['requests']:,} requests to {name} never sent "
+                "(too slow to take them), its latencies a lower bound"
+            )
     return text + "."
 
 
@@ -197,8 +282,10 @@ def markdown(results: dict) -> str:
         for r in entry["rows"]:
             met = {True: "yes", False: "**no**", None: ""}[r["met"]]
             ratio = f"{r['ratio']:.2f}×" if r["ratio"] else ""
-            lines.append(f"| {r['benchmark']} | {r['measure']} | {_fmt(r['ours'], r['unit'])} | "
-                         f"{_fmt(r['baseline'], r['unit'])} | {r['unit']} | {ratio} | {r['goal']} | {met} |")
+            lines.append(
+                f"| {r['benchmark']} | {r['measure']} | {_fmt(r['ours'], r['unit'])} | "
+                f"{_fmt(r['baseline'], r['unit'])} | {r['unit']} | {ratio} | {r['goal']} | {met} |"
+            )
     lines.append("")
     for name in BENCHMARKS:
         entry = results["benchmarks"].get(name)
@@ -207,8 +294,10 @@ def markdown(results: dict) -> str:
             if entry.get("disturbed"):
                 notes.insert(0, f"**{entry['disturbed']}.**")
             method = entry.get("details", {}).get("method")
-            lines.append(f"- **{name}** ({entry['when']}, {entry['seconds']:.0f} s): "
-                         + " ".join(filter(None, [method, *notes])))
+            lines.append(
+                f"- **{name}** ({entry['when']}, {entry['seconds']:.0f} s): "
+                + " ".join(filter(None, [method, *notes]))
+            )
     return "\n".join(lines) + "\n"
 
 
@@ -264,7 +353,11 @@ def main(argv: list[str] | None = None) -> int:
             common.say(f"could not delete this run's topics ({common.BASE_PREFIX}-*): {exc}")
         common.remove_data()
     print(markdown(results))
-    where = "profiles in bench/results/profile_*.txt, figures not saved" if args.profile else f"written to {JSON} and {MARKDOWN}"
+    where = (
+        "profiles in bench/results/profile_*.txt, figures not saved"
+        if args.profile
+        else f"written to {JSON} and {MARKDOWN}"
+    )
     print(f"suite run time: {time.perf_counter() - started:.0f} s; {where}")
     return 0
 

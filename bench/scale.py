@@ -2,10 +2,10 @@
 
 Each stage runs as its own process of ``.venv/bin/streamflow`` (generate, apply, load both months,
 then produce both months while the consumer consumes them -- it is stopped once its lag is 0 --,
-then the training set for 2024-01-31), in the benchmarks' database and topics. Wall time per stage, and the peak RSS of that process
-(``ru_maxrss`` of the stage's own process, read by a small wrapper it is forked from, see
-``_PEAK_RSS``; no stage forks workers). The consumer's peak must stay under 1 GiB, the loader's
-and the producer's under 400 MiB. Logs go to bench/results/scale_<stage>.log.
+then the training set for 2024-01-31), in the benchmarks' database and topics. Wall time per
+stage, and the peak RSS of that process (``ru_maxrss`` of the stage's own process, read by a small
+wrapper it is forked from, see ``_PEAK_RSS``; no stage forks workers). The consumer's peak must
+stay under 1 GiB, the loader's and the producer's under 400 MiB. Logs go to bench/results/scale_<stage>.log.
 
 ``run_memory`` is the ``memory`` benchmark of the default suite: the loader's and the producer's
 peak RSS on one month of 100,000 users (about a minute), the same goal. With the 1,000,000-user
@@ -15,14 +15,14 @@ read a snapshot in chunks (``streamflow.batch.validate``), which they used to ho
 
 from __future__ import annotations
 
-from bench import common  # noqa: I001  (first: sets the benchmark environment)
-
 import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
+
+from bench import common  # noqa: I001  (first: sets the benchmark environment)
 
 NAME = "scale"
 STAGE_TIMEOUT = 4 * 3600  # seconds; a stage past this is killed (bounded, even at scale)
@@ -63,10 +63,17 @@ def start_stage(name: str, argv: list[str], env: dict | None = None) -> dict:
     env = {**os.environ, "STREAMFLOW_LOG_LEVEL": "INFO", "STREAMFLOW_NO_PROGRESS": "1", **(env or {})}
     log = open(log_path, "wb")  # noqa: SIM115 - closed by finish_stage
     measured = [sys.executable, "-S", "-c", _PEAK_RSS, str(rss_path), *cli(), *argv]
-    proc = subprocess.Popen(measured, cwd=common.REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                            process_group=0)
-    return {"name": name, "proc": proc, "log": log, "log_path": log_path, "rss_path": rss_path,
-            "started": time.perf_counter()}
+    proc = subprocess.Popen(
+        measured, cwd=common.REPO, env=env, stdout=log, stderr=subprocess.STDOUT, process_group=0
+    )
+    return {
+        "name": name,
+        "proc": proc,
+        "log": log,
+        "log_path": log_path,
+        "rss_path": rss_path,
+        "started": time.perf_counter(),
+    }
 
 
 def finish_stage(running: dict, timeout: float = STAGE_TIMEOUT) -> dict:
@@ -83,8 +90,15 @@ def finish_stage(running: dict, timeout: float = STAGE_TIMEOUT) -> dict:
     seconds = time.perf_counter() - running["started"]
     rss_path = running["rss_path"]
     rss_mib = int(rss_path.read_text()) / 1024 if rss_path.exists() else float("nan")  # Linux: KiB
-    common.say(f"  {running['name']:13} {seconds:8.1f} s  peak RSS {rss_mib:7.0f} MiB  exit {proc.returncode}")
-    return {"seconds": seconds, "peak_rss_mib": rss_mib, "exit": proc.returncode, "log": str(running["log_path"])}
+    common.say(
+        f"  {running['name']:13} {seconds:8.1f} s  peak RSS {rss_mib:7.0f} MiB  exit {proc.returncode}"
+    )
+    return {
+        "seconds": seconds,
+        "peak_rss_mib": rss_mib,
+        "exit": proc.returncode,
+        "log": str(running["log_path"]),
+    }
 
 
 def stage(name: str, argv: list[str], env: dict | None = None) -> dict:
@@ -133,33 +147,74 @@ def run(args) -> dict:
             results[name] = stage(name, argv)
         failed = [n for n, r in results.items() if r["exit"] != 0]
         if failed:
-            common.say(f"  {failed[0]} failed (exit {results[failed[0]]['exit']}); see {results[failed[0]]['log']}")
+            common.say(
+                f"  {failed[0]} failed (exit {results[failed[0]]['exit']}); see {results[failed[0]]['log']}"
+            )
             break
     wall = time.perf_counter() - started
     events = users * 12  # 6 tables x 2 months
     rows = []
     for name, r in results.items():
-        per_s = f" ({common.rate(events, r['seconds']):,.0f} events/s)" if name in ("produce", "consume") else ""
+        per_s = (
+            f" ({common.rate(events, r['seconds']):,.0f} events/s)" if name in ("produce", "consume") else ""
+        )
         if name == "consume":
             per_s += ", from its start, alongside the producer, to lag 0"
         goal, met = ("< 1 GiB peak RSS", r["peak_rss_mib"] < 1024) if name == "consume" else ("", None)
-        rows.append(common.row("7 scale", f"{users:,} users: {name}, wall s; peak RSS {r['peak_rss_mib']:,.0f} MiB"
-                               + per_s + ("" if r["exit"] == 0 else f" — FAILED, exit {r['exit']}"),
-                               r["seconds"], None, "s", goal, met if r["exit"] == 0 else False))
-    rows += [rss_row("7 scale", f"{users:,} users, both months: {name}", results[name])
-             for name in ("load", "produce") if name in results]
-    rows.append(common.row("7 scale", f"{users:,} users: generate → load → replay and consume concurrently → "
-                           "training set, wall s", wall, None, "s", "< 15 min", wall < 900 and not failed))
-    return {"rows": rows, "details": {"users": users, "events": events, "stages": results,
-                                      "method": __doc__.split("\n\n")[1].replace("\n", " ").strip()}}
+        rows.append(
+            common.row(
+                "7 scale",
+                f"{users:,} users: {name}, wall s; peak RSS {r['peak_rss_mib']:,.0f} MiB"
+                + per_s
+                + ("" if r["exit"] == 0 else f" — FAILED, exit {r['exit']}"),
+                r["seconds"],
+                None,
+                "s",
+                goal,
+                met if r["exit"] == 0 else False,
+            )
+        )
+    rows += [
+        rss_row("7 scale", f"{users:,} users, both months: {name}", results[name])
+        for name in ("load", "produce")
+        if name in results
+    ]
+    rows.append(
+        common.row(
+            "7 scale",
+            f"{users:,} users: generate → load → replay and consume concurrently → training set, wall s",
+            wall,
+            None,
+            "s",
+            "< 15 min",
+            wall < 900 and not failed,
+        )
+    )
+    return {
+        "rows": rows,
+        "details": {
+            "users": users,
+            "events": events,
+            "stages": results,
+            "method": __doc__.split("\n\n")[1].replace("\n", " ").strip(),
+        },
+    }
 
 
 def rss_row(benchmark: str, what: str, r: dict) -> dict:
     """A stage's peak RSS against RSS_GOAL_MIB (a failed stage does not meet it)."""
     failed = "" if r["exit"] == 0 else f" — FAILED, exit {r['exit']}"
     met = r["exit"] == 0 and r["peak_rss_mib"] < RSS_GOAL_MIB
-    return common.row(benchmark, f"{what}, peak RSS (wall {r['seconds']:,.0f} s){failed}", r["peak_rss_mib"],
-                      None, "MiB", f"< {RSS_GOAL_MIB} MiB", met, higher_is_better=False)
+    return common.row(
+        benchmark,
+        f"{what}, peak RSS (wall {r['seconds']:,.0f} s){failed}",
+        r["peak_rss_mib"],
+        None,
+        "MiB",
+        f"< {RSS_GOAL_MIB} MiB",
+        met,
+        higher_is_better=False,
+    )
 
 
 def run_memory(args) -> dict:
@@ -187,11 +242,17 @@ def run_memory(args) -> dict:
                 conn.execute(drop)
         except psycopg.Error as exc:
             common.say(f"  could not drop schema {MEMORY_SCHEMA}: {exc}")
-    rows = [rss_row("7 memory", f"{MEMORY_USERS:,} users, one month: {name}", r)
-            for name, r in results.items()]
-    return {"rows": rows, "details": {
-        "users": MEMORY_USERS, "stages": results,
-        "method": f"streamflow load and streamflow produce of month_000 of {MEMORY_USERS:,} generated "
-                  "users, each its own process (peak RSS: ru_maxrss, as in 7 scale); the load into a "
-                  f"schema of its own, dropped after. Goal: under {RSS_GOAL_MIB} MiB at any number of users "
-                  "(7 scale has 1,000,000)."}}
+    rows = [
+        rss_row("7 memory", f"{MEMORY_USERS:,} users, one month: {name}", r) for name, r in results.items()
+    ]
+    return {
+        "rows": rows,
+        "details": {
+            "users": MEMORY_USERS,
+            "stages": results,
+            "method": f"streamflow load and streamflow produce of month_000 of {MEMORY_USERS:,} generated "
+            "users, each its own process (peak RSS: ru_maxrss, as in 7 scale); the load into a "
+            f"schema of its own, dropped after. Goal: under {RSS_GOAL_MIB} MiB at any number of users "
+            "(7 scale has 1,000,000).",
+        },
+    }

@@ -50,14 +50,26 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--rate", type=float, default=200.0, help="events per second (default %(default).0f)")
-    p.add_argument("--duration", type=float, default=120.0, help="seconds of streaming (default %(default).0f)")
+    p.add_argument(
+        "--duration", type=float, default=120.0, help="seconds of streaming (default %(default).0f)"
+    )
     p.add_argument("--users", type=int, default=500, help="users of the snapshot (6 events each per cycle)")
-    p.add_argument("--sample", type=float, default=5.0, help="seconds between samples (default %(default).0f)")
-    p.add_argument("--warmup", type=float, default=20.0,
-                   help="seconds of streaming left out of the bounds (start-up, first writes)")
+    p.add_argument(
+        "--sample", type=float, default=5.0, help="seconds between samples (default %(default).0f)"
+    )
+    p.add_argument(
+        "--warmup",
+        type=float,
+        default=20.0,
+        help="seconds of streaming left out of the bounds (start-up, first writes)",
+    )
     p.add_argument("--max-batch", type=int, default=500, help="the consumer's --max-batch")
-    p.add_argument("--drain-timeout", type=float, default=180.0,
-                   help="longest wait for the lag to reach 0 after the stream (default %(default).0f)")
+    p.add_argument(
+        "--drain-timeout",
+        type=float,
+        default=180.0,
+        help="longest wait for the lag to reach 0 after the stream (default %(default).0f)",
+    )
     p.add_argument("--database", default="streamflow_soak", help="PostgreSQL database of the run")
     p.add_argument("--out", type=Path, default=RESULTS, help="JSON results (default %(default)s)")
     args = p.parse_args(argv)
@@ -113,7 +125,10 @@ def start_consumer(group: str, max_batch: int, log_path: Path) -> subprocess.Pop
     log = open(log_path, "wb")
     return subprocess.Popen(
         [sys.executable, "-m", "consumer.main", "--group", group, "--max-batch", str(max_batch)],
-        cwd=REPO, env={**os.environ, "STREAMFLOW_LOG_LEVEL": "INFO"}, stdout=log, stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env={**os.environ, "STREAMFLOW_LOG_LEVEL": "INFO"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -174,8 +189,12 @@ class Sampler(threading.Thread):
         except Exception:  # noqa: BLE001 - count it, keep sampling
             self.errors += 1
             return None
-        sample = {"t": round(t, 1), "lag": lag.lag, "lag_seconds": lag.lag_seconds,
-                  "rss_mb": round(rss, 1) if rss is not None else None}
+        sample = {
+            "t": round(t, 1),
+            "lag": lag.lag,
+            "lag_seconds": lag.lag_seconds,
+            "rss_mb": round(rss, 1) if rss is not None else None,
+        }
         self.samples.append(sample)
         return sample
 
@@ -236,7 +255,9 @@ def stream(rows: dict[str, list[dict]], rate: float, duration: float) -> dict:
                     break
                 value = events.encode_value(table, row, day, snapshot)
                 try:
-                    future = producer.send(table.topic, key=row[schema.KEY].encode(), value=value, headers=headers)
+                    future = producer.send(
+                        table.topic, key=row[schema.KEY].encode(), value=value, headers=headers
+                    )
                 except KafkaError:
                     fail(None)
                 else:
@@ -300,25 +321,39 @@ def summarize(args, samples: list[dict], counts: dict, drained_after: float | No
         "rss_growth_mb": round(rss[-1][1] - rss[0][1], 1) if rss else None,
         "rss_slope_mb_per_10min": (round(slope, 2) if (slope := slope_per_10min(rss)) is not None else None),
         "timeline": samples,
-        "machine": {"host": socket.gethostname(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {
+            "host": socket.gethostname(),
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+        },
         "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
 def markdown(result: dict) -> str:
     rows = [
-        ("stream", f"{result['events_sent']:,} events at {result['achieved_rate']} events/s "
-                   f"({result['duration_s']:.0f} s, {result['users']} users)"),
+        (
+            "stream",
+            f"{result['events_sent']:,} events at {result['achieved_rate']} events/s "
+            f"({result['duration_s']:.0f} s, {result['users']} users)",
+        ),
         ("acknowledged / failed", f"{result['events_acked']:,} / {result['events_failed']:,}"),
-        ("consumed / written / dead-lettered",
-         f"{result['consumer'].get('consumed', '?')} / {result['consumer'].get('written', '?')} / "
-         f"{result['consumer'].get('dead_lettered', '?')}"),
+        (
+            "consumed / written / dead-lettered",
+            f"{result['consumer'].get('consumed', '?')} / {result['consumer'].get('written', '?')} / "
+            f"{result['consumer'].get('dead_lettered', '?')}",
+        ),
         ("max lag after warm-up", f"{result['max_lag_messages']} messages, {result['max_lag_seconds']} s"),
         ("mean lag after warm-up", f"{result['mean_lag_messages']} messages"),
         ("lag 0 after the stream", f"{result['drained_after_stream_s']} s"),
-        ("consumer RSS after warm-up / end / max",
-         f"{result['rss_after_warmup_mb']} / {result['rss_end_mb']} / {result['rss_max_mb']} MB"),
-        ("RSS growth (slope)", f"{result['rss_growth_mb']} MB ({result['rss_slope_mb_per_10min']} MB per 10 min)"),
+        (
+            "consumer RSS after warm-up / end / max",
+            f"{result['rss_after_warmup_mb']} / {result['rss_end_mb']} / {result['rss_max_mb']} MB",
+        ),
+        (
+            "RSS growth (slope)",
+            f"{result['rss_growth_mb']} MB ({result['rss_slope_mb_per_10min']} MB per 10 min)",
+        ),
     ]
     return "| soak | figure |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
 
@@ -339,8 +374,11 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="streamflow-soak-"))
     consumer_log = work / "consumer.log"
     group = f"{config.topic_prefix()}-group"
-    print(f"soak: {args.rate:.0f} events/s for {args.duration:.0f} s, {args.users} users; database "
-          f"{config.postgres().describe()}, topics {config.topic_prefix()}.*; logs in {work}", file=sys.stderr)
+    print(
+        f"soak: {args.rate:.0f} events/s for {args.duration:.0f} s, {args.users} users; database "
+        f"{config.postgres().describe()}, topics {config.topic_prefix()}.*; logs in {work}",
+        file=sys.stderr,
+    )
 
     folder = generate(work / "data", users=args.users, snapshots=["month_000"], progress=False)["month_000"]
     rows = rows_of(folder)
@@ -385,10 +423,13 @@ def main(argv: list[str] | None = None) -> int:
         monitor.close()
         delete_topics(table_topics() + [dead_letter_topic()])
     text = consumer_log.read_text(errors="replace")
-    found = re.findall(r"^consumed (\d+), written (\d+), dead-lettered (\d+), batches (\d+), write retries (\d+)",
-                       text, re.M)
+    found = re.findall(
+        r"^consumed (\d+), written (\d+), dead-lettered (\d+), batches (\d+), write retries (\d+)", text, re.M
+    )
     if found:
-        stats = dict(zip(("consumed", "written", "dead_lettered", "batches", "write_retries"), map(int, found[-1])))
+        stats = dict(
+            zip(("consumed", "written", "dead_lettered", "batches", "write_retries"), map(int, found[-1]))
+        )
     stats["exit_code"] = consumer.returncode
 
     result = summarize(args, sampler.samples, counts, drained_after, stats)
@@ -400,8 +441,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nwrote {args.out}", file=sys.stderr)
     ok = drained_after is not None and counts["failed"] == 0 and stats.get("exit_code") == 0
     if not ok:
-        print("soak: the consumer did not drain, events failed, or the consumer did not exit cleanly; "
-              f"see {consumer_log}", file=sys.stderr)
+        print(
+            "soak: the consumer did not drain, events failed, or the consumer did not exit cleanly; "
+            f"see {consumer_log}",
+            file=sys.stderr,
+        )
     return 0 if ok else 1
 
 

@@ -13,8 +13,6 @@ and the peak RSS. Goal: 7,043 users in under 5 s; the design goal (1,000,000 use
 
 from __future__ import annotations
 
-from bench import common  # noqa: I001  (first: sets the benchmark environment)
-
 import argparse
 import json
 import os
@@ -24,7 +22,10 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench import scale
+from bench import (
+    common,  # noqa: I001  (first: sets the benchmark environment)
+    scale,
+)
 
 NAME = "verify"
 DEFAULT_USERS = 7043
@@ -37,8 +38,9 @@ def prepare(users: int) -> Path:
     folders = common.snapshots(users)
     common.load_warehouse(users)
     started = time.perf_counter()
-    common.our_store().materialize(start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
-                                   end_date=datetime.now(timezone.utc))
+    common.our_store().materialize(
+        start_date=datetime(2024, 1, 1, tzinfo=timezone.utc), end_date=datetime.now(timezone.utc)
+    )
     common.say(f"  materialized {users:,} users in {time.perf_counter() - started:.1f} s")
     return folders["month_001"]
 
@@ -47,8 +49,18 @@ def measure(snapshot: Path) -> dict:
     """One ``streamflow verify`` process: wall s, peak RSS MiB, exit code, its JSON report."""
     rss_path = common.data_dir() / "peak_rss_verify"
     rss_path.unlink(missing_ok=True)
-    argv = [sys.executable, "-S", "-c", scale._PEAK_RSS, str(rss_path), *scale.cli(),
-            "verify", "--snapshot-dir", str(snapshot), "--json"]
+    argv = [
+        sys.executable,
+        "-S",
+        "-c",
+        scale._PEAK_RSS,
+        str(rss_path),
+        *scale.cli(),
+        "verify",
+        "--snapshot-dir",
+        str(snapshot),
+        "--json",
+    ]
     env = {**os.environ, "STREAMFLOW_NO_PROGRESS": "1", "STREAMFLOW_LOG_LEVEL": "WARNING"}
     started = time.perf_counter()
     proc = subprocess.run(argv, cwd=common.REPO, env=env, capture_output=True, text=True, timeout=3600)
@@ -69,27 +81,56 @@ def run(args) -> dict:
     r = measure(snapshot)
     report = r["report"]
     inner = report.get("seconds", float("nan"))
-    common.say(f"  verify {users:,} users: {r['seconds']:.2f} s wall ({inner:.2f} s inside), "
-               f"{common.rate(users, r['seconds']):,.0f} users/s, peak RSS {r['peak_rss_mib']:.0f} MiB, "
-               f"exit {r['exit']}, {report.get('mismatches')} mismatches")
+    common.say(
+        f"  verify {users:,} users: {r['seconds']:.2f} s wall ({inner:.2f} s inside), "
+        f"{common.rate(users, r['seconds']):,.0f} users/s, peak RSS {r['peak_rss_mib']:.0f} MiB, "
+        f"exit {r['exit']}, {report.get('mismatches')} mismatches"
+    )
     ok = r["exit"] == 0 and report.get("ok") is True and report.get("users") == users
     goal = f"< {GOAL_SECONDS:g} s at {DEFAULT_USERS:,} users" if users == DEFAULT_USERS else ""
     rows = [
-        common.row("8 verify", f"{users:,} users, 6 views, with the snapshot: wall s (process)"
-                   + ("" if ok else f" — FAILED, exit {r['exit']}"), r["seconds"], None, "s", goal,
-                   (r["seconds"] < GOAL_SECONDS and ok) if goal else None, higher_is_better=False),
-        common.row("8 verify", f"{users:,} users: users/s (process wall)", common.rate(users, r["seconds"]),
-                   None, "users/s"),
-        common.row("8 verify", f"{users:,} users: time verify reports (no interpreter start)", inner, None,
-                   "s", higher_is_better=False),
-        common.row("8 verify", f"{users:,} users: peak RSS", r["peak_rss_mib"], None, "MiB",
-                   higher_is_better=False),
+        common.row(
+            "8 verify",
+            f"{users:,} users, 6 views, with the snapshot: wall s (process)"
+            + ("" if ok else f" — FAILED, exit {r['exit']}"),
+            r["seconds"],
+            None,
+            "s",
+            goal,
+            (r["seconds"] < GOAL_SECONDS and ok) if goal else None,
+            higher_is_better=False,
+        ),
+        common.row(
+            "8 verify",
+            f"{users:,} users: users/s (process wall)",
+            common.rate(users, r["seconds"]),
+            None,
+            "users/s",
+        ),
+        common.row(
+            "8 verify",
+            f"{users:,} users: time verify reports (no interpreter start)",
+            inner,
+            None,
+            "s",
+            higher_is_better=False,
+        ),
+        common.row(
+            "8 verify", f"{users:,} users: peak RSS", r["peak_rss_mib"], None, "MiB", higher_is_better=False
+        ),
     ]
-    return {"rows": rows, "details": {
-        "users": users, "process": {k: v for k, v in r.items() if k != "report"},
-        "views": {name: {k: v.get(k) for k in ("users", "mismatches", "rows_decoded", "seconds")}
-                  for name, v in report.get("views", {}).items()},
-        "method": __doc__.split("\n\n")[1].replace("\n", " ").strip()}}
+    return {
+        "rows": rows,
+        "details": {
+            "users": users,
+            "process": {k: v for k, v in r.items() if k != "report"},
+            "views": {
+                name: {k: v.get(k) for k in ("users", "mismatches", "rows_decoded", "seconds")}
+                for name, v in report.get("views", {}).items()
+            },
+            "method": __doc__.split("\n\n")[1].replace("\n", " ").strip(),
+        },
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,6 +13,7 @@ import base64
 import logging
 
 import orjson
+
 from streamflow import kafka_clients
 from streamflow.dead_letters import REDRIVE_HEADER
 from streamflow.kafka_topics import dead_letter_topic
@@ -83,8 +84,12 @@ class DeadLetterError(RuntimeError):
 
 
 class DeadLetterQueue:
-    def __init__(self, bootstrap: str | None = None, topic: str | None = None,
-                 kafka: kafka_clients.KafkaSettings | None = None):
+    def __init__(
+        self,
+        bootstrap: str | None = None,
+        topic: str | None = None,
+        kafka: kafka_clients.KafkaSettings | None = None,
+    ):
         self.topic = topic or dead_letter_topic()
         self.kafka = kafka or kafka_clients.settings(bootstrap)
         self.producer = kafka_clients.dead_letter_producer(kafka=self.kafka)
@@ -115,8 +120,9 @@ class DeadLetterQueue:
         # A huge key would make the dead-letter record too large to send: keep its start only.
         key = record.key[:MAX_KEY_COPY] if record.key is not None else None
         try:
-            future = self.producer.send(self.topic, key=key, value=dead_letter_value(record, reason, field),
-                                        headers=headers)
+            future = self.producer.send(
+                self.topic, key=key, value=dead_letter_value(record, reason, field), headers=headers
+            )
         except Exception as exc:  # noqa: BLE001 - e.g. no metadata within max_block_ms: the broker is away
             self.unsent.append(exc)
             return
@@ -139,7 +145,9 @@ class DeadLetterQueue:
         self.pending, self.unsent = [], []
         if failed or unsent:
             first = unsent[0] if unsent else (failed[0].exception or flush_error)
-            raise DeadLetterError(f"{len(failed) + len(unsent)} dead-letter records were not acknowledged: {first}")
+            raise DeadLetterError(
+                f"{len(failed) + len(unsent)} dead-letter records were not acknowledged: {first}"
+            )
 
     def close(self) -> None:
         try:

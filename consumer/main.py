@@ -34,27 +34,58 @@ def parser() -> argparse.ArgumentParser:
     env = config.settings().consumer  # every default below: its STREAMFLOW_* variable (streamflow config)
     p = argparse.ArgumentParser(prog="streamflow consume", description=__doc__.splitlines()[0])
     p.add_argument("--group", default=env.group, help="consumer group (default: %(default)s)")
-    p.add_argument("--max-batch", type=int, default=env.max_batch,
-                   help="most events per batch (one write and one commit per batch)")
-    p.add_argument("--until-drained", action="store_true",
-                   help="stop once every assigned partition is consumed to its end")
+    p.add_argument(
+        "--max-batch",
+        type=int,
+        default=env.max_batch,
+        help="most events per batch (one write and one commit per batch)",
+    )
+    p.add_argument(
+        "--until-drained",
+        action="store_true",
+        help="stop once every assigned partition is consumed to its end",
+    )
     p.add_argument("--max-idle", type=float, default=None, help="stop after this many seconds without events")
-    p.add_argument("--instance-id", default=env.instance_id,
-                   help="static group membership: a restarted consumer with the same id resumes its "
-                        "partitions at once instead of after the session timeout (15 s); one id per process "
-                        "(with --processes, member i gets ID-i)")
-    p.add_argument("--metrics-port", type=int, default=env.metrics_port,
-                   help="serve Prometheus metrics on this port (with --processes, member i on PORT+i)")
-    p.add_argument("--metrics-addr", default=env.metrics_addr,
-                   help="address of the metrics server (0.0.0.0 in a container)")
-    p.add_argument("--partitions", type=int, default=None,
-                   help="partitions of topics created (default: STREAMFLOW_PARTITIONS, 4)")
-    p.add_argument("--max-outage", type=float, metavar="SECONDS", default=env.max_outage,
-                   help="exit (code 4) once Kafka has been unreachable this long; default: wait forever")
-    p.add_argument("--processes", type=positive_int, default=1, metavar="N",
-                   help="run N members of the group, each its own process, under a supervisor that forwards "
-                        "SIGTERM/SIGINT to all and restarts a member that crashes; member i (0..N-1) gets "
-                        "--metrics-port PORT+i and --instance-id ID-i (default 1: this process consumes)")
+    p.add_argument(
+        "--instance-id",
+        default=env.instance_id,
+        help="static group membership: a restarted consumer with the same id resumes its "
+        "partitions at once instead of after the session timeout (15 s); one id per process "
+        "(with --processes, member i gets ID-i)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=env.metrics_port,
+        help="serve Prometheus metrics on this port (with --processes, member i on PORT+i)",
+    )
+    p.add_argument(
+        "--metrics-addr",
+        default=env.metrics_addr,
+        help="address of the metrics server (0.0.0.0 in a container)",
+    )
+    p.add_argument(
+        "--partitions",
+        type=int,
+        default=None,
+        help="partitions of topics created (default: STREAMFLOW_PARTITIONS, 4)",
+    )
+    p.add_argument(
+        "--max-outage",
+        type=float,
+        metavar="SECONDS",
+        default=env.max_outage,
+        help="exit (code 4) once Kafka has been unreachable this long; default: wait forever",
+    )
+    p.add_argument(
+        "--processes",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="run N members of the group, each its own process, under a supervisor that forwards "
+        "SIGTERM/SIGINT to all and restarts a member that crashes; member i (0..N-1) gets "
+        "--metrics-port PORT+i and --instance-id ID-i (default 1: this process consumes)",
+    )
     p.add_argument("--member", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
     return p
 
@@ -89,9 +120,14 @@ def consume(args: argparse.Namespace) -> int:
     """Run this process's member of the group until it is stopped, drained or idle; the exit code."""
     # `kill -USR1 <pid>` prints every thread's stack to stderr: where a stuck consumer waits
     faulthandler.register(signal.SIGUSR1, all_threads=True)
-    settings = ConsumerSettings(group_id=args.group, max_batch=args.max_batch, until_drained=args.until_drained,
-                                max_idle_seconds=args.max_idle, instance_id=args.instance_id,
-                                max_outage=args.max_outage)
+    settings = ConsumerSettings(
+        group_id=args.group,
+        max_batch=args.max_batch,
+        until_drained=args.until_drained,
+        max_idle_seconds=args.max_idle,
+        instance_id=args.instance_id,
+        max_outage=args.max_outage,
+    )
     starting = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: starting.set())
     signal.signal(signal.SIGINT, lambda *_: starting.set())
@@ -99,8 +135,10 @@ def consume(args: argparse.Namespace) -> int:
         supervisor.accept_signals()
     try:
         outage = Outage(kafka_clients.settings().bootstrap_servers, starting, max_outage=args.max_outage)
-        outage.connect("creating the topics",
-                       lambda: ensure_topics(table_topics() + [dead_letter_topic()], partitions=args.partitions))
+        outage.connect(
+            "creating the topics",
+            lambda: ensure_topics(table_topics() + [dead_letter_topic()], partitions=args.partitions),
+        )
         consumer = StreamConsumer(settings, stopping=starting)
     except StreamflowError as exc:
         if starting.is_set():
@@ -115,7 +153,9 @@ def consume(args: argparse.Namespace) -> int:
     def stop(signum, _frame):
         if consumer.stopping.is_set():  # a member gets Ctrl-C from the terminal and from its supervisor
             return
-        log.info("signal %s: finishing the current batch, then leaving the group", signal.Signals(signum).name)
+        log.info(
+            "signal %s: finishing the current batch, then leaving the group", signal.Signals(signum).name
+        )
         consumer.stop()
 
     signal.signal(signal.SIGTERM, stop)
@@ -126,8 +166,11 @@ def consume(args: argparse.Namespace) -> int:
         log.error("%s", exc)
         return exc.exit_code
     tag = "" if args.member is None else f"[member {args.member}] "
-    print(tag + "consumed {consumed:.0f}, written {written:.0f}, dead-lettered {dead_lettered:.0f}, "
-          "batches {batches:.0f}, write retries {write_retries:.0f}".format(**stats))
+    print(
+        tag
+        + "consumed {consumed:.0f}, written {written:.0f}, dead-lettered {dead_lettered:.0f}, "
+        "batches {batches:.0f}, write retries {write_retries:.0f}".format(**stats)
+    )
     return 0
 
 

@@ -17,7 +17,6 @@ import time
 from collections import Counter
 
 import numpy as np
-
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
@@ -46,8 +45,9 @@ class Histogram:
         values = np.asarray(values, dtype=float)
         if not len(values):
             return
-        per_bucket = np.bincount(np.searchsorted(self.buckets, values, side="left"),
-                                 minlength=len(self.counts)).tolist()
+        per_bucket = np.bincount(
+            np.searchsorted(self.buckets, values, side="left"), minlength=len(self.counts)
+        ).tolist()
         with self._lock:
             self.counts = [a + b for a, b in zip(self.counts, per_bucket)]
             self.sum += float(values.sum())
@@ -114,23 +114,34 @@ class ConsumerMetrics:
             for name, doc, label, counter in (
                 ("streamflow_events_consumed", "Events polled from Kafka", "topic", self.consumed),
                 ("streamflow_events_written", "Events written online and offline", "table", self.written),
-                ("streamflow_events_dead_lettered", "Invalid or poison events sent to the dead-letter topic", "topic",
-                 self.dead_lettered),
+                (
+                    "streamflow_events_dead_lettered",
+                    "Invalid or poison events sent to the dead-letter topic",
+                    "topic",
+                    self.dead_lettered,
+                ),
             ):
                 family = CounterMetricFamily(name, doc, labels=[label])
                 for key, value in sorted(counter.items()):
                     family.add_metric([key], value)
                 yield family
             yield CounterMetricFamily("streamflow_batches", "Batches committed", value=self.batches)
-            yield CounterMetricFamily("streamflow_write_retries", "Failed batch writes that were retried",
-                                      value=self.write_retries)
+            yield CounterMetricFamily(
+                "streamflow_write_retries", "Failed batch writes that were retried", value=self.write_retries
+            )
             if self.last_commit is not None:
-                yield GaugeMetricFamily("streamflow_last_commit_timestamp_seconds", "Unix time of the last commit",
-                                        value=self.last_commit)
+                yield GaugeMetricFamily(
+                    "streamflow_last_commit_timestamp_seconds",
+                    "Unix time of the last commit",
+                    value=self.last_commit,
+                )
         for name, doc, hist in (
             ("streamflow_write_latency_seconds", "Time to write one batch (all tables)", self.write_latency),
-            ("streamflow_event_to_online_seconds", "Time from the record's produce timestamp to its online write",
-             self.freshness),
+            (
+                "streamflow_event_to_online_seconds",
+                "Time from the record's produce timestamp to its online write",
+                self.freshness,
+            ),
         ):
             yield HistogramMetricFamily(name, doc, buckets=hist.cumulative(), sum_value=hist.sum)
 

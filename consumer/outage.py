@@ -29,9 +29,17 @@ class OutageExceeded(ServiceUnavailable):
 
 
 class Outage:
-    def __init__(self, servers: str, stopping: threading.Event, *, max_outage: float | None = None,
-                 backoff_initial: float = 0.5, backoff_max: float = 5.0, rebuild_after: int = 3,
-                 clock=time.monotonic):
+    def __init__(
+        self,
+        servers: str,
+        stopping: threading.Event,
+        *,
+        max_outage: float | None = None,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 5.0,
+        rebuild_after: int = 3,
+        clock=time.monotonic,
+    ):
         self.servers = servers
         self.stopping = stopping
         self.max_outage = max_outage
@@ -53,7 +61,9 @@ class Outage:
     def ok(self) -> None:
         """A client call succeeded: the outage, if any, is over."""
         if self.since is not None:
-            log.info("Kafka answers again after %.1f s (%d failed calls)", self.clock() - self.since, self.failures)
+            log.info(
+                "Kafka answers again after %.1f s (%d failed calls)", self.clock() - self.since, self.failures
+            )
         self.since = None
         self.failures = 0
         self._delay = self.backoff_initial
@@ -74,8 +84,14 @@ class Outage:
         if broken or self.failures >= self.rebuild_after:
             self.rebuild_wanted = True
         first = (str(exc).strip().splitlines() or [""])[0][:200]
-        log.warning("Kafka %s failed (%s%s), outage %.1f s; retrying in %.1f s", what, type(exc).__name__,
-                    f": {first}" if first else "", now - self.since, self._delay)
+        log.warning(
+            "Kafka %s failed (%s%s), outage %.1f s; retrying in %.1f s",
+            what,
+            type(exc).__name__,
+            f": {first}" if first else "",
+            now - self.since,
+            self._delay,
+        )
         self.check_budget()
         self.stopping.wait(self._delay)
         self._delay = min(self._delay * 2, self.backoff_max)
@@ -85,7 +101,8 @@ class Outage:
         if self.max_outage is not None and self.since is not None and self.seconds > self.max_outage:
             raise OutageExceeded(
                 f"Kafka at {self.servers} unreachable for {self.seconds:.0f} s, more than the outage budget "
-                f"(--max-outage {self.max_outage:g} s): giving up; nothing past the last commit was committed")
+                f"(--max-outage {self.max_outage:g} s): giving up; nothing past the last commit was committed"
+            )
 
     @contextlib.contextmanager
     def watching(self, what: str):
@@ -160,9 +177,13 @@ class Watchdog:
             frame = sys._current_frames().get(thread_id)  # noqa: SLF001 - the one way to see a hang
             where = "".join(traceback.format_stack(frame)[-6:]) if frame is not None else "(no stack)\n"
             self.hangs += 1
-            log.warning("Kafka %s has not returned for %.0f s (its own timeout is far shorter): closing the "
-                        "client so that the loop replaces it; it hangs in:\n%s", what,
-                        self.outage.clock() - since, where.rstrip())
+            log.warning(
+                "Kafka %s has not returned for %.0f s (its own timeout is far shorter): closing the "
+                "client so that the loop replaces it; it hangs in:\n%s",
+                what,
+                self.outage.clock() - since,
+                where.rstrip(),
+            )
             try:
                 self.on_hang()
             except Exception:  # noqa: BLE001 - the watchdog never dies

@@ -27,8 +27,8 @@ import threading
 import time
 from collections import defaultdict
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime, timezone
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 import numpy as np
 import pandas as pd
@@ -98,8 +98,12 @@ class Batch:
 class StreamConsumer:
     """One member of the consumer group."""
 
-    def __init__(self, settings: ConsumerSettings, metrics: ConsumerMetrics | None = None,
-                 stopping: threading.Event | None = None):
+    def __init__(
+        self,
+        settings: ConsumerSettings,
+        metrics: ConsumerMetrics | None = None,
+        stopping: threading.Event | None = None,
+    ):
         self.settings = settings
         self.kafka = kafka_clients.settings(settings.bootstrap or None)
         self.settings.bootstrap = self.kafka.bootstrap_servers
@@ -117,8 +121,9 @@ class StreamConsumer:
         self._client_state()
         self._last_waiting = 0.0
         self.consumer = self.outage.connect("connecting the consumer", self._new_consumer)
-        self.dead_letters = self.outage.connect("connecting the dead-letter producer",
-                                                lambda: DeadLetterQueue(kafka=self.kafka))
+        self.dead_letters = self.outage.connect(
+            "connecting the dead-letter producer", lambda: DeadLetterQueue(kafka=self.kafka)
+        )
         # Open the feature store (Feast import, registry) before joining, not in the first batch.
         with database_errors("opening the feature store"):
             get_store().list_feature_views()
@@ -126,7 +131,8 @@ class StreamConsumer:
 
     def _new_consumer(self) -> KafkaConsumer:
         return kafka_clients.group_consumer(
-            self.settings.group_id, kafka=self.kafka,
+            self.settings.group_id,
+            kafka=self.kafka,
             group_instance_id=self.settings.instance_id,
             max_poll_records=self.settings.max_batch,
         )
@@ -140,8 +146,12 @@ class StreamConsumer:
         """Close a client that keeps failing and build a new one, which joins the group again and
         starts at the group's committed offsets (what was not committed is read again)."""
         self.outage.rebuild_wanted = False
-        log.warning("replacing the Kafka consumer client (%d failed calls in a row); the new one rejoins "
-                    "group %s at the committed offsets", self.outage.failures, self.settings.group_id)
+        log.warning(
+            "replacing the Kafka consumer client (%d failed calls in a row); the new one rejoins "
+            "group %s at the committed offsets",
+            self.outage.failures,
+            self.settings.group_id,
+        )
         self._close_consumer()
         try:
             self.consumer = self._new_consumer()
@@ -228,9 +238,13 @@ class StreamConsumer:
         attempt = 0
         while True:
             try:
-                refused = isolate(lambda start, stop: self._write(table, frame, start, stop), len(frame),
-                                  on_permanent=lambda start, stop, exc: self._failed_for_good(
-                                      name, len(frame), start, stop, exc))
+                refused = isolate(
+                    lambda start, stop: self._write(table, frame, start, stop),
+                    len(frame),
+                    on_permanent=lambda start, stop, exc: self._failed_for_good(
+                        name, len(frame), start, stop, exc
+                    ),
+                )
                 break
             except StopRequested:
                 raise
@@ -238,8 +252,14 @@ class StreamConsumer:
                 attempt += 1
                 self.metrics.retried()
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                log.warning("write failed (attempt %d) for %s, retrying in %.1f s: %s: %s",
-                            attempt, name, delay, type(exc).__name__, first[:300])
+                log.warning(
+                    "write failed (attempt %d) for %s, retrying in %.1f s: %s: %s",
+                    attempt,
+                    name,
+                    delay,
+                    type(exc).__name__,
+                    first[:300],
+                )
                 if self._wait_or_stop(delay):
                     raise StopRequested() from None
                 delay = min(delay * 2, self.settings.retry_max)
@@ -250,8 +270,14 @@ class StreamConsumer:
             # The frame's index is the row's position in the table's records (event_batch.TableBatch).
             rec = records[frame.index[row.row]]
             reason = f"write failed: {describe(row.error)}"
-            log.warning("poison event dead-lettered: table %s, %s partition %d offset %d: %s",
-                        name, rec.topic, rec.partition, rec.offset, reason)
+            log.warning(
+                "poison event dead-lettered: table %s, %s partition %d offset %d: %s",
+                name,
+                rec.topic,
+                rec.partition,
+                rec.offset,
+                reason,
+            )
             letters.append((rec, reason))
         self._written(name, records, {id(rec) for rec, _ in letters})
         return letters
@@ -261,15 +287,23 @@ class StreamConsumer:
         whole = start == 0 and stop == len(frame)
         if not whole and (self.stopping.is_set() or self._giving_up.is_set()):
             raise StopRequested()  # isolating poison events: the batch is read again after a restart
-        push(table, frame if whole else frame.iloc[start:stop], where=f"batch of {table.topic}",
-             validated=True)  # decode checked every event
+        push(
+            table, frame if whole else frame.iloc[start:stop], where=f"batch of {table.topic}", validated=True
+        )  # decode checked every event
 
     def _failed_for_good(self, name: str, rows: int, start: int, stop: int, exc: BaseException) -> None:
         if stop - start == rows:
-            log.warning("write of %d rows of %s failed for good (%s)%s", rows, name, describe(exc, limit=300),
-                        ": writing it in halves to isolate the events the database refuses" if rows > 1 else "")
+            log.warning(
+                "write of %d rows of %s failed for good (%s)%s",
+                rows,
+                name,
+                describe(exc, limit=300),
+                ": writing it in halves to isolate the events the database refuses" if rows > 1 else "",
+            )
         else:
-            log.debug("rows %d..%d of %d of %s refused: %s", start, stop - 1, rows, name, describe(exc, limit=300))
+            log.debug(
+                "rows %d..%d of %d of %s refused: %s", start, stop - 1, rows, name, describe(exc, limit=300)
+            )
 
     def _written(self, name: str, records: list, refused: set[int]) -> None:
         """Count a table's written events (every record but the refused ones: of several events of
@@ -309,9 +343,12 @@ class StreamConsumer:
         self._last_commit_try = time.monotonic()
         try:
             with self.outage.watching("commit"):
-                self.consumer.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()},
-                                     timeout_ms=None if self.settings.commit_timeout is None
-                                     else int(self.settings.commit_timeout * 1000))
+                self.consumer.commit(
+                    {tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()},
+                    timeout_ms=None
+                    if self.settings.commit_timeout is None
+                    else int(self.settings.commit_timeout * 1000),
+                )
         except CommitFailedError as exc:
             # The group rebalanced while we wrote: the new owner re-reads these (idempotent) events.
             log.warning("commit failed after a rebalance; events will be redelivered: %s", exc)
@@ -339,9 +376,12 @@ class StreamConsumer:
         if self._uncommitted_since is None:
             self._uncommitted_since = now
         elif now - self._uncommitted_since > self.settings.join_timeout:
-            log.warning("no commit has succeeded for %.0f s although batches were written (member %s): "
-                        "the client is stuck", now - self._uncommitted_since,
-                        kafka_clients.member_state(self.consumer))
+            log.warning(
+                "no commit has succeeded for %.0f s although batches were written (member %s): "
+                "the client is stuck",
+                now - self._uncommitted_since,
+                kafka_clients.member_state(self.consumer),
+            )
             self._uncommitted_since = None
             self.outage.rebuild_wanted = True
 
@@ -352,8 +392,10 @@ class StreamConsumer:
         if not kafka_clients.joined(self.consumer):  # while it rejoins, a commit is refused anyway
             return
         if self.commit({}):
-            log.info("pending offsets settled: written batches whose commit had failed are committed "
-                     "(or their partitions moved to another member)")
+            log.info(
+                "pending offsets settled: written batches whose commit had failed are committed "
+                "(or their partitions moved to another member)"
+            )
 
     # -- the loop -------------------------------------------------------------------------------
 
@@ -365,13 +407,15 @@ class StreamConsumer:
         assigned = self.outage.call("assignment", self.consumer.assignment, default=set())
         if not assigned:
             return False
-        ends = self.outage.call("end_offsets", self.consumer.end_offsets, list(assigned),
-                                timeout_ms=self.kafka.request_timeout_ms)
+        ends = self.outage.call(
+            "end_offsets", self.consumer.end_offsets, list(assigned), timeout_ms=self.kafka.request_timeout_ms
+        )
         if ends is None:
             return False
         for tp in assigned:
-            position = self.outage.call("position", self.consumer.position, tp,
-                                        timeout_ms=self.kafka.request_timeout_ms)
+            position = self.outage.call(
+                "position", self.consumer.position, tp, timeout_ms=self.kafka.request_timeout_ms
+            )
             if position is None or position < ends[tp]:
                 return False
         self.outage.ok()
@@ -405,15 +449,22 @@ class StreamConsumer:
                 behind += max(0, ends.get(tp, 0) - position)
         now = time.monotonic()
         if behind or unknown:
-            self._waiting(f"{len(assigned)} partitions assigned, {behind} records behind, "
-                          f"{unknown} without a known position")
+            self._waiting(
+                f"{len(assigned)} partitions assigned, {behind} records behind, "
+                f"{unknown} without a known position"
+            )
         if not behind and not unknown:
             self._stalled_since = None
         elif self._stalled_since is None:
             self._stalled_since = now
         elif now - self._stalled_since > self.settings.stall_timeout:
-            log.warning("no records for %.0f s although the assigned partitions hold %d more (%d without a "
-                        "known position): the client is stuck", now - self._stalled_since, behind, unknown)
+            log.warning(
+                "no records for %.0f s although the assigned partitions hold %d more (%d without a "
+                "known position): the client is stuck",
+                now - self._stalled_since,
+                behind,
+                unknown,
+            )
             self._stalled_since = None
             self.outage.rebuild_wanted = True
 
@@ -424,9 +475,12 @@ class StreamConsumer:
         elif self._unjoined_since is None:
             self._unjoined_since = now
         elif now - self._unjoined_since > self.settings.join_timeout:
-            log.warning("not in group %s for %.0f s (member %s): the client is stuck joining",
-                        self.settings.group_id, now - self._unjoined_since,
-                        kafka_clients.member_state(self.consumer))
+            log.warning(
+                "not in group %s for %.0f s (member %s): the client is stuck joining",
+                self.settings.group_id,
+                now - self._unjoined_since,
+                kafka_clients.member_state(self.consumer),
+            )
             self._unjoined_since = None
             self.outage.rebuild_wanted = True
 
@@ -439,8 +493,9 @@ class StreamConsumer:
         log.info("waiting for records: %s; member %s", why, kafka_clients.member_state(self.consumer))
 
     def poll(self) -> dict:
-        records = self.outage.call("poll", self.consumer.poll, timeout_ms=self.settings.poll_timeout_ms,
-                                   default={})
+        records = self.outage.call(
+            "poll", self.consumer.poll, timeout_ms=self.settings.poll_timeout_ms, default={}
+        )
         if records:
             self.outage.ok()
         return records
@@ -514,8 +569,10 @@ class StreamConsumer:
     def _submit(self, writers: ThreadPoolExecutor, batch: Batch) -> list[Future]:
         """Hand a batch's tables to the writer threads (each table is one push, online and offline;
         tables are independent, so two write at once). Each returns its poison events."""
-        return [writers.submit(self.write_table, name, frame, batch.good_records[name])
-                for name, frame in batch.frames.items()]
+        return [
+            writers.submit(self.write_table, name, frame, batch.good_records[name])
+            for name, frame in batch.frames.items()
+        ]
 
     def _finish_in_flight(self, also_rewind: Batch | None = None) -> bool:
         """Wait for the batch being written, then commit it; False when the loop must stop (asked
@@ -535,7 +592,9 @@ class StreamConsumer:
                 except StopRequested:
                     stopped = True
             if stopped:
-                log.warning("stop requested while a write was retried or split: batch abandoned, not committed")
+                log.warning(
+                    "stop requested while a write was retried or split: batch abandoned, not committed"
+                )
                 return False
             self.metrics.write_latency.observe(time.perf_counter() - started)
             for rec, reason in letters:  # poison events: the database refused them for good

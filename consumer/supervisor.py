@@ -124,12 +124,14 @@ def _libc_prctl():
 def _member_preexec(parent: int, prctl) -> Callable[[], None]:
     """Runs in the forked member before exec: stop signals blocked until the member's handlers are
     set; SIGTERM when the supervisor dies (and at once if it already has)."""
+
     def preexec() -> None:
         signal.pthread_sigmask(signal.SIG_BLOCK, HELD_SIGNALS)
         if prctl is not None:
             prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
             if os.getppid() != parent:
                 os.kill(os.getpid(), signal.SIGTERM)
+
     return preexec
 
 
@@ -137,9 +139,18 @@ class Supervisor:
     """Starts ``count`` members (``command(i)`` is member i's command line), restarts those that
     crash, forwards stop requests, and returns an exit code (see the module docstring)."""
 
-    def __init__(self, command: Callable[[int], list[str]], count: int, *, restart_initial: float = 1.0,
-                 restart_max: float = 30.0, stable_after: float = 60.0, max_failures: int = 5,
-                 tick: float = 0.1, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        command: Callable[[int], list[str]],
+        count: int,
+        *,
+        restart_initial: float = 1.0,
+        restart_max: float = 30.0,
+        stable_after: float = 60.0,
+        max_failures: int = 5,
+        tick: float = 0.1,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.command = command
         self.members = [Member(i) for i in range(count)]
         self.restart_initial, self.restart_max = restart_initial, restart_max
@@ -180,8 +191,10 @@ class Supervisor:
                     time.sleep(0.3)  # one after the other: dumps written at once interleave
             return
         if self.stopping is None:
-            log.info("signal %s: stopping the members (each finishes its batch, commits and leaves the "
-                     "group)", name)
+            log.info(
+                "signal %s: stopping the members (each finishes its batch, commits and leaves the group)",
+                name,
+            )
         else:
             log.info("signal %s again: forwarded to the members still running", name)
         self.stop(signum)
@@ -248,15 +261,24 @@ class Supervisor:
     def _crashed(self, m: Member, rc: int, ran: float, what: str) -> None:
         m.failures = 1 if ran >= self.stable_after else m.failures + 1
         if m.failures >= self.max_failures:
-            log.error("%s: %d failures in a row, each within %.0f s of its start: giving up on it, "
-                      "stopping the other members", what, m.failures, self.stable_after)
+            log.error(
+                "%s: %d failures in a row, each within %.0f s of its start: giving up on it, "
+                "stopping the other members",
+                what,
+                m.failures,
+                self.stable_after,
+            )
             self._failed(exit_code(rc))
             self.stop(signal.SIGTERM)
             return
         delay = min(self.restart_initial * 2 ** (m.failures - 1), self.restart_max)
         m.start_at = self.clock() + delay
-        log.warning("%s: restarting it in %g s (failure %d in a row; it rejoins the group at the "
-                    "committed offsets)", what, delay, m.failures)
+        log.warning(
+            "%s: restarting it in %g s (failure %d in a row; it rejoins the group at the committed offsets)",
+            what,
+            delay,
+            m.failures,
+        )
 
     def _failed(self, code: int) -> None:
         if self.code is None:

@@ -26,31 +26,39 @@ from streamflow.errors import ServiceUnavailable
 TRANSIENT = "transient"
 PERMANENT = "permanent"
 
-_TRANSIENT_CLASSES = frozenset({
-    "08",  # connection exception (cannot connect, connection failure)
-    "42",  # syntax error or access rule violation: a dropped table or column, a revoked grant, a
-    #        statement our code got wrong. It is about the statement, not a row: every row would
-    #        fail alike, so nothing is dead-lettered; it is retried (and the outage budget,
-    #        --max-outage, stops a consumer that keeps failing) until an operator fixes it.
-    "40",  # transaction rollback: serialization failure 40001, deadlock 40P01 (but see 40002)
-    "53",  # insufficient resources: disk full, out of memory, too many connections 53300
-    "57",  # operator intervention: query canceled 57014 (timeouts), admin shutdown 57P01, ...
-    "58",  # system error (I/O error on the server)
-})
-_TRANSIENT_CODES = frozenset({
-    "55P03",  # lock not available (lock_timeout)
-    "55006",  # object in use (a concurrent DDL)
-})
-_PERMANENT_CLASSES = frozenset({
-    "21",  # cardinality violation (a batch that affects one row twice)
-    "22",  # data exception: a value the column cannot hold
-    "23",  # integrity constraint violation: CHECK 23514, NOT NULL 23502, FK 23503, unique 23505
-    "44",  # WITH CHECK OPTION violation
-    "54",  # program limit exceeded: a row too big for an index, a statement too complex
-})
-_PERMANENT_CODES = frozenset({
-    "40002",  # transaction integrity constraint violation: a deferred constraint, at commit
-})
+_TRANSIENT_CLASSES = frozenset(
+    {
+        "08",  # connection exception (cannot connect, connection failure)
+        "42",  # syntax error or access rule violation: a dropped table or column, a revoked grant, a
+        #        statement our code got wrong. It is about the statement, not a row: every row would
+        #        fail alike, so nothing is dead-lettered; it is retried (and the outage budget,
+        #        --max-outage, stops a consumer that keeps failing) until an operator fixes it.
+        "40",  # transaction rollback: serialization failure 40001, deadlock 40P01 (but see 40002)
+        "53",  # insufficient resources: disk full, out of memory, too many connections 53300
+        "57",  # operator intervention: query canceled 57014 (timeouts), admin shutdown 57P01, ...
+        "58",  # system error (I/O error on the server)
+    }
+)
+_TRANSIENT_CODES = frozenset(
+    {
+        "55P03",  # lock not available (lock_timeout)
+        "55006",  # object in use (a concurrent DDL)
+    }
+)
+_PERMANENT_CLASSES = frozenset(
+    {
+        "21",  # cardinality violation (a batch that affects one row twice)
+        "22",  # data exception: a value the column cannot hold
+        "23",  # integrity constraint violation: CHECK 23514, NOT NULL 23502, FK 23503, unique 23505
+        "44",  # WITH CHECK OPTION violation
+        "54",  # program limit exceeded: a row too big for an index, a statement too complex
+    }
+)
+_PERMANENT_CODES = frozenset(
+    {
+        "40002",  # transaction integrity constraint violation: a deferred constraint, at commit
+    }
+)
 
 _BUGS = (ValueError, TypeError, LookupError, AttributeError, AssertionError, ArithmeticError)
 """Plain Python errors of our encoding path (KeyError and IndexError are LookupErrors; Arrow's
@@ -132,17 +140,30 @@ def _driver_errors() -> list:
         try:
             import psycopg
 
-            found.append((psycopg.Error, (psycopg.OperationalError, psycopg.InterfaceError),
-                          (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError,
-                           psycopg.NotSupportedError)))
+            found.append(
+                (
+                    psycopg.Error,
+                    (psycopg.OperationalError, psycopg.InterfaceError),
+                    (
+                        psycopg.DataError,
+                        psycopg.IntegrityError,
+                        psycopg.ProgrammingError,
+                        psycopg.NotSupportedError,
+                    ),
+                )
+            )
         except ImportError:  # pragma: no cover - psycopg is a dependency
             pass
         try:
             import sqlalchemy.exc as sa
 
-            found.append((sa.SQLAlchemyError, (sa.OperationalError, sa.InterfaceError, sa.TimeoutError,
-                                               sa.DisconnectionError),
-                          (sa.DataError, sa.IntegrityError, sa.ProgrammingError)))
+            found.append(
+                (
+                    sa.SQLAlchemyError,
+                    (sa.OperationalError, sa.InterfaceError, sa.TimeoutError, sa.DisconnectionError),
+                    (sa.DataError, sa.IntegrityError, sa.ProgrammingError),
+                )
+            )
         except ImportError:  # pragma: no cover
             pass
         _DRIVER_ERRORS = found
@@ -189,9 +210,13 @@ class Refused:
     error: BaseException
 
 
-def isolate(write: Callable[[int, int], object], count: int, *,
-            classify: Callable[[BaseException], str] = classify,
-            on_permanent: Callable[[int, int, BaseException], None] | None = None) -> list[Refused]:
+def isolate(
+    write: Callable[[int, int], object],
+    count: int,
+    *,
+    classify: Callable[[BaseException], str] = classify,
+    on_permanent: Callable[[int, int, BaseException], None] | None = None,
+) -> list[Refused]:
     """Write rows ``[0, count)`` through ``write(start, stop)``; the rows that fail permanently on
     their own, in order.
 
@@ -220,6 +245,7 @@ def isolate(write: Callable[[int, int], object], count: int, *,
         middle = (start + stop) // 2
         todo += [(middle, stop), (start, middle)]  # a stack: the left half first
     if count > 1 and len(refused) == count and len({describe(r.error) for r in refused}) == 1:
-        raise SystemicWriteError(f"all {count} rows failed alike: {describe(refused[0].error)}") \
-            from refused[0].error
+        raise SystemicWriteError(f"all {count} rows failed alike: {describe(refused[0].error)}") from refused[
+            0
+        ].error
     return refused

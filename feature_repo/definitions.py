@@ -51,7 +51,9 @@ def feature_view(table: schema.Table) -> FeatureView:
         name=table.feature_view,
         entities=[user],
         ttl=timedelta(0),  # no TTL: a snapshot value stays valid until the next one
-        schema=[Field(name=c.name, dtype=FEAST_TYPES[c.kind], description=c.description) for c in table.columns],
+        schema=[
+            Field(name=c.name, dtype=FEAST_TYPES[c.kind], description=c.description) for c in table.columns
+        ],
         source=push_source(table),
         online=True,
         description=table.description,

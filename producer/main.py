@@ -36,16 +36,32 @@ def resolve_folder(name: str) -> Path:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="streamflow produce", description=__doc__.splitlines()[0])
     p.add_argument("snapshot_args", nargs="*", metavar="SNAPSHOT", help="snapshot folders or names")
-    p.add_argument("--snapshots", nargs="+", default=None, help="snapshot folders or names (event-time order is enforced)")
+    p.add_argument(
+        "--snapshots",
+        nargs="+",
+        default=None,
+        help="snapshot folders or names (event-time order is enforced)",
+    )
     p.add_argument("--tables", nargs="+", choices=[t.name for t in schema.TABLES], default=None)
     pace = p.add_mutually_exclusive_group()
-    pace.add_argument("--rate", type=float, default=None, help="events per second (default: as fast as possible)")
-    pace.add_argument("--speedup", type=float, default=None,
-                      help="pace by event time: one month of event time takes 1/X of a month")
+    pace.add_argument(
+        "--rate", type=float, default=None, help="events per second (default: as fast as possible)"
+    )
+    pace.add_argument(
+        "--speedup",
+        type=float,
+        default=None,
+        help="pace by event time: one month of event time takes 1/X of a month",
+    )
     p.add_argument("--partitions", type=int, default=None, help="partitions of topics created (default 4)")
-    p.add_argument("--delivery-timeout", type=float, default=DELIVERY_TIMEOUT, metavar="SECONDS",
-                   help="give up on an event the broker has not acknowledged after this long, retries "
-                        "included; it is reported and the exit code is 1 (default %(default).0f)")
+    p.add_argument(
+        "--delivery-timeout",
+        type=float,
+        default=DELIVERY_TIMEOUT,
+        metavar="SECONDS",
+        help="give up on an event the broker has not acknowledged after this long, retries "
+        "included; it is reported and the exit code is 1 (default %(default).0f)",
+    )
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -60,14 +76,20 @@ def main(argv: list[str] | None = None) -> int:
         folders = [resolve_folder(n) for n in names]
         tables = [schema.table(n) for n in args.tables] if args.tables else None
         prepare_topics(args.partitions)
-        replayer = Replayer(make_producer(delivery_timeout=args.delivery_timeout), rate=args.rate,
-                            speedup=args.speedup, progress=not args.no_progress and logs.progress_enabled())
+        replayer = Replayer(
+            make_producer(delivery_timeout=args.delivery_timeout),
+            rate=args.rate,
+            speedup=args.speedup,
+            progress=not args.no_progress and logs.progress_enabled(),
+        )
     except (StreamflowError, ValueError) as exc:
         log.error("%s", exc)
         return getattr(exc, "exit_code", 2)
 
     def stop(signum, _frame):
-        log.warning("signal %s: stopping after the events already sent are flushed", signal.Signals(signum).name)
+        log.warning(
+            "signal %s: stopping after the events already sent are flushed", signal.Signals(signum).name
+        )
         replayer.stopped.set()
 
     signal.signal(signal.SIGTERM, stop)
@@ -84,8 +106,11 @@ def main(argv: list[str] | None = None) -> int:
             log.error("closing the producer: %s", exc)
     print(stats.summary())
     if stats.total_failed or stats.unacknowledged:
-        log.error("%d events failed and %d were not acknowledged", stats.total_failed,
-                  stats.unacknowledged - stats.total_failed)
+        log.error(
+            "%d events failed and %d were not acknowledged",
+            stats.total_failed,
+            stats.unacknowledged - stats.total_failed,
+        )
         for err in stats.errors[:5]:
             log.error("  %s", err)
         return 1

@@ -32,8 +32,8 @@ from pathlib import Path
 
 import pandas as pd
 from kafka import KafkaProducer
-from kafka.partitioner import DefaultPartitioner
 from kafka.errors import KafkaError, KafkaTimeoutError, MessageSizeTooLargeError
+from kafka.partitioner import DefaultPartitioner
 from tqdm import tqdm
 
 from producer.pacing import RateLimiter, event_time_gap
@@ -111,11 +111,13 @@ class ReplayStats:
         return "\n".join(lines)
 
 
-def make_producer(bootstrap: str | None = None, delivery_timeout: float = DELIVERY_TIMEOUT,
-                  **overrides) -> KafkaProducer:
+def make_producer(
+    bootstrap: str | None = None, delivery_timeout: float = DELIVERY_TIMEOUT, **overrides
+) -> KafkaProducer:
     """The replay's producer (idempotent, acks=all), from the one Kafka module."""
-    return kafka_clients.producer("producer", delivery_timeout=delivery_timeout,
-                                  kafka=kafka_clients.settings(bootstrap), **overrides)
+    return kafka_clients.producer(
+        "producer", delivery_timeout=delivery_timeout, kafka=kafka_clients.settings(bootstrap), **overrides
+    )
 
 
 def snapshot_order(folders: list[Path]) -> list[tuple[Path, str, date]]:
@@ -168,8 +170,14 @@ MAX_REPLACEMENTS = 10
 class Replayer:
     """Sends snapshot rows to Kafka with pacing and delivery tracking."""
 
-    def __init__(self, producer: KafkaProducer, rate: float | None = None, speedup: float | None = None,
-                 progress: bool = False, factory=None):
+    def __init__(
+        self,
+        producer: KafkaProducer,
+        rate: float | None = None,
+        speedup: float | None = None,
+        progress: bool = False,
+        factory=None,
+    ):
         self.producer = producer
         delivery = producer.config["delivery_timeout_ms"] / 1000
         self.factory = factory or (lambda: make_producer(delivery_timeout=delivery))
@@ -251,8 +259,11 @@ class Replayer:
             if now_answered != answered:
                 answered, since = now_answered, time.monotonic()
             elif time.monotonic() - since > delivery + 60:
-                log.warning("no answer from the broker for %.0f s with %d events pending: sending on",
-                            time.monotonic() - since, stats.pending)
+                log.warning(
+                    "no answer from the broker for %.0f s with %d events pending: sending on",
+                    time.monotonic() - since,
+                    stats.pending,
+                )
                 return
 
     def producer_failed(self, error: BaseException) -> None:
@@ -265,12 +276,20 @@ class Replayer:
     def _replace_producer(self) -> None:
         error, old = self._broken, self.producer
         if self.replacements >= MAX_REPLACEMENTS:
-            log.error("the producer failed again (%s: %s) after %d replacements: stopping; the events "
-                      "not sent are reported", type(error).__name__, error, self.replacements)
+            log.error(
+                "the producer failed again (%s: %s) after %d replacements: stopping; the events "
+                "not sent are reported",
+                type(error).__name__,
+                error,
+                self.replacements,
+            )
             self.stopped.set()
             return
-        log.warning("producer failed (%s: %s): replacing it; the events it did not deliver are "
-                    "counted as failed", type(error).__name__, error)
+        log.warning(
+            "producer failed (%s: %s): replacing it; the events it did not deliver are counted as failed",
+            type(error).__name__,
+            error,
+        )
         try:
             fresh = self.factory()
         except Exception as exc:  # noqa: BLE001 - the broker is away: keep the old one; its next
@@ -285,6 +304,7 @@ class Replayer:
     def load_metadata(self, topics: list[str]) -> None:
         """Partitions of every topic before the first event: should the broker go away later, a
         send to a topic without metadata would block for max_block_ms, event after event."""
+
         def partitions(topic: str):
             try:
                 return self.producer.partitions_for(topic)
@@ -302,12 +322,21 @@ class Replayer:
         """The validating pass over a snapshot: raises DataValidationError (nothing of it sent)."""
         started = time.perf_counter()
         files = check_snapshot(folder)
-        log.info("validated %s: %d files, %s rows in %.1f s", folder, len(files),
-                 f"{sum(f.rows for f in files.values()):,}", time.perf_counter() - started)
+        log.info(
+            "validated %s: %d files, %s rows in %.1f s",
+            folder,
+            len(files),
+            f"{sum(f.rows for f in files.values()):,}",
+            time.perf_counter() - started,
+        )
         return files
 
-    def replay(self, folders: list[Path], tables: list[schema.Table] | None = None,
-               flush_timeout: float | None = None) -> ReplayStats:
+    def replay(
+        self,
+        folders: list[Path],
+        tables: list[schema.Table] | None = None,
+        flush_timeout: float | None = None,
+    ) -> ReplayStats:
         tables = tables or list(schema.TABLES)
         if flush_timeout is None:
             # Every event has failed or been acknowledged after the delivery timeout; the margin is

@@ -49,8 +49,13 @@ GLOBAL_OPTIONS = "--no-progress: no progress bars (any command; also STREAMFLOW_
 def usage() -> str:
     lines = ["usage: streamflow <command> [options]", "", "commands:"]
     lines += [f"  {name:14} {help_}" for name, (_, _, help_) in COMMANDS.items()]
-    lines += ["", "options of every command:", f"  {GLOBAL_OPTIONS}",
-              "", "streamflow <command> --help: the command's own options"]
+    lines += [
+        "",
+        "options of every command:",
+        f"  {GLOBAL_OPTIONS}",
+        "",
+        "streamflow <command> --help: the command's own options",
+    ]
     return "\n".join(lines)
 
 

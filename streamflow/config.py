@@ -26,7 +26,7 @@ import typing
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_core import ErrorDetails
@@ -63,8 +63,9 @@ class _Group(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=True, env_ignore_empty=True, frozen=True, extra="ignore")
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls, init_settings, env_settings, dotenv_settings,
-                                   file_secret_settings):
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
         return (init_settings, env_settings)
 
 
@@ -73,15 +74,27 @@ class Postgres(_Group):
 
     host: str = var("POSTGRES_HOST", "127.0.0.1", "PostgreSQL host (or the directory of its Unix socket)")
     port: int = var("POSTGRES_PORT", 5432, "PostgreSQL port", ge=1, le=65535)
-    database: str = var("POSTGRES_DB", "streamflow",
-                        "database of the warehouse, the Feast registry and the offline and online stores")
+    database: str = var(
+        "POSTGRES_DB",
+        "streamflow",
+        "database of the warehouse, the Feast registry and the offline and online stores",
+    )
     user: str = var("POSTGRES_USER", "streamflow", "PostgreSQL role")
-    password: SecretStr = var("POSTGRES_PASSWORD", SecretStr("streamflow"),
-                              "password of the role (`streamflow config` shows it masked)")
+    password: SecretStr = var(
+        "POSTGRES_PASSWORD",
+        SecretStr("streamflow"),
+        "password of the role (`streamflow config` shows it masked)",
+    )
 
     def conninfo_kwargs(self) -> dict[str, Any]:
-        return dict(host=self.host, port=self.port, dbname=self.database, user=self.user,
-                    password=self.password.get_secret_value(), sslmode="disable")
+        return dict(
+            host=self.host,
+            port=self.port,
+            dbname=self.database,
+            user=self.user,
+            password=self.password.get_secret_value(),
+            sslmode="disable",
+        )
 
     @property
     def conninfo(self) -> str:
@@ -96,8 +109,15 @@ class Postgres(_Group):
         hides the password: use it as is, or ``render_as_string(hide_password=False)``."""
         from sqlalchemy import URL
 
-        return URL.create("postgresql+psycopg", username=self.user, password=self.password.get_secret_value(),
-                          host=self.host, port=self.port, database=self.database, query={"sslmode": "disable"})
+        return URL.create(
+            "postgresql+psycopg",
+            username=self.user,
+            password=self.password.get_secret_value(),
+            host=self.host,
+            port=self.port,
+            database=self.database,
+            query={"sslmode": "disable"},
+        )
 
     def with_database(self, database: str) -> Postgres:
         return self.model_copy(update={"database": database})
@@ -110,22 +130,46 @@ class Postgres(_Group):
 class Kafka(_Group):
     """Kafka: every client (streamflow/kafka_clients.py) and the topics of the pipeline."""
 
-    bootstrap_servers: str = var("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092",
-                                 "host:port of one broker or a comma-separated list of several")
-    client_id: str = var("STREAMFLOW_KAFKA_CLIENT_ID", "streamflow",
-                         "prefix of every Kafka client id (the broker's logs and quotas see it)")
-    message_max_bytes: int = var("KAFKA_MESSAGE_MAX_BYTES", 2 * MIB,
-                                 "the broker's message.max.bytes; producers never ask for more", ge=1)
-    request_timeout_ms: int = var("STREAMFLOW_KAFKA_REQUEST_TIMEOUT_MS", 30_000,
-                                  "how long one Kafka request may wait for the broker (ms)", ge=1)
-    reconnect_backoff_max_ms: int = var("STREAMFLOW_KAFKA_RECONNECT_BACKOFF_MAX_MS", 2_000,
-                                        "the longest wait between two reconnects to a broker (ms)", ge=1)
-    bootstrap_timeout_ms: int = var("STREAMFLOW_KAFKA_BOOTSTRAP_TIMEOUT_MS", 15_000,
-                                    "how long building a Kafka client waits for a first broker (ms)", ge=1)
-    replication_factor: int = var("STREAMFLOW_REPLICATION_FACTOR", 0,
-                                  "replicas of the topics created (0: min(3, brokers))", ge=0)
-    topic_prefix: str = var("STREAMFLOW_TOPIC_PREFIX", "streamflow",
-                            "topics are `<prefix>.<table>` and `<prefix>.dead_letter`")
+    bootstrap_servers: str = var(
+        "KAFKA_BOOTSTRAP_SERVERS",
+        "127.0.0.1:9092",
+        "host:port of one broker or a comma-separated list of several",
+    )
+    client_id: str = var(
+        "STREAMFLOW_KAFKA_CLIENT_ID",
+        "streamflow",
+        "prefix of every Kafka client id (the broker's logs and quotas see it)",
+    )
+    message_max_bytes: int = var(
+        "KAFKA_MESSAGE_MAX_BYTES",
+        2 * MIB,
+        "the broker's message.max.bytes; producers never ask for more",
+        ge=1,
+    )
+    request_timeout_ms: int = var(
+        "STREAMFLOW_KAFKA_REQUEST_TIMEOUT_MS",
+        30_000,
+        "how long one Kafka request may wait for the broker (ms)",
+        ge=1,
+    )
+    reconnect_backoff_max_ms: int = var(
+        "STREAMFLOW_KAFKA_RECONNECT_BACKOFF_MAX_MS",
+        2_000,
+        "the longest wait between two reconnects to a broker (ms)",
+        ge=1,
+    )
+    bootstrap_timeout_ms: int = var(
+        "STREAMFLOW_KAFKA_BOOTSTRAP_TIMEOUT_MS",
+        15_000,
+        "how long building a Kafka client waits for a first broker (ms)",
+        ge=1,
+    )
+    replication_factor: int = var(
+        "STREAMFLOW_REPLICATION_FACTOR", 0, "replicas of the topics created (0: min(3, brokers))", ge=0
+    )
+    topic_prefix: str = var(
+        "STREAMFLOW_TOPIC_PREFIX", "streamflow", "topics are `<prefix>.<table>` and `<prefix>.dead_letter`"
+    )
     partitions: int = var("STREAMFLOW_PARTITIONS", 4, "partitions of the topics created", ge=1)
 
 
@@ -134,28 +178,47 @@ class Feast(_Group):
 
 
 class Paths(_Group):
-    data_dir: Path = var("STREAMFLOW_DATA_DIR", REPO_ROOT / "data",
-                         "where `generate` writes snapshots and `produce` looks for them")
-    feature_repo: Path = var("STREAMFLOW_FEATURE_REPO", REPO_ROOT / "feature_repo",
-                             "the Feast repository (`feature_store.yaml`)")
+    data_dir: Path = var(
+        "STREAMFLOW_DATA_DIR",
+        REPO_ROOT / "data",
+        "where `generate` writes snapshots and `produce` looks for them",
+    )
+    feature_repo: Path = var(
+        "STREAMFLOW_FEATURE_REPO", REPO_ROOT / "feature_repo", "the Feast repository (`feature_store.yaml`)"
+    )
 
 
 class Consumer(_Group):
     """`streamflow consume` (each flag of the same name overrides its variable)."""
 
-    group: str = var("STREAMFLOW_CONSUMER_GROUP", DEFAULT_CONSUMER_GROUP,
-                     "consumer group of `consume`; the group `lag`, `rewind` and the API report on")
+    group: str = var(
+        "STREAMFLOW_CONSUMER_GROUP",
+        DEFAULT_CONSUMER_GROUP,
+        "consumer group of `consume`; the group `lag`, `rewind` and the API report on",
+    )
     max_batch: int = var("STREAMFLOW_MAX_BATCH", 5000, "most events per consumer batch (`--max-batch`)", ge=1)
-    instance_id: Optional[str] = var("STREAMFLOW_CONSUMER_INSTANCE_ID", None,
-                                     "static group membership id of the consumer (`--instance-id`)")
-    metrics_port: Optional[int] = var("STREAMFLOW_METRICS_PORT", None,
-                                      "port of the consumer's Prometheus metrics (`--metrics-port`; unset: none)",
-                                      ge=0, le=65535)
-    metrics_addr: str = var("STREAMFLOW_METRICS_ADDR", "127.0.0.1",
-                            "address of the consumer's metrics server (`--metrics-addr`)")
-    max_outage: Optional[float] = var("STREAMFLOW_MAX_OUTAGE", None,
-                                      "seconds Kafka may be unreachable before the consumer exits "
-                                      "(`--max-outage`; unset: wait forever)", gt=0, allow_inf_nan=False)
+    instance_id: str | None = var(
+        "STREAMFLOW_CONSUMER_INSTANCE_ID",
+        None,
+        "static group membership id of the consumer (`--instance-id`)",
+    )
+    metrics_port: int | None = var(
+        "STREAMFLOW_METRICS_PORT",
+        None,
+        "port of the consumer's Prometheus metrics (`--metrics-port`; unset: none)",
+        ge=0,
+        le=65535,
+    )
+    metrics_addr: str = var(
+        "STREAMFLOW_METRICS_ADDR", "127.0.0.1", "address of the consumer's metrics server (`--metrics-addr`)"
+    )
+    max_outage: float | None = var(
+        "STREAMFLOW_MAX_OUTAGE",
+        None,
+        "seconds Kafka may be unreachable before the consumer exits (`--max-outage`; unset: wait forever)",
+        gt=0,
+        allow_inf_nan=False,
+    )
 
 
 class Api(_Group):
@@ -164,33 +227,60 @@ class Api(_Group):
     host: str = var("STREAMFLOW_API_HOST", "127.0.0.1", "address the API listens on (`--host`)")
     port: int = var("STREAMFLOW_API_PORT", 8000, "port the API listens on (`--port`)", ge=0, le=65535)
     workers: int = var("STREAMFLOW_API_WORKERS", 1, "API worker processes (`--workers`)", ge=1)
-    registry_refresh: float = var("STREAMFLOW_API_REGISTRY_REFRESH", 60.0,
-                                  "seconds between two reloads of the Feast registry by the API",
-                                  gt=0, allow_inf_nan=False)
-    db_timeout: float = var("STREAMFLOW_API_DB_TIMEOUT", 2.0,
-                            "seconds an API request waits for PostgreSQL before answering 503",
-                            gt=0, allow_inf_nan=False)
+    registry_refresh: float = var(
+        "STREAMFLOW_API_REGISTRY_REFRESH",
+        60.0,
+        "seconds between two reloads of the Feast registry by the API",
+        gt=0,
+        allow_inf_nan=False,
+    )
+    db_timeout: float = var(
+        "STREAMFLOW_API_DB_TIMEOUT",
+        2.0,
+        "seconds an API request waits for PostgreSQL before answering 503",
+        gt=0,
+        allow_inf_nan=False,
+    )
 
 
 class Lag(_Group):
     """The API's lag sampler (GET /lag, its metrics and dashboard)."""
 
-    interval: float = var("STREAMFLOW_LAG_INTERVAL", 5.0, "seconds between two lag samples of the API",
-                          gt=0, allow_inf_nan=False)
-    timeout: float = var("STREAMFLOW_LAG_TIMEOUT", 10.0,
-                         "seconds connecting and each Kafka request of a lag sample may take",
-                         gt=0, allow_inf_nan=False)
-    max_backoff: float = var("STREAMFLOW_LAG_MAX_BACKOFF", 30.0,
-                             "longest wait between two lag samples while Kafka is unreachable (s)",
-                             gt=0, allow_inf_nan=False)
-    consumer_metrics_url: str = var("STREAMFLOW_CONSUMER_METRICS_URL", "http://127.0.0.1:9108/metrics",
-                                    "the consumer's metrics, where the dashboard reads freshness")
+    interval: float = var(
+        "STREAMFLOW_LAG_INTERVAL",
+        5.0,
+        "seconds between two lag samples of the API",
+        gt=0,
+        allow_inf_nan=False,
+    )
+    timeout: float = var(
+        "STREAMFLOW_LAG_TIMEOUT",
+        10.0,
+        "seconds connecting and each Kafka request of a lag sample may take",
+        gt=0,
+        allow_inf_nan=False,
+    )
+    max_backoff: float = var(
+        "STREAMFLOW_LAG_MAX_BACKOFF",
+        30.0,
+        "longest wait between two lag samples while Kafka is unreachable (s)",
+        gt=0,
+        allow_inf_nan=False,
+    )
+    consumer_metrics_url: str = var(
+        "STREAMFLOW_CONSUMER_METRICS_URL",
+        "http://127.0.0.1:9108/metrics",
+        "the consumer's metrics, where the dashboard reads freshness",
+    )
 
 
 class Logs(_Group):
-    level: Optional[Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]] = var(
-        "STREAMFLOW_LOG_LEVEL", None,
-        "log level (unset: INFO; WARNING for `lag`, `rewind` and `dead-letters`); DEBUG also shows tracebacks")
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] | None = var(
+        "STREAMFLOW_LOG_LEVEL",
+        None,
+        "log level (unset: INFO; WARNING for `lag`, `rewind` and `dead-letters`); "
+        "DEBUG also shows tracebacks",
+    )
     no_progress: bool = var("STREAMFLOW_NO_PROGRESS", False, "true: no progress bars, even on a terminal")
 
     @field_validator("level", mode="before")
@@ -217,8 +307,10 @@ class Settings(BaseModel):
     logs: Logs
 
 
-GROUPS: dict[str, type[_Group]] = {name: typing.cast(type[_Group], field.annotation)  # every field of Settings is a group
-                                    for name, field in Settings.model_fields.items()}
+GROUPS: dict[str, type[_Group]] = {
+    name: typing.cast(type[_Group], field.annotation)  # every field of Settings is a group
+    for name, field in Settings.model_fields.items()
+}
 
 
 @dataclass(frozen=True)
@@ -376,8 +468,14 @@ def feast_project() -> str:
 
 # -- the environment Feast's yaml expands (to be dropped once feature_store.yaml no longer does) -----
 
-FEAST_YAML_VARIABLES = ("POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD",
-                        "FEAST_PROJECT")
+FEAST_YAML_VARIABLES = (
+    "POSTGRES_HOST",
+    "POSTGRES_PORT",
+    "POSTGRES_DB",
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+    "FEAST_PROJECT",
+)
 """What ``feature_repo/feature_store.yaml`` expands with ``${...}`` from ``os.environ``."""
 
 _EXPORTED: dict[str, str] = {}
@@ -435,8 +533,15 @@ def _text(value: Any) -> str:
 def effective(current: Settings | None = None) -> list[dict[str, Any]]:
     """Every setting in effect: name, value (secrets masked), variable and source."""
     current = current or settings()
-    return [{"setting": v.setting, "value": _value(getattr(getattr(current, v.group), v.field)),
-             "variable": v.name, "source": source(v.name)} for v in variables()]
+    return [
+        {
+            "setting": v.setting,
+            "value": _value(getattr(getattr(current, v.group), v.field)),
+            "variable": v.name,
+            "source": source(v.name),
+        }
+        for v in variables()
+    ]
 
 
 def render_text(rows: list[dict[str, Any]]) -> str:
@@ -444,8 +549,10 @@ def render_text(rows: list[dict[str, Any]]) -> str:
     values = [_text(r["value"]) for r in rows]
     value_width = max(len(v) for v in values)
     var_width = max(len(r["variable"]) for r in rows)
-    return "".join(f"{r['setting']:<{width}} = {value:<{value_width}}  {r['variable']:<{var_width}}  "
-                   f"{r['source']}\n" for r, value in zip(rows, values))
+    return "".join(
+        f"{r['setting']:<{width}} = {value:<{value_width}}  {r['variable']:<{var_width}}  {r['source']}\n"
+        for r, value in zip(rows, values)
+    )
 
 
 def markdown_default(value: Any) -> str:
@@ -467,13 +574,20 @@ def markdown_table() -> str:
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="streamflow config",
-                                description="Print the settings in effect: value, variable and whether it "
-                                            "comes from the environment or is the default (secrets masked).")
+    p = argparse.ArgumentParser(
+        prog="streamflow config",
+        description="Print the settings in effect: value, variable and whether it "
+        "comes from the environment or is the default (secrets masked).",
+    )
     out = p.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="one JSON object: setting -> value, variable, source")
-    out.add_argument("--markdown", action="store_true",
-                     help="print the table of variables (variable | default | meaning) the README holds")
+    out.add_argument(
+        "--json", action="store_true", help="one JSON object: setting -> value, variable, source"
+    )
+    out.add_argument(
+        "--markdown",
+        action="store_true",
+        help="print the table of variables (variable | default | meaning) the README holds",
+    )
     return p
 
 

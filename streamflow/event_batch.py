@@ -28,11 +28,26 @@ import pyarrow.compute as pc
 from streamflow import events, schema
 from streamflow.push_validation import push_columns
 
-_ARROW_TYPES = {"int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(), "str": pa.string(),
-                "date": pa.string()}
-_PYTHON_TYPES: dict[str, set[type]] = {"int": {int}, "float": {float, int}, "bool": {bool}, "str": {str}, "date": {str}}
-_PANDAS_TYPES = {pa.int64(): pd.Int64Dtype(), pa.float64(): pd.Float64Dtype(), pa.bool_(): pd.BooleanDtype(),
-                 pa.string(): pd.StringDtype()}
+_ARROW_TYPES = {
+    "int": pa.int64(),
+    "float": pa.float64(),
+    "bool": pa.bool_(),
+    "str": pa.string(),
+    "date": pa.string(),
+}
+_PYTHON_TYPES: dict[str, set[type]] = {
+    "int": {int},
+    "float": {float, int},
+    "bool": {bool},
+    "str": {str},
+    "date": {str},
+}
+_PANDAS_TYPES = {
+    pa.int64(): pd.Int64Dtype(),
+    pa.float64(): pd.Float64Dtype(),
+    pa.bool_(): pd.BooleanDtype(),
+    pa.string(): pd.StringDtype(),
+}
 _DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 """RE2 (Arrow) with ASCII digits only: stricter than events._DATE (Python's \\d is any digit)."""
 _DAY_LIMITS = tuple(datetime(d.year, d.month, d.day) for d in schema.DATE_RANGE)
@@ -110,7 +125,9 @@ def events_frame(table: schema.Table, batch: list[events.Event]) -> pd.DataFrame
     }
     for col in table.columns:
         values = [e.values[col.name] for e in batch]
-        columns[col.name] = utc_times(values) if col.kind == "date" else pd.Series(pd.array(values, dtype=col.pandas_dtype))
+        columns[col.name] = (
+            utc_times(values) if col.kind == "date" else pd.Series(pd.array(values, dtype=col.pandas_dtype))
+        )
     columns[schema.EVENT_SNAPSHOT] = pd.Series(pd.array([e.snapshot for e in batch], dtype="string"))
     frame = pd.DataFrame(columns, columns=push_columns(table))
     return frame.drop_duplicates([schema.KEY, schema.SNAPSHOT_TIME], keep="last")
@@ -220,7 +237,8 @@ def _columnar(table: schema.Table, records: list, now: datetime) -> pd.DataFrame
         arrays[col.name] = _column(col, [p[col.name] for p in payloads])
     arrays[schema.EVENT_SNAPSHOT] = _snapshots([p[schema.EVENT_SNAPSHOT] for p in payloads])
     frame = pa.table([arrays[name] for name in push_columns(table)], names=push_columns(table)).to_pandas(
-        types_mapper=_PANDAS_TYPES.get)
+        types_mapper=_PANDAS_TYPES.get
+    )
     return frame.drop_duplicates([schema.KEY, schema.SNAPSHOT_TIME], keep="last")
 
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from functools import lru_cache
 from datetime import date, datetime, timedelta, timezone
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -115,8 +115,9 @@ def _json_fragments(column: schema.Column, values: Any) -> list[bytes]:
     return out
 
 
-def encode_frame(table: schema.Table, frame: pd.DataFrame, as_of: date, snapshot: str
-                 ) -> tuple[list[bytes], list[bytes]]:
+def encode_frame(
+    table: schema.Table, frame: pd.DataFrame, as_of: date, snapshot: str
+) -> tuple[list[bytes], list[bytes]]:
     """Keys and JSON values of the events of many snapshot rows at once, column by column.
 
     ``frame`` holds the key and the table's columns in the registry's dtypes (what
@@ -130,15 +131,28 @@ def encode_frame(table: schema.Table, frame: pd.DataFrame, as_of: date, snapshot
     # quotes: the JSON list of all ids is then exactly the quoted keys joined by commas (any
     # escape would make it longer).
     plain_ids = orjson.dumps(ids) == b'["' + b'","'.join(keys) + b'"]' if keys else True
+
     def literal(*parts: Any) -> bytes:  # JSON text of names and constants, escaped for the template
         return b"".join(p if isinstance(p, bytes) else orjson.dumps(p) for p in parts).replace(b"%", b"%%")
 
-    template = b"".join([
-        literal(b"{", schema.KEY, b":"), b'"%b"' if plain_ids else b"%b",
-        *(literal(b",", col.name, b":") + b"%b" for col in table.columns),
-        literal(b",", schema.EVENT_TIME, b":", schema.as_of_timestamp(as_of).isoformat(),
-                b",", schema.EVENT_SNAPSHOT, b":", snapshot, b"}"),
-    ])
+    template = b"".join(
+        [
+            literal(b"{", schema.KEY, b":"),
+            b'"%b"' if plain_ids else b"%b",
+            *(literal(b",", col.name, b":") + b"%b" for col in table.columns),
+            literal(
+                b",",
+                schema.EVENT_TIME,
+                b":",
+                schema.as_of_timestamp(as_of).isoformat(),
+                b",",
+                schema.EVENT_SNAPSHOT,
+                b":",
+                snapshot,
+                b"}",
+            ),
+        ]
+    )
     columns = [keys if plain_ids else [orjson.dumps(i) for i in ids]]
     columns += [_json_fragments(col, frame[col.name].array) for col in table.columns]
     return keys, [template % parts for parts in zip(*columns)]
@@ -196,7 +210,9 @@ def _typed(column: schema.Column, value: Any) -> Any:
         return value
     elif kind == "date":
         if not isinstance(value, str) or not _DATE.match(value):
-            raise InvalidEvent(f"field {column.name}: expected a date YYYY-MM-DD, got {value!r:.40}", column.name)
+            raise InvalidEvent(
+                f"field {column.name}: expected a date YYYY-MM-DD, got {value!r:.40}", column.name
+            )
         day = _day(value)
         if day is None:
             raise InvalidEvent(f"field {column.name}: not a calendar date: {value!r}", column.name)
@@ -244,13 +260,19 @@ def _checker(column: schema.Column):
     hi = column.max if column.max is not None else math.inf
     kind = column.kind
     if kind == "int":
+
         def check(value):
             return value if type(value) is int and lo <= value <= hi else _typed(column, value)
     elif kind == "float":
+
         def check(value):  # value - value is 0.0 only for a finite float
-            return value if type(value) is float and lo <= value <= hi and value - value == 0.0 \
+            return (
+                value
+                if type(value) is float and lo <= value <= hi and value - value == 0.0
                 else _typed(column, value)
+            )
     elif kind == "bool":
+
         def check(value):
             return value if value is True or value is False else _typed(column, value)
     elif kind == "str" and column.choices is not None:
@@ -259,11 +281,14 @@ def _checker(column: schema.Column):
         def check(value):
             return value if type(value) is str and value in choices else _typed(column, value)
     elif kind == "str":
+
         def check(value):
             return value if type(value) is str else _typed(column, value)
     else:
+
         def check(value):
             return _typed(column, value)
+
     return check
 
 
@@ -300,13 +325,19 @@ def _event_time(value: Any, now: datetime) -> datetime:
     if ts is _NO_ZONE:
         raise InvalidEvent(f"field {schema.EVENT_TIME}: no time zone in {value!r:.40}", schema.EVENT_TIME)
     if ts is None or ts < EARLIEST_EVENT_TIME or ts > now + FUTURE_TOLERANCE:
-        raise InvalidEvent(f"field {schema.EVENT_TIME}: {value} is implausibly far in the past or future",
-                           schema.EVENT_TIME)
+        raise InvalidEvent(
+            f"field {schema.EVENT_TIME}: {value} is implausibly far in the past or future", schema.EVENT_TIME
+        )
     return ts
 
 
-def decode(topic: str, key: bytes | None, value: bytes | None, now: datetime | None = None,
-           table: schema.Table | None = None) -> Event:
+def decode(
+    topic: str,
+    key: bytes | None,
+    value: bytes | None,
+    now: datetime | None = None,
+    table: schema.Table | None = None,
+) -> Event:
     """Validate one Kafka record against the contract; raise InvalidEvent with the reason.
 
     ``table`` is the topic's table when the caller resolved it already (once per partition).
@@ -329,7 +360,8 @@ def decode(topic: str, key: bytes | None, value: bytes | None, now: datetime | N
         missing = [f for f in contract.fields if f not in payload]
         extra = [f for f in payload if f not in contract.field_set]
         raise InvalidEvent(
-            f"fields do not match table {table.name}: missing {missing or 'none'}, unexpected {extra or 'none'}"
+            f"fields do not match table {table.name}: "
+            f"missing {missing or 'none'}, unexpected {extra or 'none'}"
         )
     user_id = payload[schema.KEY]
     if not isinstance(user_id, str) or not schema.USER_ID_PATTERN.match(user_id):
@@ -341,7 +373,9 @@ def decode(topic: str, key: bytes | None, value: bytes | None, now: datetime | N
     event_time = _event_time(payload[schema.EVENT_TIME], now or datetime.now(timezone.utc))
     snapshot = payload[schema.EVENT_SNAPSHOT]
     if snapshot is not None and (not isinstance(snapshot, str) or not _SNAPSHOT.match(snapshot)):
-        raise InvalidEvent(f"field {schema.EVENT_SNAPSHOT}: expected a snapshot id, got {snapshot!r:.40}",
-                           schema.EVENT_SNAPSHOT)
+        raise InvalidEvent(
+            f"field {schema.EVENT_SNAPSHOT}: expected a snapshot id, got {snapshot!r:.40}",
+            schema.EVENT_SNAPSHOT,
+        )
     values = {name: check(payload[name]) for name, check in contract.checkers}
     return Event(table=table, user_id=user_id, event_time=event_time, snapshot=snapshot, values=values)

@@ -6,7 +6,7 @@ import contextvars
 import logging
 import re
 from contextlib import contextmanager
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pandas as pd
@@ -64,7 +64,7 @@ def open_store(repo: Path | str | None = None, project: str | None = None):
     return _feature_store_class()(repo_path=str(repo), config=repo_config)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _store(repo: str, yaml: str, project: str, database: str):
     return open_store(repo, project)
 
@@ -105,9 +105,10 @@ def database_errors(action: str):
 
 def apply() -> list[str]:
     """Create the warehouse tables and register every Feast object (idempotent)."""
+    import psycopg
+
     from feature_repo import definitions
     from streamflow import warehouse
-    import psycopg
 
     with database_errors("feast apply"):
         with psycopg.connect(config.postgres().conninfo, connect_timeout=5) as conn:

@@ -129,8 +129,13 @@ DELIVERY_TIMEOUT = 120.0
 reported as failed."""
 
 
-def producer(role: str = "producer", *, delivery_timeout: float = DELIVERY_TIMEOUT,
-             kafka: KafkaSettings | None = None, **overrides) -> Producer:
+def producer(
+    role: str = "producer",
+    *,
+    delivery_timeout: float = DELIVERY_TIMEOUT,
+    kafka: KafkaSettings | None = None,
+    **overrides,
+) -> Producer:
     """An idempotent producer with acks=all: an acknowledged event is on every in-sync replica,
     written once even when a send is retried."""
     s = kafka or settings()
@@ -152,8 +157,10 @@ def producer(role: str = "producer", *, delivery_timeout: float = DELIVERY_TIMEO
     )
     options.update(overrides)
     if options["max_request_size"] > s.message_max_bytes:
-        raise ValueError(f"max_request_size {options['max_request_size']} is above the broker's "
-                         f"message.max.bytes ({s.message_max_bytes}, KAFKA_MESSAGE_MAX_BYTES)")
+        raise ValueError(
+            f"max_request_size {options['max_request_size']} is above the broker's "
+            f"message.max.bytes ({s.message_max_bytes}, KAFKA_MESSAGE_MAX_BYTES)"
+        )
     return _build(Producer, s.bootstrap_servers, options)
 
 
@@ -162,8 +169,9 @@ def dead_letter_producer(*, kafka: KafkaSettings | None = None) -> Producer:
     return producer("dead-letter", linger_ms=5, delivery_timeout=60.0, kafka=kafka)
 
 
-def group_consumer(group_id: str, *, role: str = "consumer", kafka: KafkaSettings | None = None,
-                   **overrides) -> KafkaConsumer:
+def group_consumer(
+    group_id: str, *, role: str = "consumer", kafka: KafkaSettings | None = None, **overrides
+) -> KafkaConsumer:
     """A member of a consumer group that commits by itself (auto-commit off)."""
     s = kafka or settings()
     options = dict(

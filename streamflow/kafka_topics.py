@@ -38,7 +38,9 @@ def replication(brokers: int, wanted: int = 0) -> tuple[int, dict[str, str]]:
     """Replication factor and topic configs for a cluster of ``brokers`` nodes."""
     factor = wanted if wanted > 0 else min(3, brokers)
     if factor > brokers:
-        raise ServiceUnavailable(f"replication factor {factor} needs {factor} brokers; the cluster has {brokers}")
+        raise ServiceUnavailable(
+            f"replication factor {factor} needs {factor} brokers; the cluster has {brokers}"
+        )
     configs = {"min.insync.replicas": "2"} if factor >= 3 else {}
     return factor, configs
 
@@ -48,7 +50,9 @@ def broker_count(admin) -> int:
     return len(described.get("brokers") or []) or 1
 
 
-def ensure_topics(topics: list[str], partitions: int | None = None, bootstrap: str | None = None) -> list[str]:
+def ensure_topics(
+    topics: list[str], partitions: int | None = None, bootstrap: str | None = None
+) -> list[str]:
     """Create the topics that do not exist yet; returns the ones created."""
     partitions = partitions or default_partitions()
     settings = kafka_clients.settings(bootstrap)
@@ -70,6 +74,8 @@ def ensure_topics(topics: list[str], partitions: int | None = None, bootstrap: s
             admin.wait_for_topics(created, timeout_ms=15_000)
         return created
     except KafkaError as exc:
-        raise ServiceUnavailable(f"cannot create topics on Kafka at {settings.bootstrap_servers} ({exc})") from None
+        raise ServiceUnavailable(
+            f"cannot create topics on Kafka at {settings.bootstrap_servers} ({exc})"
+        ) from None
     finally:
         kafka_clients.close_quietly(admin, None)

@@ -12,7 +12,6 @@ import warnings
 
 from streamflow import config
 
-
 LIBRARIES = ("feast", "kafka", "urllib3", "sqlalchemy", "psycopg")
 """Loggers of the libraries we run on."""
 
@@ -26,7 +25,11 @@ class OperatorFormatter(logging.Formatter):
     """
 
     def format(self, record: logging.LogRecord) -> str:
-        if record.exc_info and record.name.split(".")[0] in LIBRARIES and logging.getLogger().level > logging.DEBUG:
+        if (
+            record.exc_info
+            and record.name.split(".")[0] in LIBRARIES
+            and logging.getLogger().level > logging.DEBUG
+        ):
             exc = record.exc_info[1]
             summary = f"{type(exc).__name__}: {exc}" if exc is not None else ""
             record = logging.makeLogRecord({**record.__dict__, "exc_info": None, "exc_text": None})

@@ -37,8 +37,10 @@ def _parse_time(text: str) -> datetime:
 
 
 def materialize_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="streamflow materialize",
-                                     description="Copy the newest batch values in a time range to the online store.")
+    parser = argparse.ArgumentParser(
+        prog="streamflow materialize",
+        description="Copy the newest batch values in a time range to the online store.",
+    )
     parser.add_argument("--start", type=_parse_time, default=_parse_time("2024-01-01"))
     parser.add_argument("--end", type=_parse_time, default=datetime.now(timezone.utc))
     args = parser.parse_args(argv)
@@ -55,7 +57,9 @@ def materialize_main(argv: list[str] | None = None) -> int:
 def lookup_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="streamflow lookup", description="Print users' online features.")
     parser.add_argument("user_ids", nargs="+")
-    parser.add_argument("--json", action="store_true", help="one JSON object: the users and their features by view")
+    parser.add_argument(
+        "--json", action="store_true", help="one JSON object: the users and their features by view"
+    )
     args = parser.parse_args(argv)
     logs.setup()
     bad = [u for u in args.user_ids if not schema.USER_ID_PATTERN.match(u)]

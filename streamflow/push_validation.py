@@ -56,7 +56,9 @@ def _fail(where: str, frame: pd.DataFrame, mask: np.ndarray, field: str, what: s
 
 
 def _is_number(value) -> bool:
-    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    return isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(
+        value, (bool, np.bool_)
+    )
 
 
 def _numbers(where: str, frame: pd.DataFrame, field: str, present: np.ndarray, what: str) -> np.ndarray:
@@ -73,7 +75,9 @@ def _numbers(where: str, frame: pd.DataFrame, field: str, present: np.ndarray, w
     return s.to_numpy(dtype="float64", na_value=np.nan)
 
 
-def _check_range(where: str, frame: pd.DataFrame, col: schema.Column, values: np.ndarray, present: np.ndarray) -> None:
+def _check_range(
+    where: str, frame: pd.DataFrame, col: schema.Column, values: np.ndarray, present: np.ndarray
+) -> None:
     low = col.min if col.min is not None else -np.inf
     high = col.max if col.max is not None else np.inf
     bad = present & ((values < low) | (values > high))
@@ -107,7 +111,9 @@ def _check_column(where: str, frame: pd.DataFrame, col: schema.Column) -> pd.Ser
             out[~present] = pd.NA
     elif col.kind == "bool":
         if not pd.api.types.is_bool_dtype(s):
-            ok = s.map(lambda v: v is None or isinstance(v, (bool, np.bool_)) or v is pd.NA).to_numpy(dtype=bool)
+            ok = s.map(lambda v: v is None or isinstance(v, (bool, np.bool_)) or v is pd.NA).to_numpy(
+                dtype=bool
+            )
             if (~ok).any():
                 _fail(where, frame, ~ok, col.name, "expected true or false")
         out = s.astype("boolean")
@@ -149,7 +155,9 @@ def validate_frame(table: schema.Table, frame: pd.DataFrame, where: str = "push"
     if isinstance(keys.dtype, pd.StringDtype):
         bad = ~keys.str.fullmatch(schema.USER_ID_PATTERN.pattern).fillna(False).to_numpy(dtype=bool)
     else:
-        bad = ~keys.map(lambda v: isinstance(v, str) and bool(schema.USER_ID_PATTERN.match(v))).to_numpy(dtype=bool)
+        bad = ~keys.map(lambda v: isinstance(v, str) and bool(schema.USER_ID_PATTERN.match(v))).to_numpy(
+            dtype=bool
+        )
     if bad.any():
         _fail(where, frame, bad, schema.KEY, "expected a user id like 7590-VHVEG")
     out[schema.KEY] = keys.astype("string")
@@ -160,8 +168,13 @@ def validate_frame(table: schema.Table, frame: pd.DataFrame, where: str = "push"
     times = utc_times(ts)
     bad = times.isna().to_numpy()
     if bad.any():
-        _fail(where, frame, bad, schema.SNAPSHOT_TIME,
-              "expected an ISO 8601 timestamp like 2024-01-31T00:00:00Z (no offset: UTC)")
+        _fail(
+            where,
+            frame,
+            bad,
+            schema.SNAPSHOT_TIME,
+            "expected an ISO 8601 timestamp like 2024-01-31T00:00:00Z (no offset: UTC)",
+        )
     out[schema.SNAPSHOT_TIME] = times
     for col in table.columns:
         out[col.name] = _check_column(f"{where} ({table.push_source})", frame, col)
@@ -170,7 +183,9 @@ def validate_frame(table: schema.Table, frame: pd.DataFrame, where: str = "push"
         lengths = snap.str.len()
         bad = (snap.notna() & ~lengths.between(1, 64)).fillna(False).to_numpy(dtype=bool)
     else:
-        bad = ~snap.map(lambda v: v is None or v is pd.NA or (isinstance(v, str) and 0 < len(v) <= 64)).to_numpy(dtype=bool)
+        bad = ~snap.map(
+            lambda v: v is None or v is pd.NA or (isinstance(v, str) and 0 < len(v) <= 64)
+        ).to_numpy(dtype=bool)
     if bad.any():
         _fail(where, frame, bad, schema.EVENT_SNAPSHOT, "expected a snapshot id or null")
     out[schema.EVENT_SNAPSHOT] = snap.astype("string")

@@ -55,18 +55,21 @@ def summarize(frame: pd.DataFrame) -> str:
         lines.append(f"churn rate: {frame[label].astype('float').mean():.1%}")
         nulls = frame.isna().sum()
         nulls = nulls[nulls > 0]
-        lines.append(
-            "nulls: " + (", ".join(f"{k}={v}" for k, v in nulls.items()) if len(nulls) else "none")
-        )
+        lines.append("nulls: " + (", ".join(f"{k}={v}" for k, v in nulls.items()) if len(nulls) else "none"))
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="streamflow training-set", description=__doc__.splitlines()[0])
-    parser.add_argument("--as-of", type=date.fromisoformat, default=schema.SNAPSHOTS["month_000"],
-                        help="snapshot date YYYY-MM-DD (default: 2024-01-31)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="parquet file (default: out/training_<as_of>.parquet)")
+    parser.add_argument(
+        "--as-of",
+        type=date.fromisoformat,
+        default=schema.SNAPSHOTS["month_000"],
+        help="snapshot date YYYY-MM-DD (default: 2024-01-31)",
+    )
+    parser.add_argument(
+        "--out", type=Path, default=None, help="parquet file (default: out/training_<as_of>.parquet)"
+    )
     args = parser.parse_args(argv)
     logs.setup()
     out = args.out or config.REPO_ROOT / "out" / f"training_{args.as_of.isoformat()}.parquet"

@@ -151,7 +151,7 @@ def ensure_schema(conn: Cursorish, tables: Sequence[schema.Table] = schema.TABLE
         cur = _cursor(conn)
         missing = [
             name
-            for name, in cur.execute(
+            for (name,) in cur.execute(
                 "SELECT name FROM unnest(%s::text[]) AS name WHERE to_regclass(quote_ident(name)) IS NULL",
                 (list(expected),),
             ).fetchall()
@@ -253,15 +253,11 @@ def create_staging_table(
         )
     )
     cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(ident))
-    cur.execute(
-        sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(ident, sql.SQL(", ").join(cols))
-    )
+    cur.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(ident, sql.SQL(", ").join(cols)))
     return ident
 
 
-def copy_rows(
-    cur: psycopg.Cursor, staging: str, columns: Sequence[str], rows: Iterable[Sequence]
-) -> int:
+def copy_rows(cur: psycopg.Cursor, staging: str, columns: Sequence[str], rows: Iterable[Sequence]) -> int:
     """COPY Python rows (tuples in ``columns`` order) into a staging table; returns the count."""
     n = 0
     stmt = sql.SQL("COPY {} ({}) FROM STDIN").format(sql.Identifier(staging), _ids(columns))
@@ -310,7 +306,8 @@ def copy_csv(
         sql.Identifier(staging), _ids(columns), sql.SQL(", ").join(options)
     )
     pieces: Iterable[bytes | memoryview | pa.Buffer] = (
-        [data] if isinstance(data, (bytes, bytearray, memoryview, pa.Buffer)) else data)
+        [data] if isinstance(data, (bytes, bytearray, memoryview, pa.Buffer)) else data
+    )
     with cur.copy(stmt) as copy:
         for piece in pieces:
             view = memoryview(piece)
@@ -438,9 +435,7 @@ def merge_into_base_table(
     names = [KEY, *cols, AS_OF]
     order = [sql.SQL("{} DESC").format(sql.Identifier(AS_OF))]
     staged = _staged(staging, names, [KEY] if dedupe else [], order)
-    return _merge(
-        cur, table.base_table, staged, names, [KEY], [*cols, AS_OF], newer_only=True, touch=[]
-    )
+    return _merge(cur, table.base_table, staged, names, [KEY], [*cols, AS_OF], newer_only=True, touch=[])
 
 
 def upsert_snapshot_rows(

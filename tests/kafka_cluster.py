@@ -84,8 +84,15 @@ class Cluster:
     """``brokers`` KRaft nodes (broker and controller each) on ``port``, ``port+2``, … (clients)
     and one port above each (controllers), data under ``state_dir/node-<n>``."""
 
-    def __init__(self, port: int = 19092, state_dir: Path | str | None = None, brokers: int = 3,
-                 host: str = "127.0.0.1", heap: str | None = None, start_timeout: int = 120):
+    def __init__(
+        self,
+        port: int = 19092,
+        state_dir: Path | str | None = None,
+        brokers: int = 3,
+        host: str = "127.0.0.1",
+        heap: str | None = None,
+        start_timeout: int = 120,
+    ):
         self.port = port
         self.state_dir = Path(state_dir or DEFAULT_STATE_DIR)
         self.brokers = brokers
@@ -133,18 +140,32 @@ class Cluster:
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
         env.pop("KAFKA_CONTROLLER_PORT", None)  # a cluster's controller ports follow KAFKA_PORT
-        env.update(KAFKA_BROKERS=str(self.brokers), KAFKA_PORT=str(self.port), KAFKA_HOST=self.host,
-                   KAFKA_STATE_DIR=str(self.state_dir), KAFKA_START_TIMEOUT=str(self.start_timeout))
+        env.update(
+            KAFKA_BROKERS=str(self.brokers),
+            KAFKA_PORT=str(self.port),
+            KAFKA_HOST=self.host,
+            KAFKA_STATE_DIR=str(self.state_dir),
+            KAFKA_START_TIMEOUT=str(self.start_timeout),
+        )
         if self.heap:
             env["KAFKA_HEAP"] = self.heap
         return env
 
-    def run(self, *args: str | int, check: bool = True, timeout: float | None = None) -> subprocess.CompletedProcess:
-        done = subprocess.run([str(SERVICES), *map(str, args)], env=self.env(), capture_output=True, text=True,
-                              timeout=timeout or self.start_timeout + 60)
+    def run(
+        self, *args: str | int, check: bool = True, timeout: float | None = None
+    ) -> subprocess.CompletedProcess:
+        done = subprocess.run(
+            [str(SERVICES), *map(str, args)],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout or self.start_timeout + 60,
+        )
         if check and done.returncode != 0:
-            raise RuntimeError(f"services.sh {' '.join(map(str, args))} failed ({done.returncode}):\n"
-                               f"{done.stdout}{done.stderr[-3000:]}")
+            raise RuntimeError(
+                f"services.sh {' '.join(map(str, args))} failed ({done.returncode}):\n"
+                f"{done.stdout}{done.stderr[-3000:]}"
+            )
         return done
 
     def up(self) -> None:
@@ -243,8 +264,11 @@ class Cluster:
                 # so wait_until polls again
                 raise kafka_errors.for_code(t["error_code"])(f"topic {t.get('name')}")
             out[t["name"]] = {
-                p["partition_index"]: {"leader": p["leader_id"], "replicas": list(p["replica_nodes"]),
-                                       "isr": list(p["isr_nodes"])}
+                p["partition_index"]: {
+                    "leader": p["leader_id"],
+                    "replicas": list(p["replica_nodes"]),
+                    "isr": list(p["isr_nodes"]),
+                }
                 for p in t["partitions"]
             }
         return out
@@ -277,7 +301,9 @@ class Cluster:
             if self.pid(n) is None:
                 continue
             with contextlib.suppress(OSError, ValueError, KeyError):
-                state = json.loads((self.node_dir(n) / "data" / "__cluster_metadata-0" / "quorum-state").read_text())
+                state = json.loads(
+                    (self.node_dir(n) / "data" / "__cluster_metadata-0" / "quorum-state").read_text()
+                )
                 if state.get("leaderId", -1) >= 0:
                     best = max(best, (state.get("leaderEpoch", -1), state["leaderId"]))
         return best[1]
@@ -285,8 +311,11 @@ class Cluster:
     def in_sync(self, topics: Iterable[str]) -> bool:
         """Every partition has a leader and its full replica set in sync."""
         described = self.describe(topics)
-        return all(p["leader"] >= 0 and sorted(p["isr"]) == sorted(p["replicas"])
-                   for parts in described.values() for p in parts.values())
+        return all(
+            p["leader"] >= 0 and sorted(p["isr"]) == sorted(p["replicas"])
+            for parts in described.values()
+            for p in parts.values()
+        )
 
     def wait_all_in_sync(self, topics: Iterable[str], timeout: float = 90) -> None:
         topics = list(topics)
@@ -295,8 +324,11 @@ class Cluster:
     def wait_brokers(self, count: int | None = None, timeout: float = 60) -> list[int]:
         """Wait until ``count`` (default: all) brokers are registered and unfenced."""
         want = self.brokers if count is None else count
-        return wait_until(lambda: (ids := self.brokers_registered()) and len(ids) == want and ids,
-                          timeout, f"{want} brokers registered")
+        return wait_until(
+            lambda: (ids := self.brokers_registered()) and len(ids) == want and ids,
+            timeout,
+            f"{want} brokers registered",
+        )
 
 
 class SingleBroker(Cluster):

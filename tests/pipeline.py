@@ -67,7 +67,10 @@ def consumer_process(group: str, *args: str, log_path: Path | None = None) -> su
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     return subprocess.Popen(
         [sys.executable, "-m", "consumer.main", "--group", group, *args],
-        cwd=REPO, env={**os.environ, "STREAMFLOW_LOG_LEVEL": "INFO"}, stdout=out, stderr=out,
+        cwd=REPO,
+        env={**os.environ, "STREAMFLOW_LOG_LEVEL": "INFO"},
+        stdout=out,
+        stderr=out,
     )
 
 
@@ -98,9 +101,13 @@ def expected_online(folder: Path) -> dict[str, dict[str, object]]:
 def online_state(users: list[str]) -> dict[str, dict[str, object]]:
     """user -> {view:feature: value} as the online store answers, every table."""
     refs = [f"{t.feature_view}:{c}" for t in schema.TABLES for c in t.feature_names]
-    result = get_store().get_online_features(
-        features=refs, entity_rows=[{schema.KEY: u} for u in users], full_feature_names=True
-    ).to_dict()
+    result = (
+        get_store()
+        .get_online_features(
+            features=refs, entity_rows=[{schema.KEY: u} for u in users], full_feature_names=True
+        )
+        .to_dict()
+    )
     state = {}
     for i, user in enumerate(result[schema.KEY]):
         state[user] = {ref: _norm(result[ref.replace(":", "__")][i]) for ref in refs}
@@ -111,7 +118,9 @@ def online_event_times(view: str) -> dict[bytes, datetime]:
     from streamflow.feast_stores.online import table_name
 
     with psycopg.connect(config.postgres().conninfo) as conn:
-        rows = conn.execute(f'SELECT entity_key, event_ts FROM "{table_name(os.environ["FEAST_PROJECT"], view)}"').fetchall()
+        rows = conn.execute(
+            f'SELECT entity_key, event_ts FROM "{table_name(os.environ["FEAST_PROJECT"], view)}"'
+        ).fetchall()
     return {bytes(k): ts for k, ts in rows}
 
 
@@ -141,13 +150,15 @@ def settled(read, what: str, timeout: float = 60.0):
             return read()
         except RetriableError as exc:
             if _time.monotonic() > deadline:
-                raise RetriableError(f"{what}: Kafka still answered {type(exc).__name__} after "
-                                     f"{timeout:.0f} s: {exc}") from exc
+                raise RetriableError(
+                    f"{what}: Kafka still answered {type(exc).__name__} after {timeout:.0f} s: {exc}"
+                ) from exc
             _time.sleep(0.2)
 
 
 def describe_group(group: str) -> dict:
     """The broker's description of a group: state, members and their assignments."""
+
     def read():
         with kafka_clients.admin_session("test") as admin:
             return admin.describe_groups([group]).get(group) or {}
@@ -163,8 +174,10 @@ def group_settled(group: str, members: int) -> bool:
     """Whether the group is Stable with ``members`` members, each holding partitions (the broker's
     view): the state in which every member consumes."""
     described = describe_group(group)
-    held = [len((m.get("member_assignment") or {}).get("assigned_partitions") or [])
-            for m in described.get("members") or []]
+    held = [
+        len((m.get("member_assignment") or {}).get("assigned_partitions") or [])
+        for m in described.get("members") or []
+    ]
     return described.get("group_state") == "Stable" and len(held) == members and all(held)
 
 
@@ -173,6 +186,7 @@ def group_settled(group: str, members: int) -> bool:
 
 def committed_offsets(group: str) -> dict:
     """TopicPartition -> the group's committed offset (partitions without a commit are absent)."""
+
     def read():
         with kafka_clients.admin_session("test") as admin:
             return admin.list_group_offsets({group: None}).get(group, {})
@@ -281,7 +295,10 @@ def record_reliability(scenario: str, **figures) -> None:
         doc = json.loads(RELIABILITY_RESULTS.read_text())
     except (OSError, ValueError):
         doc = {}
-    doc.setdefault("scenarios", {})[scenario] = {**figures, "measured_at": _time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    doc.setdefault("scenarios", {})[scenario] = {
+        **figures,
+        "measured_at": _time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
     tmp = RELIABILITY_RESULTS.with_suffix(".tmp")
     tmp.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
     tmp.replace(RELIABILITY_RESULTS)

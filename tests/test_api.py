@@ -27,9 +27,9 @@ from streamflow import config, schema
 from streamflow.batch.validate import read_snapshot
 from streamflow.datagen.generate import generate
 from streamflow.feature_store import push
+from streamflow.net import free_port
 from streamflow.push_validation import push_columns
 from tests import pipeline
-from streamflow.net import free_port
 
 USERS = 50
 UNKNOWN = "0000-ZZZZZ"
@@ -158,7 +158,11 @@ def test_freshness_event_timestamp_is_the_pushed_as_of_and_age_counts_from_it(cl
         for name, view in views.items():
             expected = data.event_time(user, name)
             assert datetime.fromisoformat(view["event_timestamp"].replace("Z", "+00:00")) == expected
-            assert (before - expected).total_seconds() - 1 <= view["age_seconds"] <= (after - expected).total_seconds() + 1
+            assert (
+                (before - expected).total_seconds() - 1
+                <= view["age_seconds"]
+                <= (after - expected).total_seconds() + 1
+            )
     fresh = client.get(f"/features/{data.fresh}").json()["views"]["subs_profile_fv"]
     assert 115 <= fresh["age_seconds"] < 600
 
@@ -178,8 +182,19 @@ def test_unknown_user_is_404_json(client, data):
     assert UNKNOWN in body["detail"]
 
 
-@pytest.mark.parametrize("bad", ["abc", "1234-abcde", "12345-ABCDE", "1234-ABCD", "1234_ABCDE", "%20" * 3,
-                                 "1234-ABCDE%0A", "'; DROP TABLE users;--"])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "abc",
+        "1234-abcde",
+        "12345-ABCDE",
+        "1234-ABCD",
+        "1234_ABCDE",
+        "%20" * 3,
+        "1234-ABCDE%0A",
+        "'; DROP TABLE users;--",
+    ],
+)
 def test_malformed_user_id_is_422(client, bad):
     body = assert_error(client.get(f"/features/{bad}"), 422, "invalid_request")
     assert "user id" in body["detail"]
@@ -187,9 +202,12 @@ def test_malformed_user_id_is_422(client, bad):
 
 def test_feature_selection_returns_only_the_chosen_features(client, data):
     user = data.users[2]
-    r = client.get(f"/features/{user}",
-                   params={"features": "usage_agg_30d_fv:skips_7d,subs_profile_fv:contract_type,"
-                                       "subs_profile_fv:monthly_fee"})
+    r = client.get(
+        f"/features/{user}",
+        params={
+            "features": "usage_agg_30d_fv:skips_7d,subs_profile_fv:contract_type,subs_profile_fv:monthly_fee"
+        },
+    )
     assert r.status_code == 200, r.text
     views = r.json()["views"]
     assert list(views) == ["subs_profile_fv", "usage_agg_30d_fv"]  # the service's order
@@ -203,21 +221,28 @@ def test_feature_selection_returns_only_the_chosen_features(client, data):
 
 
 def test_selection_of_views_the_user_lacks_is_404(client, data):
-    assert_error(client.get(f"/features/{data.partial}", params={"features": "subs_profile_fv:contract_type"}),
-                 404, "not_found")
+    assert_error(
+        client.get(f"/features/{data.partial}", params={"features": "subs_profile_fv:contract_type"}),
+        404,
+        "not_found",
+    )
 
 
-@pytest.mark.parametrize("selection, named", [
-    ("subs_profile_fv:no_such_feature", "subs_profile_fv:no_such_feature"),
-    ("no_such_fv:contract_type", "no_such_fv:contract_type"),
-    ("contract_type", "contract_type"),
-    ("churn_labels_fv:churn_label", "churn_labels_fv:churn_label"),  # not in the feature service
-    ("subs_profile_fv:contract_type,subs_profile_fv:typo", "subs_profile_fv:typo"),
-    ("", "''"),
-])
+@pytest.mark.parametrize(
+    "selection, named",
+    [
+        ("subs_profile_fv:no_such_feature", "subs_profile_fv:no_such_feature"),
+        ("no_such_fv:contract_type", "no_such_fv:contract_type"),
+        ("contract_type", "contract_type"),
+        ("churn_labels_fv:churn_label", "churn_labels_fv:churn_label"),  # not in the feature service
+        ("subs_profile_fv:contract_type,subs_profile_fv:typo", "subs_profile_fv:typo"),
+        ("", "''"),
+    ],
+)
 def test_unknown_feature_is_400_naming_it(client, data, selection, named):
-    body = assert_error(client.get(f"/features/{data.users[0]}", params={"features": selection}),
-                        400, "unknown_feature")
+    body = assert_error(
+        client.get(f"/features/{data.users[0]}", params={"features": selection}), 400, "unknown_feature"
+    )
     assert named in body["detail"]
     assert "subs_profile_fv:contract_type" in body["detail"]  # and lists the known ones
 
@@ -247,17 +272,27 @@ def without_age(views: dict) -> dict:
 
 
 def test_batch_feature_selection(client, data):
-    r = client.post("/features", json={"user_ids": data.users[:5],
-                                       "features": ["payments_agg_90d_fv:failed_payments_90d"]})
+    r = client.post(
+        "/features",
+        json={"user_ids": data.users[:5], "features": ["payments_agg_90d_fv:failed_payments_90d"]},
+    )
     assert r.status_code == 200
     for user, result in zip(data.users[:5], r.json()["results"]):
-        assert result["views"] == {"payments_agg_90d_fv": {
-            "found": True, "event_timestamp": "2024-01-31T00:00:00Z",
-            "age_seconds": result["views"]["payments_agg_90d_fv"]["age_seconds"],
-            "features": {"failed_payments_90d": data.expected(user)["payments_agg_90d_fv"]["failed_payments_90d"]},
-        }}
-    body = assert_error(client.post("/features", json={"user_ids": data.users[:2], "features": ["users_profile_fv:age"]}),
-                        400, "unknown_feature")
+        assert result["views"] == {
+            "payments_agg_90d_fv": {
+                "found": True,
+                "event_timestamp": "2024-01-31T00:00:00Z",
+                "age_seconds": result["views"]["payments_agg_90d_fv"]["age_seconds"],
+                "features": {
+                    "failed_payments_90d": data.expected(user)["payments_agg_90d_fv"]["failed_payments_90d"]
+                },
+            }
+        }
+    body = assert_error(
+        client.post("/features", json={"user_ids": data.users[:2], "features": ["users_profile_fv:age"]}),
+        400,
+        "unknown_feature",
+    )
     assert "users_profile_fv:age" in body["detail"]
 
 
@@ -267,17 +302,22 @@ def test_batch_of_the_limit_is_answered_and_over_the_limit_is_422_stating_it(cli
     assert r.status_code == 200
     assert r.json()["found"] == 1 and len(r.json()["results"]) == MAX_BATCH
     assert r.json()["results"][-1]["user_id"] == data.users[0]
-    body = assert_error(client.post("/features", json={"user_ids": many + ["1000-ABCDE"]}), 422, "invalid_request")
+    body = assert_error(
+        client.post("/features", json={"user_ids": many + ["1000-ABCDE"]}), 422, "invalid_request"
+    )
     assert str(MAX_BATCH) in body["detail"] and "1001" in body["detail"]
 
 
-@pytest.mark.parametrize("payload", [
-    {"user_ids": ["bad-id"]},
-    {"user_ids": "7590-VHVEG"},
-    {},
-    {"user_ids": [], "extra": 1},
-    {"user_ids": [1234]},
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"user_ids": ["bad-id"]},
+        {"user_ids": "7590-VHVEG"},
+        {},
+        {"user_ids": [], "extra": 1},
+        {"user_ids": [1234]},
+    ],
+)
 def test_malformed_batch_is_422(client, payload):
     assert_error(client.post("/features", json=payload), 422, "invalid_request")
 
@@ -285,8 +325,11 @@ def test_malformed_batch_is_422(client, payload):
 def test_empty_batch_and_invalid_json(client):
     r = client.post("/features", json={"user_ids": []})
     assert r.status_code == 200 and r.json() == {"results": [], "found": 0, "not_found": 0}
-    assert_error(client.post("/features", content=b"{not json", headers={"content-type": "application/json"}),
-                 422, "invalid_request")
+    assert_error(
+        client.post("/features", content=b"{not json", headers={"content-type": "application/json"}),
+        422,
+        "invalid_request",
+    )
 
 
 # --- operations ----------------------------------------------------------------------------------
@@ -324,12 +367,27 @@ def test_metrics_count_and_time_requests_per_route_template_and_status(client, d
     route = "/features/{user_id}"
     for status, n in (("200", 3), ("404", 1), ("422", 1)):
         total = "streamflow_api_requests_total"
-        assert sample(text, total, route=route, status=status) - sample(before, total, route=route, status=status) == n
+        assert (
+            sample(text, total, route=route, status=status)
+            - sample(before, total, route=route, status=status)
+            == n
+        )
         count = "streamflow_api_request_duration_seconds_count"
-        assert sample(text, count, route=route, status=status) - sample(before, count, route=route, status=status) == n
-    assert sample(text, "streamflow_api_request_duration_seconds_bucket", route=route, status="200", le="+Inf") >= 3
-    assert any(line.startswith("streamflow_api_request_duration_seconds_bucket{") and 'le="0.01"' in line
-               and f'route="{route}"' in line for line in text.splitlines())
+        assert (
+            sample(text, count, route=route, status=status)
+            - sample(before, count, route=route, status=status)
+            == n
+        )
+    assert (
+        sample(text, "streamflow_api_request_duration_seconds_bucket", route=route, status="200", le="+Inf")
+        >= 3
+    )
+    assert any(
+        line.startswith("streamflow_api_request_duration_seconds_bucket{")
+        and 'le="0.01"' in line
+        and f'route="{route}"' in line
+        for line in text.splitlines()
+    )
     assert 'route="/metrics"' in text
     assert f"/features/{UNKNOWN}" not in text  # templates, not raw paths
     assert sample(text, "streamflow_api_users_looked_up_total", result="not_found") >= 1
@@ -340,9 +398,13 @@ def test_openapi_schema_documents_the_responses(client):
     get = spec["paths"]["/features/{user_id}"]["get"]
     assert get["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/UserFeatures")
     for status in ("400", "404", "422", "503"):
-        assert get["responses"][status]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorResponse")
+        assert get["responses"][status]["content"]["application/json"]["schema"]["$ref"].endswith(
+            "/ErrorResponse"
+        )
     post = spec["paths"]["/features"]["post"]
-    assert post["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/BatchFeatures")
+    assert post["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/BatchFeatures"
+    )
     assert spec["components"]["schemas"]["FeaturesRequest"]["properties"]["user_ids"]["maxItems"] == MAX_BATCH
     assert {"/health", "/ready", "/metrics"} <= set(spec["paths"])
 
@@ -350,6 +412,7 @@ def test_openapi_schema_documents_the_responses(client):
 def test_unexpected_error_is_500_json_without_internals_and_logged(data, caplog, monkeypatch):
     app = create_app()
     with TestClient(app) as c:
+
         def boom(*args, **kwargs):
             raise RuntimeError("secret: postgresql://streamflow:streamflow@127.0.0.1:5432/streamflow")
 
@@ -384,7 +447,10 @@ def test_unreachable_database_gives_503_naming_the_part_and_no_internals(data, m
         body = models.Readiness.model_validate(r.json())
         assert body.status == "unavailable" and set(body.failing) == {"postgres", "feast_registry"}
         assert str(port) not in r.text and "password" not in r.text
-        for resp in (c.get(f"/features/{data.users[0]}"), c.post("/features", json={"user_ids": data.users[:2]})):
+        for resp in (
+            c.get(f"/features/{data.users[0]}"),
+            c.post("/features", json={"user_ids": data.users[:2]}),
+        ):
             err = assert_error(resp, 503, "unavailable")
             assert "registry" in err["detail"] or "PostgreSQL" in err["detail"]
             assert str(port) not in resp.text
@@ -503,8 +569,12 @@ def test_database_outage_gives_503_and_the_service_recovers_by_itself(data):
 def client_views(data: Data, user: str, views: dict) -> dict:
     """The views as they should be (ages copied: they move with time)."""
     return {
-        name: {"found": True, "event_timestamp": data.event_time(user, name).isoformat().replace("+00:00", "Z"),
-               "age_seconds": views[name]["age_seconds"], "features": data.expected(user)[name]}
+        name: {
+            "found": True,
+            "event_timestamp": data.event_time(user, name).isoformat().replace("+00:00", "Z"),
+            "age_seconds": views[name]["age_seconds"],
+            "features": data.expected(user)[name],
+        }
         for name in SERVICE_VIEWS
     }
 
@@ -561,13 +631,21 @@ if schemathesis is not None:
         if isinstance(kwargs.get("data"), (bytes, str)):  # raw bodies: httpx calls them content
             kwargs["content"] = kwargs.pop("data")
         response = fuzz_client.request(**kwargs)
-        case.validate_response(response, checks=[
-            not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
-        ])
+        case.validate_response(
+            response,
+            checks=[
+                not_a_server_error,
+                status_code_conformance,
+                content_type_conformance,
+                response_schema_conformance,
+            ],
+        )
 
 else:  # pragma: no cover
 
-    @pytest.mark.skip(reason="schemathesis is not installed (it is in the test extra: pip install -e '.[test]')")
+    @pytest.mark.skip(
+        reason="schemathesis is not installed (it is in the test extra: pip install -e '.[test]')"
+    )
     def test_fuzz_openapi_no_server_errors():
         pass
 

@@ -39,10 +39,6 @@ def snapshots(tmp_path_factory):
     return out / "month_000", out / "month_001"
 
 
-
-
-
-
 def db_dump() -> dict[str, tuple]:
     """Row count and checksum of every warehouse table and online table (what "unchanged" means)."""
     from feature_repo import definitions
@@ -58,7 +54,8 @@ def db_dump() -> dict[str, tuple]:
                 out[name] = None
                 continue
             out[name] = conn.execute(
-                f'SELECT count(*), md5(coalesce(string_agg(t::text, \'|\' ORDER BY t::text), \'\')) FROM "{name}" t'
+                "SELECT count(*), md5(coalesce(string_agg(t::text, '|' ORDER BY t::text), '')) "
+                f'FROM "{name}" t'
             ).fetchone()
     return out
 
@@ -88,8 +85,9 @@ def drop_column(table: str, column: str):
     i = schema.table(table).header.index(column)
 
     def mutate(data: bytes) -> bytes:
-        return b"\n".join(b",".join(c for j, c in enumerate(ln.split(b",")) if j != i) if ln else ln
-                          for ln in _lines(data))
+        return b"\n".join(
+            b",".join(c for j, c in enumerate(ln.split(b",")) if j != i) if ln else ln for ln in _lines(data)
+        )
 
     return mutate
 
@@ -117,60 +115,127 @@ def duplicate_line(line: int, change: bytes | None = None):
 # (table, mutation of the file's bytes, fragments the error message must hold)
 # Line numbers are 1-based file lines (the header is line 1).
 BAD_FILES = {
-    "missing column": ("subscriptions", drop_column("subscriptions", "net_service"),
-                       ["line 1", "column net_service", "missing from the header"]),
-    "extra column": ("usage_agg_30d", add_column("bonus_points"),
-                     ["line 1", "column bonus_points", "unexpected column"]),
-    "text in an int column": ("payments_agg_90d", set_cell(4, "failed_payments_90d", b"three", "payments_agg_90d"),
-                              ["line 4", "column failed_payments_90d", "not an integer", "(got 'three')"]),
-    "decimal in an int column": ("support_agg_90d", set_cell(5, "support_tickets_90d", b"2.5", "support_agg_90d"),
-                                 ["line 5", "column support_tickets_90d", "not an integer", "(got '2.5')"]),
-    "int beyond 64 bits": ("payments_agg_90d",
-                           set_cell(6, "failed_payments_90d", b"99999999999999999999999", "payments_agg_90d"),
-                           ["line 6", "column failed_payments_90d", "64-bit integer"]),
-    "text in a float column": ("usage_agg_30d", set_cell(3, "watch_hours_30d", b"12h", "usage_agg_30d"),
-                               ["line 3", "column watch_hours_30d", "not a number", "(got '12h')"]),
-    "NaN in a float column": ("usage_agg_30d", set_cell(7, "avg_session_mins_7d", b"NaN", "usage_agg_30d"),
-                              ["line 7", "column avg_session_mins_7d", "not a finite number"]),
-    "float overflow": ("support_agg_90d", set_cell(2, "ticket_avg_resolution_hrs_90d", b"1e400", "support_agg_90d"),
-                       ["line 2", "column ticket_avg_resolution_hrs_90d", "not a finite number"]),
-    "impossible date": ("users", set_cell(9, "signup_date", b"2023-02-30", "users"),
-                        ["line 9", "column signup_date", "not a date"]),
-    "date beyond the range": ("users", set_cell(10, "signup_date", b"9999-12-31", "users"),
-                              ["line 10", "column signup_date", "not a date"]),
-    "SQL in a user id": ("labels", set_cell(3, "user_id", b"'; DROP TABLE users; --", "labels"),
-                         ["line 3", "column user_id", "not a user id"]),
-    "user not in users.csv": ("labels", set_cell(12, "user_id", b"9999-ZZZZZ", "labels"),
-                              ["line 12", "column user_id", "not in users.csv"]),
-    "duplicate key, same row": ("payments_agg_90d", duplicate_line(2),
-                                [f"line {USERS + 2}", "column user_id", "duplicate key", "also on line 2"]),
-    "duplicate key, other values": ("payments_agg_90d", duplicate_line(3, b"9"),
-                                    [f"line {USERS + 2}", "column user_id", "duplicate key", "also on line 3"]),
+    "missing column": (
+        "subscriptions",
+        drop_column("subscriptions", "net_service"),
+        ["line 1", "column net_service", "missing from the header"],
+    ),
+    "extra column": (
+        "usage_agg_30d",
+        add_column("bonus_points"),
+        ["line 1", "column bonus_points", "unexpected column"],
+    ),
+    "text in an int column": (
+        "payments_agg_90d",
+        set_cell(4, "failed_payments_90d", b"three", "payments_agg_90d"),
+        ["line 4", "column failed_payments_90d", "not an integer", "(got 'three')"],
+    ),
+    "decimal in an int column": (
+        "support_agg_90d",
+        set_cell(5, "support_tickets_90d", b"2.5", "support_agg_90d"),
+        ["line 5", "column support_tickets_90d", "not an integer", "(got '2.5')"],
+    ),
+    "int beyond 64 bits": (
+        "payments_agg_90d",
+        set_cell(6, "failed_payments_90d", b"99999999999999999999999", "payments_agg_90d"),
+        ["line 6", "column failed_payments_90d", "64-bit integer"],
+    ),
+    "text in a float column": (
+        "usage_agg_30d",
+        set_cell(3, "watch_hours_30d", b"12h", "usage_agg_30d"),
+        ["line 3", "column watch_hours_30d", "not a number", "(got '12h')"],
+    ),
+    "NaN in a float column": (
+        "usage_agg_30d",
+        set_cell(7, "avg_session_mins_7d", b"NaN", "usage_agg_30d"),
+        ["line 7", "column avg_session_mins_7d", "not a finite number"],
+    ),
+    "float overflow": (
+        "support_agg_90d",
+        set_cell(2, "ticket_avg_resolution_hrs_90d", b"1e400", "support_agg_90d"),
+        ["line 2", "column ticket_avg_resolution_hrs_90d", "not a finite number"],
+    ),
+    "impossible date": (
+        "users",
+        set_cell(9, "signup_date", b"2023-02-30", "users"),
+        ["line 9", "column signup_date", "not a date"],
+    ),
+    "date beyond the range": (
+        "users",
+        set_cell(10, "signup_date", b"9999-12-31", "users"),
+        ["line 10", "column signup_date", "not a date"],
+    ),
+    "SQL in a user id": (
+        "labels",
+        set_cell(3, "user_id", b"'; DROP TABLE users; --", "labels"),
+        ["line 3", "column user_id", "not a user id"],
+    ),
+    "user not in users.csv": (
+        "labels",
+        set_cell(12, "user_id", b"9999-ZZZZZ", "labels"),
+        ["line 12", "column user_id", "not in users.csv"],
+    ),
+    "duplicate key, same row": (
+        "payments_agg_90d",
+        duplicate_line(2),
+        [f"line {USERS + 2}", "column user_id", "duplicate key", "also on line 2"],
+    ),
+    "duplicate key, other values": (
+        "payments_agg_90d",
+        duplicate_line(3, b"9"),
+        [f"line {USERS + 2}", "column user_id", "duplicate key", "also on line 3"],
+    ),
     "empty file": ("support_agg_90d", lambda data: b"", ["line 1", "column user_id", "the file is empty"]),
     "blank lines only": ("support_agg_90d", lambda data: b"\n\n\n", ["line 1", "column user_id", "empty"]),
     "header only": ("labels", lambda data: _lines(data)[0] + b"\n", ["line 2", "column user_id", "no rows"]),
-    "latin-1 bytes": ("users", lambda data: data.replace(b"Female", b"F\xe9male", 1),
-                      ["column user_gender", "not valid UTF-8", "F\\xe9male"]),
+    "latin-1 bytes": (
+        "users",
+        lambda data: data.replace(b"Female", b"F\xe9male", 1),
+        ["column user_gender", "not valid UTF-8", "F\\xe9male"],
+    ),
     "UTF-16 file": ("users", lambda data: data.decode().encode("utf-16"), ["line 1", "not valid UTF-8"]),
-    "gzip file": ("labels", lambda data: __import__("gzip").compress(data, mtime=0), ["line 1", "not valid UTF-8"]),
-    "NUL byte": ("labels", set_cell(6, "churn_label", b"Tr\x00ue", "labels"),
-                 ["line 6", "column churn_label", "not a boolean", "Tr\\x00ue"]),
-    "very long line: a 20 MB value": ("labels", set_cell(4, "churn_label", b"True" + b"x" * 20_000_000, "labels"),
-                                      ["line 4", "column churn_label", "not a boolean"]),
-    "very long line: a million fields": ("labels", lambda data: data.replace(b"\n", b"\n" + b"," * 1_000_000, 1),
-                                         ["line 2", "column churn_label", "1000002 fields"]),
+    "gzip file": (
+        "labels",
+        lambda data: __import__("gzip").compress(data, mtime=0),
+        ["line 1", "not valid UTF-8"],
+    ),
+    "NUL byte": (
+        "labels",
+        set_cell(6, "churn_label", b"Tr\x00ue", "labels"),
+        ["line 6", "column churn_label", "not a boolean", "Tr\\x00ue"],
+    ),
+    "very long line: a 20 MB value": (
+        "labels",
+        set_cell(4, "churn_label", b"True" + b"x" * 20_000_000, "labels"),
+        ["line 4", "column churn_label", "not a boolean"],
+    ),
+    "very long line: a million fields": (
+        "labels",
+        lambda data: data.replace(b"\n", b"\n" + b"," * 1_000_000, 1),
+        ["line 2", "column churn_label", "1000002 fields"],
+    ),
     "very long line: a 300 kB quoted value": (
-        "users", set_cell(5, "user_gender", b'"' + b"M" * 300_000 + b'"', "users"),
-        ["line 5", "column user_gender", "not one of"]),
-    "very long header": ("labels", lambda data: data.replace(b"\n", b"," + b"x" * 2_000_000 + b"\n", 1),
-                         ["line 1", "unexpected column"]),
+        "users",
+        set_cell(5, "user_gender", b'"' + b"M" * 300_000 + b'"', "users"),
+        ["line 5", "column user_gender", "not one of"],
+    ),
+    "very long header": (
+        "labels",
+        lambda data: data.replace(b"\n", b"," + b"x" * 2_000_000 + b"\n", 1),
+        ["line 1", "unexpected column"],
+    ),
 }
 for _value in (b"true", b"false", b"TRUE", b"1", b"0", b"yes", b"T", b" True", b"True "):
     BAD_FILES[f"boolean {_value.decode()!r}"] = (
-        "users", set_cell(8, "has_family", _value, "users"),
-        ["line 8", "column has_family", "not a boolean: must be True or False"])
-BAD_FILES["empty boolean (not nullable)"] = ("users", set_cell(8, "has_dependents", b"", "users"),
-                                             ["line 8", "column has_dependents", "not nullable"])
+        "users",
+        set_cell(8, "has_family", _value, "users"),
+        ["line 8", "column has_family", "not a boolean: must be True or False"],
+    )
+BAD_FILES["empty boolean (not nullable)"] = (
+    "users",
+    set_cell(8, "has_dependents", b"", "users"),
+    ["line 8", "column has_dependents", "not nullable"],
+)
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +255,8 @@ def bad_copy(folder: Path, dest: Path, table: str, mutate) -> Path:
 
 @pytest.mark.parametrize("case", list(BAD_FILES))
 def test_bad_snapshot_file_is_rejected_naming_file_line_column_and_nothing_changes(
-        case, snapshots, january_loaded, tmp_path):
+    case, snapshots, january_loaded, tmp_path
+):
     table, mutate, fragments = BAD_FILES[case]
     path = bad_copy(snapshots[1], tmp_path / "month_001", table, mutate)
     with pytest.raises(DataValidationError) as info:
@@ -213,8 +279,9 @@ def test_old_mac_line_endings_load_like_unix_ones(snapshots, january_loaded, tmp
     feb = schema.as_of_timestamp(schema.snapshot_as_of("month_001"))
     with psycopg.connect(config.postgres().conninfo) as conn, conn.transaction(force_rollback=True):
         load_snapshot(path.parent, conn=conn)  # inside a transaction that is rolled back
-        loaded = conn.execute("SELECT user_id, churn_label FROM labels_snapshots WHERE as_of = %s ORDER BY user_id",
-                              (feb,)).fetchall()
+        loaded = conn.execute(
+            "SELECT user_id, churn_label FROM labels_snapshots WHERE as_of = %s ORDER BY user_id", (feb,)
+        ).fetchall()
     assert loaded == sorted(zip(expected[schema.KEY], expected["churn_label"]))
     assert db_dump() == january_loaded
 
@@ -222,19 +289,28 @@ def test_old_mac_line_endings_load_like_unix_ones(snapshots, january_loaded, tmp
 def test_producer_rejects_a_bad_snapshot_before_sending_anything(snapshots, fresh, tmp_path, capsys):
     from producer.main import main
 
-    path = bad_copy(snapshots[1], tmp_path / "month_001", "labels",
-                    set_cell(5, "churn_label", b"maybe", "labels"))
+    path = bad_copy(
+        snapshots[1], tmp_path / "month_001", "labels", set_cell(5, "churn_label", b"maybe", "labels")
+    )
     code = main(["--snapshots", str(path.parent), "--no-progress"])
     assert code == DataValidationError.exit_code
     ends = pipeline.end_offsets(table_topics())
     assert ends and sum(ends.values()) == 0  # not one event sent
     pipeline.record_reliability(
-        "5a. bad snapshot files", bad_files=len(BAD_FILES), rejected_by_the_loader=len(BAD_FILES),
-        rejected_by_the_producer=1, producer_events_sent=0, database_rows_changed=0, lost=0, duplicates=0)
+        "5a. bad snapshot files",
+        bad_files=len(BAD_FILES),
+        rejected_by_the_loader=len(BAD_FILES),
+        rejected_by_the_producer=1,
+        producer_events_sent=0,
+        database_rows_changed=0,
+        lost=0,
+        duplicates=0,
+    )
 
 
 def test_producer_bad_row_in_the_last_chunk_sends_nothing_and_good_chunks_send_every_row(
-        snapshots, fresh, tmp_path, monkeypatch, caplog):
+    snapshots, fresh, tmp_path, monkeypatch, caplog
+):
     """The producer reads a snapshot in chunks (issue 12): a bad row in the last chunk of the last
     file still stops it before the first event of the snapshot, named by its line in the file; a
     good snapshot read in chunks sends every row once, the same events as the whole tables give."""
@@ -244,8 +320,9 @@ def test_producer_bad_row_in_the_last_chunk_sends_nothing_and_good_chunks_send_e
 
     monkeypatch.setattr(validate, "CHUNK_BYTES", 256)
     last = USERS + 1
-    path = bad_copy(snapshots[0], tmp_path / "month_000", "labels",
-                    set_cell(last, "churn_label", b"maybe", "labels"))
+    path = bad_copy(
+        snapshots[0], tmp_path / "month_000", "labels", set_cell(last, "churn_label", b"maybe", "labels")
+    )
     assert len(list(validate._chunks(path, validate.CHUNK_BYTES))) >= 5
     assert main(["--snapshots", str(path.parent), "--no-progress"]) == DataValidationError.exit_code
     assert f"{path}, line {last}, column churn_label: not a boolean" in caplog.text
@@ -265,14 +342,35 @@ def test_producer_bad_row_in_the_last_chunk_sends_nothing_and_good_chunks_send_e
 
 def kafka_corpus(user: str, other: str) -> list[tuple[str, bytes | None, bytes | None, list, str]]:
     """(table, key, value, headers, fragment of the expected reason) for each kind of bad record."""
-    pay = {schema.KEY: user, "failed_payments_90d": 1,
-           schema.EVENT_TIME: "2024-01-31T00:00:00+00:00", schema.EVENT_SNAPSHOT: "month_000"}
-    usr = {schema.KEY: user, "signup_date": "2020-05-01", "user_gender": "Female", "user_is_senior": False,
-           "has_family": True, "has_dependents": False,
-           schema.EVENT_TIME: "2024-01-31T00:00:00+00:00", schema.EVENT_SNAPSHOT: "month_000"}
-    sub = {schema.KEY: user, "months_active": 3, "plan_stream_tv": True, "plan_stream_movies": False,
-           "contract_type": "One year", "paperless_billing": True, "monthly_fee": 20.5, "total_paid": 61.5,
-           "net_service": "DSL", schema.EVENT_TIME: "2024-01-31T00:00:00+00:00", schema.EVENT_SNAPSHOT: "month_000"}
+    pay = {
+        schema.KEY: user,
+        "failed_payments_90d": 1,
+        schema.EVENT_TIME: "2024-01-31T00:00:00+00:00",
+        schema.EVENT_SNAPSHOT: "month_000",
+    }
+    usr = {
+        schema.KEY: user,
+        "signup_date": "2020-05-01",
+        "user_gender": "Female",
+        "user_is_senior": False,
+        "has_family": True,
+        "has_dependents": False,
+        schema.EVENT_TIME: "2024-01-31T00:00:00+00:00",
+        schema.EVENT_SNAPSHOT: "month_000",
+    }
+    sub = {
+        schema.KEY: user,
+        "months_active": 3,
+        "plan_stream_tv": True,
+        "plan_stream_movies": False,
+        "contract_type": "One year",
+        "paperless_billing": True,
+        "monthly_fee": 20.5,
+        "total_paid": 61.5,
+        "net_service": "DSL",
+        schema.EVENT_TIME: "2024-01-31T00:00:00+00:00",
+        schema.EVENT_SNAPSHOT: "month_000",
+    }
 
     def doc(base, **changes):
         out = dict(base)
@@ -316,13 +414,24 @@ def kafka_corpus(user: str, other: str) -> list[tuple[str, bytes | None, bytes |
         (S, k, doc(sub, monthly_fee={"amount": 20.5}), [], "expected a number"),
         (P, k, doc(pay, failed_payments_90d=None), [], "must not be null"),
         # NaN, Infinity, huge numbers
-        (P, k, swap(good_pay, b'"failed_payments_90d":1', b'"failed_payments_90d":NaN'), [], "not valid JSON"),
+        (
+            P,
+            k,
+            swap(good_pay, b'"failed_payments_90d":1', b'"failed_payments_90d":NaN'),
+            [],
+            "not valid JSON",
+        ),
         (S, k, swap(doc(sub), b'"monthly_fee":20.5', b'"monthly_fee":Infinity'), [], "not valid JSON"),
         (S, k, swap(doc(sub), b'"monthly_fee":20.5', b'"monthly_fee":-Infinity'), [], "not valid JSON"),
         (S, k, swap(doc(sub), b'"monthly_fee":20.5', b'"monthly_fee":1e400'), [], "not valid JSON"),
         (S, k, swap(doc(sub), b'"monthly_fee":20.5', b'"monthly_fee":1e308'), [], "out of range"),
-        (P, k, swap(good_pay, b'"failed_payments_90d":1', b'"failed_payments_90d":' + b"9" * 30), [],
-         "expected an integer"),
+        (
+            P,
+            k,
+            swap(good_pay, b'"failed_payments_90d":1', b'"failed_payments_90d":' + b"9" * 30),
+            [],
+            "expected an integer",
+        ),
         (P, k, doc(pay, failed_payments_90d=2**63 - 1), [], "out of range"),
         (P, k, doc(pay, failed_payments_90d=-1), [], "out of range"),
         (U, k, doc(usr, signup_date="0001-01-01"), [], "signup_date"),
@@ -336,8 +445,13 @@ def kafka_corpus(user: str, other: str) -> list[tuple[str, bytes | None, bytes |
         (P, None, good_pay, [], "no key"),
         (P, other.encode(), good_pay, [], "does not match user_id"),
         (P, b"' OR 1=1 --", good_pay, [], "does not match user_id"),
-        (P, b"\xff\xfe\x00", good_pay, [("table", b"\xff\x00"), ("event_timestamp", b"\xde\xad")],
-         "does not match user_id"),
+        (
+            P,
+            b"\xff\xfe\x00",
+            good_pay,
+            [("table", b"\xff\x00"), ("event_timestamp", b"\xde\xad")],
+            "does not match user_id",
+        ),
         # unknown table, fields that do not match
         (P, k, doc(sub), [], "fields do not match table payments_agg_90d"),
         (P, k, doc(pay, table="payments_agg_90d"), [], "unexpected ['table']"),
@@ -354,7 +468,13 @@ def kafka_corpus(user: str, other: str) -> list[tuple[str, bytes | None, bytes |
         # strings that look like SQL
         (P, b"'; DROP TABLE users; --", doc(pay, user_id="'; DROP TABLE users; --"), [], "not a user id"),
         (S, k, doc(sub, contract_type="One year'; DROP TABLE subscriptions; --"), [], "is not one of"),
-        (P, k, doc(pay, snapshot="month_000'; DELETE FROM labels_snapshots; --"), [], "expected a snapshot id"),
+        (
+            P,
+            k,
+            doc(pay, snapshot="month_000'; DELETE FROM labels_snapshots; --"),
+            [],
+            "expected a snapshot id",
+        ),
         (U, k, doc(usr, user_gender="Female\x00"), [], "is not one of"),
     ]
 
@@ -371,8 +491,10 @@ def test_bad_kafka_records_go_to_the_dead_letter_topic_and_nothing_stored_change
 
     corpus = kafka_corpus(users[0], users[1])
     producer = kafka_clients.producer("test")
-    futures = [producer.send(schema.table(t).topic, key=key, value=value, headers=headers)
-               for t, key, value, headers, _ in corpus]
+    futures = [
+        producer.send(schema.table(t).topic, key=key, value=value, headers=headers)
+        for t, key, value, headers, _ in corpus
+    ]
     producer.flush()
     sources = {}
     for future, (_, _, _, _, fragment) in zip(futures, corpus):
@@ -406,9 +528,15 @@ def test_bad_kafka_records_go_to_the_dead_letter_topic_and_nothing_stored_change
     check = pipeline.offline_check([m0, m1])
     assert check["lost"] == check["unexpected"] == check["wrong"] == check["duplicates"] == 0, check
     pipeline.record_reliability(
-        "5b. bad Kafka records", events=len(corpus) + 12 * USERS, bad=len(corpus),
-        dead_lettered=len(letters), written=check["found"], lost=check["lost"],
-        duplicates=check["duplicates"], rows_changed_by_bad_records=0)
+        "5b. bad Kafka records",
+        events=len(corpus) + 12 * USERS,
+        bad=len(corpus),
+        dead_lettered=len(letters),
+        written=check["found"],
+        lost=check["lost"],
+        duplicates=check["duplicates"],
+        rows_changed_by_bad_records=0,
+    )
 
 
 # --- API requests --------------------------------------------------------------------------------
@@ -423,24 +551,47 @@ def api_app():
 
 
 BAD_PATHS = [
-    "abc", "'; DROP TABLE users; --", "1234-ABCDE' OR '1'='1", "..%2F..%2Fetc%2Fpasswd", "x" * 10_000,
-    "1234-ABCDE%00", "%EF%BC%97%EF%BC%95%EF%BC%99%EF%BC%90-VHVEG", "1234-abcde", "%F0%9F%92%A5",
+    "abc",
+    "'; DROP TABLE users; --",
+    "1234-ABCDE' OR '1'='1",
+    "..%2F..%2Fetc%2Fpasswd",
+    "x" * 10_000,
+    "1234-ABCDE%00",
+    "%EF%BC%97%EF%BC%95%EF%BC%99%EF%BC%90-VHVEG",
+    "1234-abcde",
+    "%F0%9F%92%A5",
 ]
 BAD_SELECTIONS = ["bogus", "users_profile_fv:bogus", "'; DROP TABLE users; --", ":", "a:b:c", ",,,"]
 BAD_BODIES = [
-    b"{not json", b"", b"null", b"[]", b'"7590-VHVEG"', b'{"user_ids": "7590-VHVEG"}', b'{"user_ids": [1, 2]}',
-    b'{"user_ids": [null]}', b'{"user_ids": ["\'; DROP TABLE users; --"]}', b'{"user_ids": [["1234-ABCDE"]]}',
-    b'{"user_ids": ["1234-ABCDE"], "features": 5}', b'{"user_ids": ["1234-ABCDE"], "features": ["bogus"]}',
-    b'{"user_ids": ["1234-ABCDE"], "unexpected": true}', b"[" * 10_000 + b"]" * 10_000,
-    json.dumps({"user_ids": ["1234-ABCDE"] * 1001}).encode(), b'{"user_ids": ["' + b"A" * 1_000_000 + b'"]}',
+    b"{not json",
+    b"",
+    b"null",
+    b"[]",
+    b'"7590-VHVEG"',
+    b'{"user_ids": "7590-VHVEG"}',
+    b'{"user_ids": [1, 2]}',
+    b'{"user_ids": [null]}',
+    b'{"user_ids": ["\'; DROP TABLE users; --"]}',
+    b'{"user_ids": [["1234-ABCDE"]]}',
+    b'{"user_ids": ["1234-ABCDE"], "features": 5}',
+    b'{"user_ids": ["1234-ABCDE"], "features": ["bogus"]}',
+    b'{"user_ids": ["1234-ABCDE"], "unexpected": true}',
+    b"[" * 10_000 + b"]" * 10_000,
+    json.dumps({"user_ids": ["1234-ABCDE"] * 1001}).encode(),
+    b'{"user_ids": ["' + b"A" * 1_000_000 + b'"]}',
     b"\xff\xfe\x00garbage",
 ]
 
 
 def without_age(body: dict) -> dict:
     """A feature answer without age_seconds (which grows with the clock)."""
-    return {**body, "views": {name: {k: v for k, v in view.items() if k != "age_seconds"}
-                              for name, view in body["views"].items()}}
+    return {
+        **body,
+        "views": {
+            name: {k: v for k, v in view.items() if k != "age_seconds"}
+            for name, view in body["views"].items()
+        },
+    }
 
 
 def test_bad_api_requests_get_clear_errors_and_change_nothing(snapshots, fresh):
@@ -480,8 +631,15 @@ def test_bad_api_requests_get_clear_errors_and_change_nothing(snapshots, fresh):
     total = len(BAD_PATHS) + len(BAD_SELECTIONS) + len(BAD_BODIES) + 3
     assert sum(answers.values()) == total
     pipeline.record_reliability(
-        "5c. bad API requests", events=total, answered_4xx=sum(answers.values()), answered_5xx=0,
-        by_status={str(k): v for k, v in sorted(answers.items())}, rows_changed=0, lost=0, duplicates=0)
+        "5c. bad API requests",
+        events=total,
+        answered_4xx=sum(answers.values()),
+        answered_5xx=0,
+        by_status={str(k): v for k, v in sorted(answers.items())},
+        rows_changed=0,
+        lost=0,
+        duplicates=0,
+    )
 
 
 def test_consumer_with_postgres_unreachable_exits_clearly(tmp_path, kafka_bootstrap, monkeypatch):
@@ -493,8 +651,14 @@ def test_consumer_with_postgres_unreachable_exits_clearly(tmp_path, kafka_bootst
 
     monkeypatch.setenv("STREAMFLOW_TOPIC_PREFIX", pipeline.fresh_prefix())
     env = {**os.environ, "POSTGRES_PORT": "1", "POSTGRES_PASSWORD": "s3cret-pw"}
-    done = subprocess.run([sys.executable, "-m", "consumer.main", "--group", "unreachable-pg", "--until-drained"],
-                          cwd=pipeline.REPO, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "consumer.main", "--group", "unreachable-pg", "--until-drained"],
+        cwd=pipeline.REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     output = done.stdout + done.stderr
     assert done.returncode == ServiceUnavailable.exit_code, output[-2000:]
     assert "PostgreSQL" in output and "not reachable" in output

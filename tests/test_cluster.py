@@ -30,7 +30,9 @@ def cluster():
     c = Cluster(port=PORT, state_dir=STATE_DIR)
     c.reset()  # a fresh cluster each run (also stops nodes a crashed run left behind)
     if busy := c.ports_in_use():
-        pytest.fail(f"ports {busy} are taken by something else; set STREAMFLOW_TEST_CLUSTER_PORT", pytrace=False)
+        pytest.fail(
+            f"ports {busy} are taken by something else; set STREAMFLOW_TEST_CLUSTER_PORT", pytrace=False
+        )
     c.up()
     try:
         yield c
@@ -72,8 +74,11 @@ def _read_all(cluster, topic: str, want: int, timeout: float) -> list[bytes]:
         parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
         reader.assign(parts)
         reader.seek_to_beginning(*parts)
-        end = wait_until(lambda: (e := reader.end_offsets(parts)) and sum(e.values()) >= want and e,
-                         timeout, f"{want} records in {topic}")
+        end = wait_until(
+            lambda: (e := reader.end_offsets(parts)) and sum(e.values()) >= want and e,
+            timeout,
+            f"{want} records in {topic}",
+        )
         values: list[bytes] = []
 
         def at_end():
@@ -111,9 +116,14 @@ def test_acks_all_writes_survive_a_killed_node(cluster, topics):
         assert cluster.node_status()[victim] == "stopped"
         send(1, 500)  # the producer's retries ride over the failover; two replicas stay in sync
         # partition 0 has another leader, and the dead node left every ISR (two replicas remain)
-        wait_until(lambda: all(p["leader"] not in (-1, victim) and victim not in p["isr"] and len(p["isr"]) == 2
-                               for p in cluster.describe([topic])[topic].values()),
-                   30, f"leaders and ISRs without node {victim}")
+        wait_until(
+            lambda: all(
+                p["leader"] not in (-1, victim) and victim not in p["isr"] and len(p["isr"]) == 2
+                for p in cluster.describe([topic])[topic].values()
+            ),
+            30,
+            f"leaders and ISRs without node {victim}",
+        )
         # read back while the node is down
         got = _read_all(cluster, topic, len(sent), timeout=60)
         assert sorted(got) == sorted(sent)

@@ -19,7 +19,9 @@ APP_SERVICES = ("init", "producer", "consumer", "api")
 def compose(*files, env: dict | None = None, quiet: bool = True) -> subprocess.CompletedProcess:
     exe = shutil.which("docker-compose")
     if exe is None:
-        pytest.fail("docker-compose is not installed (scripts/test.sh installs it with apt-get)", pytrace=False)
+        pytest.fail(
+            "docker-compose is not installed (scripts/test.sh installs it with apt-get)", pytrace=False
+        )
     args = [exe, "--project-directory", str(config.REPO_ROOT)]
     for f in files:
         args += ["-f", str(f)]
@@ -72,16 +74,20 @@ def test_compose_cluster_override_runs_three_brokers_with_rf3_and_min_isr2():
         assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
         assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == voters
         assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://kafka{n}:9092"
-        for key, value in {"KAFKA_DEFAULT_REPLICATION_FACTOR": "3", "KAFKA_MIN_INSYNC_REPLICAS": "2",
-                           "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "3",
-                           "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "3",
-                           "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "2",
-                           "KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE": "false",
-                           "KAFKA_MESSAGE_MAX_BYTES": "3000000"}.items():
+        for key, value in {
+            "KAFKA_DEFAULT_REPLICATION_FACTOR": "3",
+            "KAFKA_MIN_INSYNC_REPLICAS": "2",
+            "KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR": "3",
+            "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR": "3",
+            "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR": "2",
+            "KAFKA_UNCLEAN_LEADER_ELECTION_ENABLE": "false",
+            "KAFKA_MESSAGE_MAX_BYTES": "3000000",
+        }.items():
             assert env[key] == value, (n, key)
         assert "healthcheck" in node
     # one cluster id, one data volume per node
     assert len({services[f"kafka{n}"]["environment"]["CLUSTER_ID"] for n in (1, 2, 3)}) == 1
+
     def source(volume):  # "name:/path[:mode]" (docker-compose 1.x) or {"source": name, ...}
         return volume["source"] if isinstance(volume, dict) else volume.split(":")[0]
 
@@ -119,10 +125,14 @@ def test_compose_runs_prometheus_and_grafana_provisioned_from_the_repository_on_
         ports = services[name]["ports"]
         assert ports and all(p.startswith("127.0.0.1:") for p in ports), (name, ports)
     expected = {
-        "prometheus": {"/etc/prometheus/prometheus.yml": "monitoring/prometheus/prometheus.yml",
-                       "/etc/prometheus/alerts.yml": "monitoring/prometheus/alerts.yml"},
-        "grafana": {"/etc/grafana/provisioning": "monitoring/grafana/provisioning",
-                    "/var/lib/grafana/dashboards": "monitoring/grafana/dashboards"},
+        "prometheus": {
+            "/etc/prometheus/prometheus.yml": "monitoring/prometheus/prometheus.yml",
+            "/etc/prometheus/alerts.yml": "monitoring/prometheus/alerts.yml",
+        },
+        "grafana": {
+            "/etc/grafana/provisioning": "monitoring/grafana/provisioning",
+            "/var/lib/grafana/dashboards": "monitoring/grafana/dashboards",
+        },
     }
     for name, binds in expected.items():
         mounts = _mounts(services[name])
@@ -140,13 +150,16 @@ def test_compose_runs_prometheus_and_grafana_provisioned_from_the_repository_on_
 def test_prometheus_scrapes_the_compose_api_and_consumer_and_loads_the_alerts():
     services = yaml.safe_load(COMPOSE.read_text())["services"]
     prom = yaml.safe_load((config.REPO_ROOT / "monitoring/prometheus/prometheus.yml").read_text())
-    targets = {job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
-               for job in prom["scrape_configs"]}
+    targets = {
+        job["job_name"]: [t for sc in job["static_configs"] for t in sc["targets"]]
+        for job in prom["scrape_configs"]
+    }
     command = services["consumer"]["command"]
     consumer_port = command[command.index("--metrics-port") + 1]
     assert targets == {"streamflow-api": ["api:8000"], "streamflow-consumer": [f"consumer:{consumer_port}"]}
     assert "8000" in services["api"]["command"]
     assert prom["rule_files"] == ["alerts.yml"]  # beside prometheus.yml in the container too
     datasources = yaml.safe_load(
-        (config.REPO_ROOT / "monitoring/grafana/provisioning/datasources/prometheus.yml").read_text())
+        (config.REPO_ROOT / "monitoring/grafana/provisioning/datasources/prometheus.yml").read_text()
+    )
     assert [d["url"] for d in datasources["datasources"]] == ["http://prometheus:9090"]

@@ -6,8 +6,8 @@ from datetime import datetime, timedelta, timezone
 
 import pandas as pd
 
-from streamflow.event_batch import events_frame, utc_times
 from streamflow import events, schema
+from streamflow.event_batch import events_frame, utc_times
 from streamflow.push_validation import validate_frame
 
 UTC = timezone.utc
@@ -35,9 +35,15 @@ def test_events_frame_is_typed_and_keeps_the_last_duplicate():
         values |= {"watch_hours_30d": hours, "skips_7d": skips}
         return events.Event(table=table, user_id=user, event_time=jan, snapshot="month_000", values=values)
 
-    frame = events_frame(table, [event("0001-AAAAA", 1.5, 3), event("0002-BBBBB", 2.0, None),
-                                 event("0001-AAAAA", 9.0, 4)])
-    assert list(frame.columns) == [schema.KEY, schema.SNAPSHOT_TIME, *table.feature_names, schema.EVENT_SNAPSHOT]
+    frame = events_frame(
+        table, [event("0001-AAAAA", 1.5, 3), event("0002-BBBBB", 2.0, None), event("0001-AAAAA", 9.0, 4)]
+    )
+    assert list(frame.columns) == [
+        schema.KEY,
+        schema.SNAPSHOT_TIME,
+        *table.feature_names,
+        schema.EVENT_SNAPSHOT,
+    ]
     assert frame[schema.KEY].tolist() == ["0002-BBBBB", "0001-AAAAA"]
     assert frame["watch_hours_30d"].tolist() == [2.0, 9.0]
     assert frame["skips_7d"].isna().tolist() == [True, False]

@@ -53,6 +53,7 @@ sys.exit(int(mode[5:]) if mode.startswith("wait:") else 0)
 
 def stand_ins(folder: Path, *modes: str, **options) -> Supervisor:
     """A supervisor of len(modes) stand-in members; member i behaves as modes[i] says."""
+
     def command(i: int) -> list[str]:
         return [sys.executable, "-c", STAND_IN, modes[i], str(i), str(folder)]
 
@@ -171,8 +172,17 @@ def test_a_member_failing_while_stopping_gives_its_code(tmp_path):
 
 
 def test_member_command_gives_member_i_port_plus_i_and_id_dash_i():
-    argv = ["--group", "g", "--processes", "3", "--metrics-port", "9108", "--instance-id", "host-a",
-            "--until-drained"]
+    argv = [
+        "--group",
+        "g",
+        "--processes",
+        "3",
+        "--metrics-port",
+        "9108",
+        "--instance-id",
+        "host-a",
+        "--until-drained",
+    ]
     args = consumer_main.parser().parse_args(argv)
     for i in range(3):
         command = member_command(argv, args, i)
@@ -229,8 +239,9 @@ def test_two_processes_until_drained_write_every_event_and_exit_0(snapshots, fre
     m0, m1 = snapshots
     pipeline.replay([m0, m1])
     log = tmp_path / "consume.log"
-    proc = pipeline.consumer_process(fresh, "--processes", "2", "--until-drained", "--max-batch", "100",
-                                     log_path=log)
+    proc = pipeline.consumer_process(
+        fresh, "--processes", "2", "--until-drained", "--max-batch", "100", log_path=log
+    )
     assert proc.wait(timeout=240) == 0, log.read_text()
     text = log.read_text()
     for i in (0, 1):  # 'drained' needs assigned partitions: each was a member holding some
@@ -248,8 +259,11 @@ def test_sigterm_to_the_supervisor_stops_every_member_cleanly(snapshots, fresh, 
     pipeline.replay([m0, m1])
     log = tmp_path / "consume.log"
     proc = pipeline.consumer_process(fresh, "--processes", "2", "--max-batch", "50", log_path=log)
-    wait_for(lambda: pipeline.group_settled(fresh, 2), 120,
-             lambda: f"2 members holding partitions: {log.read_text()}")
+    wait_for(
+        lambda: pipeline.group_settled(fresh, 2),
+        120,
+        lambda: f"2 members holding partitions: {log.read_text()}",
+    )
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=60) == 0, log.read_text()
     text = log.read_text()
@@ -274,11 +288,15 @@ def test_a_killed_member_is_restarted_and_rejoins_with_its_instance_id(snapshots
     m0, m1 = snapshots
     log = tmp_path / "consume.log"
     ids = (f"{fresh}-m-0", f"{fresh}-m-1")
-    proc = pipeline.consumer_process(fresh, "--processes", "2", "--instance-id", f"{fresh}-m",
-                                     "--max-batch", "50", log_path=log)
+    proc = pipeline.consumer_process(
+        fresh, "--processes", "2", "--instance-id", f"{fresh}-m", "--max-batch", "50", log_path=log
+    )
     try:
-        wait_for(lambda: pipeline.group_settled(fresh, 2), 120,
-                 lambda: f"2 members holding partitions: {log.read_text()}")
+        wait_for(
+            lambda: pipeline.group_settled(fresh, 2),
+            120,
+            lambda: f"2 members holding partitions: {log.read_text()}",
+        )
         before = static_members(fresh)
         assert set(before) == set(ids), before
         killed = member_pids(log.read_text(), 1)[0]
@@ -288,8 +306,10 @@ def test_a_killed_member_is_restarted_and_rejoins_with_its_instance_id(snapshots
         assert f"member 1 (pid {killed}) was killed by SIGKILL" in text and "restarting it in 1 s" in text
 
         def rejoined() -> bool:  # the new process, not the dead one's entry (kept for its session)
-            return (pipeline.group_settled(fresh, 2)
-                    and static_members(fresh).get(ids[1]) not in (None, before[ids[1]]))
+            return pipeline.group_settled(fresh, 2) and static_members(fresh).get(ids[1]) not in (
+                None,
+                before[ids[1]],
+            )
 
         wait_for(rejoined, 120, lambda: f"member 1 back in the group under {ids[1]}: {log.read_text()}")
         assert static_members(fresh)[ids[0]] == before[ids[0]]  # member 0 was left alone

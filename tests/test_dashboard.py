@@ -8,22 +8,29 @@ import subprocess
 import sys
 import time
 import urllib.request
+from types import SimpleNamespace
 
 import orjson
 import pytest
-from types import SimpleNamespace
+from kafka import OffsetAndMetadata, TopicPartition
 
 from consumer.dead_letter import dead_letter_value
-from kafka import OffsetAndMetadata, TopicPartition
 from streamflow import config, kafka_clients
 from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
-from tests import pipeline
 from streamflow.net import free_port
+from tests import pipeline
 
 CHROMIUM_FLAGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--enable-logging=stderr", "--v=0",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--enable-logging=stderr",
+    "--v=0",
 ]
 
 
@@ -39,8 +46,11 @@ def wait_http(url: str, timeout: float = 60) -> None:
             time.sleep(0.3)
 
 
-DEAD_LETTER_REASONS = ["not valid JSON: <unexpected end>", "not valid JSON: <unexpected end>",
-                       "field plan: 'x' is not one of a, b"]
+DEAD_LETTER_REASONS = [
+    "not valid JSON: <unexpected end>",
+    "not valid JSON: <unexpected end>",
+    "field plan: 'x' is not one of a, b",
+]
 
 
 def get_json(url: str):
@@ -92,8 +102,15 @@ def lagging_api(monkeypatch, kafka_bootstrap, pg_settings, tmp_path):
         producer.send(table_topics()[0], key=b"1234-ABCDE", value=orjson.dumps({"i": i}))
     ensure_topics([dead_letter_topic()], partitions=2)
     for offset, reason in enumerate(DEAD_LETTER_REASONS):  # as the consumer writes them
-        bad = SimpleNamespace(topic=table_topics()[0], partition=0, offset=offset, timestamp=0,
-                              key=b"1234-ABCDE", value=b"{", headers=[])
+        bad = SimpleNamespace(
+            topic=table_topics()[0],
+            partition=0,
+            offset=offset,
+            timestamp=0,
+            key=b"1234-ABCDE",
+            value=b"{",
+            headers=[],
+        )
         producer.send(dead_letter_topic(), key=bad.key, value=dead_letter_value(bad, reason, None))
     producer.flush()
     producer.close()
@@ -101,7 +118,9 @@ def lagging_api(monkeypatch, kafka_bootstrap, pg_settings, tmp_path):
     log = open(tmp_path / "api.log", "wb")
     proc = subprocess.Popen(
         [sys.executable, "-m", "api.main", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=config.REPO_ROOT, stdout=log, stderr=log,
+        cwd=config.REPO_ROOT,
+        stdout=log,
+        stderr=log,
         env={**os.environ, "STREAMFLOW_CONSUMER_GROUP": group, "STREAMFLOW_LAG_INTERVAL": "1"},
     )
     try:
@@ -131,8 +150,10 @@ def test_lag_endpoint_reports_the_pending_events(lagging_api):
         assert time.monotonic() < deadline, summary
         time.sleep(0.2)
     assert summary["total"] == 3 and summary["error"] is None
-    assert summary["by_reason"] == [{"reason": "not valid JSON: <unexpected end>", "count": 2},
-                                    {"reason": "field plan: 'x' is not one of a, b", "count": 1}]
+    assert summary["by_reason"] == [
+        {"reason": "not valid JSON: <unexpected end>", "count": 2},
+        {"reason": "field plan: 'x' is not one of a, b", "count": 1},
+    ]
     assert summary["by_topic"] == {table_topics()[0]: 3}
 
 
@@ -144,14 +165,25 @@ def test_dashboard_renders_charts_with_data_and_no_console_errors(lagging_api, t
     for offset in (10, 20, 30):  # a consumer at work: a consume rate, hence a time to drain
         commit_and_wait(base, group, offset)
     result = subprocess.run(
-        [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--virtual-time-budget=6000",
-         "--dump-dom", f"{base}/dashboard"],
-        capture_output=True, text=True, timeout=120,
+        [
+            chromium,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={tmp_path / 'profile'}",
+            "--virtual-time-budget=6000",
+            "--dump-dom",
+            f"{base}/dashboard",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     dom = result.stdout
     assert 'data-ready="1"' in dom, result.stderr[-2000:]
     for chart in ("chart-lag", "chart-lag-seconds", "chart-drain"):
-        tag = dom.split(f'data-testid="{chart}"')[0].rsplit("<canvas", 1)[1] + dom.split(f'data-testid="{chart}"')[1].split(">")[0]
+        tag = (
+            dom.split(f'data-testid="{chart}"')[0].rsplit("<canvas", 1)[1]
+            + dom.split(f'data-testid="{chart}"')[1].split(">")[0]
+        )
         points = int(tag.split('data-points="')[1].split('"')[0])
         assert points >= 2, (chart, tag)
     assert "<tr><td>" in dom  # the partitions table has rows
@@ -160,6 +192,9 @@ def test_dashboard_renders_charts_with_data_and_no_console_errors(lagging_api, t
     assert "3 dead letters" in dom
     drain_now = dom.split('data-testid="drain-now"')[1].split(">", 1)[1].split("<", 1)[0]
     assert "events/s" in drain_now and "drains in" in drain_now, drain_now
-    console_errors = [line for line in result.stderr.splitlines()
-                      if "CONSOLE" in line and ("Uncaught" in line or "rror" in line)]
+    console_errors = [
+        line
+        for line in result.stderr.splitlines()
+        if "CONSOLE" in line and ("Uncaught" in line or "rror" in line)
+    ]
     assert console_errors == []

@@ -24,11 +24,11 @@ import pytest
 
 from consumer.dead_letter import dead_letter_value
 from streamflow import events, kafka_clients, schema
+from streamflow.datagen.generate import generate
 from streamflow.dead_letters import ledger as ledger_mod
 from streamflow.dead_letters.cli import main
 from streamflow.dead_letters.letters import DeadLetter, Selection, iso, parse_id, parse_since
 from streamflow.dead_letters.redrive import Redriver, redrive
-from streamflow.datagen.generate import generate
 from streamflow.errors import StreamflowError
 from streamflow.kafka_topics import dead_letter_topic
 from tests import pipeline
@@ -77,22 +77,41 @@ def test_since_id_and_time_parsing():
 
 
 def record(**kw):
-    base = dict(topic="t.payments_agg_90d", partition=2, offset=9, timestamp=1706702400000, key=b"1234-ABCDE",
-                value=b'{"a": 1}', headers=[("table", b"payments_agg_90d"), ("event_timestamp", b"x\xff")])
+    base = dict(
+        topic="t.payments_agg_90d",
+        partition=2,
+        offset=9,
+        timestamp=1706702400000,
+        key=b"1234-ABCDE",
+        value=b'{"a": 1}',
+        headers=[("table", b"payments_agg_90d"), ("event_timestamp", b"x\xff")],
+    )
     return SimpleNamespace(**{**base, **kw})
 
 
 def letter_of(rec, reason="bad") -> DeadLetter:
     """The dead letter the consumer writes for a record (value and key as the queue sends them)."""
-    dlq = SimpleNamespace(topic="t.dead_letter", partition=0, offset=5, timestamp=1,
-                          key=rec.key and rec.key[:1024], value=dead_letter_value(rec, reason, None),
-                          headers=[])
+    dlq = SimpleNamespace(
+        topic="t.dead_letter",
+        partition=0,
+        offset=5,
+        timestamp=1,
+        key=rec.key and rec.key[:1024],
+        value=dead_letter_value(rec, reason, None),
+        headers=[],
+    )
     return DeadLetter.from_record(dlq)
 
 
 def test_dead_letter_keeps_what_a_redrive_needs_exactly():
-    rec = record(value=b"\xff\xfe not utf-8", headers=[
-        ("table", b"payments_agg_90d"), ("event_timestamp", b"x\xff"), ("redrive_of", b"t.dead_letter/1/2")])
+    rec = record(
+        value=b"\xff\xfe not utf-8",
+        headers=[
+            ("table", b"payments_agg_90d"),
+            ("event_timestamp", b"x\xff"),
+            ("redrive_of", b"t.dead_letter/1/2"),
+        ],
+    )
     letter = letter_of(rec)
     assert letter.not_redrivable() is None
     assert letter.original_value() == rec.value and letter.original_key() == rec.key
@@ -102,8 +121,9 @@ def test_dead_letter_keeps_what_a_redrive_needs_exactly():
     assert letter_of(record(value=b"v" * 70_000)).not_redrivable() == "truncated"
     assert letter_of(record(key=b"k" * 2000)).not_redrivable() == "truncated"
     assert letter_of(record(headers=[])).redrive_of is None
-    unreadable = DeadLetter.from_record(SimpleNamespace(topic="t", partition=0, offset=1, timestamp=1,
-                                                        key=None, value=b"garbage", headers=[]))
+    unreadable = DeadLetter.from_record(
+        SimpleNamespace(topic="t", partition=0, offset=1, timestamp=1, key=None, value=b"garbage", headers=[])
+    )
     assert unreadable.not_redrivable() == "unreadable"
 
 
@@ -112,16 +132,34 @@ def test_dead_letter_keeps_what_a_redrive_needs_exactly():
 
 def bad_events(users: list[str]) -> dict[str, tuple[str, bytes, bytes, list]]:
     """user -> (table, key, value, headers) of one bad event each."""
+
     def pay(user, failed, **extra):
-        return orjson.dumps({schema.KEY: user, "failed_payments_90d": failed, schema.EVENT_TIME: FEB,
-                             schema.EVENT_SNAPSHOT: "month_001", **extra})
+        return orjson.dumps(
+            {
+                schema.KEY: user,
+                "failed_payments_90d": failed,
+                schema.EVENT_TIME: FEB,
+                schema.EVENT_SNAPSHOT: "month_001",
+                **extra,
+            }
+        )
 
     def sub(user, contract):
-        return orjson.dumps({schema.KEY: user, "months_active": 4, "plan_stream_tv": True,
-                             "plan_stream_movies": None, "contract_type": contract,
-                             "paperless_billing": False, "monthly_fee": 30.0, "total_paid": 120.0,
-                             "net_service": "DSL",
-                             schema.EVENT_TIME: FEB, schema.EVENT_SNAPSHOT: "month_001"})
+        return orjson.dumps(
+            {
+                schema.KEY: user,
+                "months_active": 4,
+                "plan_stream_tv": True,
+                "plan_stream_movies": None,
+                "contract_type": contract,
+                "paperless_billing": False,
+                "monthly_fee": 30.0,
+                "total_paid": 120.0,
+                "net_service": "DSL",
+                schema.EVENT_TIME: FEB,
+                schema.EVENT_SNAPSHOT: "month_001",
+            }
+        )
 
     feb = schema.snapshot_as_of("month_001")
     hp, hs = events.headers(schema.table(PAY), feb), events.headers(schema.table(SUB), feb)
@@ -139,8 +177,9 @@ def bad_events(users: list[str]) -> dict[str, tuple[str, bytes, bytes, list]]:
 
 def send(evts) -> None:
     producer = kafka_clients.producer("test")
-    futures = [producer.send(schema.table(t).topic, key=k, value=v, headers=h)
-               for t, k, v, h in evts.values()]
+    futures = [
+        producer.send(schema.table(t).topic, key=k, value=v, headers=h) for t, k, v, h in evts.values()
+    ]
     producer.flush()
     for future in futures:
         future.get(timeout=30)
@@ -149,16 +188,22 @@ def send(evts) -> None:
 
 def redriven_records() -> list:
     """The records of the table topics that a redrive sent (they carry ``redrive_of``)."""
-    return [r for t in (PAY, SUB) for r in pipeline.read_topic(schema.table(t).topic)
-            if "redrive_of" in dict(r.headers)]
+    return [
+        r
+        for t in (PAY, SUB)
+        for r in pipeline.read_topic(schema.table(t).topic)
+        if "redrive_of" in dict(r.headers)
+    ]
 
 
 def ledger_rows(pg_conn) -> list[tuple]:
     if pg_conn.execute("SELECT to_regclass('streamflow_redrives')").fetchone()[0] is None:
         return []
-    return pg_conn.execute("SELECT dlq_partition, dlq_offset, state, target_topic, target_partition, "
-                           "target_offset FROM streamflow_redrives WHERE dlq_topic = %s ORDER BY 1, 2",
-                           (dead_letter_topic(),)).fetchall()
+    return pg_conn.execute(
+        "SELECT dlq_partition, dlq_offset, state, target_topic, target_partition, "
+        "target_offset FROM streamflow_redrives WHERE dlq_topic = %s ORDER BY 1, 2",
+        (dead_letter_topic(),),
+    ).fetchall()
 
 
 def listed(*filters: str) -> dict:
@@ -173,6 +218,7 @@ class Crash(Exception):
 
 def fix_registry(monkeypatch) -> None:
     """The fix: failed_payments_90d up to 10,000 (was 1,000); contract_type may be 'Three year'."""
+
     def widened(name, column, **change):
         t = schema.table(name)
         cols = tuple(dataclasses.replace(c, **change) if c.name == column else c for c in t.columns)
@@ -183,7 +229,8 @@ def fix_registry(monkeypatch) -> None:
 
 
 def test_list_show_redrive_once_through_crashes_then_fixed_events_are_written(
-        month_000, fresh, monkeypatch, pg_conn):
+    month_000, fresh, monkeypatch, pg_conn
+):
     users = pipeline.users_of(month_000)
     pipeline.replay([month_000])
     bad = bad_events(users)
@@ -197,11 +244,11 @@ def test_list_show_redrive_once_through_crashes_then_fixed_events_are_written(
     assert code == 0
     lines = text.splitlines()
     assert lines[0].split()[:6] == ["ID", "TIME", "SOURCE", "KEY", "REDRIVEN", "REDRIVE-OF"]
-    rows = lines[1:1 + len(bad)]
+    rows = lines[1 : 1 + len(bad)]
     assert all(row.split()[4:6] == ["no", "-"] and row.split()[1].endswith("Z") for row in rows), text
     assert lines[len(bad) + 1] == "" and lines[len(bad) + 2] == "counts by reason:"
     assert lines[-1].split() == [str(len(bad)), "total"]
-    assert any(line.split()[0] == "2" and "is not one of" in line for line in lines[len(bad) + 3:-1]), text
+    assert any(line.split()[0] == "2" and "is not one of" in line for line in lines[len(bad) + 3 : -1]), text
 
     doc = listed()
     by_user = {x["key"]: x for x in doc["dead_letters"]}
@@ -239,8 +286,9 @@ def test_list_show_redrive_once_through_crashes_then_fixed_events_are_written(
     ends = pipeline.end_offsets([schema.table(PAY).topic, schema.table(SUB).topic])
     code, text = cli("redrive", "--dry-run")
     assert code == 0
-    assert summary(text) == ("sent 0 (dry run: would send 6), skipped (already re-driven) 0, "
-                             "skipped (truncated) 1")
+    assert summary(text) == (
+        "sent 0 (dry run: would send 6), skipped (already re-driven) 0, skipped (truncated) 1"
+    )
     assert f"would send {by_user[users[0]]['id']} -> {schema.table(PAY).topic} key='{users[0]}'" in text
     assert f"redrive_of={dlq}/" in text and f"event_timestamp={FEB}" in text
     assert f"skipped {by_user[users[6]]['id']} (truncated: the dead letter kept 65,536 of the value's" in text
@@ -300,8 +348,9 @@ def test_list_show_redrive_once_through_crashes_then_fixed_events_are_written(
     assert len(redriven_records()) == 6
     states = {x["key"]: x["redriven"] for x in listed()["dead_letters"]}
     assert states[users[6]] == {"state": "no"}
-    assert all(s["state"] == "yes" and s["redriven_at"].endswith("Z")
-               for u, s in states.items() if u != users[6])
+    assert all(
+        s["state"] == "yes" and s["redriven_at"].endswith("Z") for u, s in states.items() if u != users[6]
+    )
     assert json.loads(cli("show", by_user[users[0]]["id"])[1])["redrive"]["state"] == "yes"
 
     # -- the fix, then the consumer: fixed events written, the others back in the dead-letter topic
@@ -340,8 +389,14 @@ def test_unreachable_service_is_one_line_and_exit_4(service, pg_settings, kafka_
         env.update(KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1", STREAMFLOW_KAFKA_BOOTSTRAP_TIMEOUT_MS="2000")
     else:
         env.update(POSTGRES_PORT="1", POSTGRES_PASSWORD="s3cret-pw")
-    done = subprocess.run([sys.executable, "-m", "streamflow.cli", "dead-letters", "list"], cwd=pipeline.REPO,
-                          env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "streamflow.cli", "dead-letters", "list"],
+        cwd=pipeline.REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 4, done.stderr[-2000:]
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "not reachable" in lines[0], done.stderr[-2000:]

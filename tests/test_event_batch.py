@@ -165,5 +165,5 @@ def test_the_frame_index_is_the_position_of_each_rows_record(bad):
     for i, label in enumerate(got.frame.index):
         rec = got.good[label]
         assert rec.key.decode() == got.frame[schema.KEY].iloc[i]
-        later = [r for r in got.good[label + 1:] if r.key == rec.key]
+        later = [r for r in got.good[label + 1 :] if r.key == rec.key]
         assert not later  # the row's record is the last of its user (one time per batch here)

@@ -50,7 +50,14 @@ FEAST = Path(sys.executable).parent / "feast"
 PROJECT = "streamflow_cli"
 """The project of these tests (in the test database), apart from the other tests' FEAST_PROJECT."""
 
-SETTINGS = ("POSTGRES_HOST", "POSTGRES_PORT", "POSTGRES_DB", "POSTGRES_USER", "POSTGRES_PASSWORD", "FEAST_PROJECT")
+SETTINGS = (
+    "POSTGRES_HOST",
+    "POSTGRES_PORT",
+    "POSTGRES_DB",
+    "POSTGRES_USER",
+    "POSTGRES_PASSWORD",
+    "FEAST_PROJECT",
+)
 USERS = 24
 TODAY = datetime.now(timezone.utc).date()
 FIRST, SECOND = TODAY - timedelta(days=40), TODAY - timedelta(days=10)
@@ -74,9 +81,12 @@ def bare_env(**settings: str) -> dict[str, str]:
 
 def feast(*args: str, env: dict[str, str], timeout: float = 300) -> subprocess.CompletedProcess:
     """Run the real `feast` CLI in feature_repo/; fail with its output when it fails."""
-    done = subprocess.run([str(FEAST), *args], cwd=FEATURE_REPO, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    assert done.returncode == 0, f"feast {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    done = subprocess.run(
+        [str(FEAST), *args], cwd=FEATURE_REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, (
+        f"feast {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    )
     return done
 
 
@@ -91,16 +101,25 @@ def view_names(listing: str) -> set[str]:
 def defaults() -> dict:
     """StreamFlow's default database settings and project, as a process with nothing set sees them
     (through streamflow.feast_stores.settings, what our Feast classes read)."""
-    code = ("import json; from streamflow.feast_stores import settings; "
-            "print(json.dumps({**settings.database(), 'project': settings.project()}))")
-    out = subprocess.run([sys.executable, "-c", code], env=bare_env(), capture_output=True, text=True,
-                         check=True, cwd=REPO)
+    code = (
+        "import json; from streamflow.feast_stores import settings; "
+        "print(json.dumps({**settings.database(), 'project': settings.project()}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=bare_env(), capture_output=True, text=True, check=True, cwd=REPO
+    )
     return json.loads(out.stdout)
 
 
 def connect(db: dict) -> psycopg.Connection:
-    return psycopg.connect(host=db["host"], port=db["port"], dbname=db["database"], user=db["user"],
-                           password=db["password"], connect_timeout=5)
+    return psycopg.connect(
+        host=db["host"],
+        port=db["port"],
+        dbname=db["database"],
+        user=db["user"],
+        password=db["password"],
+        connect_timeout=5,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +128,10 @@ def cli(pg_settings, defaults, tmp_path_factory):
     naming the project. Skipped when the test database is not where the defaults point."""
     ours = settings.database()
     if any(ours[k] != defaults[k] for k in ("host", "port", "user", "password")):
-        pytest.skip(f"the test database {pg_settings.describe()} is not at the default host, port and "
-                    f"user: these tests leave them unset")
+        pytest.skip(
+            f"the test database {pg_settings.describe()} is not at the default host, port and "
+            f"user: these tests leave them unset"
+        )
     folder = tmp_path_factory.mktemp("feast-cli")
     fs_yaml = folder / "feature_store.yaml"
     fs_yaml.write_text(feast_yaml(PROJECT))
@@ -156,11 +177,15 @@ def forget_project(conn, project: str) -> None:
     """Delete a project from the SQL registry, its materialization history included, so that
     `feast materialize-incremental` starts afresh. Feast's own delete_project leaves the rows of
     feature_view_version_history, which then make the next `feast apply` fail."""
-    tables = conn.execute("SELECT table_name FROM information_schema.columns WHERE column_name = 'project_id'"
-                          " AND table_schema = current_schema()").fetchall()
+    tables = conn.execute(
+        "SELECT table_name FROM information_schema.columns WHERE column_name = 'project_id'"
+        " AND table_schema = current_schema()"
+    ).fetchall()
     for (table,) in tables:
-        conn.execute(psycopg.sql.SQL("DELETE FROM {} WHERE project_id = %s").format(psycopg.sql.Identifier(table)),
-                     (project,))
+        conn.execute(
+            psycopg.sql.SQL("DELETE FROM {} WHERE project_id = %s").format(psycopg.sql.Identifier(table)),
+            (project,),
+        )
 
 
 def online_rows(view: str) -> int:
@@ -184,8 +209,9 @@ def test_feature_views_list_with_nothing_set_reads_the_default_database(defaults
     default database, whatever it holds (the demo's views, or none on a fresh machine)."""
     listed = feast("feature-views", "list", env=bare_env())
     with connect(defaults) as conn:
-        rows = conn.execute("SELECT feature_view_name FROM feature_views WHERE project_id = %s",
-                            (defaults["project"],)).fetchall()
+        rows = conn.execute(
+            "SELECT feature_view_name FROM feature_views WHERE project_id = %s", (defaults["project"],)
+        ).fetchall()
     assert view_names(listed.stdout) == {name for (name,) in rows}
 
 
@@ -193,8 +219,14 @@ def test_the_environment_overrides_the_defaults(cli):
     """A setting in the environment wins over the default: here a port nothing listens on."""
     env, yaml_args = cli
     port = closed_port()
-    done = subprocess.run([str(FEAST), *yaml_args, "feature-views", "list"], cwd=FEATURE_REPO,
-                          env={**env, "POSTGRES_PORT": str(port)}, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(FEAST), *yaml_args, "feature-views", "list"],
+        cwd=FEATURE_REPO,
+        env={**env, "POSTGRES_PORT": str(port)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode != 0
     assert f'"127.0.0.1", port {port} failed: Connection refused' in done.stderr, done.stderr[-2000:]
 
@@ -209,12 +241,19 @@ def test_feast_serve_refuses_another_project_than_feast_project(repo, cli, tmp_p
     """Feast reads the project from its yaml; FEAST_PROJECT names another: our provider refuses
     to start instead of serving the wrong project."""
     env, yaml_args = cli
-    done = subprocess.run([str(FEAST), *yaml_args, "serve", "--port", str(closed_port())], cwd=FEATURE_REPO,
-                          env={**env, "FEAST_PROJECT": f"not_{PROJECT}", "XDG_RUNTIME_DIR": str(tmp_path)},
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [str(FEAST), *yaml_args, "serve", "--port", str(closed_port())],
+        cwd=FEATURE_REPO,
+        env={**env, "FEAST_PROJECT": f"not_{PROJECT}", "XDG_RUNTIME_DIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode != 0
-    assert (f"ProjectMismatch: Feast's configuration names project '{PROJECT}' but StreamFlow's setting "
-            f"FEAST_PROJECT is 'not_{PROJECT}'") in done.stderr, done.stderr[-3000:]
+    assert (
+        f"ProjectMismatch: Feast's configuration names project '{PROJECT}' but StreamFlow's setting "
+        f"FEAST_PROJECT is 'not_{PROJECT}'"
+    ) in done.stderr, done.stderr[-3000:]
 
 
 def test_the_yaml_names_the_default_project(defaults):
@@ -236,16 +275,24 @@ def server(repo, cli, tmp_path_factory):
     runtime = tmp_path_factory.mktemp("feast-serve")  # gunicorn's control socket, private
     log_path = runtime / "feast-serve.log"
     with open(log_path, "wb") as log:
-        proc = subprocess.Popen([str(FEAST), *yaml_args, "serve", "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=FEATURE_REPO, env={**env, "XDG_RUNTIME_DIR": str(runtime)},
-                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(FEAST), *yaml_args, "serve", "--host", "127.0.0.1", "--port", str(port)],
+            cwd=FEATURE_REPO,
+            env={**env, "XDG_RUNTIME_DIR": str(runtime)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     # a connection per request: Feast's server closes the connection after its own 500s
-    client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60,
-                          limits=httpx.Limits(max_keepalive_connections=0))
+    client = httpx.Client(
+        base_url=f"http://127.0.0.1:{port}", timeout=60, limits=httpx.Limits(max_keepalive_connections=0)
+    )
     try:
         deadline = time.monotonic() + 240
         while True:
-            assert proc.poll() is None, f"feast serve exited {proc.returncode}:\n{log_path.read_text()[-3000:]}"
+            assert proc.poll() is None, (
+                f"feast serve exited {proc.returncode}:\n{log_path.read_text()[-3000:]}"
+            )
             try:
                 if client.get("/health").status_code == 200:
                     break
@@ -292,7 +339,9 @@ def feast_features(server, users: list[str], features: list[str] | None = None) 
             assert column["values"] == users
             continue
         view, feature = name.split("__", 1)
-        for user, value, status, ts in zip(users, column["values"], column["statuses"], column["event_timestamps"]):
+        for user, value, status, ts in zip(
+            users, column["values"], column["statuses"], column["event_timestamps"]
+        ):
             out[user][(view, feature)] = (value, status, ts)
     return out
 
@@ -347,15 +396,26 @@ def test_feast_serve_answers_what_our_api_answers(repo, server, api):
             mine = ours[user]["views"][view]
             assert mine["found"] and status in ("PRESENT", "NULL_VALUE"), (user, view, feature, status)
             assert same(KINDS[view, feature], value, mine["features"][feature]), (
-                user, view, feature, value, mine["features"][feature])
-            assert utc(ts) == utc(mine["event_timestamp"]) == datetime.combine(SECOND, datetime.min.time(), timezone.utc)
+                user,
+                view,
+                feature,
+                value,
+                mine["features"][feature],
+            )
+            assert (
+                utc(ts)
+                == utc(mine["event_timestamp"])
+                == datetime.combine(SECOND, datetime.min.time(), timezone.utc)
+            )
             compared += 1
     assert compared == 6 * len(service)
     for user in repo.users[:6]:  # and both answer the newest snapshot loaded
         table = schema.table("subscriptions")
         row = repo.second[table.name].set_index(schema.KEY).loc[user]
         for c in table.columns:
-            assert ours[user]["views"][table.feature_view]["features"][c.name] == snapshot_value(row[c.name], c.kind)
+            assert ours[user]["views"][table.feature_view]["features"][c.name] == snapshot_value(
+                row[c.name], c.kind
+            )
 
 
 # --- /push -----------------------------------------------------------------------------------------
@@ -375,9 +435,16 @@ PUSH_CASES = [(mode, fmt) for mode in MODES for fmt in TIME_FORMATS]
 
 
 def usage_row(user: str, as_of, watch_hours: float = 12.5, snapshot: str = "feast-push") -> dict:
-    return {schema.KEY: user, schema.SNAPSHOT_TIME: as_of, "watch_hours_30d": watch_hours,
-            "avg_session_mins_7d": 31.5, "unique_devices_30d": 3, "skips_7d": 4, "rebuffer_events_7d": 0,
-            schema.EVENT_SNAPSHOT: snapshot}
+    return {
+        schema.KEY: user,
+        schema.SNAPSHOT_TIME: as_of,
+        "watch_hours_30d": watch_hours,
+        "avg_session_mins_7d": 31.5,
+        "unique_devices_30d": 3,
+        "skips_7d": 4,
+        "rebuffer_events_7d": 0,
+        schema.EVENT_SNAPSHOT: snapshot,
+    }
 
 
 def push(server, table: schema.Table, rows: list[dict], to: str) -> httpx.Response:
@@ -394,7 +461,8 @@ def offline_rows(table: schema.Table, user: str) -> list[dict]:
 
 def watch_hours_online(server, user: str) -> tuple[float, datetime]:
     value, status, ts = feast_features(server, [user], ["usage_agg_30d_fv:watch_hours_30d"])[user][
-        ("usage_agg_30d_fv", "watch_hours_30d")]
+        ("usage_agg_30d_fv", "watch_hours_30d")
+    ]
     assert status == "PRESENT"
     return value, utc(ts)
 
@@ -426,7 +494,11 @@ def test_push_writes_what_to_says_with_any_iso_8601_time(repo, server, mode, fmt
 MALFORMED = {
     "out of range": (USAGE, {"skips_7d": -3}, "field skips_7d: out of range"),
     "not one of the choices": (SUBS, {"contract_type": "Weekly"}, "field contract_type: expected one of"),
-    "bad timestamp": (USAGE, {schema.SNAPSHOT_TIME: f"{PUSH_DAY}T25:00:00Z"}, "field as_of: expected an ISO 8601"),
+    "bad timestamp": (
+        USAGE,
+        {schema.SNAPSHOT_TIME: f"{PUSH_DAY}T25:00:00Z"},
+        "field as_of: expected an ISO 8601",
+    ),
     "not a timestamp": (USAGE, {schema.SNAPSHOT_TIME: 1700000000}, "field as_of: expected an ISO 8601"),
     "null timestamp": (USAGE, {schema.SNAPSHOT_TIME: None}, "field as_of: must not be null"),
     "not a number": (USAGE, {"watch_hours_30d": "lots"}, "field watch_hours_30d: expected a number"),
@@ -435,14 +507,25 @@ MIXED_TYPES = {"not a timestamp", "not a number"}
 """Cases whose column mixes JSON types (a number among strings, a string among numbers): with
 ``to: offline`` Feast converts the frame to Arrow before any code of ours runs, and that fails
 (see test_columns_feast_checks_before_our_code_answer_500_naming_the_column)."""
-MALFORMED_CASES = [(case, mode) for case in MALFORMED for mode in MODES
-                   if not (mode == "offline" and case in MIXED_TYPES)]
+MALFORMED_CASES = [
+    (case, mode) for case in MALFORMED for mode in MODES if not (mode == "offline" and case in MIXED_TYPES)
+]
 
 
 def subs_row(user: str, as_of) -> dict:
-    return {schema.KEY: user, schema.SNAPSHOT_TIME: as_of, "months_active": 3, "plan_stream_tv": None,
-            "plan_stream_movies": True, "contract_type": "One year", "paperless_billing": False,
-            "monthly_fee": 20.5, "total_paid": 61.5, "net_service": "DSL", schema.EVENT_SNAPSHOT: "feast-push"}
+    return {
+        schema.KEY: user,
+        schema.SNAPSHOT_TIME: as_of,
+        "months_active": 3,
+        "plan_stream_tv": None,
+        "plan_stream_movies": True,
+        "contract_type": "One year",
+        "paperless_billing": False,
+        "monthly_fee": 20.5,
+        "total_paid": 61.5,
+        "net_service": "DSL",
+        schema.EVENT_SNAPSHOT: "feast-push",
+    }
 
 
 def error_of(response: httpx.Response) -> str:
@@ -498,7 +581,10 @@ def test_columns_feast_checks_before_our_code_answer_500_naming_the_column(repo,
     for case in sorted(MIXED_TYPES):
         _, change, _ = MALFORMED[case]
         (column,) = change
-        rows = [usage_row(repo.users[22], TIME_FORMATS["Z"]), {**usage_row(user, TIME_FORMATS["Z"]), **change}]
+        rows = [
+            usage_row(repo.users[22], TIME_FORMATS["Z"]),
+            {**usage_row(user, TIME_FORMATS["Z"]), **change},
+        ]
         r = push(server, USAGE, rows, "offline")
         assert r.status_code == 500 and f"Conversion failed for column {column}" in r.text, r.text
     for u in (user, repo.users[22]):

@@ -133,8 +133,10 @@ def _override_problems() -> list[str]:
             defining = next((c for c in feast_bases if name in vars(c)), None)
             if defining is None:
                 continue
-            where = (f"{ours.__module__}.{ours.__name__}.{name} overrides "
-                     f"{defining.__module__}.{defining.__name__}.{name}")
+            where = (
+                f"{ours.__module__}.{ours.__name__}.{name} overrides "
+                f"{defining.__module__}.{defining.__name__}.{name}"
+            )
             theirs_static = isinstance(vars(defining)[name], staticmethod)
             if isinstance(attr, staticmethod) != theirs_static:
                 static = (

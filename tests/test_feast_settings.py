@@ -32,7 +32,13 @@ def test_store_configs_take_the_database_from_the_settings_unless_the_yaml_gives
     monkeypatch.setenv("POSTGRES_USER", "feast")
     monkeypatch.setenv("POSTGRES_PASSWORD", "pw")
     made = cls()
-    assert (made.host, made.port, made.database, made.user, made.password) == ("db.example", 6543, "features", "feast", "pw")
+    assert (made.host, made.port, made.database, made.user, made.password) == (
+        "db.example",
+        6543,
+        "features",
+        "feast",
+        "pw",
+    )
     assert cls(host="yaml.example", port=7000).host == "yaml.example"  # the yaml wins
     assert cls(host="yaml.example", port=7000).port == 7000
     monkeypatch.delenv("POSTGRES_HOST")  # unset: StreamFlow's default, as streamflow.config has it
@@ -48,10 +54,22 @@ def test_registry_url_fills_in_what_it_leaves_out(monkeypatch):
     monkeypatch.setenv("POSTGRES_USER", "feast")
     monkeypatch.setenv("POSTGRES_PASSWORD", "p@ss:w/rd")
     url = settings.registry_url("postgresql+psycopg://?sslmode=disable")
-    assert (url.host, url.port, url.database, url.username, url.password) == ("db.example", 6543, "features", "feast", "p@ss:w/rd")
+    assert (url.host, url.port, url.database, url.username, url.password) == (
+        "db.example",
+        6543,
+        "features",
+        "feast",
+        "p@ss:w/rd",
+    )
     assert url.query == {"sslmode": "disable"} and url.drivername == "postgresql+psycopg"
     explicit = settings.registry_url("postgresql+psycopg://u:x@other:1/reg")
-    assert (explicit.host, explicit.port, explicit.database, explicit.username, explicit.password) == ("other", 1, "reg", "u", "x")
+    assert (explicit.host, explicit.port, explicit.database, explicit.username, explicit.password) == (
+        "other",
+        1,
+        "reg",
+        "u",
+        "x",
+    )
 
 
 def test_any_password_survives_the_registry_url(monkeypatch):
@@ -131,11 +149,14 @@ def test_utc_times_takes_iso_8601_strings_and_datetimes(value):
     assert utc_times(pd.Series([value], dtype=object)).tolist() == [UTC_6]
 
 
-@pytest.mark.parametrize("column", [
-    pd.Series(pd.to_datetime(["2024-01-31T06:00:00"])),  # naive datetime64: UTC
-    pd.Series(pd.to_datetime(["2024-01-31T08:00:00+02:00"])),
-    pd.Series(["2024-01-31T06:00:00Z"], dtype="string"),  # Arrow strings read back (offline writes)
-])
+@pytest.mark.parametrize(
+    "column",
+    [
+        pd.Series(pd.to_datetime(["2024-01-31T06:00:00"])),  # naive datetime64: UTC
+        pd.Series(pd.to_datetime(["2024-01-31T08:00:00+02:00"])),
+        pd.Series(["2024-01-31T06:00:00Z"], dtype="string"),  # Arrow strings read back (offline writes)
+    ],
+)
 def test_utc_times_takes_datetime_and_string_columns(column):
     out = utc_times(column)
     assert str(out.dtype).endswith("UTC]") and out.tolist() == [UTC_6]
@@ -147,11 +168,18 @@ def test_utc_times_gives_nat_for_anything_else(value):
 
 
 def usage_frame(as_of) -> pd.DataFrame:
-    return pd.DataFrame({
-        schema.KEY: ["1111-AAAAA", "2222-BBBBB"], schema.SNAPSHOT_TIME: as_of,
-        "watch_hours_30d": [1.5, 2.5], "avg_session_mins_7d": [3.0, 4.0], "unique_devices_30d": [1, 2],
-        "skips_7d": [0, 1], "rebuffer_events_7d": [0, 0], schema.EVENT_SNAPSHOT: ["s", None],
-    })
+    return pd.DataFrame(
+        {
+            schema.KEY: ["1111-AAAAA", "2222-BBBBB"],
+            schema.SNAPSHOT_TIME: as_of,
+            "watch_hours_30d": [1.5, 2.5],
+            "avg_session_mins_7d": [3.0, 4.0],
+            "unique_devices_30d": [1, 2],
+            "skips_7d": [0, 1],
+            "rebuffer_events_7d": [0, 0],
+            schema.EVENT_SNAPSHOT: ["s", None],
+        }
+    )
 
 
 def test_validate_frame_takes_what_feast_serve_gets_from_json():
@@ -159,14 +187,23 @@ def test_validate_frame_takes_what_feast_serve_gets_from_json():
     typed = validate_frame(USAGE, usage_frame(["2024-01-31T06:00:00Z", "2024-01-31T08:00:00+02:00"]))
     assert typed[schema.SNAPSHOT_TIME].tolist() == [UTC_6, UTC_6]
     assert str(typed[schema.SNAPSHOT_TIME].dtype) == "datetime64[ns, UTC]"
-    assert typed["unique_devices_30d"].dtype == "Int64" and typed[schema.EVENT_SNAPSHOT].isna().tolist() == [False, True]
+    assert typed["unique_devices_30d"].dtype == "Int64" and typed[schema.EVENT_SNAPSHOT].isna().tolist() == [
+        False,
+        True,
+    ]
 
 
-@pytest.mark.parametrize("as_of, message", [
-    (["2024-01-31T06:00:00Z", "2024-02-30T00:00:00Z"], "row 1 (user 2222-BBBBB), field as_of: expected an ISO 8601"),
-    (["2024-01-31T06:00:00Z", None], "row 1 (user 2222-BBBBB), field as_of: must not be null"),
-    ([1706680800, 1706680800], "row 0 (user 1111-AAAAA), field as_of: expected an ISO 8601"),
-])
+@pytest.mark.parametrize(
+    "as_of, message",
+    [
+        (
+            ["2024-01-31T06:00:00Z", "2024-02-30T00:00:00Z"],
+            "row 1 (user 2222-BBBBB), field as_of: expected an ISO 8601",
+        ),
+        (["2024-01-31T06:00:00Z", None], "row 1 (user 2222-BBBBB), field as_of: must not be null"),
+        ([1706680800, 1706680800], "row 0 (user 1111-AAAAA), field as_of: expected an ISO 8601"),
+    ],
+)
 def test_validate_frame_names_the_bad_time(as_of, message):
     with pytest.raises(PushValidationError, match=message.replace("(", r"\(").replace(")", r"\)")):
         validate_frame(USAGE, usage_frame(as_of))
@@ -183,11 +220,18 @@ def test_a_push_feast_did_not_validate_fails_with_invalid_push():
     with pytest.raises(InvalidPush) as err:
         checked(view, frame, where="push to usage_agg_30d_fv")
     exc = err.value
-    assert isinstance(exc, PushValidationError) and isinstance(exc, FeastError) and isinstance(exc, HTTPException)
+    assert (
+        isinstance(exc, PushValidationError)
+        and isinstance(exc, FeastError)
+        and isinstance(exc, HTTPException)
+    )
     assert exc.status_code == exc.http_status_code() == 422
     assert str(exc) == exc.detail and "row 1 (user 2222-BBBBB), field skips_7d: out of range" in str(exc)
     assert isinstance(view, FeatureView)
-    assert checked(view, usage_frame(["2024-01-31T06:00:00Z"] * 2), "push")[schema.SNAPSHOT_TIME].tolist() == [UTC_6] * 2
+    assert (
+        checked(view, usage_frame(["2024-01-31T06:00:00Z"] * 2), "push")[schema.SNAPSHOT_TIME].tolist()
+        == [UTC_6] * 2
+    )
 
 
 def _views():

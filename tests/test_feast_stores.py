@@ -38,9 +38,11 @@ def usage_frame(rows: list[tuple[str, pd.Timestamp, float]]) -> pd.DataFrame:
 
 
 def online_watch_hours(user: str):
-    result = get_store().get_online_features(
-        features=["usage_agg_30d_fv:watch_hours_30d"], entity_rows=[{schema.KEY: user}]
-    ).to_dict()
+    result = (
+        get_store()
+        .get_online_features(features=["usage_agg_30d_fv:watch_hours_30d"], entity_rows=[{schema.KEY: user}])
+        .to_dict()
+    )
     return result["watch_hours_30d"][0]
 
 
@@ -83,12 +85,17 @@ def test_same_event_twice_rewrites_nothing(store):
     with psycopg.connect(config.postgres().conninfo) as conn:
         before = conn.execute(f'SELECT entity_key, xmin::text FROM "{online}" ORDER BY 1').fetchall()
         off_before = conn.execute(
-            f"SELECT user_id, xmin::text, loaded_at FROM {USAGE.snapshot_table} ORDER BY 1").fetchall()
+            f"SELECT user_id, xmin::text, loaded_at FROM {USAGE.snapshot_table} ORDER BY 1"
+        ).fetchall()
     push(USAGE, frame)
     with psycopg.connect(config.postgres().conninfo) as conn:
         assert conn.execute(f'SELECT entity_key, xmin::text FROM "{online}" ORDER BY 1').fetchall() == before
-        assert conn.execute(
-            f"SELECT user_id, xmin::text, loaded_at FROM {USAGE.snapshot_table} ORDER BY 1").fetchall() == off_before
+        assert (
+            conn.execute(
+                f"SELECT user_id, xmin::text, loaded_at FROM {USAGE.snapshot_table} ORDER BY 1"
+            ).fetchall()
+            == off_before
+        )
 
 
 @pytest.mark.parametrize(
@@ -142,8 +149,10 @@ def test_fast_entity_key_serialization_equals_feasts():
 
     from streamflow.feast_stores.online import entity_key_bytes
 
-    for key in (EntityKey(join_keys=["user_id"], entity_values=[Value(string_val="7590-VHVEG")]),
-                EntityKey(join_keys=["user_id"], entity_values=[Value(string_val="é-ü")]),
-                EntityKey(join_keys=["n"], entity_values=[Value(int64_val=42)]),
-                EntityKey(join_keys=["b", "a"], entity_values=[Value(string_val="x"), Value(int64_val=1)])):
+    for key in (
+        EntityKey(join_keys=["user_id"], entity_values=[Value(string_val="7590-VHVEG")]),
+        EntityKey(join_keys=["user_id"], entity_values=[Value(string_val="é-ü")]),
+        EntityKey(join_keys=["n"], entity_values=[Value(int64_val=42)]),
+        EntityKey(join_keys=["b", "a"], entity_values=[Value(string_val="x"), Value(int64_val=1)]),
+    ):
         assert entity_key_bytes(key, 3) == serialize_entity_key(key, entity_key_serialization_version=3)

@@ -66,8 +66,10 @@ def warehouse(pg_settings, snapshots, users):
         load_snapshot(folder)
     with psycopg.connect(config.postgres().conninfo, autocommit=True) as conn:
         conn.execute(f"DELETE FROM {USAGE.snapshot_table} WHERE user_id = %s", (users[1],))
-        conn.execute(f"DELETE FROM {SUPPORT.snapshot_table} WHERE user_id = %s AND as_of = %s",
-                     (users[2], JAN.to_pydatetime()))
+        conn.execute(
+            f"DELETE FROM {SUPPORT.snapshot_table} WHERE user_id = %s AND as_of = %s",
+            (users[2], JAN.to_pydatetime()),
+        )
     get_store().refresh_registry()
     yield
     with psycopg.connect(config.postgres().conninfo, autocommit=True) as conn:
@@ -109,8 +111,11 @@ def entity_sql(frame: pd.DataFrame) -> str:
     """The entity frame as a table of its own, and the SQL that selects it."""
     with psycopg.connect(config.postgres().conninfo, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(ENTITY_TABLE)))
-        conn.execute(sql.SQL("CREATE TABLE {} (user_id TEXT, event_timestamp TIMESTAMPTZ, note TEXT)")
-                     .format(sql.Identifier(ENTITY_TABLE)))
+        conn.execute(
+            sql.SQL("CREATE TABLE {} (user_id TEXT, event_timestamp TIMESTAMPTZ, note TEXT)").format(
+                sql.Identifier(ENTITY_TABLE)
+            )
+        )
         with conn.cursor().copy(sql.SQL("COPY {} FROM STDIN").format(sql.Identifier(ENTITY_TABLE))) as copy:
             for row in frame.itertuples(index=False):
                 copy.write_row([row[0], row[1].to_pydatetime(), row[2]])
@@ -119,7 +124,10 @@ def entity_sql(frame: pd.DataFrame) -> str:
 
 def retrieve(store, entity_df, full_feature_names=False, features=None, **kwargs):
     return store.get_historical_features(
-        entity_df=entity_df, features=features or feature_refs(), full_feature_names=full_feature_names, **kwargs
+        entity_df=entity_df,
+        features=features or feature_refs(),
+        full_feature_names=full_feature_names,
+        **kwargs,
     )
 
 
@@ -169,22 +177,34 @@ def test_feature_subset_and_entity_columns_keep_their_order(warehouse, users):
 
     ours = assert_same_as_stock(frame, features=features)
 
-    assert list(ours.columns) == ["note", "event_timestamp", schema.KEY, "ticket_avg_resolution_hrs_90d", "skips_7d"]
+    assert list(ours.columns) == [
+        "note",
+        "event_timestamp",
+        schema.KEY,
+        "ticket_avg_resolution_hrs_90d",
+        "skips_7d",
+    ]
 
 
 def test_other_entity_column_types_equal_stock(warehouse, users):
     """Entity columns of every kind a DataFrame carries (the CSV upload) or SQL returns (numeric:
     read the stock way) come back as stock gives them."""
-    frame = entity_frame(users).head(12).assign(
-        weight=[0.1 + 0.2, float("nan")] + [1e-300] * 10,
-        count=range(12),
-        flag=[True, False] * 6,
-        text=["", None, "a,b", 'say "hi"', "two\nlines"] + ["x"] * 7,
-        seen=pd.Timestamp("2024-03-10 01:30:00.123456", tz="America/New_York"),
+    frame = (
+        entity_frame(users)
+        .head(12)
+        .assign(
+            weight=[0.1 + 0.2, float("nan")] + [1e-300] * 10,
+            count=range(12),
+            flag=[True, False] * 6,
+            text=["", None, "a,b", 'say "hi"', "two\nlines"] + ["x"] * 7,
+            seen=pd.Timestamp("2024-03-10 01:30:00.123456", tz="America/New_York"),
+        )
     )
     assert_same_as_stock(frame)
-    numeric = (f"SELECT user_id, as_of AS event_timestamp, 1.25::numeric AS weight, 7::smallint AS small "
-               f"FROM {schema.LABEL_TABLE.snapshot_table}")
+    numeric = (
+        f"SELECT user_id, as_of AS event_timestamp, 1.25::numeric AS weight, 7::smallint AS small "
+        f"FROM {schema.LABEL_TABLE.snapshot_table}"
+    )
     assert_same_as_stock(numeric)
 
 
@@ -225,7 +245,9 @@ def test_entity_missing_from_a_view_gets_nulls_for_that_view_only(warehouse, sna
     assert no_usage[schema.table("users").feature_names].notna().all(axis=None)
 
     support = csv_values(snapshots[1], SUPPORT, "support_tickets_90d")
-    assert [pd.isna(v) for v in rows_at(frame, users[2], JAN)["support_tickets_90d"]] == [True]  # no January row
+    assert [pd.isna(v) for v in rows_at(frame, users[2], JAN)["support_tickets_90d"]] == [
+        True
+    ]  # no January row
     assert rows_at(frame, users[2], FEB)["support_tickets_90d"].tolist() == [support[users[2]]]
 
 
@@ -257,10 +279,17 @@ def apply_usage_variant(**changes):
 
 def test_ttl_equals_stock(warehouse, users):
     apply_usage_variant(ttl=timedelta(days=10))
-    frame = pd.DataFrame({
-        schema.KEY: [users[0]] * 4,
-        "event_timestamp": [JAN + timedelta(days=5), JAN + timedelta(days=15), FEB, JAN + timedelta(days=10)],
-    })
+    frame = pd.DataFrame(
+        {
+            schema.KEY: [users[0]] * 4,
+            "event_timestamp": [
+                JAN + timedelta(days=5),
+                JAN + timedelta(days=15),
+                FEB,
+                JAN + timedelta(days=10),
+            ],
+        }
+    )
     ours = assert_same_as_stock(frame, features=[f"{USAGE.feature_view}:watch_hours_30d"])
     assert ours["watch_hours_30d"].notna().tolist() == [True, False, True, True]  # 15 days > ttl
 
@@ -276,12 +305,22 @@ def test_created_timestamp_equals_stock(warehouse, users, filter_by_created_time
     apply_usage_variant(batch_source=source)
     with psycopg.connect(config.postgres().conninfo, autocommit=True) as conn:
         conn.execute(f"UPDATE {USAGE.snapshot_table} SET loaded_at = as_of + interval '10 days'")
-    frame = pd.DataFrame({
-        schema.KEY: [users[0], users[0], users[1], users[6]],
-        "event_timestamp": [JAN + timedelta(days=5), JAN + timedelta(days=15), JAN, FEB + timedelta(days=30)],
-    })
-    ours = assert_same_as_stock(frame, features=[f"{USAGE.feature_view}:watch_hours_30d"],
-                                filter_by_created_timestamp=filter_by_created_timestamp)
+    frame = pd.DataFrame(
+        {
+            schema.KEY: [users[0], users[0], users[1], users[6]],
+            "event_timestamp": [
+                JAN + timedelta(days=5),
+                JAN + timedelta(days=15),
+                JAN,
+                FEB + timedelta(days=30),
+            ],
+        }
+    )
+    ours = assert_same_as_stock(
+        frame,
+        features=[f"{USAGE.feature_view}:watch_hours_30d"],
+        filter_by_created_timestamp=filter_by_created_timestamp,
+    )
     # January's row was created on February 10: invisible on February 5 when filtering by it
     assert pd.isna(ours["watch_hours_30d"][0]) is filter_by_created_timestamp
     assert ours["watch_hours_30d"][[1, 3]].notna().all()
@@ -297,7 +336,11 @@ def test_only_registry_views_with_an_entity_set_take_our_path():
     assert handles(views, refs, pd.DataFrame(), {})
     assert not handles(views, refs, None, {"start_date": JAN, "end_date": FEB})  # entity-less mode
     assert not handles(views, refs + ["some_odfv:score"], "SELECT 1", {})  # an on-demand view
-    other = FeatureView(name="not_in_the_registry_fv", entities=[definitions.user],
-                        source=definitions.batch_source(USAGE), schema=[Field(name="skips_7d", dtype=Int64)])
+    other = FeatureView(
+        name="not_in_the_registry_fv",
+        entities=[definitions.user],
+        source=definitions.batch_source(USAGE),
+        schema=[Field(name="skips_7d", dtype=Int64)],
+    )
     assert not handles([other], ["not_in_the_registry_fv:skips_7d"], "SELECT 1", {})
     assert not handles(views + [other], refs + ["not_in_the_registry_fv:skips_7d"], "SELECT 1", {})

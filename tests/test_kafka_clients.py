@@ -13,8 +13,8 @@ from kafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeToo
 
 from consumer.outage import Outage, OutageExceeded, Watchdog
 from streamflow import config, kafka_clients
-from streamflow.kafka_topics import ensure_topics, replication
 from streamflow.errors import ServiceUnavailable
+from streamflow.kafka_topics import ensure_topics, replication
 
 CONSTRUCTORS = re.compile(r"\b(KafkaProducer|KafkaConsumer|KafkaAdminClient)\(")
 
@@ -42,7 +42,9 @@ def test_settings_come_from_the_environment(monkeypatch):
     assert common["bootstrap_servers"] == ["a:1", "b:2"] and common["reconnect_backoff_max_ms"] == 750
     assert common["client_id"] == "streamflow-x"
     monkeypatch.setenv("KAFKA_MESSAGE_MAX_BYTES", "lots")
-    with pytest.raises(config.ConfigError, match="^KAFKA_MESSAGE_MAX_BYTES: expected an integer, got 'lots'$"):
+    with pytest.raises(
+        config.ConfigError, match="^KAFKA_MESSAGE_MAX_BYTES: expected an integer, got 'lots'$"
+    ):
         kafka_clients.settings()
 
 
@@ -113,8 +115,9 @@ def test_a_producer_that_went_bad_is_replaced_and_the_rest_is_delivered(topic, m
     """Misconfigured on purpose (the client believes the broker takes 8 MiB): the broker refuses
     the 3 MiB record and kafka-python 3.0 would then fail every later send of that producer
     object. The replay replaces it and delivers every other event; the refused one is reported."""
-    from producer.replay import Replayer
     from tqdm import tqdm
+
+    from producer.replay import Replayer
 
     monkeypatch.setenv("KAFKA_MESSAGE_MAX_BYTES", str(8 * 1024 * 1024))
     assert broker_message_max_bytes() < 3 * 1024 * 1024
@@ -200,6 +203,7 @@ def test_without_a_budget_the_outage_never_ends_the_consumer():
 def _raise(exc):
     def fail(*_a, **_k):
         raise exc
+
     return fail
 
 
@@ -234,6 +238,7 @@ class _Member:
 
     def group_metadata(self):
         from kafka.structs import ConsumerGroupMetadata
+
         return ConsumerGroupMetadata("g", -1, "", None, self.state)
 
 

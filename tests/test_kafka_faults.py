@@ -35,8 +35,17 @@ from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topi
 from tests import pipeline
 from tests.kafka_cluster import SHARED_STATE as STATE
 from tests.kafka_cluster import Cluster, SingleBroker
-from tests.test_reliability import (EVENTS, USERS, final_figures, logged, producer_process, stop,
-                                    summary_totals, table_records, wait_until)
+from tests.test_reliability import (
+    EVENTS,
+    USERS,
+    final_figures,
+    logged,
+    producer_process,
+    stop,
+    summary_totals,
+    table_records,
+    wait_until,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -173,7 +182,8 @@ def exact(figures: dict) -> None:
 
 
 def test_one_broker_stopped_and_started_five_times_during_replay_and_consume(
-        snapshots, single, monkeypatch, pg_settings, tmp_path):
+    snapshots, single, monkeypatch, pg_settings, tmp_path
+):
     m0, m1 = snapshots
     group = on(single, monkeypatch, pg_settings)
     rng = random.Random(SEED)
@@ -196,19 +206,30 @@ def test_one_broker_stopped_and_started_five_times_during_replay_and_consume(
             # something to consume: the time to the next commit
             if ask(table_records, "log-end offsets after the restart") > base:
                 with explained(consumer, clog):
-                    wait_until(lambda: pipeline.committed_total(group) > base, timeout=120, interval=0.1,
-                               what=f"cycle {cycle}: a commit after the restart")
+                    wait_until(
+                        lambda base=base: pipeline.committed_total(group) > base,
+                        timeout=120,
+                        interval=0.1,
+                        what=f"cycle {cycle}: a commit after the restart",
+                    )
                 recoveries.append(time.monotonic() - back)
         assert producer.wait(timeout=300) == 0, logged(plog)[-3000:]
         caught = finish(consumer, group, clog, time.monotonic())
     totals, figures = delivered_exactly(s, m0, m1)
     assert table_records() == EVENTS  # idempotent producer: no duplicate from its retries
     pipeline.record_reliability(
-        f"K1. one broker stopped and started {RESTARTS} times during replay and consume", sent=totals["sent"],
-        acked=totals["acked"], written=figures["written"], lost=figures["lost"],
-        duplicates=figures["duplicates"], kafka_duplicates=table_records() - EVENTS, restarts=RESTARTS,
-        recovery_seconds=max(recoveries) if recoveries else None, caught_up_after_replay_seconds=caught,
-        recovery=f"broker answering again to the consumer's next commit (worst of the {RESTARTS})")
+        f"K1. one broker stopped and started {RESTARTS} times during replay and consume",
+        sent=totals["sent"],
+        acked=totals["acked"],
+        written=figures["written"],
+        lost=figures["lost"],
+        duplicates=figures["duplicates"],
+        kafka_duplicates=table_records() - EVENTS,
+        restarts=RESTARTS,
+        recovery_seconds=max(recoveries) if recoveries else None,
+        caught_up_after_replay_seconds=caught,
+        recovery=f"broker answering again to the consumer's next commit (worst of the {RESTARTS})",
+    )
 
 
 def test_one_broker_hung_for_20_seconds(snapshots, single, monkeypatch, pg_settings, tmp_path):
@@ -227,22 +248,34 @@ def test_one_broker_hung_for_20_seconds(snapshots, single, monkeypatch, pg_setti
         back = time.monotonic()
         base = ask(lambda: pipeline.committed_total(group), "committed offsets after the hang")
         with explained(consumer, clog):
-            wait_until(lambda: pipeline.committed_total(group) > base, timeout=120, interval=0.1,
-                       what="a commit after the hang")
+            wait_until(
+                lambda: pipeline.committed_total(group) > base,
+                timeout=120,
+                interval=0.1,
+                what="a commit after the hang",
+            )
         recovery = time.monotonic() - back
         assert producer.wait(timeout=300) == 0, logged(plog)[-3000:]
         finish(consumer, group, clog, back)
     totals, figures = delivered_exactly(s, m0, m1)
     assert table_records() == EVENTS
     pipeline.record_reliability(
-        "K2. one broker hung (SIGSTOP 20 s, then SIGCONT)", sent=totals["sent"], acked=totals["acked"],
-        written=figures["written"], lost=figures["lost"], duplicates=figures["duplicates"],
-        kafka_duplicates=table_records() - EVENTS, hang_seconds=20, recovery_seconds=recovery,
-        recovery="SIGCONT to the consumer's next commit")
+        "K2. one broker hung (SIGSTOP 20 s, then SIGCONT)",
+        sent=totals["sent"],
+        acked=totals["acked"],
+        written=figures["written"],
+        lost=figures["lost"],
+        duplicates=figures["duplicates"],
+        kafka_duplicates=table_records() - EVENTS,
+        hang_seconds=20,
+        recovery_seconds=recovery,
+        recovery="SIGCONT to the consumer's next commit",
+    )
 
 
 def test_consumer_gives_up_after_its_outage_budget_with_one_clear_line(
-        single, monkeypatch, pg_settings, tmp_path):
+    single, monkeypatch, pg_settings, tmp_path
+):
     group = on(single, monkeypatch, pg_settings)
     clog = tmp_path / "consumer.log"
     consumer = pipeline.consumer_process(group, "--max-outage", "6", log_path=clog)
@@ -262,8 +295,9 @@ def test_consumer_gives_up_after_its_outage_budget_with_one_clear_line(
     final = [ln for ln in text.splitlines() if "outage budget" in ln]
     assert len(final) == 1 and "ERROR" in final[0] and "--max-outage 6" in final[0], text[-3000:]
     assert "Traceback" not in text
-    pipeline.record_reliability("K3. Kafka gone longer than --max-outage 6", exit_code=code,
-                                exit_after_seconds=waited)
+    pipeline.record_reliability(
+        "K3. Kafka gone longer than --max-outage 6", exit_code=code, exit_after_seconds=waited
+    )
 
 
 # --- three brokers ---------------------------------------------------------------------------------
@@ -281,12 +315,20 @@ def kill_mid_replay(snapshots, cluster: Cluster, monkeypatch, pg_settings, tmp_p
         committed_at_kill = ask(lambda: pipeline.committed_total(group), "committed offsets after the kill")
         # the other two carry on: acknowledged writes continue (min.insync.replicas=2), and the
         # consumer commits again
-        wait_until(lambda: table_records() > at_kill + 200 or producer.poll() is not None, timeout=120,
-                   interval=0.2, what="writes going on without the killed node")
+        wait_until(
+            lambda: table_records() > at_kill + 200 or producer.poll() is not None,
+            timeout=120,
+            interval=0.2,
+            what="writes going on without the killed node",
+        )
         resumed = time.monotonic() - killed
         with explained(consumer, clog):
-            wait_until(lambda: pipeline.committed_total(group) > committed_at_kill, timeout=120, interval=0.2,
-                       what="a commit without the killed node")
+            wait_until(
+                lambda: pipeline.committed_total(group) > committed_at_kill,
+                timeout=120,
+                interval=0.2,
+                what="a commit without the killed node",
+            )
         commit_resumed = time.monotonic() - killed
         assert running(consumer), logged(clog)[-3000:]
         cluster.start_node(victim)  # ...and restarted later
@@ -296,26 +338,53 @@ def kill_mid_replay(snapshots, cluster: Cluster, monkeypatch, pg_settings, tmp_p
     totals, figures = delivered_exactly(s, m0, m1)
     assert table_records() == EVENTS
     pipeline.record_reliability(
-        scenario, sent=totals["sent"], acked=totals["acked"], written=figures["written"],
-        lost=figures["lost"], duplicates=figures["duplicates"], kafka_duplicates=table_records() - EVENTS,
-        killed_node=victim, writes_resumed_seconds=resumed, recovery_seconds=commit_resumed,
+        scenario,
+        sent=totals["sent"],
+        acked=totals["acked"],
+        written=figures["written"],
+        lost=figures["lost"],
+        duplicates=figures["duplicates"],
+        kafka_duplicates=table_records() - EVENTS,
+        killed_node=victim,
+        writes_resumed_seconds=resumed,
+        recovery_seconds=commit_resumed,
         caught_up_seconds=caught,
         recovery="kill to the consumer's next commit (writes_resumed: kill to 200 more events "
-                 "acknowledged; the replay went on meanwhile)")
+        "acknowledged; the replay went on meanwhile)",
+    )
 
 
-def test_three_brokers_partition_leader_killed_mid_replay(snapshots, cluster, monkeypatch, pg_settings, tmp_path):
-    kill_mid_replay(snapshots, cluster, monkeypatch, pg_settings, tmp_path,
-                    lambda: cluster.leader_of(schema.TABLES[0].topic, 0), "K4. three brokers: leader of a written partition SIGKILLed")
+def test_three_brokers_partition_leader_killed_mid_replay(
+    snapshots, cluster, monkeypatch, pg_settings, tmp_path
+):
+    kill_mid_replay(
+        snapshots,
+        cluster,
+        monkeypatch,
+        pg_settings,
+        tmp_path,
+        lambda: cluster.leader_of(schema.TABLES[0].topic, 0),
+        "K4. three brokers: leader of a written partition SIGKILLed",
+    )
 
 
-def test_three_brokers_active_controller_killed_mid_replay(snapshots, cluster, monkeypatch, pg_settings, tmp_path):
-    kill_mid_replay(snapshots, cluster, monkeypatch, pg_settings, tmp_path,
-                    cluster.active_controller, "K5. three brokers: active controller SIGKILLed")
+def test_three_brokers_active_controller_killed_mid_replay(
+    snapshots, cluster, monkeypatch, pg_settings, tmp_path
+):
+    kill_mid_replay(
+        snapshots,
+        cluster,
+        monkeypatch,
+        pg_settings,
+        tmp_path,
+        cluster.active_controller,
+        "K5. three brokers: active controller SIGKILLed",
+    )
 
 
 def test_three_brokers_two_down_below_min_isr_producer_reports_and_loses_nothing_acked(
-        snapshots, cluster, monkeypatch, pg_settings, tmp_path):
+    snapshots, cluster, monkeypatch, pg_settings, tmp_path
+):
     m0, m1 = snapshots
     group = on(cluster, monkeypatch, pg_settings)
     plog2 = tmp_path / "producer2.log"
@@ -359,11 +428,19 @@ def test_three_brokers_two_down_below_min_isr_producer_reports_and_loses_nothing
     assert_no_traceback(clog, plog, plog2)
     pipeline.record_reliability(
         "K6. three brokers: two down (below min.insync.replicas=2), then back and a second replay",
-        first_sent=first["sent"], first_acked=first["acked"], first_undelivered=undelivered,
-        first_exit_code=code, second_sent=second_totals["sent"], second_acked=second_totals["acked"],
-        written=figures["written"], lost=figures["lost"], duplicates=figures["duplicates"],
-        records_on_topics=on_topics, recovery_seconds=caught,
-        recovery="nodes back (all in sync) to the consumer caught up after the second replay")
+        first_sent=first["sent"],
+        first_acked=first["acked"],
+        first_undelivered=undelivered,
+        first_exit_code=code,
+        second_sent=second_totals["sent"],
+        second_acked=second_totals["acked"],
+        written=figures["written"],
+        lost=figures["lost"],
+        duplicates=figures["duplicates"],
+        records_on_topics=on_topics,
+        recovery_seconds=caught,
+        recovery="nodes back (all in sync) to the consumer caught up after the second replay",
+    )
 
 
 # --- PostgreSQL hung ------------------------------------------------------------------------------
@@ -393,13 +470,15 @@ def signal_all(pids: list[int], sig) -> None:
 
 
 def test_postgres_hung_for_20_seconds_no_commit_past_unwritten_events(
-        snapshots, single, monkeypatch, pg_settings, tmp_path):
+    snapshots, single, monkeypatch, pg_settings, tmp_path
+):
     m0, m1 = snapshots
     group = on(single, monkeypatch, pg_settings)
     with streaming(group, [m0, m1], tmp_path, "--rate", "60") as s:
         consumer, producer, clog, plog = s.consumer, s.producer, s.clog, s.plog
-        wait_until(lambda: pipeline.committed_total(group) > 300, timeout=120, interval=0.1,
-                   what="consumer writing")
+        wait_until(
+            lambda: pipeline.committed_total(group) > 300, timeout=120, interval=0.1, what="consumer writing"
+        )
         pids = postgres_pids()
         signal_all(pids, signal.SIGSTOP)
         try:
@@ -416,14 +495,25 @@ def test_postgres_hung_for_20_seconds_no_commit_past_unwritten_events(
             signal_all(pids, signal.SIGCONT)
         back = time.monotonic()
         with explained(consumer, clog):
-            wait_until(lambda: pipeline.committed_total(group) > frozen, timeout=120, interval=0.1,
-                       what="a commit after the hang")
+            wait_until(
+                lambda: pipeline.committed_total(group) > frozen,
+                timeout=120,
+                interval=0.1,
+                what="a commit after the hang",
+            )
         recovery = time.monotonic() - back
         assert producer.wait(timeout=300) == 0, logged(plog)[-3000:]
         finish(consumer, group, clog, back)
     totals, figures = delivered_exactly(s, m0, m1)
     pipeline.record_reliability(
-        "K7. PostgreSQL hung (SIGSTOP 20 s) while the consumer writes", sent=totals["sent"],
-        acked=totals["acked"], written=figures["written"], lost=figures["lost"],
-        duplicates=figures["duplicates"], committed_during_hang=0, hang_seconds=20,
-        recovery_seconds=recovery, recovery="SIGCONT to the consumer's next commit")
+        "K7. PostgreSQL hung (SIGSTOP 20 s) while the consumer writes",
+        sent=totals["sent"],
+        acked=totals["acked"],
+        written=figures["written"],
+        lost=figures["lost"],
+        duplicates=figures["duplicates"],
+        committed_during_hang=0,
+        hang_seconds=20,
+        recovery_seconds=recovery,
+        recovery="SIGCONT to the consumer's next commit",
+    )

@@ -49,8 +49,12 @@ def group_name() -> str:
 def fill(bootstrap: str, topics: list[str], per_partition: int, batch_size: int, replay: str | None = None):
     """``per_partition`` events in every partition, in producer batches of about ``batch_size`` bytes
     (1: a batch per record; 1 MiB with linger: batches far above the monitor's fetch bound)."""
-    producer = kafka_clients.producer("lagbacklog", kafka=kafka_clients.settings(bootstrap),
-                                      batch_size=batch_size, linger_ms=50 if batch_size > 1 else 0)
+    producer = kafka_clients.producer(
+        "lagbacklog",
+        kafka=kafka_clients.settings(bootstrap),
+        batch_size=batch_size,
+        linger_ms=50 if batch_size > 1 else 0,
+    )
     headers = [(schema.EVENT_TIME_HEADER, b"2024-01-31T00:00:00+00:00")]
     if replay:
         headers.append((schema.REPLAY_HEADER, replay.encode()))
@@ -79,9 +83,22 @@ def kafka_describe(bootstrap: str, group: str) -> dict[tuple[str, int], tuple[st
     if not any(TOOLS.glob("kafka-tools-*.jar")):
         pytest.fail(f"Kafka's tools are not in {TOOLS}: run scripts/services.sh up (it fetches them)")
     out = subprocess.run(
-        ["java", "-cp", f"{TOOLS}/*", "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
-         "--bootstrap-server", bootstrap, "--describe", "--group", group],
-        capture_output=True, text=True, timeout=120, check=True).stdout
+        [
+            "java",
+            "-cp",
+            f"{TOOLS}/*",
+            "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+            "--bootstrap-server",
+            bootstrap,
+            "--describe",
+            "--group",
+            group,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
     rows = {}
     for line in out.splitlines():
         cells = line.split()
@@ -96,8 +113,11 @@ def test_lag_seconds_on_every_lagging_partition(kafka_bootstrap, topics, batch_s
     fill(kafka_bootstrap, topics, per_partition, batch_size)
     group = group_name()
     # committed at varied points (some at the start, some in the middle, some caught up)
-    offsets = {TopicPartition(t, p): (ti * PARTITIONS + p) * 37 % (per_partition + 1)
-               for ti, t in enumerate(topics) for p in range(PARTITIONS)}
+    offsets = {
+        TopicPartition(t, p): (ti * PARTITIONS + p) * 37 % (per_partition + 1)
+        for ti, t in enumerate(topics)
+        for p in range(PARTITIONS)
+    }
     commit(kafka_bootstrap, group, offsets)
     lagging = {tp for tp, off in offsets.items() if off < per_partition}
     assert len(lagging) >= 20
@@ -108,23 +128,39 @@ def test_lag_seconds_on_every_lagging_partition(kafka_bootstrap, topics, batch_s
             assert len(parts) == TOPICS * PARTITIONS
             for tp, off in offsets.items():
                 p = parts[(tp.topic, tp.partition)]
-                assert (p.committed_offset, p.log_end_offset, p.lag) == (off, per_partition, per_partition - off)
+                assert (p.committed_offset, p.log_end_offset, p.lag) == (
+                    off,
+                    per_partition,
+                    per_partition - off,
+                )
                 if tp in lagging:
                     assert p.lag_seconds is not None and p.lag_seconds >= 0, f"{tp}: no lag seconds"
                     assert p.oldest_offset == off
                 else:
                     assert p.lag_seconds == 0.0
     theirs = kafka_describe(kafka_bootstrap, group)
-    ours = {(p.topic, p.partition): (str(p.committed_offset), str(p.log_end_offset), str(p.lag))
-            for p in sample.partitions}
+    ours = {
+        (p.topic, p.partition): (str(p.committed_offset), str(p.log_end_offset), str(p.lag))
+        for p in sample.partitions
+    }
     assert theirs == ours
 
 
 def test_unknown_group_is_an_answer_not_an_error(kafka_bootstrap, topics, capsys):
     fill(kafka_bootstrap, topics[:2], 25, 16 * 1024)
     group = group_name()  # never consumed
-    code = cli.main(["--group", group, *sum((["--topic", t] for t in topics), []), "--samples", "2",
-                     "--interval", "0.2", "--json"])
+    code = cli.main(
+        [
+            "--group",
+            group,
+            *sum((["--topic", t] for t in topics), []),
+            "--samples",
+            "2",
+            "--interval",
+            "0.2",
+            "--json",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0, err
     assert "error" not in err.lower()
@@ -195,7 +231,9 @@ def test_rewind_is_a_replay_and_an_unmarked_reset_is_an_alarm(kafka_bootstrap, a
 def test_rewind_refuses_a_live_group_and_bad_input(kafka_bootstrap, topics, capsys):
     fill(kafka_bootstrap, topics[:1], 10, 16 * 1024)
     group = group_name()
-    consumer = kafka_clients.group_consumer(group, role="lagbacklog-live", kafka=kafka_clients.settings(kafka_bootstrap))
+    consumer = kafka_clients.group_consumer(
+        group, role="lagbacklog-live", kafka=kafka_clients.settings(kafka_bootstrap)
+    )
     try:
         consumer.subscribe([topics[0]])
         deadline = time.monotonic() + 30

@@ -28,7 +28,9 @@ PARTITIONS = 3
 
 @pytest.fixture(scope="module")
 def admin(kafka_bootstrap):
-    client = kafka_clients.admin("lagtest", kafka=kafka_clients.settings(kafka_bootstrap), request_timeout_ms=10_000)
+    client = kafka_clients.admin(
+        "lagtest", kafka=kafka_clients.settings(kafka_bootstrap), request_timeout_ms=10_000
+    )
     yield client
     client.close()
 
@@ -71,8 +73,14 @@ def produce(producer, topic: str, partition: int, timestamps_ms: list[int]) -> N
     event_time = "2024-01-31T00:00:00+00:00"
     for i, ts in enumerate(timestamps_ms):
         value = json.dumps({schema.KEY: f"{i:04d}-ABCDE", schema.EVENT_TIME: event_time}).encode()
-        producer.send(topic, key=f"{i:04d}-ABCDE".encode(), value=value, partition=partition,
-                      timestamp_ms=ts, headers=[(schema.EVENT_TIME_HEADER, event_time.encode())])
+        producer.send(
+            topic,
+            key=f"{i:04d}-ABCDE".encode(),
+            value=value,
+            partition=partition,
+            timestamp_ms=ts,
+            headers=[(schema.EVENT_TIME_HEADER, event_time.encode())],
+        )
     producer.flush()
 
 
@@ -151,19 +159,29 @@ def test_lag_seconds_is_the_age_of_the_record_at_the_committed_offset(monitor, l
 
 
 def test_caught_up_group_has_zero_lag(kafka_bootstrap, admin, monitor, loaded, topic, group):
-    commit(kafka_bootstrap, group, {TopicPartition(topic, p): end
-                                    for p, (_, end) in admin_offsets(admin, group, topic).items()})
+    commit(
+        kafka_bootstrap,
+        group,
+        {TopicPartition(topic, p): end for p, (_, end) in admin_offsets(admin, group, topic).items()},
+    )
     sample = monitor.sample()
     assert [(r.committed_offset, r.lag, r.lag_seconds) for r in sample.partitions] == [
-        (10, 0, 0.0), (4, 0, 0.0), (6, 0, 0.0)]
+        (10, 0, 0.0),
+        (4, 0, 0.0),
+        (6, 0, 0.0),
+    ]
     assert sample.lag == 0 and sample.lag_seconds == 0.0
 
 
 def test_owner_of_each_partition(kafka_bootstrap, monitor, loaded, topic, group):
     # kafka-python 3 race: a group leader that lacks the topic's metadata when it assigns hands out
     # nothing and only notices at the next metadata refresh. Fetch the metadata first, refresh often.
-    member = kafka_clients.group_consumer(group, kafka=kafka_clients.settings(kafka_bootstrap),
-                                          client_id="lagtest-member", metadata_max_age_ms=1000)
+    member = kafka_clients.group_consumer(
+        group,
+        kafka=kafka_clients.settings(kafka_bootstrap),
+        client_id="lagtest-member",
+        metadata_max_age_ms=1000,
+    )
     try:
         assert member.partitions_for_topic(topic) == set(range(PARTITIONS))
         member.subscribe([topic])
@@ -246,8 +264,21 @@ def test_missing_topics_are_reported(kafka_bootstrap, group):
 
 def test_cli_json_agrees_with_the_admin_client(capsys, admin, kafka_bootstrap, loaded, topic, group):
     started = time.time()
-    rc = cli.main(["--bootstrap", kafka_bootstrap, "--group", group, "--topic", topic, "--json",
-                   "--samples", "2", "--interval", "0.3"])
+    rc = cli.main(
+        [
+            "--bootstrap",
+            kafka_bootstrap,
+            "--group",
+            group,
+            "--topic",
+            topic,
+            "--json",
+            "--samples",
+            "2",
+            "--interval",
+            "0.3",
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     doc = json.loads(out)
@@ -266,8 +297,7 @@ def test_cli_json_agrees_with_the_admin_client(capsys, admin, kafka_bootstrap, l
 
 
 def test_cli_table(capsys, kafka_bootstrap, loaded, topic, group):
-    rc = cli.main(["--bootstrap", kafka_bootstrap, "--group", group, "--topic", topic,
-                   "--samples", "1"])
+    rc = cli.main(["--bootstrap", kafka_bootstrap, "--group", group, "--topic", topic, "--samples", "1"])
     out = capsys.readouterr().out
     assert rc == 0
     lines = out.splitlines()
@@ -280,8 +310,21 @@ def test_cli_table(capsys, kafka_bootstrap, loaded, topic, group):
 
 
 def test_cli_watch_emits_one_document_per_sample(capsys, kafka_bootstrap, loaded, topic, group):
-    rc = cli.main(["--bootstrap", kafka_bootstrap, "--group", group, "--topic", topic, "--json",
-                   "--watch", "0.2", "--samples", "3"])
+    rc = cli.main(
+        [
+            "--bootstrap",
+            kafka_bootstrap,
+            "--group",
+            group,
+            "--topic",
+            topic,
+            "--json",
+            "--watch",
+            "0.2",
+            "--samples",
+            "3",
+        ]
+    )
     assert rc == 0
     docs = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [d["samples"] for d in docs] == [1, 2, 3]
@@ -313,7 +356,8 @@ def test_metrics_from_a_sample(monitor, loaded, topic, group):
     assert value("streamflow_consumer_lag_messages", topic=topic, partition="0") == 6
     assert value("streamflow_consumer_lag_messages", topic=topic, partition="1") == 0
     assert value("streamflow_consumer_lag_seconds", topic=topic, partition="0") == pytest.approx(
-        sample.partition(topic, 0).lag_seconds)
+        sample.partition(topic, 0).lag_seconds
+    )
     assert value("streamflow_consumer_committed_offset", topic=topic, partition="2") is None
     assert value("streamflow_consumer_lag_status", topic=topic, partition="0") == 2  # STALL
     assert value("streamflow_consumer_lag_status", topic=topic, partition="1") == 0  # OK
@@ -335,8 +379,12 @@ def test_metrics_from_a_sample(monitor, loaded, topic, group):
     # importing Feast turns on, would otherwise share same-named metrics).
     other = CollectorRegistry()
     register_lag_metrics(other)
-    assert other.get_sample_value("streamflow_consumer_lag_messages",
-                                  {"group": group, "topic": topic, "partition": "0"}) is None
+    assert (
+        other.get_sample_value(
+            "streamflow_consumer_lag_messages", {"group": group, "topic": topic, "partition": "0"}
+        )
+        is None
+    )
     # A topic that leaves the samples takes its series with it.
     sample.topics = []
     metrics.update(sample)

@@ -13,8 +13,9 @@ T0 = datetime(2025, 1, 1, tzinfo=timezone.utc)
 TOPIC = "t"
 
 
-def sample(t: float, *parts: tuple[int | None, int], group: str = "g", topic: str = TOPIC,
-           members: int = 0) -> GroupLag:
+def sample(
+    t: float, *parts: tuple[int | None, int], group: str = "g", topic: str = TOPIC, members: int = 0
+) -> GroupLag:
     """A sample at T0 + t seconds; each part is (committed offset, log-end offset) of partition i."""
     rows = []
     for i, (committed, end) in enumerate(parts):

@@ -35,14 +35,17 @@ from kafka import OffsetAndMetadata, TopicPartition
 from api.app import create_app
 from streamflow import config, kafka_clients
 from streamflow.kafka_topics import ensure_topics, table_topics
-from tests.kafka_cluster import SHARED_STATE, share_broker_jars
 from streamflow.net import free_port
+from tests.kafka_cluster import SHARED_STATE, share_broker_jars
 
 PRIVATE_PORT = 29092
 PRIVATE_BOOTSTRAP = f"127.0.0.1:{PRIVATE_PORT}"
 PRIVATE_STATE = SHARED_STATE / "kafka-lag-test"
-PRIVATE_ENV = {"STREAMFLOW_STATE_DIR": str(PRIVATE_STATE), "KAFKA_PORT": str(PRIVATE_PORT),
-               "KAFKA_CONTROLLER_PORT": str(PRIVATE_PORT + 1)}
+PRIVATE_ENV = {
+    "STREAMFLOW_STATE_DIR": str(PRIVATE_STATE),
+    "KAFKA_PORT": str(PRIVATE_PORT),
+    "KAFKA_CONTROLLER_PORT": str(PRIVATE_PORT + 1),
+}
 SERVICES = str(config.REPO_ROOT / "scripts" / "services.sh")
 
 
@@ -66,10 +69,18 @@ def wait_for(what: str, check: Callable[[], object], timeout: float = 90.0, ever
         time.sleep(every)
 
 
-def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess:
     """`streamflow lag ...` in a process of its own: its whole stdout and stderr."""
-    return subprocess.run([sys.executable, "-m", "streamflow.cli", "lag", *args], cwd=config.REPO_ROOT,
-                          env={**os.environ, **(env or {})}, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "streamflow.cli", "lag", *args],
+        cwd=config.REPO_ROOT,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def assert_unreachable_cli(result: subprocess.CompletedProcess, servers: str) -> None:
@@ -87,8 +98,9 @@ def metric(text: str, name: str, **labels: str) -> float | None:
         if line.startswith("#"):
             continue
         series, _, value = line.rpartition(" ")
-        if series == name or (series.startswith(name + "{")
-                              and all(f'{k}="{v}"' in series for k, v in labels.items())):
+        if series == name or (
+            series.startswith(name + "{") and all(f'{k}="{v}"' in series for k, v in labels.items())
+        ):
             return float(value)
     return None
 
@@ -123,11 +135,28 @@ def test_watch_stops_on_a_signal_while_kafka_is_away(sig, tmp_path):
     log_path = tmp_path / "watch.log"
     with open(log_path, "wb") as out:
         watch = subprocess.Popen(
-            [sys.executable, "-m", "streamflow.cli", "lag", "--bootstrap", servers, "--watch", "0.5",
-             "--timeout", "2"], cwd=config.REPO_ROOT, stdout=out, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "streamflow.cli",
+                "lag",
+                "--bootstrap",
+                servers,
+                "--watch",
+                "0.5",
+                "--timeout",
+                "2",
+            ],
+            cwd=config.REPO_ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
-        wait_for("two unreachable rounds", lambda: log_path.read_text().count("Kafka unreachable at") >= 2,
-                 timeout=60)
+        wait_for(
+            "two unreachable rounds",
+            lambda: log_path.read_text().count("Kafka unreachable at") >= 2,
+            timeout=60,
+        )
         watch.send_signal(sig)
         code = watch.wait(timeout=20)
     finally:
@@ -199,7 +228,9 @@ def test_concurrent_samples_and_a_clock_that_went_back_never_fail(lag_env, kafka
         # A previous sample "from the future": the next real one is out of order. (Holding the
         # sampling lock, so the sampler thread does not sample in between; /lag does not need it.)
         with sampler._sampling:
-            ahead = dataclasses.replace(sampler.latest, sampled_at=sampler.latest.sampled_at + timedelta(hours=1))
+            ahead = dataclasses.replace(
+                sampler.latest, sampled_at=sampler.latest.sampled_at + timedelta(hours=1)
+            )
             sampler._publish(ahead)
             assert sampler._sample_locked() is True
             r = client.get("/lag")
@@ -215,8 +246,9 @@ def test_concurrent_samples_and_a_clock_that_went_back_never_fail(lag_env, kafka
 
 def services(command: str) -> None:
     share_broker_jars(PRIVATE_STATE)
-    subprocess.run([SERVICES, command], env={**os.environ, **PRIVATE_ENV}, check=True,
-                   capture_output=True, timeout=180)
+    subprocess.run(
+        [SERVICES, command], env={**os.environ, **PRIVATE_ENV}, check=True, capture_output=True, timeout=180
+    )
 
 
 def private_broker_answers() -> bool:
@@ -254,8 +286,9 @@ def lagging_group(private_broker, lag_env):
     try:
         for partition, count in ((0, 7), (1, 3)):
             for i in range(count):
-                producer.send(topics[0], key=f"{i:04d}-ABCDE".encode(), value=b'{"i": %d}' % i,
-                              partition=partition)
+                producer.send(
+                    topics[0], key=f"{i:04d}-ABCDE".encode(), value=b'{"i": %d}' % i, partition=partition
+                )
         producer.flush(timeout=30)
     finally:
         producer.close()
@@ -280,10 +313,13 @@ def expected_lag(body: dict, topic: str) -> bool:
     sample = body["sample"]
     rows = {(p["topic"], p["partition"]): p for t in sample["topics"] for p in t["partitions"]}
     p0, p1 = rows[(topic, 0)], rows[(topic, 1)]
-    return (sample["lag"] == 8
-            and (p0["committed_offset"], p0["log_end_offset"], p0["lag"]) == (2, 7, 5)
-            and (p1["committed_offset"], p1["log_end_offset"], p1["lag"]) == (None, 3, 3)
-            and p0["lag_seconds"] is not None and p0["lag_seconds"] >= 0)
+    return (
+        sample["lag"] == 8
+        and (p0["committed_offset"], p0["log_end_offset"], p0["lag"]) == (2, 7, 5)
+        and (p1["committed_offset"], p1["log_end_offset"], p1["lag"]) == (None, 3, 3)
+        and p0["lag_seconds"] is not None
+        and p0["lag_seconds"] >= 0
+    )
 
 
 def lag_ok(client: TestClient, topic: str):
@@ -293,9 +329,11 @@ def lag_ok(client: TestClient, topic: str):
 
 def metrics_ok(client: TestClient, group: str):
     text = client.get("/metrics").text
-    return (metric(text, "streamflow_kafka_up") == 1
-            and metric(text, "streamflow_consumer_group_lag_messages", group=group) == 8
-            and text)
+    return (
+        metric(text, "streamflow_kafka_up") == 1
+        and metric(text, "streamflow_consumer_group_lag_messages", group=group) == 8
+        and text
+    )
 
 
 @pytest.mark.slow
@@ -316,9 +354,23 @@ def test_lag_recovers_when_the_broker_comes_back(lagging_group, tmp_path):
         watch_log = tmp_path / "watch.log"
         with open(watch_log, "wb") as out:
             watch = subprocess.Popen(
-                [sys.executable, "-m", "streamflow.cli", "lag", "--group", group, "--watch", "0.5",
-                 "--timeout", "2"],
-                cwd=config.REPO_ROOT, env={**os.environ, **cli_env}, stdout=out, stderr=subprocess.STDOUT)
+                [
+                    sys.executable,
+                    "-m",
+                    "streamflow.cli",
+                    "lag",
+                    "--group",
+                    group,
+                    "--watch",
+                    "0.5",
+                    "--timeout",
+                    "2",
+                ],
+                cwd=config.REPO_ROOT,
+                env={**os.environ, **cli_env},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         try:
             header = re.compile(r"^GROUP\s+TOPIC\s+PARTITION\s", re.M)
             wait_for("the first table of --watch", lambda: header.search(watch_log.read_text()), timeout=60)
@@ -345,11 +397,17 @@ def test_lag_recovers_when_the_broker_comes_back(lagging_group, tmp_path):
             assert metric(text, "streamflow_consumer_lag_messages", group=group) is None
             assert metric(text, "streamflow_consumer_lag_sample_timestamp_seconds", group=group) is not None
 
-            down = wait_for("the CLI to exit 4", lambda: (
-                r := run_cli("--group", group, "--timeout", "2", env=cli_env)).returncode == 4 and r, timeout=60)
+            down = wait_for(
+                "the CLI to exit 4",
+                lambda: (r := run_cli("--group", group, "--timeout", "2", env=cli_env)).returncode == 4 and r,
+                timeout=60,
+            )
             assert_unreachable_cli(down, PRIVATE_BOOTSTRAP)
-            wait_for("--watch to print the unreachable line twice", lambda: watch_log.read_text().count(
-                f"Kafka unreachable at {PRIVATE_BOOTSTRAP}: ") >= 2, timeout=60)
+            wait_for(
+                "--watch to print the unreachable line twice",
+                lambda: watch_log.read_text().count(f"Kafka unreachable at {PRIVATE_BOOTSTRAP}: ") >= 2,
+                timeout=60,
+            )
             assert watch.poll() is None, watch_log.read_text()  # --watch goes on
 
             # Back: everything recovers by itself.
@@ -357,8 +415,14 @@ def test_lag_recovers_when_the_broker_comes_back(lagging_group, tmp_path):
             body = wait_for("/lag 200 with lag 8 again", lambda: lag_ok(client, topics[0]), timeout=90)
             assert body["error"] is None
             text = wait_for("kafka up 1 and group lag 8 again", lambda: metrics_ok(client, group), timeout=30)
-            assert metric(text, "streamflow_consumer_lag_messages", group=group, topic=topics[0], partition="0") == 5
-            assert metric(text, "streamflow_consumer_lag_messages", group=group, topic=topics[0], partition="1") == 3
+            assert (
+                metric(text, "streamflow_consumer_lag_messages", group=group, topic=topics[0], partition="0")
+                == 5
+            )
+            assert (
+                metric(text, "streamflow_consumer_lag_messages", group=group, topic=topics[0], partition="1")
+                == 3
+            )
 
             def table_after_outage():
                 log = watch_log.read_text()
@@ -371,8 +435,9 @@ def test_lag_recovers_when_the_broker_comes_back(lagging_group, tmp_path):
             assert watch.wait(timeout=30) == 0, watch_log.read_text()
             log = watch_log.read_text()
             assert "Traceback" not in log, log
-            assert all(line.startswith("Kafka unreachable at") for line in log.splitlines()
-                       if "nreachable" in line)
+            assert all(
+                line.startswith("Kafka unreachable at") for line in log.splitlines() if "nreachable" in line
+            )
         finally:
             if watch.poll() is None:
                 watch.kill()

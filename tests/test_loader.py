@@ -247,7 +247,9 @@ def test_bom_crlf_and_quoted_values_load_like_plain_csv(pg_conn, tmp_path, month
         (folder / table.file).write_bytes(data)
     load.load_snapshot(folder, conn=pg_conn)
 
-    strip = lambda d: {k: [r[:-1] if k.endswith("snapshots") else r for r in v] for k, v in d.items()}
+    def strip(d):
+        return {k: [r[:-1] if k.endswith("snapshots") else r for r in v] for k, v in d.items()}
+
     assert strip(dump(pg_conn)) == strip(plain)  # same values (loaded_at aside)
 
 
@@ -348,56 +350,158 @@ def _users_with_latin1() -> bytes:
 
 BAD_FILES = {
     # name: (mutation, raw file bytes, file, expected fragments of the message)
-    "missing column": (drop_column("subscriptions", "net_service"), None, "subscriptions.csv",
-                       ["line 1", "column net_service", "missing from the header"]),
-    "extra column": (add_column("usage_agg_30d", "bonus_points"), None, "usage_agg_30d.csv",
-                     ["line 1", "column bonus_points", "unexpected column"]),
-    "misordered columns": (swap_columns("support_agg_90d", "support_tickets_90d", "ticket_avg_resolution_hrs_90d"),
-                           None, "support_agg_90d.csv", ["line 1", "column ticket_avg_resolution_hrs_90d", "out of order"]),
-    "bad bool": (edit_cell("users", 2, "user_is_senior", "yes"), None, "users.csv",
-                 ["line 4", "column user_is_senior", "True or False", "(got 'yes')"]),
-    "bad int": (edit_cell("payments_agg_90d", 5, "failed_payments_90d", "1.5"), None, "payments_agg_90d.csv",
-                ["line 7", "column failed_payments_90d", "not an integer", "(got '1.5')"]),
-    "NaN float": (edit_cell("usage_agg_30d", 0, "watch_hours_30d", "NaN"), None, "usage_agg_30d.csv",
-                  ["line 2", "column watch_hours_30d", "not a finite number", "(got 'NaN')"]),
-    "inf float": (edit_cell("support_agg_90d", 3, "ticket_avg_resolution_hrs_90d", "inf"), None, "support_agg_90d.csv",
-                  ["line 5", "column ticket_avg_resolution_hrs_90d", "not a finite number"]),
-    "float underflow": (edit_cell("usage_agg_30d", 2, "avg_session_mins_7d", "1e-400"), None, "usage_agg_30d.csv",
-                        ["line 4", "column avg_session_mins_7d", "too close to zero", "(got '1e-400')"]),
-    "out of range": (edit_cell("subscriptions", 4, "months_active", "5000"), None, "subscriptions.csv",
-                     ["line 6", "column months_active", "between 0 and 1200", "(got '5000')"]),
-    "negative": (edit_cell("subscriptions", 1, "monthly_fee", "-0.5"), None, "subscriptions.csv",
-                 ["line 3", "column monthly_fee", "out of range"]),
-    "null in non-nullable": (edit_cell("support_agg_90d", 7, "ticket_avg_resolution_hrs_90d", ""), None,
-                             "support_agg_90d.csv", ["line 9", "column ticket_avg_resolution_hrs_90d", "not nullable"]),
-    "bad choice": (edit_cell("subscriptions", 0, "contract_type", "Monthly"), None, "subscriptions.csv",
-                   ["line 2", "column contract_type", "not one of", "(got 'Monthly')"]),
-    "bad date": (edit_cell("users", 1, "signup_date", "2023-02-30"), None, "users.csv",
-                 ["line 3", "column signup_date", "not a date"]),
-    "bad user_id": (edit_cell("labels", 6, "user_id", "12345-abcde"), None, "labels.csv",
-                    ["line 8", "column user_id", "not a user id", "(got '12345-abcde')"]),
-    "duplicate key": (edit_cell("labels", 5, "user_id", user_id(2)), None, "labels.csv",
-                      ["line 7", "column user_id", "duplicate key", "also on line 4"]),
-    "short row": (drop_field("payments_agg_90d", 3), None, "payments_agg_90d.csv",
-                  ["line 5", "column failed_payments_90d", "only 1 of the 2 fields"]),
-    "long row": (add_field("usage_agg_30d", 8), None, "usage_agg_30d.csv",
-                 ["line 10", "column rebuffer_events_7d", "7 fields, not 6"]),
-    "blank line": (None, {"labels": b"user_id,churn_label\n" + b"\n".join(
-                       f"{user_id(i)},True".encode() for i in range(N)).replace(b"\n", b"\n\n", 1) + b"\n"},
-                   "labels.csv", ["line 3", "column user_id", "empty line"]),
-    "quoted file, short row": (None, {"labels": b"user_id,churn_label\n" + b"".join(
-                                   f'"{user_id(i)}",True\n'.encode() for i in range(N - 1)) + b'"oops"\n'},
-                               "labels.csv", ["line 13", "column churn_label", "only 1 of the 2 fields"]),
-    "empty file": (None, {"support_agg_90d": b""}, "support_agg_90d.csv",
-                   ["line 1", "column user_id", "empty"]),
-    "header only": (None, {"labels": b"user_id,churn_label\n"}, "labels.csv",
-                    ["line 2", "column user_id", "no rows"]),
-    "non-UTF-8 bytes": (None, {"users": _users_with_latin1()}, "users.csv",
-                        ["line 4", "column user_gender", "not valid UTF-8", "(got 'F\\xe9male')"]),
-    "user not in users.csv": (edit_cell("labels", 9, "user_id", "9999-ZZZZZ"), None, "labels.csv",
-                              ["line 11", "column user_id", "not in users.csv", "(got '9999-ZZZZZ')"]),
-    "user missing from a file": (drop_row("payments_agg_90d", 10), None, "payments_agg_90d.csv",
-                                 ["column user_id", f"no row for user '{user_id(10)}'", "line 12"]),
+    "missing column": (
+        drop_column("subscriptions", "net_service"),
+        None,
+        "subscriptions.csv",
+        ["line 1", "column net_service", "missing from the header"],
+    ),
+    "extra column": (
+        add_column("usage_agg_30d", "bonus_points"),
+        None,
+        "usage_agg_30d.csv",
+        ["line 1", "column bonus_points", "unexpected column"],
+    ),
+    "misordered columns": (
+        swap_columns("support_agg_90d", "support_tickets_90d", "ticket_avg_resolution_hrs_90d"),
+        None,
+        "support_agg_90d.csv",
+        ["line 1", "column ticket_avg_resolution_hrs_90d", "out of order"],
+    ),
+    "bad bool": (
+        edit_cell("users", 2, "user_is_senior", "yes"),
+        None,
+        "users.csv",
+        ["line 4", "column user_is_senior", "True or False", "(got 'yes')"],
+    ),
+    "bad int": (
+        edit_cell("payments_agg_90d", 5, "failed_payments_90d", "1.5"),
+        None,
+        "payments_agg_90d.csv",
+        ["line 7", "column failed_payments_90d", "not an integer", "(got '1.5')"],
+    ),
+    "NaN float": (
+        edit_cell("usage_agg_30d", 0, "watch_hours_30d", "NaN"),
+        None,
+        "usage_agg_30d.csv",
+        ["line 2", "column watch_hours_30d", "not a finite number", "(got 'NaN')"],
+    ),
+    "inf float": (
+        edit_cell("support_agg_90d", 3, "ticket_avg_resolution_hrs_90d", "inf"),
+        None,
+        "support_agg_90d.csv",
+        ["line 5", "column ticket_avg_resolution_hrs_90d", "not a finite number"],
+    ),
+    "float underflow": (
+        edit_cell("usage_agg_30d", 2, "avg_session_mins_7d", "1e-400"),
+        None,
+        "usage_agg_30d.csv",
+        ["line 4", "column avg_session_mins_7d", "too close to zero", "(got '1e-400')"],
+    ),
+    "out of range": (
+        edit_cell("subscriptions", 4, "months_active", "5000"),
+        None,
+        "subscriptions.csv",
+        ["line 6", "column months_active", "between 0 and 1200", "(got '5000')"],
+    ),
+    "negative": (
+        edit_cell("subscriptions", 1, "monthly_fee", "-0.5"),
+        None,
+        "subscriptions.csv",
+        ["line 3", "column monthly_fee", "out of range"],
+    ),
+    "null in non-nullable": (
+        edit_cell("support_agg_90d", 7, "ticket_avg_resolution_hrs_90d", ""),
+        None,
+        "support_agg_90d.csv",
+        ["line 9", "column ticket_avg_resolution_hrs_90d", "not nullable"],
+    ),
+    "bad choice": (
+        edit_cell("subscriptions", 0, "contract_type", "Monthly"),
+        None,
+        "subscriptions.csv",
+        ["line 2", "column contract_type", "not one of", "(got 'Monthly')"],
+    ),
+    "bad date": (
+        edit_cell("users", 1, "signup_date", "2023-02-30"),
+        None,
+        "users.csv",
+        ["line 3", "column signup_date", "not a date"],
+    ),
+    "bad user_id": (
+        edit_cell("labels", 6, "user_id", "12345-abcde"),
+        None,
+        "labels.csv",
+        ["line 8", "column user_id", "not a user id", "(got '12345-abcde')"],
+    ),
+    "duplicate key": (
+        edit_cell("labels", 5, "user_id", user_id(2)),
+        None,
+        "labels.csv",
+        ["line 7", "column user_id", "duplicate key", "also on line 4"],
+    ),
+    "short row": (
+        drop_field("payments_agg_90d", 3),
+        None,
+        "payments_agg_90d.csv",
+        ["line 5", "column failed_payments_90d", "only 1 of the 2 fields"],
+    ),
+    "long row": (
+        add_field("usage_agg_30d", 8),
+        None,
+        "usage_agg_30d.csv",
+        ["line 10", "column rebuffer_events_7d", "7 fields, not 6"],
+    ),
+    "blank line": (
+        None,
+        {
+            "labels": b"user_id,churn_label\n"
+            + b"\n".join(f"{user_id(i)},True".encode() for i in range(N)).replace(b"\n", b"\n\n", 1)
+            + b"\n"
+        },
+        "labels.csv",
+        ["line 3", "column user_id", "empty line"],
+    ),
+    "quoted file, short row": (
+        None,
+        {
+            "labels": b"user_id,churn_label\n"
+            + b"".join(f'"{user_id(i)}",True\n'.encode() for i in range(N - 1))
+            + b'"oops"\n'
+        },
+        "labels.csv",
+        ["line 13", "column churn_label", "only 1 of the 2 fields"],
+    ),
+    "empty file": (
+        None,
+        {"support_agg_90d": b""},
+        "support_agg_90d.csv",
+        ["line 1", "column user_id", "empty"],
+    ),
+    "header only": (
+        None,
+        {"labels": b"user_id,churn_label\n"},
+        "labels.csv",
+        ["line 2", "column user_id", "no rows"],
+    ),
+    "non-UTF-8 bytes": (
+        None,
+        {"users": _users_with_latin1()},
+        "users.csv",
+        ["line 4", "column user_gender", "not valid UTF-8", "(got 'F\\xe9male')"],
+    ),
+    "user not in users.csv": (
+        edit_cell("labels", 9, "user_id", "9999-ZZZZZ"),
+        None,
+        "labels.csv",
+        ["line 11", "column user_id", "not in users.csv", "(got '9999-ZZZZZ')"],
+    ),
+    "user missing from a file": (
+        drop_row("payments_agg_90d", 10),
+        None,
+        "payments_agg_90d.csv",
+        ["column user_id", f"no row for user '{user_id(10)}'", "line 12"],
+    ),
 }
 
 
@@ -460,7 +564,10 @@ def test_load_in_small_chunks_writes_what_a_whole_file_load_writes(pg_conn, tmp_
     warehouse.drop_schema(pg_conn)
     validate.CHUNK_BYTES = 1 << 30
     load.load_snapshot(folder, conn=pg_conn)
-    strip = lambda d: {k: [r[:-1] if k.endswith("snapshots") else r for r in v] for k, v in d.items()}
+
+    def strip(d):
+        return {k: [r[:-1] if k.endswith("snapshots") else r for r in v] for k, v in d.items()}
+
     assert strip(dump(pg_conn)) == strip(chunked)  # the same rows (loaded_at aside)
 
 
@@ -473,8 +580,10 @@ def test_bad_row_in_the_last_chunk_of_the_last_file_loads_nothing(pg_conn, tmp_p
     assert len([*validate._chunks(labels, validate.CHUNK_BYTES)]) >= 10
     with pytest.raises(DataValidationError) as info:
         load.load_snapshot(bad, conn=pg_conn)
-    assert str(info.value) == f"{bad / 'labels.csv'}, line {BIG + 1}, column churn_label: not a boolean: " \
-                              "must be True or False (got 'maybe')"
+    assert (
+        str(info.value) == f"{bad / 'labels.csv'}, line {BIG + 1}, column churn_label: not a boolean: "
+        "must be True or False (got 'maybe')"
+    )
     assert dump(pg_conn) == before
 
 
@@ -488,8 +597,12 @@ def test_file_changed_after_validation_rolls_the_whole_load_back(pg_conn, tmp_pa
     labels = folder / "labels.csv"
     data = labels.read_bytes()
     last_value = data.rstrip(b"\n").rsplit(b",", 1)[1]
-    labels.write_bytes(data.rstrip(b"\n").rsplit(b",", 1)[0] + b"," +
-                       {b"True": b"False", b"False": b"True"}[last_value] + b"\n")  # still valid
+    labels.write_bytes(
+        data.rstrip(b"\n").rsplit(b",", 1)[0]
+        + b","
+        + {b"True": b"False", b"False": b"True"}[last_value]
+        + b"\n"
+    )  # still valid
     with pytest.raises(DataValidationError) as info:
         load.write_snapshots(pg_conn, [snap])
     message = str(info.value)
@@ -524,9 +637,7 @@ def test_merge_helpers_dedupe_and_keep_newest(pg_conn):
     assert pg_conn.execute(
         "SELECT as_of, failed_payments_90d FROM payments_agg_90d_snapshots ORDER BY as_of"
     ).fetchall() == [(JAN, 5), (FEB, 2)]
-    assert pg_conn.execute("SELECT as_of, failed_payments_90d FROM payments_agg_90d").fetchall() == [
-        (FEB, 2)
-    ]
+    assert pg_conn.execute("SELECT as_of, failed_payments_90d FROM payments_agg_90d").fetchall() == [(FEB, 2)]
 
     with pg_conn.transaction(), pg_conn.cursor() as cur:  # an older event alone: base unchanged
         warehouse.create_staging_table(cur, table, "stage_test")

@@ -17,8 +17,9 @@ def formatted(name: str, level: int = logging.INFO) -> str:
         try:
             raise ConnectionResetError(104, "Connection reset by peer")
         except ConnectionResetError:
-            record = logging.getLogger(name).makeRecord(name, logging.ERROR, __file__, 1, "connection lost", None,
-                                                        sys.exc_info())
+            record = logging.getLogger(name).makeRecord(
+                name, logging.ERROR, __file__, 1, "connection lost", None, sys.exc_info()
+            )
         return OperatorFormatter("%(levelname)s %(name)s: %(message)s").format(record)
     finally:
         root.setLevel(before)
@@ -27,7 +28,10 @@ def formatted(name: str, level: int = logging.INFO) -> str:
 def test_library_exception_is_one_line():
     text = formatted("kafka.net.connection")
     assert "Traceback" not in text and "\n" not in text
-    assert text == "ERROR kafka.net.connection: connection lost (ConnectionResetError: [Errno 104] Connection reset by peer)"
+    assert (
+        text == "ERROR kafka.net.connection: connection lost "
+        "(ConnectionResetError: [Errno 104] Connection reset by peer)"
+    )
 
 
 def test_own_exception_keeps_its_traceback_and_debug_shows_all():
@@ -44,8 +48,11 @@ def test_a_repeating_library_line_is_shown_once_per_window_and_counts_what_it_he
     before = root.level
     root.setLevel(logging.INFO)
     try:
+
         def record(name: str, msg: str = "Connection failed: %s"):
-            return logging.getLogger(name).makeRecord(name, logging.ERROR, __file__, 1, msg, ("refused",), None)
+            return logging.getLogger(name).makeRecord(
+                name, logging.ERROR, __file__, 1, msg, ("refused",), None
+            )
 
         shown = [repeat.filter(record("kafka.net.manager")) for _ in range(5)]
         assert shown == [True, False, False, False, False]
@@ -73,7 +80,9 @@ def test_library_noise_is_dropped_below_debug_and_shown_at_debug():
     try:
         root.setLevel(logging.INFO)
         assert not noise.filter(record("kafka.net.selector", slow))
-        assert not noise.filter(record("kafka.net.transport", "%s: Error receiving network data closing socket"))
+        assert not noise.filter(
+            record("kafka.net.transport", "%s: Error receiving network data closing socket")
+        )
         assert noise.filter(record("kafka.net.selector", "something else"))  # only the known lines
         assert noise.filter(record("consumer", slow))  # never our own
         root.setLevel(logging.DEBUG)

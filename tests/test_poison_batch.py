@@ -61,18 +61,31 @@ class FakeWriter:
         self.written.extend(range(start, stop))
 
 
-@pytest.mark.parametrize("rows,bad", [
-    (40, set()),
-    (40, {17}),
-    (40, {0}),
-    (40, {39}),
-    (1, {0}),
-    (40, {3, 31}),
-    (40, {20, 21}),
-    (40, set(range(40))),
-    (7, set(range(7))),
-], ids=["none bad", "one bad", "first bad", "last bad", "a single row, bad", "two bad, apart",
-        "two bad, side by side", "all bad", "all of 7 bad"])
+@pytest.mark.parametrize(
+    "rows,bad",
+    [
+        (40, set()),
+        (40, {17}),
+        (40, {0}),
+        (40, {39}),
+        (1, {0}),
+        (40, {3, 31}),
+        (40, {20, 21}),
+        (40, set(range(40))),
+        (7, set(range(7))),
+    ],
+    ids=[
+        "none bad",
+        "one bad",
+        "first bad",
+        "last bad",
+        "a single row, bad",
+        "two bad, apart",
+        "two bad, side by side",
+        "all bad",
+        "all of 7 bad",
+    ],
+)
 def test_bisection_refuses_exactly_the_bad_rows_and_writes_every_other_row_once(rows, bad):
     write = FakeWriter(bad)
     refused = isolate(write, rows)
@@ -122,13 +135,21 @@ def user(i: int) -> str:
 
 
 def row(i: int, hours: float = 1.5) -> dict:
-    return {schema.KEY: user(i), "watch_hours_30d": hours, "avg_session_mins_7d": 30.0,
-            "unique_devices_30d": 2, "skips_7d": 4, "rebuffer_events_7d": 1}
+    return {
+        schema.KEY: user(i),
+        "watch_hours_30d": hours,
+        "avg_session_mins_7d": 30.0,
+        "unique_devices_30d": 2,
+        "skips_7d": 4,
+        "rebuffer_events_7d": 1,
+    }
 
 
 def record(offset: int, values: dict, topic: str = "t.usage_agg_30d", partition: int = 0) -> Record:
     value = events.encode_value(TABLE, values, AS_OF, "month_000")
-    return Record(topic, partition, offset, 1_700_000_000_000 + offset, values[schema.KEY].encode(), value, [])
+    return Record(
+        topic, partition, offset, 1_700_000_000_000 + offset, values[schema.KEY].encode(), value, []
+    )
 
 
 def bare_consumer() -> StreamConsumer:
@@ -157,11 +178,14 @@ class FakePush:
         if self.on_call:
             self.on_call(len(self.frames))
         if len(self.frames) == self.transient_at_call:
-            raise psycopg.OperationalError("consuming input failed: server closed the connection unexpectedly")
+            raise psycopg.OperationalError(
+                "consuming input failed: server closed the connection unexpectedly"
+            )
         if (frame["watch_hours_30d"] == self.bad_hours).any():
             raise psycopg.errors.CheckViolation(
                 'new row for relation "usage_agg_30d_snapshots" violates check constraint "hours_below_700"\n'
-                "DETAIL:  Failing row contains (...).")
+                "DETAIL:  Failing row contains (...)."
+            )
         self.written_users += frame[schema.KEY].tolist()
         return len(frame)
 
@@ -186,8 +210,10 @@ def test_write_table_maps_refused_rows_to_their_records_and_counts_the_rest(monk
     letters = consumer.write_table(TABLE.name, batch.frame, batch.good)
     assert [(rec.offset, rec.key) for rec, _ in letters] == [(100, user(3).encode()), (7, user(7).encode())]
     for _, reason in letters:
-        assert reason == ('write failed: CheckViolation: new row for relation "usage_agg_30d_snapshots" violates '
-                          'check constraint "hours_below_700" (SQLSTATE 23514)')
+        assert reason == (
+            'write failed: CheckViolation: new row for relation "usage_agg_30d_snapshots" violates '
+            'check constraint "hours_below_700" (SQLSTATE 23514)'
+        )
     assert sorted(fake.written_users) == sorted(user(i) for i in range(10) if i not in (3, 7))
     assert consumer.metrics.written[TABLE.name] == len(recs) - 2
     assert consumer.metrics.write_retries == 0
@@ -246,16 +272,22 @@ def wait_until(condition, timeout: float, what: str) -> None:
 
 def offline_hours(users: list[str]) -> dict[str, float]:
     with psycopg.connect(config.postgres().conninfo, autocommit=True) as conn:
-        rows = conn.execute(f"SELECT user_id, watch_hours_30d FROM {TABLE.snapshot_table} WHERE user_id = ANY(%s)",
-                            (users,)).fetchall()
+        rows = conn.execute(
+            f"SELECT user_id, watch_hours_30d FROM {TABLE.snapshot_table} WHERE user_id = ANY(%s)", (users,)
+        ).fetchall()
     return dict(rows)
 
 
 def online_hours(users: list[str]) -> dict[str, float | None]:
     from streamflow.feature_store import get_store
 
-    got = get_store().get_online_features(features=[f"{TABLE.feature_view}:watch_hours_30d"],
-                                          entity_rows=[{schema.KEY: u} for u in users]).to_dict()
+    got = (
+        get_store()
+        .get_online_features(
+            features=[f"{TABLE.feature_view}:watch_hours_30d"], entity_rows=[{schema.KEY: u} for u in users]
+        )
+        .to_dict()
+    )
     return dict(zip(got[schema.KEY], got["watch_hours_30d"]))
 
 
@@ -263,8 +295,15 @@ def produce(values: list[dict]) -> list[int]:
     """Send events of usage_agg_30d to partition 0 of its topic, in order; their offsets."""
     producer = kafka_clients.producer("test")
     try:
-        futures = [producer.send(TABLE.topic, key=v[schema.KEY].encode(), partition=0,
-                                 value=events.encode_value(TABLE, v, AS_OF, "month_000")) for v in values]
+        futures = [
+            producer.send(
+                TABLE.topic,
+                key=v[schema.KEY].encode(),
+                partition=0,
+                value=events.encode_value(TABLE, v, AS_OF, "month_000"),
+            )
+            for v in values
+        ]
         producer.flush()
         return [f.get(timeout=30).offset for f in futures]
     finally:
@@ -273,8 +312,9 @@ def produce(values: list[dict]) -> list[int]:
 
 def test_a_poison_event_is_dead_lettered_its_neighbours_are_written_and_the_consumer_goes_on(fresh, caplog):
     with psycopg.connect(config.postgres().conninfo, autocommit=True) as conn:
-        conn.execute(f"ALTER TABLE {TABLE.snapshot_table} ADD CONSTRAINT {CONSTRAINT} "
-                     "CHECK (watch_hours_30d < 700)")
+        conn.execute(
+            f"ALTER TABLE {TABLE.snapshot_table} ADD CONSTRAINT {CONSTRAINT} CHECK (watch_hours_30d < 700)"
+        )
     group = fresh
     first = [row(i, BAD_HOURS if i == 3 else 10.0 + i) for i in range(7)]  # one batch; the 4th is poison
     offsets = produce(first)
@@ -306,13 +346,15 @@ def test_a_poison_event_is_dead_lettered_its_neighbours_are_written_and_the_cons
         assert letter["key"] == poison
         assert letter["reason"] == (
             f'write failed: CheckViolation: new row for relation "{TABLE.snapshot_table}" violates check '
-            f'constraint "{CONSTRAINT}" (SQLSTATE 23514)'), letter["reason"]
+            f'constraint "{CONSTRAINT}" (SQLSTATE 23514)'
+        ), letter["reason"]
         assert orjson.loads(letter["value"])["watch_hours_30d"] == BAD_HOURS
 
         # the neighbours are written offline and online; the poison event is not offline. It is
         # online: the push wrote the whole batch online before the offline write failed
-        assert offline_hours(neighbours + [poison]) == {v[schema.KEY]: v["watch_hours_30d"] for v in first
-                                                         if v[schema.KEY] != poison}
+        assert offline_hours(neighbours + [poison]) == {
+            v[schema.KEY]: v["watch_hours_30d"] for v in first if v[schema.KEY] != poison
+        }
         assert online_hours(neighbours + [poison]) == {v[schema.KEY]: v["watch_hours_30d"] for v in first}
         assert consumer.metrics.dead_lettered[TABLE.topic] == 1
         assert consumer.metrics.written[TABLE.name] == 6
@@ -321,7 +363,9 @@ def test_a_poison_event_is_dead_lettered_its_neighbours_are_written_and_the_cons
         later = [row(i, 20.0 + i) for i in range(7, 10)]
         assert produce(later) == [7, 8, 9]
         wait_until(lambda: pipeline.caught_up(group), 120, "the group to commit the later events")
-        assert offline_hours([v[schema.KEY] for v in later]) == {v[schema.KEY]: v["watch_hours_30d"] for v in later}
+        assert offline_hours([v[schema.KEY] for v in later]) == {
+            v[schema.KEY]: v["watch_hours_30d"] for v in later
+        }
         time.sleep(3)  # time enough for an endless retry to show
     finally:
         consumer.stop()

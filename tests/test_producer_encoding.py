@@ -33,19 +33,27 @@ NOW = datetime(2024, 3, 1, tzinfo=timezone.utc)
 
 def reference(table: schema.Table, frame: pd.DataFrame, as_of: date = AS_OF, snapshot: str = "month_000"):
     rows = list(_records(frame))
-    return [r[schema.KEY].encode() for r in rows], [events.encode_value(table, r, as_of, snapshot) for r in rows]
+    return [r[schema.KEY].encode() for r in rows], [
+        events.encode_value(table, r, as_of, snapshot) for r in rows
+    ]
 
 
-def assert_same(table: schema.Table, frame: pd.DataFrame, as_of: date = AS_OF, snapshot: str = "month_000",
-                decodable: bool = True) -> None:
+def assert_same(
+    table: schema.Table,
+    frame: pd.DataFrame,
+    as_of: date = AS_OF,
+    snapshot: str = "month_000",
+    decodable: bool = True,
+) -> None:
     keys, values = events.encode_frame(table, frame, as_of, snapshot)
     ref_keys, ref_values = reference(table, frame, as_of, snapshot)
     assert keys == ref_keys
     assert values == ref_values  # byte for byte
     if decodable:  # the consumer sees the very same events
         for key, value, ref_value in zip(keys, values, ref_values):
-            assert events.decode(table.topic, key, value, now=NOW, table=table) == \
-                events.decode(table.topic, key, ref_value, now=NOW, table=table)
+            assert events.decode(table.topic, key, value, now=NOW, table=table) == events.decode(
+                table.topic, key, ref_value, now=NOW, table=table
+            )
 
 
 def test_every_table_of_a_generated_snapshot(tmp_path):
@@ -61,17 +69,55 @@ def test_every_table_of_a_generated_snapshot(tmp_path):
 
 KIND_COLUMNS = tuple(
     schema.Column(f"{kind}_{'null' if nullable else 'set'}", kind, nullable=nullable)
-    for kind in ("str", "int", "float", "bool", "date") for nullable in (False, True)
+    for kind in ("str", "int", "float", "bool", "date")
+    for nullable in (False, True)
 )
-ALL_KINDS = schema.Table(name="all_kinds", columns=KIND_COLUMNS, feature_view="all_kinds_fv",
-                         snapshot_table="all_kinds_snapshots", description="every kind of column")
+ALL_KINDS = schema.Table(
+    name="all_kinds",
+    columns=KIND_COLUMNS,
+    feature_view="all_kinds_fv",
+    snapshot_table="all_kinds_snapshots",
+    description="every kind of column",
+)
 
-EDGE_FLOATS = [0.0, -0.0, 0.1, 1 / 3, 2.5, 100.0, 1e15, 1e16, 1e17, 1.5e300, 1e-7, 1e-5, 1e-4, 5e-324,
-               2.2250738585072014e-308, 1.7976931348623157e308, -1e22, 123456789.123456789, 0.30000000000000004]
+EDGE_FLOATS = [
+    0.0,
+    -0.0,
+    0.1,
+    1 / 3,
+    2.5,
+    100.0,
+    1e15,
+    1e16,
+    1e17,
+    1.5e300,
+    1e-7,
+    1e-5,
+    1e-4,
+    5e-324,
+    2.2250738585072014e-308,
+    1.7976931348623157e308,
+    -1e22,
+    123456789.123456789,
+    0.30000000000000004,
+]
 EDGE_INTS = [0, 1, -1, 2**31, -(2**31) - 1, 2**53 + 1, 2**63 - 1, -(2**63)]
 EDGE_DATES = ["1678-01-01", "1969-12-31", "1970-01-01", "2000-02-29", "2024-01-31", "2261-12-31"]
-EDGE_STRINGS = ["", "a", "Month-to-month", 'quote " inside', "back\\slash", 'x",', '","', "%s %b %%",
-                "line\nbreak\ttab\r\x00\x1f\x7f", "é ü 中文 😀", "\u2028\u2029", "{", "null"]
+EDGE_STRINGS = [
+    "",
+    "a",
+    "Month-to-month",
+    'quote " inside',
+    "back\\slash",
+    'x",',
+    '","',
+    "%s %b %%",
+    "line\nbreak\ttab\r\x00\x1f\x7f",
+    "é ü 中文 😀",
+    "\u2028\u2029",
+    "{",
+    "null",
+]
 
 
 def ids(n: int, rng: random.Random) -> list[str]:
@@ -100,15 +146,26 @@ def random_column(col: schema.Column, n: int, rng: random.Random) -> list:
         if col.kind == "str":
             return rng.choice(EDGE_STRINGS)
         if col.kind == "int":
-            return rng.choice(EDGE_INTS) if rng.random() < 0.5 else rng.randrange(-10**12, 10**12)
+            return rng.choice(EDGE_INTS) if rng.random() < 0.5 else rng.randrange(-(10**12), 10**12)
         if col.kind == "float":
             r = rng.random()
-            return rng.choice(EDGE_FLOATS) if r < 0.4 else rng.uniform(-1e6, 1e6) if r < 0.8 \
+            return (
+                rng.choice(EDGE_FLOATS)
+                if r < 0.4
+                else rng.uniform(-1e6, 1e6)
+                if r < 0.8
                 else rng.random() * 10 ** rng.randrange(-30, 30)
+            )
         if col.kind == "bool":
             return rng.random() < 0.5
-        return rng.choice(EDGE_DATES) if rng.random() < 0.5 else \
-            date.fromordinal(rng.randrange(date(1678, 1, 1).toordinal(), date(2261, 12, 31).toordinal())).isoformat()
+        return (
+            rng.choice(EDGE_DATES)
+            if rng.random() < 0.5
+            else date.fromordinal(
+                rng.randrange(date(1678, 1, 1).toordinal(), date(2261, 12, 31).toordinal())
+            ).isoformat()
+        )
+
     return [one() for _ in range(n)]
 
 
@@ -132,34 +189,56 @@ def test_registry_tables_with_generated_values_decode_to_the_same_event():
             elif col.kind == "date":
                 columns[col.name] = [rng.choice(EDGE_DATES) for _ in range(n)]
             elif col.kind == "bool":
-                columns[col.name] = [None if col.nullable and rng.random() < 0.3 else rng.random() < 0.5
-                                     for _ in range(n)]
+                columns[col.name] = [
+                    None if col.nullable and rng.random() < 0.3 else rng.random() < 0.5 for _ in range(n)
+                ]
             else:
                 lo, hi = col.min or 0, col.max or 1000
                 edge = [lo, hi]
                 if col.kind == "int":
-                    columns[col.name] = [rng.choice(edge) if rng.random() < 0.2 else rng.randrange(int(lo), int(hi) + 1)
-                                         for _ in range(n)]
+                    columns[col.name] = [
+                        rng.choice(edge) if rng.random() < 0.2 else rng.randrange(int(lo), int(hi) + 1)
+                        for _ in range(n)
+                    ]
                 else:
-                    columns[col.name] = [float(rng.choice(edge)) if rng.random() < 0.2 else
-                                         round(rng.uniform(lo, hi), rng.randrange(0, 17)) for _ in range(n)]
+                    columns[col.name] = [
+                        float(rng.choice(edge))
+                        if rng.random() < 0.2
+                        else round(rng.uniform(lo, hi), rng.randrange(0, 17))
+                        for _ in range(n)
+                    ]
         assert_same(table, frame_of(table, ids(n, rng), columns), snapshot="month_007")
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(rows=st.lists(st.tuples(
-    st.text(max_size=12),
-    st.none() | st.integers(min_value=-(2**63), max_value=2**63 - 1),
-    st.none() | st.floats(allow_nan=False, allow_infinity=False),
-    st.none() | st.booleans(),
-    st.none() | st.dates(min_value=date(1678, 1, 1), max_value=date(2261, 12, 31)),
-), min_size=1, max_size=30))
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.text(max_size=12),
+            st.none() | st.integers(min_value=-(2**63), max_value=2**63 - 1),
+            st.none() | st.floats(allow_nan=False, allow_infinity=False),
+            st.none() | st.booleans(),
+            st.none() | st.dates(min_value=date(1678, 1, 1), max_value=date(2261, 12, 31)),
+        ),
+        min_size=1,
+        max_size=30,
+    )
+)
 def test_any_values(rows):
-    cols = [schema.Column("s", "str", nullable=True), schema.Column("i", "int", nullable=True),
-            schema.Column("f", "float", nullable=True), schema.Column("b", "bool", nullable=True),
-            schema.Column("d", "date", nullable=True)]
-    table = schema.Table(name="any", columns=tuple(cols), feature_view="any_fv", snapshot_table="any_snapshots",
-                         description="any values")
+    cols = [
+        schema.Column("s", "str", nullable=True),
+        schema.Column("i", "int", nullable=True),
+        schema.Column("f", "float", nullable=True),
+        schema.Column("b", "bool", nullable=True),
+        schema.Column("d", "date", nullable=True),
+    ]
+    table = schema.Table(
+        name="any",
+        columns=tuple(cols),
+        feature_view="any_fv",
+        snapshot_table="any_snapshots",
+        description="any values",
+    )
     user_ids = [f"{i:04d}-ABCDE" for i in range(len(rows))]
     values = {c.name: [r[k] for r in rows] for k, c in enumerate(cols)}
     values["d"] = [None if d is None else d.isoformat() for d in values["d"]]
@@ -176,7 +255,9 @@ def test_keys_that_need_escaping_in_json():
 
 def test_an_empty_frame():
     table = schema.table("users")
-    assert events.encode_frame(table, frame_of(table, [], {c.name: [] for c in table.columns}), AS_OF, "m") == ([], [])
+    assert events.encode_frame(
+        table, frame_of(table, [], {c.name: [] for c in table.columns}), AS_OF, "m"
+    ) == ([], [])
 
 
 # --- partitions ---------------------------------------------------------------------------------------

@@ -31,8 +31,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from streamflow import config, kafka_clients, schema
 from streamflow.datagen.generate import generate
 from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
-from tests import pipeline
 from streamflow.net import free_port
+from tests import pipeline
 
 MONITORING = config.REPO_ROOT / "monitoring"
 ALERTS = MONITORING / "prometheus" / "alerts.yml"
@@ -55,8 +55,9 @@ USERS = 20
 
 
 def promtool(*args: str, stdin: str | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([PROMTOOL, *args], input=stdin, capture_output=True, text=True, timeout=120,
-                          cwd=cwd)
+    return subprocess.run(
+        [PROMTOOL, *args], input=stdin, capture_output=True, text=True, timeout=120, cwd=cwd
+    )
 
 
 def http_get(url: str, timeout: float = 10) -> bytes:
@@ -77,8 +78,9 @@ def wait_for(read, what: str, timeout: float, logs: tuple[Path, ...] = ()):
         except OSError as exc:
             last = exc
         if time.monotonic() > deadline:
-            tails = "\n".join(f"--- {p.name}:\n{p.read_text(errors='replace')[-3000:]}"
-                              for p in logs if p.exists())
+            tails = "\n".join(
+                f"--- {p.name}:\n{p.read_text(errors='replace')[-3000:]}" for p in logs if p.exists()
+            )
             pytest.fail(f"{what}: not within {timeout:.0f} s (last: {last!r})\n{tails}", pytrace=False)
         time.sleep(0.3)
 
@@ -150,25 +152,43 @@ def stack(pg_settings, kafka_bootstrap, tmp_path_factory):
 
             consumer_port, api_port = free_port(), free_port()
             logs = (tmp / "consumer.log", tmp / "api.log")
-            procs.append(pipeline.consumer_process(f"{prefix}-consumers", "--metrics-port",
-                                                   str(consumer_port), log_path=logs[0]))
+            procs.append(
+                pipeline.consumer_process(
+                    f"{prefix}-consumers", "--metrics-port", str(consumer_port), log_path=logs[0]
+                )
+            )
             api_log = open(logs[1], "wb")
-            procs.append(subprocess.Popen(
-                [sys.executable, "-m", "api.main", "--host", "127.0.0.1", "--port", str(api_port)],
-                cwd=config.REPO_ROOT, stdout=api_log, stderr=api_log,
-                env={**os.environ, "STREAMFLOW_CONSUMER_GROUP": f"{prefix}-idle",
-                     "STREAMFLOW_LAG_INTERVAL": "1",
-                     "STREAMFLOW_CONSUMER_METRICS_URL": f"http://127.0.0.1:{consumer_port}/metrics"},
-            ))
-            s = Stack(api=f"http://127.0.0.1:{api_port}", consumer=f"http://127.0.0.1:{consumer_port}",
-                      watched_group=f"{prefix}-idle", topics=table_topics(), logs=logs)
+            procs.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "api.main", "--host", "127.0.0.1", "--port", str(api_port)],
+                    cwd=config.REPO_ROOT,
+                    stdout=api_log,
+                    stderr=api_log,
+                    env={
+                        **os.environ,
+                        "STREAMFLOW_CONSUMER_GROUP": f"{prefix}-idle",
+                        "STREAMFLOW_LAG_INTERVAL": "1",
+                        "STREAMFLOW_CONSUMER_METRICS_URL": f"http://127.0.0.1:{consumer_port}/metrics",
+                    },
+                )
+            )
+            s = Stack(
+                api=f"http://127.0.0.1:{api_port}",
+                consumer=f"http://127.0.0.1:{consumer_port}",
+                watched_group=f"{prefix}-idle",
+                topics=table_topics(),
+                logs=logs,
+            )
 
             def consumer_done() -> bool:
                 got = samples(s.consumer_metrics())
                 written = sum(x.value for x in got["streamflow_events_written"])
                 dead = sum(x.value for x in got["streamflow_events_dead_lettered"])
-                return written == len(schema.TABLES) * USERS and dead == 1 and \
-                    "streamflow_last_commit_timestamp_seconds" in got
+                return (
+                    written == len(schema.TABLES) * USERS
+                    and dead == 1
+                    and "streamflow_last_commit_timestamp_seconds" in got
+                )
 
             wait_for(consumer_done, "the consumer writes every event and dead-letters one", 180, logs)
 
@@ -214,9 +234,16 @@ def test_every_alert_has_a_severity_an_actionable_text_and_a_firing_and_a_quiet_
     rules = alert_rules()
     names = [r["alert"] for r in rules]
     assert len(names) == len(set(names))
-    assert {"StreamflowConsumerLagHigh", "StreamflowConsumerGroupErr", "StreamflowPartitionStopped",
-            "StreamflowDeadLetters", "StreamflowConsumerDown", "StreamflowConsumerNotCommitting",
-            "StreamflowFreshnessP99OverBudget", "StreamflowApiErrorRate"} <= set(names)
+    assert {
+        "StreamflowConsumerLagHigh",
+        "StreamflowConsumerGroupErr",
+        "StreamflowPartitionStopped",
+        "StreamflowDeadLetters",
+        "StreamflowConsumerDown",
+        "StreamflowConsumerNotCommitting",
+        "StreamflowFreshnessP99OverBudget",
+        "StreamflowApiErrorRate",
+    } <= set(names)
     for rule in rules:
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
         assert rule["annotations"]["summary"].strip(), rule["alert"]
@@ -273,24 +300,35 @@ def dashboard_exprs() -> list[str]:
 
 def test_every_metric_name_in_the_alerts_and_the_dashboard_is_emitted_by_the_code(stack):
     emitted = emitted_names(stack.api_metrics()) | emitted_names(stack.consumer_metrics())
-    used = {"alerts.yml": {n for r in alert_rules() for n in METRIC_NAME.findall(r["expr"])},
-            "dashboard": {n for e in dashboard_exprs() for n in METRIC_NAME.findall(e)}}
+    used = {
+        "alerts.yml": {n for r in alert_rules() for n in METRIC_NAME.findall(r["expr"])},
+        "dashboard": {n for e in dashboard_exprs() for n in METRIC_NAME.findall(e)},
+    }
     assert len(used["alerts.yml"]) >= 9 and len(used["dashboard"]) >= 12, used
     for where, names in used.items():
         assert names - emitted - NOT_YET_EMITTED == set(), f"{where} uses names no /metrics offers"
-    assert NOT_YET_EMITTED - emitted <= used["dashboard"] | used["alerts.yml"], "allow-listed names nobody uses"
+    assert NOT_YET_EMITTED - emitted <= used["dashboard"] | used["alerts.yml"], (
+        "allow-listed names nobody uses"
+    )
 
 
 def test_dashboard_shows_the_required_metrics_from_the_provisioned_datasource():
     dash = json.loads(DASHBOARD.read_text())
     [datasource] = yaml.safe_load(DATASOURCES.read_text())["datasources"]
     exprs = " ".join(dashboard_exprs())
-    for name in ("streamflow_consumer_lag_messages", "streamflow_consumer_lag_seconds",
-                 "streamflow_consumer_group_status", "streamflow_consumer_group_drain_seconds",
-                 "streamflow_events_consumed_total", "streamflow_events_written_total",
-                 "streamflow_events_dead_lettered_total", "streamflow_write_latency_seconds_bucket",
-                 "streamflow_event_to_online_seconds_bucket", "streamflow_api_requests_total",
-                 "streamflow_api_request_duration_seconds_bucket"):
+    for name in (
+        "streamflow_consumer_lag_messages",
+        "streamflow_consumer_lag_seconds",
+        "streamflow_consumer_group_status",
+        "streamflow_consumer_group_drain_seconds",
+        "streamflow_events_consumed_total",
+        "streamflow_events_written_total",
+        "streamflow_events_dead_lettered_total",
+        "streamflow_write_latency_seconds_bucket",
+        "streamflow_event_to_online_seconds_bucket",
+        "streamflow_api_requests_total",
+        "streamflow_api_request_duration_seconds_bucket",
+    ):
         assert name in exprs, name
     assert "histogram_quantile(0.5," in exprs and "histogram_quantile(0.99," in exprs
     assert 'status=~"5.."' in exprs
@@ -335,19 +373,32 @@ def prometheus(stack, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("prometheus")
     shutil.copy(ALERTS, tmp / "alerts.yml")
     jobs = {"streamflow-api": stack.api, "streamflow-consumer": stack.consumer}  # the compose job names
-    (tmp / "prometheus.yml").write_text(yaml.safe_dump({
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": ["alerts.yml"],
-        "scrape_configs": [{"job_name": job, "static_configs": [{"targets": [url.removeprefix("http://")]}]}
-                           for job, url in jobs.items()],
-    }))
+    (tmp / "prometheus.yml").write_text(
+        yaml.safe_dump(
+            {
+                "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+                "rule_files": ["alerts.yml"],
+                "scrape_configs": [
+                    {"job_name": job, "static_configs": [{"targets": [url.removeprefix("http://")]}]}
+                    for job, url in jobs.items()
+                ],
+            }
+        )
+    )
     port = free_port()
     log = tmp / "prometheus.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-             f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-            cwd=tmp, stdout=out, stderr=out,
+            [
+                PROMETHEUS,
+                f"--config.file={tmp / 'prometheus.yml'}",
+                f"--storage.tsdb.path={tmp / 'data'}",
+                f"--web.listen-address=127.0.0.1:{port}",
+                "--log.level=warn",
+            ],
+            cwd=tmp,
+            stdout=out,
+            stderr=out,
         )
     try:
         server = Prometheus(f"http://127.0.0.1:{port}", log)
@@ -366,8 +417,9 @@ def prometheus(stack, tmp_path_factory):
 def test_prometheus_scrapes_the_lag_per_partition_that_the_api_reports(stack, prometheus):
     lag = stack.lag()
     assert lag["group"] == stack.watched_group
-    expected = {(p["topic"], str(p["partition"])): p["lag"]
-                for t in lag["sample"]["topics"] for p in t["partitions"]}
+    expected = {
+        (p["topic"], str(p["partition"])): p["lag"] for t in lag["sample"]["topics"] for p in t["partitions"]
+    }
     assert {t for t, _ in expected} == set(stack.topics) and sum(expected.values()) > 0, expected
 
     def scraped() -> dict | None:
@@ -387,8 +439,9 @@ def test_prometheus_scrapes_the_consumer_and_evaluates_every_alert_rule(stack, p
     def dead_letters() -> list[dict]:
         return prometheus.query('streamflow_events_dead_lettered_total{job="streamflow-consumer"}')
 
-    [series] = wait_for(dead_letters, "the consumer's dead-letter counter in prometheus", 60,
-                        (prometheus.log,))
+    [series] = wait_for(
+        dead_letters, "the consumer's dead-letter counter in prometheus", 60, (prometheus.log,)
+    )
     assert series["metric"]["topic"] == schema.table("users").topic and float(series["value"][1]) == 1
     ups = {r["metric"]["job"]: float(r["value"][1]) for r in prometheus.query("up")}
     assert ups == {"streamflow-api": 1.0, "streamflow-consumer": 1.0}
@@ -399,8 +452,10 @@ def test_prometheus_scrapes_the_consumer_and_evaluates_every_alert_rule(stack, p
     def evaluated_over_the_scrapes() -> bool:
         states = {r["name"]: r["state"] for r in rules() if r.get("health") == "ok"}
         # the watched group stopped at the log start: its partitions are STALL or STOP, the group ERR
-        return states.get("StreamflowConsumerGroupErr") in ("pending", "firing") and \
-            states.get("StreamflowConsumerDown") == states.get("StreamflowApiDown") == "inactive"
+        return (
+            states.get("StreamflowConsumerGroupErr") in ("pending", "firing")
+            and states.get("StreamflowConsumerDown") == states.get("StreamflowApiDown") == "inactive"
+        )
 
     wait_for(evaluated_over_the_scrapes, "the rules evaluated over the scraped series", 60, (prometheus.log,))
     got = rules()
@@ -410,8 +465,12 @@ def test_prometheus_scrapes_the_consumer_and_evaluates_every_alert_rule(stack, p
 
 @needs_prometheus
 def test_every_dashboard_query_runs_on_prometheus(stack, prometheus):
-    wait_for(lambda: prometheus.query("streamflow_consumer_group_lag_messages"), "the API scraped", 60,
-             (prometheus.log,))
+    wait_for(
+        lambda: prometheus.query("streamflow_consumer_group_lag_messages"),
+        "the API scraped",
+        60,
+        (prometheus.log,),
+    )
     for expr in dashboard_exprs():
         if expr.startswith("label_values("):
             metric, label = expr.removeprefix("label_values(").removesuffix(")").split(", ")

@@ -49,8 +49,6 @@ def snapshots(tmp_path_factory):
     return out / "month_000", out / "month_001"
 
 
-
-
 # --- helpers -------------------------------------------------------------------------------------
 
 
@@ -74,13 +72,17 @@ def wait_until(condition, timeout: float, interval: float = 0.2, what: str = "co
         time.sleep(interval)
 
 
-def producer_process(folders: list[Path], *args: str, log_path: Path, env: dict | None = None) -> subprocess.Popen:
+def producer_process(
+    folders: list[Path], *args: str, log_path: Path, env: dict | None = None
+) -> subprocess.Popen:
     """The real producer as its own process (`python -m producer.main`)."""
     out = open(log_path, "ab")
     return subprocess.Popen(
         [sys.executable, "-m", "producer.main", "--snapshots", *map(str, folders), "--no-progress", *args],
-        cwd=pipeline.REPO, env={**os.environ, "STREAMFLOW_LOG_LEVEL": "INFO", **(env or {})},
-        stdout=out, stderr=out,
+        cwd=pipeline.REPO,
+        env={**os.environ, "STREAMFLOW_LOG_LEVEL": "INFO", **(env or {})},
+        stdout=out,
+        stderr=out,
     )
 
 
@@ -119,8 +121,7 @@ def postgres_answers() -> bool:
 
 def kafka_answers() -> bool:
     try:
-        admin = kafka_clients.admin("test", request_timeout_ms=3000,
-                                 bootstrap_timeout_ms=3000)
+        admin = kafka_clients.admin("test", request_timeout_ms=3000, bootstrap_timeout_ms=3000)
     except Exception:  # noqa: BLE001
         return False
     try:
@@ -183,8 +184,12 @@ def bad_records(users: list[str], n: int) -> list[tuple[str, bytes | None, bytes
     kinds = []
     for i in range(n):
         user = users[i % len(users)]
-        doc = {schema.KEY: user, "failed_payments_90d": 1,
-               schema.EVENT_TIME: "2024-01-31T00:00:00+00:00", schema.EVENT_SNAPSHOT: "month_000"}
+        doc = {
+            schema.KEY: user,
+            "failed_payments_90d": 1,
+            schema.EVENT_TIME: "2024-01-31T00:00:00+00:00",
+            schema.EVENT_SNAPSHOT: "month_000",
+        }
         kind = i % 4
         if kind == 0:
             value = b"{not json " + str(i).encode()
@@ -231,8 +236,12 @@ def test_sigkill_five_times_during_the_stream_loses_nothing(snapshots, fresh, tm
             base = pipeline.committed_total(group)
             started = time.monotonic()
             proc = pipeline.consumer_process(group, "--max-batch", "20", "--instance-id", "c1", log_path=log)
-            wait_until(lambda: pipeline.committed_total(group) > base, timeout=150, interval=0.05,
-                       what=f"run {run}: a first commit")
+            wait_until(
+                lambda base=base: pipeline.committed_total(group) > base,
+                timeout=150,
+                interval=0.05,
+                what=f"run {run}: a first commit",
+            )
             recovery.append(time.monotonic() - started)
             if run == 1:
                 bad += send_bad(bad_records(users[8:], 8))  # ...and in the middle of it
@@ -267,11 +276,17 @@ def test_sigkill_five_times_during_the_stream_loses_nothing(snapshots, fresh, tm
         assert 1 <= letters[(tp, offset)] <= deliveries, (tp, offset, letters[(tp, offset)], deliveries)
     assert "Traceback" not in logged(log)
     pipeline.record_reliability(
-        "1. SIGKILL the consumer 5 times", events=total_in, written=figures["written"],
-        dead_lettered=len(letters), dead_letter_records=sum(letters.values()), lost=figures["lost"],
-        duplicates=figures["duplicates"], kills=len(kills),
+        "1. SIGKILL the consumer 5 times",
+        events=total_in,
+        written=figures["written"],
+        dead_lettered=len(letters),
+        dead_letter_records=sum(letters.values()),
+        lost=figures["lost"],
+        duplicates=figures["duplicates"],
+        kills=len(kills),
         recovery_seconds=max(recovery[1:]),
-        recovery="restart to first commit (process start included; static membership, --instance-id)")
+        recovery="restart to first commit (process start included; static membership, --instance-id)",
+    )
 
 
 # --- 2. Kafka broker restart ---------------------------------------------------------------------
@@ -279,7 +294,8 @@ def test_sigkill_five_times_during_the_stream_loses_nothing(snapshots, fresh, tm
 
 @pytest.mark.slow
 def test_kafka_restart_mid_replay_producer_retries_or_reports_and_nothing_acked_is_lost(
-        snapshots, fresh, tmp_path):
+    snapshots, fresh, tmp_path
+):
     m0, m1 = snapshots
     group = fresh
     prefix = config.topic_prefix()
@@ -292,8 +308,15 @@ def test_kafka_restart_mid_replay_producer_retries_or_reports_and_nothing_acked_
     try:
         wait_until(lambda: pipeline.group_settled(group, 1), timeout=120, what="consumer joined")
         patient = producer_process([m0, m1], "--rate", "150", log_path=tmp_path / "patient.log")
-        hasty = producer_process([m0, m1], "--rate", "150", "--delivery-timeout", "3",
-                                 log_path=tmp_path / "hasty.log", env={"STREAMFLOW_TOPIC_PREFIX": other})
+        hasty = producer_process(
+            [m0, m1],
+            "--rate",
+            "150",
+            "--delivery-timeout",
+            "3",
+            log_path=tmp_path / "hasty.log",
+            env={"STREAMFLOW_TOPIC_PREFIX": other},
+        )
         producers = [patient, hasty]
         wait_until(lambda: table_records() > 300, timeout=120, what="events flowing")
         down = time.monotonic()
@@ -334,12 +357,24 @@ def test_kafka_restart_mid_replay_producer_retries_or_reports_and_nothing_acked_
     assert hasty_totals["acked"] <= other_records <= EVENTS
     assert "Traceback" not in hasty_log
     pipeline.record_reliability(
-        "2. Kafka broker stopped and restarted mid-replay", events=EVENTS, acked=patient_totals["acked"],
-        written=figures["written"], dead_lettered=0, lost=figures["lost"], duplicates=figures["duplicates"],
-        kafka_duplicates=table_records() - EVENTS, outage_seconds=outage, recovery_seconds=recovery,
+        "2. Kafka broker stopped and restarted mid-replay",
+        events=EVENTS,
+        acked=patient_totals["acked"],
+        written=figures["written"],
+        dead_lettered=0,
+        lost=figures["lost"],
+        duplicates=figures["duplicates"],
+        kafka_duplicates=table_records() - EVENTS,
+        outage_seconds=outage,
+        recovery_seconds=recovery,
         recovery="broker back to consumer caught up (committed = log end)",
-        impatient_producer={"delivery_timeout_s": 3, "exit_code": hasty_code, **hasty_totals,
-                            "records_on_topics": other_records})
+        impatient_producer={
+            "delivery_timeout_s": 3,
+            "exit_code": hasty_code,
+            **hasty_totals,
+            "records_on_topics": other_records,
+        },
+    )
 
 
 # --- 3. PostgreSQL outage ------------------------------------------------------------------------
@@ -347,8 +382,9 @@ def test_kafka_restart_mid_replay_producer_retries_or_reports_and_nothing_acked_
 
 def api_client():
     try:
-        from api.app import create_app
         from fastapi.testclient import TestClient
+
+        from api.app import create_app
     except Exception:  # noqa: BLE001 - the API is built in parallel: its checks wait until it imports
         return None
     return TestClient(create_app())
@@ -368,8 +404,9 @@ def test_postgres_outage_consumer_retries_without_committing_and_recovers(snapsh
     try:
         wait_until(lambda: pipeline.group_settled(group, 1), timeout=120, what="consumer joined")
         producer = producer_process([m0, m1], "--rate", "150", log_path=tmp_path / "producer.log")
-        wait_until(lambda: pipeline.committed_total(group) > 300, timeout=120, interval=0.1,
-                   what="consumer writing")
+        wait_until(
+            lambda: pipeline.committed_total(group) > 300, timeout=120, interval=0.1, what="consumer writing"
+        )
         if client is not None:
             client.__enter__()
             assert client.get(f"/features/{users[0]}").status_code == 200
@@ -383,7 +420,9 @@ def test_postgres_outage_consumer_retries_without_committing_and_recovers(snapsh
                 api["during"] = client.get(f"/features/{users[0]}").status_code
                 api["ready_during"] = client.get("/ready").status_code
             time.sleep(3)
-            assert pipeline.committed_total(group) == frozen, "offsets were committed while PostgreSQL was down"
+            assert pipeline.committed_total(group) == frozen, (
+                "offsets were committed while PostgreSQL was down"
+            )
             assert table_records() > frozen  # the consumer had events to write
         finally:
             restore("start-postgres", postgres_answers, "PostgreSQL")
@@ -394,8 +433,11 @@ def test_postgres_outage_consumer_retries_without_committing_and_recovers(snapsh
             assert time.monotonic() < deadline, f"no recovery within 120 s: consumer {recovery}, api {api}"
             if recovery is None and pipeline.committed_total(group) > frozen:
                 recovery = time.monotonic() - back  # the consumer's next commit
-            if (client is not None and "recovery_seconds" not in api
-                    and client.get(f"/features/{users[0]}").status_code == 200):
+            if (
+                client is not None
+                and "recovery_seconds" not in api
+                and client.get(f"/features/{users[0]}").status_code == 200
+            ):
                 api["recovery_seconds"] = round(time.monotonic() - back, 2)
             time.sleep(0.1)
         assert producer.wait(timeout=120) == 0, logged(tmp_path / "producer.log")[-3000:]
@@ -418,10 +460,18 @@ def test_postgres_outage_consumer_retries_without_committing_and_recovers(snapsh
     assert_exact(figures)
     assert table_records() == EVENTS
     pipeline.record_reliability(
-        "3. PostgreSQL stopped while the consumer writes", events=EVENTS, written=figures["written"],
-        dead_lettered=0, lost=figures["lost"], duplicates=figures["duplicates"], write_retries=retries,
-        outage_seconds=outage, recovery_seconds=recovery,
-        recovery="database back to the consumer's next commit", api=api or "api.app not importable")
+        "3. PostgreSQL stopped while the consumer writes",
+        events=EVENTS,
+        written=figures["written"],
+        dead_lettered=0,
+        lost=figures["lost"],
+        duplicates=figures["duplicates"],
+        write_retries=retries,
+        outage_seconds=outage,
+        recovery_seconds=recovery,
+        recovery="database back to the consumer's next commit",
+        api=api or "api.app not importable",
+    )
 
 
 # --- 4. rebalances -------------------------------------------------------------------------------
@@ -442,14 +492,20 @@ def test_second_consumer_joins_then_one_is_killed_and_rebalances_lose_nothing(sn
     try:
         wait_until(lambda: pipeline.group_settled(group, 1), timeout=120, what="first consumer joined")
         producer = producer_process([m0, m1], "--rate", "75", log_path=tmp_path / "producer.log")
-        wait_until(lambda: pipeline.committed_total(group) > 200, timeout=120, interval=0.1,
-                   what="first consumer writing")
+        wait_until(
+            lambda: pipeline.committed_total(group) > 200,
+            timeout=120,
+            interval=0.1,
+            what="first consumer writing",
+        )
         b = StreamConsumer(ConsumerSettings(group_id=group, max_batch=25))
         thread = threading.Thread(target=b.run, name="second-consumer", daemon=True)
         thread.start()
         wait_until(lambda: pipeline.group_members(group) == 2, timeout=120, what="second consumer joined")
         # both own partitions and commit; then the first one dies in the middle of the stream
-        wait_until(lambda: b.metrics.batches >= 2, timeout=120, interval=0.1, what="second consumer committing")
+        wait_until(
+            lambda: b.metrics.batches >= 2, timeout=120, interval=0.1, what="second consumer committing"
+        )
         a.send_signal(signal.SIGKILL)
         assert a.wait(timeout=30) == -signal.SIGKILL
         killed_at = pipeline.committed_total(group)
@@ -473,7 +529,14 @@ def test_second_consumer_joins_then_one_is_killed_and_rebalances_lose_nothing(sn
     assert_exact(figures)
     assert table_records() == EVENTS
     pipeline.record_reliability(
-        "4. second consumer joins, then one is SIGKILLed", events=EVENTS, written=figures["written"],
-        dead_lettered=0, lost=figures["lost"], duplicates=figures["duplicates"],
-        committed_at_kill=killed_at, written_by_survivor=int(stats_b["written"]), recovery_seconds=recovery,
-        recovery="kill to group caught up (the dead member's session timeout, 15 s, then a rebalance)")
+        "4. second consumer joins, then one is SIGKILLed",
+        events=EVENTS,
+        written=figures["written"],
+        dead_lettered=0,
+        lost=figures["lost"],
+        duplicates=figures["duplicates"],
+        committed_at_kill=killed_at,
+        written_by_survivor=int(stats_b["written"]),
+        recovery_seconds=recovery,
+        recovery="kill to group caught up (the dead member's session timeout, 15 s, then a rebalance)",
+    )

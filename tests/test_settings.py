@@ -55,7 +55,9 @@ def test_every_variable_has_a_type_a_default_and_a_one_line_description():
             assert info.alias and re.fullmatch(r"[A-Z][A-Z0-9_]*", info.alias), field
             assert info.annotation is not None, info.alias
             assert info.default is not PydanticUndefined and not info.is_required(), info.alias
-            assert info.description and "\n" not in info.description and "|" not in info.description, info.alias
+            assert info.description and "\n" not in info.description and "|" not in info.description, (
+                info.alias
+            )
 
 
 def test_no_module_but_the_settings_reads_the_environment():
@@ -140,7 +142,9 @@ def test_an_empty_variable_is_its_default_and_names_are_case_sensitive(clean_env
     clean_env.setenv("streamflow_topic_prefix", "lower")
     clean_env.setenv("partitions", "7")  # a field's own name is no variable
     s = config.settings()
-    assert s.kafka.partitions == 4 and s.consumer.metrics_port is None and s.kafka.topic_prefix == "streamflow"
+    assert (
+        s.kafka.partitions == 4 and s.consumer.metrics_port is None and s.kafka.topic_prefix == "streamflow"
+    )
     assert config.source("STREAMFLOW_PARTITIONS") == "default"
 
 
@@ -179,20 +183,33 @@ def test_the_defaults_feast_yaml_expands_are_put_into_the_environment(monkeypatc
 # -- bad values -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name, value, message", [
-    ("STREAMFLOW_PARTITIONS", "abc", "STREAMFLOW_PARTITIONS: expected an integer, got 'abc'"),
-    ("STREAMFLOW_PARTITIONS", "0", "STREAMFLOW_PARTITIONS: expected an integer >= 1, got '0'"),
-    ("POSTGRES_PORT", "70000", "POSTGRES_PORT: expected an integer from 1 to 65535, got '70000'"),
-    ("KAFKA_MESSAGE_MAX_BYTES", "2MB", "KAFKA_MESSAGE_MAX_BYTES: expected an integer, got '2MB'"),
-    ("STREAMFLOW_METRICS_PORT", "x", "STREAMFLOW_METRICS_PORT: expected an integer, got 'x'"),
-    ("STREAMFLOW_LAG_INTERVAL", "soon", "STREAMFLOW_LAG_INTERVAL: expected a number, got 'soon'"),
-    ("STREAMFLOW_LAG_INTERVAL", "inf", "STREAMFLOW_LAG_INTERVAL: expected a finite number > 0, got 'inf'"),
-    ("STREAMFLOW_MAX_OUTAGE", "-5", "STREAMFLOW_MAX_OUTAGE: expected a number > 0, got '-5'"),
-    ("STREAMFLOW_NO_PROGRESS", "maybe",
-     "STREAMFLOW_NO_PROGRESS: expected true or false (also 1/0, yes/no, on/off), got 'maybe'"),
-    ("STREAMFLOW_LOG_LEVEL", "loud",
-     "STREAMFLOW_LOG_LEVEL: expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'loud'"),
-])
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("STREAMFLOW_PARTITIONS", "abc", "STREAMFLOW_PARTITIONS: expected an integer, got 'abc'"),
+        ("STREAMFLOW_PARTITIONS", "0", "STREAMFLOW_PARTITIONS: expected an integer >= 1, got '0'"),
+        ("POSTGRES_PORT", "70000", "POSTGRES_PORT: expected an integer from 1 to 65535, got '70000'"),
+        ("KAFKA_MESSAGE_MAX_BYTES", "2MB", "KAFKA_MESSAGE_MAX_BYTES: expected an integer, got '2MB'"),
+        ("STREAMFLOW_METRICS_PORT", "x", "STREAMFLOW_METRICS_PORT: expected an integer, got 'x'"),
+        ("STREAMFLOW_LAG_INTERVAL", "soon", "STREAMFLOW_LAG_INTERVAL: expected a number, got 'soon'"),
+        (
+            "STREAMFLOW_LAG_INTERVAL",
+            "inf",
+            "STREAMFLOW_LAG_INTERVAL: expected a finite number > 0, got 'inf'",
+        ),
+        ("STREAMFLOW_MAX_OUTAGE", "-5", "STREAMFLOW_MAX_OUTAGE: expected a number > 0, got '-5'"),
+        (
+            "STREAMFLOW_NO_PROGRESS",
+            "maybe",
+            "STREAMFLOW_NO_PROGRESS: expected true or false (also 1/0, yes/no, on/off), got 'maybe'",
+        ),
+        (
+            "STREAMFLOW_LOG_LEVEL",
+            "loud",
+            "STREAMFLOW_LOG_LEVEL: expected one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got 'loud'",
+        ),
+    ],
+)
 def test_a_bad_value_is_one_line_naming_the_variable(clean_env, name, value, message):
     clean_env.setenv(name, value)
     with pytest.raises(config.ConfigError) as info:
@@ -206,14 +223,22 @@ def test_several_bad_values_are_still_one_line(clean_env):
     clean_env.setenv("STREAMFLOW_API_WORKERS", "0")
     with pytest.raises(config.ConfigError) as info:
         config.settings()
-    assert str(info.value) == ("STREAMFLOW_PARTITIONS: expected an integer, got 'abc'; "
-                               "STREAMFLOW_API_WORKERS: expected an integer >= 1, got '0'")
+    assert str(info.value) == (
+        "STREAMFLOW_PARTITIONS: expected an integer, got 'abc'; "
+        "STREAMFLOW_API_WORKERS: expected an integer >= 1, got '0'"
+    )
 
 
 def cli_run(args: list[str], **env: str) -> subprocess.CompletedProcess:
     full = {k: v for k, v in os.environ.items() if k != "STREAMFLOW_LOG_LEVEL"}
-    return subprocess.run([sys.executable, "-m", "streamflow.cli", *args], cwd=config.REPO_ROOT,
-                          env={**full, **env}, capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "streamflow.cli", *args],
+        cwd=config.REPO_ROOT,
+        env={**full, **env},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 @pytest.mark.parametrize("command", [["lag"], ["consume"], ["api"], ["dead-letters", "list"], ["config"]])
@@ -242,16 +267,34 @@ def test_streamflow_config_prints_values_variables_and_sources_with_secrets_mask
     assert "hunter2" not in out
     lines = {line.split()[0]: line.split() for line in out.splitlines()}
     assert set(lines) == {v.setting for v in config.variables()}
-    assert lines["postgres.password"] == ["postgres.password", "=", "****", "POSTGRES_PASSWORD", "environment"]
+    assert lines["postgres.password"] == [
+        "postgres.password",
+        "=",
+        "****",
+        "POSTGRES_PASSWORD",
+        "environment",
+    ]
     assert lines["kafka.partitions"] == ["kafka.partitions", "=", "8", "STREAMFLOW_PARTITIONS", "environment"]
     assert lines["api.port"] == ["api.port", "=", "8000", "STREAMFLOW_API_PORT", "default"]
 
     assert cli.main(["config", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert "hunter2" not in json.dumps(doc)
-    assert doc["postgres.password"] == {"value": "****", "variable": "POSTGRES_PASSWORD", "source": "environment"}
-    assert doc["kafka.partitions"] == {"value": 8, "variable": "STREAMFLOW_PARTITIONS", "source": "environment"}
-    assert doc["consumer.max_outage"] == {"value": None, "variable": "STREAMFLOW_MAX_OUTAGE", "source": "default"}
+    assert doc["postgres.password"] == {
+        "value": "****",
+        "variable": "POSTGRES_PASSWORD",
+        "source": "environment",
+    }
+    assert doc["kafka.partitions"] == {
+        "value": 8,
+        "variable": "STREAMFLOW_PARTITIONS",
+        "source": "environment",
+    }
+    assert doc["consumer.max_outage"] == {
+        "value": None,
+        "variable": "STREAMFLOW_MAX_OUTAGE",
+        "source": "default",
+    }
     assert doc["api.port"]["source"] == "default"
 
 
@@ -269,7 +312,7 @@ def readme_table() -> str:
     text = README.read_text()
     assert text.count(TABLE_START) == 1 and text.count(TABLE_END) == 1
     start = text.index("\n", text.index(TABLE_START)) + 1
-    return text[start:text.index(TABLE_END)]
+    return text[start : text.index(TABLE_END)]
 
 
 def test_the_readme_table_lists_every_variable_with_its_default():
@@ -288,8 +331,14 @@ def test_the_readme_table_lists_every_variable_with_its_default():
 
 
 def test_the_markdown_table_is_what_python_m_streamflow_config_prints():
-    result = subprocess.run([sys.executable, "-m", "streamflow.config", "--markdown"], cwd=config.REPO_ROOT,
-                            capture_output=True, text=True, timeout=60, check=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "streamflow.config", "--markdown"],
+        cwd=config.REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     assert result.stdout == config.markdown_table()
 
 
@@ -306,11 +355,23 @@ def test_conninfo_and_url_carry_any_password_exactly(clean_env):
     from sqlalchemy.engine import make_url
 
     parsed = conninfo_to_dict(pg.conninfo)
-    assert parsed == {"host": "127.0.0.1", "port": "5432", "dbname": "d b/1", "user": "us er@x",
-                      "password": NASTY_PASSWORD, "sslmode": "disable"}
+    assert parsed == {
+        "host": "127.0.0.1",
+        "port": "5432",
+        "dbname": "d b/1",
+        "user": "us er@x",
+        "password": NASTY_PASSWORD,
+        "sslmode": "disable",
+    }
     url = make_url(pg.sqlalchemy_url.render_as_string(hide_password=False))
     assert (url.drivername, url.username, url.password, url.host, url.port, url.database) == (
-        "postgresql+psycopg", "us er@x", NASTY_PASSWORD, "127.0.0.1", 5432, "d b/1")
+        "postgresql+psycopg",
+        "us er@x",
+        NASTY_PASSWORD,
+        "127.0.0.1",
+        5432,
+        "d b/1",
+    )
     assert url.query == {"sslmode": "disable"}
 
 
@@ -318,25 +379,36 @@ def admin_connection(settings: config.Postgres) -> psycopg.Connection:
     """A connection allowed to CREATE ROLE: the configured role when it may, else the superuser on
     the Unix socket of scripts/services.sh (trusted there: it is how that script sets roles up)."""
     conn = psycopg.connect(settings.conninfo, autocommit=True, connect_timeout=5)
-    if conn.execute("SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
+    if conn.execute("SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user").fetchone()[
+        0
+    ]:
         return conn
     conn.close()
     state = Path(os.environ.get("STREAMFLOW_STATE_DIR") or config.REPO_ROOT / ".services")
     socket_dir = state / "pg-socket"
     if not (socket_dir / f".s.PGSQL.{settings.port}").exists():
-        pytest.fail(f"{settings.user} may not CREATE ROLE and there is no socket of scripts/services.sh "
-                    f"in {socket_dir}", pytrace=False)
+        pytest.fail(
+            f"{settings.user} may not CREATE ROLE and there is no socket of scripts/services.sh "
+            f"in {socket_dir}",
+            pytrace=False,
+        )
     from psycopg.conninfo import make_conninfo
 
-    return psycopg.connect(make_conninfo("", host=str(socket_dir), port=settings.port, user="postgres",
-                                         dbname="postgres"), autocommit=True, connect_timeout=5)
+    return psycopg.connect(
+        make_conninfo("", host=str(socket_dir), port=settings.port, user="postgres", dbname="postgres"),
+        autocommit=True,
+        connect_timeout=5,
+    )
 
 
 def test_a_role_with_a_nasty_password_connects_with_settings_from_the_environment(pg_settings, monkeypatch):
     role = f"sf test {uuid.uuid4().hex[:8]}@x"  # needs quoting too
     with admin_connection(pg_settings) as admin:
-        admin.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role),
-                                                                        sql.Literal(NASTY_PASSWORD)))
+        admin.execute(
+            sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                sql.Identifier(role), sql.Literal(NASTY_PASSWORD)
+            )
+        )
         try:
             monkeypatch.setenv("POSTGRES_USER", role)
             monkeypatch.setenv("POSTGRES_PASSWORD", NASTY_PASSWORD)

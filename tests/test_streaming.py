@@ -30,10 +30,6 @@ def snapshots(tmp_path_factory):
     return out / "month_000", out / "month_001"
 
 
-
-
-
-
 def test_replay_both_months_leaves_month_001_online_and_matches_batch_training_set(snapshots, fresh):
     m0, m1 = snapshots
     pipeline.replay([m1, m0])  # given out of order: the producer replays in event-time order
@@ -55,7 +51,11 @@ def test_replay_both_months_leaves_month_001_online_and_matches_batch_training_s
     pd.testing.assert_frame_equal(streamed, batch)
     pd.testing.assert_frame_equal(streamed_feb, batch_feb)
     # point in time: January's training set holds January's values, not February's
-    jan = pd.read_csv(m0 / "usage_agg_30d.csv", float_precision="round_trip").sort_values(schema.KEY).reset_index(drop=True)
+    jan = (
+        pd.read_csv(m0 / "usage_agg_30d.csv", float_precision="round_trip")
+        .sort_values(schema.KEY)
+        .reset_index(drop=True)
+    )
     assert streamed["watch_hours_30d"].tolist() == jan["watch_hours_30d"].tolist()
 
 
@@ -80,7 +80,9 @@ def test_replaying_the_same_snapshot_twice_changes_nothing(snapshots, fresh, pg_
     pipeline.drain(fresh)
     offline_before = {t.name: pipeline.offline_rows(t) for t in schema.TABLES}
     online_before = pipeline.online_state(pipeline.users_of(m0))
-    xmin_before = pg_conn.execute("SELECT count(*), max(xmin::text::bigint) FROM usage_agg_30d_snapshots").fetchone()
+    xmin_before = pg_conn.execute(
+        "SELECT count(*), max(xmin::text::bigint) FROM usage_agg_30d_snapshots"
+    ).fetchone()
     pipeline.replay([m0])
     stats = pipeline.drain(fresh)
     assert stats["consumed"] == 6 * USERS
@@ -88,7 +90,10 @@ def test_replaying_the_same_snapshot_twice_changes_nothing(snapshots, fresh, pg_
         pd.testing.assert_frame_equal(pipeline.offline_rows(t), offline_before[t.name])
     assert pipeline.online_state(pipeline.users_of(m0)) == online_before
     # no row was rewritten (same row versions)
-    assert pg_conn.execute("SELECT count(*), max(xmin::text::bigint) FROM usage_agg_30d_snapshots").fetchone() == xmin_before
+    assert (
+        pg_conn.execute("SELECT count(*), max(xmin::text::bigint) FROM usage_agg_30d_snapshots").fetchone()
+        == xmin_before
+    )
 
 
 def test_sigkill_mid_replay_then_restart_loses_nothing(snapshots, fresh, tmp_path):
@@ -119,8 +124,10 @@ def test_sigkill_mid_replay_then_restart_loses_nothing(snapshots, fresh, tmp_pat
 def _bad_corpus(user: str) -> list[tuple[str, bytes | None, bytes | None, str]]:
     """(table, key, value, expected reason fragment) for each failure kind."""
     good = {
-        schema.KEY: user, "failed_payments_90d": 1,
-        schema.EVENT_TIME: "2024-01-31T00:00:00+00:00", schema.EVENT_SNAPSHOT: "month_000",
+        schema.KEY: user,
+        "failed_payments_90d": 1,
+        schema.EVENT_TIME: "2024-01-31T00:00:00+00:00",
+        schema.EVENT_SNAPSHOT: "month_000",
     }
 
     def with_(**changes):
@@ -144,9 +151,24 @@ def _bad_corpus(user: str) -> list[tuple[str, bytes | None, bytes | None, str]]:
         ("payments_agg_90d", key, with_(failed_payments_90d=7.9), "expected an integer"),
         ("payments_agg_90d", key, with_(failed_payments_90d=None), "must not be null"),
         ("payments_agg_90d", key, with_(failed_payments_90d=-1), "out of range"),
-        ("payments_agg_90d", key, b'{"user_id": "' + key + b'", "failed_payments_90d": NaN}', "not valid JSON"),
-        ("payments_agg_90d", key, with_(**{schema.EVENT_TIME: "1970-01-01T00:00:00+00:00"}), "implausibly far"),
-        ("payments_agg_90d", key, with_(**{schema.EVENT_TIME: "2999-01-01T00:00:00+00:00"}), "implausibly far"),
+        (
+            "payments_agg_90d",
+            key,
+            b'{"user_id": "' + key + b'", "failed_payments_90d": NaN}',
+            "not valid JSON",
+        ),
+        (
+            "payments_agg_90d",
+            key,
+            with_(**{schema.EVENT_TIME: "1970-01-01T00:00:00+00:00"}),
+            "implausibly far",
+        ),
+        (
+            "payments_agg_90d",
+            key,
+            with_(**{schema.EVENT_TIME: "2999-01-01T00:00:00+00:00"}),
+            "implausibly far",
+        ),
         ("payments_agg_90d", key, with_(**{schema.EVENT_TIME: "yesterday"}), "not ISO 8601"),
         ("payments_agg_90d", key, with_(**{schema.KEY: "'; DROP TABLE users; --"}), "not a user id"),
         ("payments_agg_90d", None, with_(), "no key"),
@@ -189,7 +211,9 @@ def test_bad_events_go_to_dead_letter_topic_and_good_ones_around_them_are_writte
 def test_two_consumer_processes_share_partitions_and_produce_the_exact_state(snapshots, fresh, tmp_path):
     m0, m1 = snapshots
     logs = [tmp_path / "c1.log", tmp_path / "c2.log"]
-    procs = [pipeline.consumer_process(fresh, "--max-idle", "30", "--max-batch", "100", log_path=p) for p in logs]
+    procs = [
+        pipeline.consumer_process(fresh, "--max-idle", "30", "--max-batch", "100", log_path=p) for p in logs
+    ]
     deadline = time.monotonic() + 120  # a member stuck joining gets a new client after 30 s
     while not pipeline.group_settled(fresh, 2) and time.monotonic() < deadline:
         time.sleep(0.5)
@@ -222,7 +246,9 @@ def test_sigterm_finishes_the_batch_commits_and_leaves_the_group(snapshots, fres
     assert "SIGTERM" in text
     assert pipeline.group_members(fresh) == 0  # it left the group instead of timing out of it
     # what it reported as written is committed: nothing it wrote is redelivered
-    written = int([ln for ln in text.splitlines() if ln.startswith("consumed ")][-1].split("written ")[1].split(",")[0])
+    written = int(
+        [ln for ln in text.splitlines() if ln.startswith("consumed ")][-1].split("written ")[1].split(",")[0]
+    )
     assert pipeline.committed_total(fresh) == written
     stats = pipeline.drain(fresh)
     assert stats["consumed"] == 2 * 6 * USERS - written

@@ -20,7 +20,12 @@ from feast.types import String
 from feature_repo import definitions
 from streamflow import schema
 from streamflow.feast_stores import value_encoding
-from streamflow.feast_stores.online import StreamflowOnlineStore, binary_copy_payload, encode_values, entity_key_bytes
+from streamflow.feast_stores.online import (
+    StreamflowOnlineStore,
+    binary_copy_payload,
+    encode_values,
+    entity_key_bytes,
+)
 from streamflow.feast_stores.provider import event_micros, fast_path_features
 
 EDGE = {
@@ -34,7 +39,9 @@ EDGE = {
 def random_column(col: schema.Column, rows: int, rng: np.random.Generator) -> pd.Series:
     if col.kind == "date":
         days = rng.integers(-20_000, 40_000, rows)
-        values = pd.to_datetime(days, unit="D", utc=True) + pd.to_timedelta(rng.integers(0, 86_400, rows), unit="s")
+        values = pd.to_datetime(days, unit="D", utc=True) + pd.to_timedelta(
+            rng.integers(0, 86_400, rows), unit="s"
+        )
         series = pd.Series(values)
         series[rng.random(rows) < 0.1] = pd.NaT
         return series
@@ -58,7 +65,8 @@ def random_frame(table: schema.Table, rows: int, seed: int) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
     frame = pd.DataFrame({schema.KEY: pd.array([f"{n:04d}-ABCDE" for n in range(rows)], dtype="string")})
     frame[schema.SNAPSHOT_TIME] = pd.Timestamp("2024-01-31", tz="UTC") + pd.to_timedelta(
-        rng.integers(0, 10**9, rows), unit="us")
+        rng.integers(0, 10**9, rows), unit="us"
+    )
     for col in table.columns:
         frame[col.name] = random_column(col, rows, rng)
     frame[schema.EVENT_SNAPSHOT] = "month_000"
@@ -100,8 +108,11 @@ def test_fast_encoding_equals_feast_conversion(table):
         assert keys[i] == entity_key_bytes(entity_key, 3), f"row {i}: entity key"
         assert list(values) == [name for name, _ in features], f"row {i}: feature order"
         assert vals[i] == encode_values(values.values()), f"row {i}: {frame.iloc[i].to_dict()}"
-        expected_us = int(pd.Timestamp(event_ts).tz_localize("UTC").value // 1000) if event_ts.tzinfo is None \
+        expected_us = (
+            int(pd.Timestamp(event_ts).tz_localize("UTC").value // 1000)
+            if event_ts.tzinfo is None
             else int(pd.Timestamp(event_ts).value // 1000)
+        )
         assert micros[i] == expected_us, f"row {i}: event time"
 
 
@@ -143,7 +154,8 @@ def test_fast_write_then_feast_write_changes_nothing(pg_settings, monkeypatch):
 
     def row_versions() -> dict[bytes, str]:
         query = sql.SQL("SELECT entity_key, xmin::text FROM {}").format(
-            sql.Identifier(table_name(store.config.project, view)))
+            sql.Identifier(table_name(store.config.project, view))
+        )
         with psycopg.connect(config.postgres().conninfo) as conn:
             return {bytes(k): v for k, v in conn.execute(query)}
 

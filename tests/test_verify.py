@@ -26,12 +26,12 @@ from streamflow.datagen.generate import generate
 from streamflow.errors import ServiceUnavailable, StreamflowError
 from streamflow.feast_stores.online import decode_values, encode_values, table_name
 from streamflow.feast_stores.value_encoding import decode_elements, string_entity_key
+from streamflow.net import free_port
 from streamflow.online import materialize
 from streamflow.verify import compare, query, verify
 from streamflow.verify.cli import main
 from streamflow.verify.values import MISSING, VALUE_TYPES, online_equals, show_online
 from tests import pipeline
-from streamflow.net import free_port
 
 USERS = 120
 JAN = schema.as_of_timestamp(schema.SNAPSHOTS["month_000"])
@@ -68,15 +68,19 @@ def online_row_kept(conn, table: schema.Table, user: str):
     """Yield the user's online row (names, vals, event_ts); put it back as it was afterwards."""
     key = string_entity_key(schema.KEY, user)
     name = online_name(table)
-    row = conn.execute(f'SELECT names, vals, event_ts, created_ts FROM "{name}" WHERE entity_key = %s',
-                       (key,)).fetchone()
+    row = conn.execute(
+        f'SELECT names, vals, event_ts, created_ts FROM "{name}" WHERE entity_key = %s', (key,)
+    ).fetchone()
     assert row is not None, f"{user} has no online row in {name}"
     try:
         yield row
     finally:
         conn.execute(f'DELETE FROM "{name}" WHERE entity_key = %s', (key,))
-        conn.execute(f'INSERT INTO "{name}" (entity_key, names, vals, event_ts, created_ts) '
-                     "VALUES (%s, %s, %s, %s, %s)", (key, *row))
+        conn.execute(
+            f'INSERT INTO "{name}" (entity_key, names, vals, event_ts, created_ts) '
+            "VALUES (%s, %s, %s, %s, %s)",
+            (key, *row),
+        )
 
 
 def run_cli(capsys, *args: str) -> tuple[int, dict]:
@@ -117,14 +121,18 @@ def test_offline_row_at_or_before_the_check_time_is_the_one_compared(loaded, pg_
     assert report.views["usage_agg_30d_fv"].columns["event_timestamp"].online_offline == USERS
     # An offline row dated after the check time is not seen.
     user = loaded[0]
-    pg_conn.execute(f"INSERT INTO {USAGE.snapshot_table} (user_id, as_of, watch_hours_30d,"
-                    " avg_session_mins_7d, unique_devices_30d, skips_7d, rebuffer_events_7d)"
-                    " VALUES (%s, '2099-01-01', 1, 1, 1, 1, 1)", (user,))
+    pg_conn.execute(
+        f"INSERT INTO {USAGE.snapshot_table} (user_id, as_of, watch_hours_30d,"
+        " avg_session_mins_7d, unique_devices_30d, skips_7d, rebuffer_events_7d)"
+        " VALUES (%s, '2099-01-01', 1, 1, 1, 1, 1)",
+        (user,),
+    )
     try:
         assert verify(views=["usage_agg_30d_fv"]).ok
     finally:
-        pg_conn.execute(f"DELETE FROM {USAGE.snapshot_table} WHERE user_id = %s AND as_of = '2099-01-01'",
-                        (user,))
+        pg_conn.execute(
+            f"DELETE FROM {USAGE.snapshot_table} WHERE user_id = %s AND as_of = '2099-01-01'", (user,)
+        )
 
 
 # --- one thing changed -----------------------------------------------------------------------------
@@ -139,8 +147,10 @@ def test_one_corrupted_online_value_is_named_with_view_column_and_user(
         i = names.split(",").index("monthly_fee")
         original = values[i].double_val
         values[i] = Value(double_val=original + 1.25)
-        pg_conn.execute(f'UPDATE "{online_name(SUBS)}" SET vals = %s WHERE entity_key = %s',
-                        (encode_values(values), string_entity_key(schema.KEY, user)))
+        pg_conn.execute(
+            f'UPDATE "{online_name(SUBS)}" SET vals = %s WHERE entity_key = %s',
+            (encode_values(values), string_entity_key(schema.KEY, user)),
+        )
 
         code, doc = run_cli(capsys, "--snapshot-dir", str(snapshots[1]))
         assert code == 1
@@ -149,13 +159,22 @@ def test_one_corrupted_online_value_is_named_with_view_column_and_user(
         assert subs["users_with_mismatches"] == 1 and list(subs["columns"]) == ["monthly_fee"]
         fee = subs["columns"]["monthly_fee"]
         assert (fee["online_offline"], fee["offline_snapshot"]) == (1, 0)
-        assert fee["examples"] == [{"user_id": user, "online": original + 1.25, "offline": original,
-                                    "snapshot": original, "differs": ["online_offline"]}]
+        assert fee["examples"] == [
+            {
+                "user_id": user,
+                "online": original + 1.25,
+                "offline": original,
+                "snapshot": original,
+                "differs": ["online_offline"],
+            }
+        ]
 
         assert main(["--snapshot-dir", str(snapshots[1])]) == 1
         captured = capsys.readouterr()
-        assert ("subs_profile_fv.monthly_fee: 1 mismatch (online != offline 1, offline != snapshot 0)"
-                in captured.out)
+        assert (
+            "subs_profile_fv.monthly_fee: 1 mismatch (online != offline 1, offline != snapshot 0)"
+            in captured.out
+        )
         assert f"{user}: online {original + 1.25!r}, offline {original!r}" in captured.out
         assert "FAILED: 1 mismatch," in captured.out
         assert "1 mismatches in subs_profile_fv" in caplog.text
@@ -166,23 +185,34 @@ def test_a_changed_offline_row_is_caught_against_the_snapshot_and_online(loaded,
     user = loaded[3]
     where = f"FROM {USAGE.snapshot_table} WHERE user_id = %s AND as_of = %s"
     (skips,) = pg_conn.execute(f"SELECT skips_7d {where}", (user, FEB)).fetchone()
-    pg_conn.execute(f"UPDATE {USAGE.snapshot_table} SET skips_7d = skips_7d + 100"
-                    " WHERE user_id = %s AND as_of = %s", (user, FEB))
+    pg_conn.execute(
+        f"UPDATE {USAGE.snapshot_table} SET skips_7d = skips_7d + 100 WHERE user_id = %s AND as_of = %s",
+        (user, FEB),
+    )
     try:
         report = verify(snapshots[1])
         usage = report.views["usage_agg_30d_fv"]
         col = usage.columns["skips_7d"]
         assert (col.offline_snapshot, col.online_offline) == (1, 1)
-        assert col.examples == [{"user_id": user, "online": skips, "offline": skips + 100, "snapshot": skips,
-                                 "differs": ["online_offline", "offline_snapshot"]}]
+        assert col.examples == [
+            {
+                "user_id": user,
+                "online": skips,
+                "offline": skips + 100,
+                "snapshot": skips,
+                "differs": ["online_offline", "offline_snapshot"],
+            }
+        ]
         assert report.mismatches == 2 and list(usage.columns) == ["skips_7d"]
         # without the snapshot folder only online against offline is checked
         alone = verify(views=["usage_agg_30d"])
         assert alone.mismatches == 1
         assert alone.views["usage_agg_30d_fv"].columns["skips_7d"].online_offline == 1
     finally:
-        pg_conn.execute(f"UPDATE {USAGE.snapshot_table} SET skips_7d = %s WHERE user_id = %s AND as_of = %s",
-                        (skips, user, FEB))
+        pg_conn.execute(
+            f"UPDATE {USAGE.snapshot_table} SET skips_7d = %s WHERE user_id = %s AND as_of = %s",
+            (skips, user, FEB),
+        )
     assert verify(snapshots[1]).ok
 
 
@@ -192,8 +222,11 @@ def test_a_user_missing_online_and_one_only_online_are_counted(loaded, snapshots
     stranger = string_entity_key(schema.KEY, "0000-ZZZZZ")
     with online_row_kept(pg_conn, PAYMENTS, user) as (names, vals, ts, created):
         pg_conn.execute(f'DELETE FROM "{online_name(PAYMENTS)}" WHERE entity_key = %s', (key,))
-        pg_conn.execute(f'INSERT INTO "{online_name(PAYMENTS)}" (entity_key, names, vals, event_ts) '
-                        "VALUES (%s, %s, %s, %s)", (stranger, names, vals, ts))
+        pg_conn.execute(
+            f'INSERT INTO "{online_name(PAYMENTS)}" (entity_key, names, vals, event_ts) '
+            "VALUES (%s, %s, %s, %s)",
+            (stranger, names, vals, ts),
+        )
         try:
             code, doc = run_cli(capsys, "--snapshot-dir", str(snapshots[1]), "--view", "payments_agg_90d_fv")
         finally:
@@ -210,8 +243,10 @@ def test_a_user_missing_online_and_one_only_online_are_counted(loaded, snapshots
 def test_an_online_event_time_that_is_not_the_offline_as_of_is_reported(loaded, pg_conn):
     user = loaded[5]
     with online_row_kept(pg_conn, USERS_TABLE, user):
-        pg_conn.execute(f'UPDATE "{online_name(USERS_TABLE)}" SET event_ts = %s WHERE entity_key = %s',
-                        (JAN, string_entity_key(schema.KEY, user)))
+        pg_conn.execute(
+            f'UPDATE "{online_name(USERS_TABLE)}" SET event_ts = %s WHERE entity_key = %s',
+            (JAN, string_entity_key(schema.KEY, user)),
+        )
         report = verify(views=["users_profile_fv"])
     col = report.views["users_profile_fv"].columns["event_timestamp"]
     assert col.online_offline == 1
@@ -271,11 +306,24 @@ def test_equality_rules():
 
 def test_decode_elements_reads_what_protobuf_writes():
     rng = np.random.default_rng(3)
-    samples = [Value(), Value(null_val=0), Value(int64_val=0), Value(int64_val=-1),
-               Value(int64_val=2**63 - 1), Value(int32_val=-(2**31)), Value(double_val=-0.0),
-               Value(double_val=1e300), Value(float_val=1.5), Value(bool_val=False), Value(bool_val=True),
-               Value(string_val=""), Value(string_val="ünï" * 100), Value(unix_timestamp_val=-(2**63)),
-               Value(unix_timestamp_val=1706659200), Value(bytes_val=b"\x00\xff")]
+    samples = [
+        Value(),
+        Value(null_val=0),
+        Value(int64_val=0),
+        Value(int64_val=-1),
+        Value(int64_val=2**63 - 1),
+        Value(int32_val=-(2**31)),
+        Value(double_val=-0.0),
+        Value(double_val=1e300),
+        Value(float_val=1.5),
+        Value(bool_val=False),
+        Value(bool_val=True),
+        Value(string_val=""),
+        Value(string_val="ünï" * 100),
+        Value(unix_timestamp_val=-(2**63)),
+        Value(unix_timestamp_val=1706659200),
+        Value(bytes_val=b"\x00\xff"),
+    ]
     samples += [Value(int64_val=int(n)) for n in rng.integers(-(2**62), 2**62, 50)]
     samples += [Value(double_val=float(x)) for x in rng.normal(0, 1e6, 50)]
     decoded = decode_elements(RepeatedValue(val=samples).SerializeToString())
@@ -312,7 +360,7 @@ def test_prefetched_chunks_come_in_order_and_errors_reach_the_reader():
     assert got == [0, 1, 2]
     # a reader that stops early leaves no thread behind, and the fetcher stops fetching
     cursor = FakeCursor(1000)
-    for rows in compare._prefetched(cursor, 1):
+    for _rows in compare._prefetched(cursor, 1):
         break
     assert not [t for t in threading.enumerate() if t.name == "verify-fetch"]
     assert cursor.fetched <= 1 + compare.PREFETCH + 1
@@ -336,11 +384,15 @@ def test_stores_filled_by_streaming_verify_too(tmp_path, fresh):
     assert all(v.rows_decoded == 0 for v in report.views.values())  # pushed bytes = offline rows' encoding
     # and a change made after streaming is caught
     with psycopg.connect(config.postgres().conninfo, autocommit=True) as conn:
-        (user,) = conn.execute(f"SELECT user_id FROM {SUBS.snapshot_table}"
-                               " WHERE as_of = %s AND net_service <> 'No' ORDER BY user_id LIMIT 1",
-                               (FEB,)).fetchone()
-        conn.execute(f"UPDATE {SUBS.snapshot_table} SET net_service = 'No' WHERE user_id = %s AND as_of = %s",
-                     (user, FEB))
+        (user,) = conn.execute(
+            f"SELECT user_id FROM {SUBS.snapshot_table}"
+            " WHERE as_of = %s AND net_service <> 'No' ORDER BY user_id LIMIT 1",
+            (FEB,),
+        ).fetchone()
+        conn.execute(
+            f"UPDATE {SUBS.snapshot_table} SET net_service = 'No' WHERE user_id = %s AND as_of = %s",
+            (user, FEB),
+        )
     report = verify(m1)
     col = report.views["subs_profile_fv"].columns["net_service"]
     assert (report.mismatches, col.online_offline, col.offline_snapshot) == (2, 1, 1)

@@ -70,48 +70,66 @@ def test_data_and_constraint_errors_are_permanent(code):
     assert classify(exc) == PERMANENT
 
 
-@pytest.mark.parametrize("exc", [
-    psycopg.OperationalError("consuming input failed: server closed the connection unexpectedly"),
-    psycopg.OperationalError("connection failed: Connection refused"),
-    psycopg.InterfaceError("the connection is closed"),
-    psycopg_pool.PoolTimeout("couldn't get a connection after 10.00 sec"),
-    sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection")),
-    ConnectionResetError(104, "Connection reset by peer"),
-    TimeoutError("timed out"),
-    OSError("network is unreachable"),
-    MemoryError(),
-    ServiceUnavailable("PostgreSQL at 127.0.0.1:5432 is not reachable"),
-], ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize(
+    "exc",
+    [
+        psycopg.OperationalError("consuming input failed: server closed the connection unexpectedly"),
+        psycopg.OperationalError("connection failed: Connection refused"),
+        psycopg.InterfaceError("the connection is closed"),
+        psycopg_pool.PoolTimeout("couldn't get a connection after 10.00 sec"),
+        sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection")),
+        ConnectionResetError(104, "Connection reset by peer"),
+        TimeoutError("timed out"),
+        OSError("network is unreachable"),
+        MemoryError(),
+        ServiceUnavailable("PostgreSQL at 127.0.0.1:5432 is not reachable"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
 def test_connection_errors_without_sqlstate_are_transient(exc):
     assert classify(exc) == TRANSIENT
 
 
-@pytest.mark.parametrize("exc", [
-    ValueError("push to usage_agg_30d_fv: user_id is missing in some rows"),
-    TypeError("unsupported operand"),
-    KeyError("watch_hours_30d"),
-    IndexError("list index out of range"),
-    AttributeError("'NoneType' object has no attribute 'encode'"),
-    ZeroDivisionError("division by zero"),
-    OverflowError("int too big to convert"),
-    AssertionError(),
-    UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"),
-    pa.ArrowInvalid("Could not convert 'x' with type str"),
-    pa.ArrowTypeError("Expected bytes, got a 'int' object"),
-    PushValidationError("batch of t.usage_agg_30d: row 3 (user 0001-ABCDE), field skips_7d: out of range"),
-    psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes"),  # refused by psycopg itself
-    psycopg.ProgrammingError("the query has 2 placeholders but 1 parameters were passed"),
-], ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ValueError("push to usage_agg_30d_fv: user_id is missing in some rows"),
+        TypeError("unsupported operand"),
+        KeyError("watch_hours_30d"),
+        IndexError("list index out of range"),
+        AttributeError("'NoneType' object has no attribute 'encode'"),
+        ZeroDivisionError("division by zero"),
+        OverflowError("int too big to convert"),
+        AssertionError(),
+        UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"),
+        pa.ArrowInvalid("Could not convert 'x' with type str"),
+        pa.ArrowTypeError("Expected bytes, got a 'int' object"),
+        PushValidationError(
+            "batch of t.usage_agg_30d: row 3 (user 0001-ABCDE), field skips_7d: out of range"
+        ),
+        psycopg.DataError(
+            "PostgreSQL text fields cannot contain NUL (0x00) bytes"
+        ),  # refused by psycopg itself
+        psycopg.ProgrammingError("the query has 2 placeholders but 1 parameters were passed"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
 def test_bugs_in_our_encoding_path_are_permanent(exc):
     assert classify(exc) == PERMANENT
 
 
-@pytest.mark.parametrize("exc", [
-    RuntimeError("something odd"),
-    Exception("no idea"),
-    NotImplementedError("offline_write_batch"),  # a stock store that cannot write: configuration, not data
-    DataValidationError("a snapshot file"),
-], ids=lambda e: type(e).__name__)
+@pytest.mark.parametrize(
+    "exc",
+    [
+        RuntimeError("something odd"),
+        Exception("no idea"),
+        NotImplementedError(
+            "offline_write_batch"
+        ),  # a stock store that cannot write: configuration, not data
+        DataValidationError("a snapshot file"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
 def test_unknown_errors_are_transient(exc):
     """Never dead-letter good data because of something we do not understand: retry it."""
     assert classify(exc) == TRANSIENT
@@ -125,7 +143,7 @@ def raised(outer: type[Exception], message: str, inner: Exception, *, explicit: 
         except Exception:  # noqa: BLE001 - any inner exception
             if explicit:
                 raise outer(message) from inner
-            raise outer(message)  # the implicit __context__ is what is tested
+            raise outer(message)  # noqa: B904 - the implicit __context__ is what is tested
     except Exception as exc:  # noqa: BLE001 - returned to the test
         return exc
     raise AssertionError("unreachable")
@@ -133,11 +151,15 @@ def raised(outer: type[Exception], message: str, inner: Exception, *, explicit: 
 
 @pytest.mark.parametrize("explicit", [True, False], ids=["cause", "context"])
 def test_a_wrapped_database_error_is_classified_by_its_sqlstate(explicit):
-    check = pg("23514", 'new row for relation "t" violates check constraint "c"\nDETAIL:  Failing row contains (1).')
+    check = pg(
+        "23514", 'new row for relation "t" violates check constraint "c"\nDETAIL:  Failing row contains (1).'
+    )
     wrapped = raised(RuntimeError, "Feast push failed", check, explicit=explicit)
     assert sqlstate(wrapped) == "23514"
     assert classify(wrapped) == PERMANENT
-    outage = raised(RuntimeError, "Feast push failed", pg("57P01", "terminating connection"), explicit=explicit)
+    outage = raised(
+        RuntimeError, "Feast push failed", pg("57P01", "terminating connection"), explicit=explicit
+    )
     assert classify(outage) == TRANSIENT
 
 
@@ -150,12 +172,25 @@ def test_sqlalchemy_wraps_the_driver_error_in_orig():
 
 def test_an_outage_anywhere_in_the_chain_makes_it_transient():
     # a ValueError (a bug, by itself) raised because the connection broke: the outage decides
-    assert classify(raised(ValueError, "bad state", psycopg.OperationalError("server closed"), explicit=True)) \
+    assert (
+        classify(raised(ValueError, "bad state", psycopg.OperationalError("server closed"), explicit=True))
         == TRANSIENT
+    )
     # a CHECK violation, then the connection died during the rollback
-    assert classify(raised(psycopg.OperationalError, "server closed", pg("23514"), explicit=False)) == TRANSIENT
-    assert classify(raised(pg("57014").__class__, "canceling statement due to statement timeout",
-                           pg("22003"), explicit=False)) == TRANSIENT
+    assert (
+        classify(raised(psycopg.OperationalError, "server closed", pg("23514"), explicit=False)) == TRANSIENT
+    )
+    assert (
+        classify(
+            raised(
+                pg("57014").__class__,
+                "canceling statement due to statement timeout",
+                pg("22003"),
+                explicit=False,
+            )
+        )
+        == TRANSIENT
+    )
 
 
 def test_a_cycle_in_the_chain_ends():
@@ -166,10 +201,15 @@ def test_a_cycle_in_the_chain_ends():
 
 
 def test_describe_gives_the_databases_error_first_line_with_its_sqlstate():
-    check = pg("23514", 'new row for relation "usage_agg_30d_snapshots" violates check constraint "c"\n'
-                        "DETAIL:  Failing row contains (0001-ABCDE, 2024-01-31 00:00:00+00, 720).")
-    assert describe(check) == ('CheckViolation: new row for relation "usage_agg_30d_snapshots" violates '
-                               'check constraint "c" (SQLSTATE 23514)')
+    check = pg(
+        "23514",
+        'new row for relation "usage_agg_30d_snapshots" violates check constraint "c"\n'
+        "DETAIL:  Failing row contains (0001-ABCDE, 2024-01-31 00:00:00+00, 720).",
+    )
+    assert describe(check) == (
+        'CheckViolation: new row for relation "usage_agg_30d_snapshots" violates '
+        'check constraint "c" (SQLSTATE 23514)'
+    )
     assert describe(raised(RuntimeError, "Feast push failed", check, explicit=True)) == describe(check)
     assert describe(KeyError("watch_hours_30d")) == "KeyError: 'watch_hours_30d'"
     assert describe(AssertionError()) == "AssertionError"

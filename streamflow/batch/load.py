@@ -92,9 +92,7 @@ def connect(settings: config.Postgres | None = None) -> psycopg.Connection:
         return psycopg.connect(settings.conninfo, connect_timeout=10)
     except psycopg.OperationalError as exc:
         reason = first_line(exc)
-        raise ServiceUnavailable(
-            f"PostgreSQL is not reachable at {settings.describe()}: {reason}"
-        ) from None
+        raise ServiceUnavailable(f"PostgreSQL is not reachable at {settings.describe()}: {reason}") from None
 
 
 def write_snapshots(
@@ -149,9 +147,7 @@ def _write_table(cur: psycopg.Cursor, snap: Snapshot, table: schema.Table) -> in
     checked = snap.files[table.name]
     started = time.perf_counter()
     staging = f"_stage_{table.name}"
-    warehouse.create_staging_table(
-        cur, table, staging, as_of=snap.as_of_timestamp, snapshot=snap.snapshot_id
-    )
+    warehouse.create_staging_table(cur, table, staging, as_of=snap.as_of_timestamp, snapshot=snap.snapshot_id)
     warehouse.copy_csv(
         cur,
         staging,

@@ -133,9 +133,7 @@ class _Problems:
         self.count += 1
         self.items.append(self.problem(line, column, what, value))
 
-    def add_mask(
-        self, mask: np.ndarray, column: str, what: str, values: pa.Array, lines: np.ndarray
-    ) -> None:
+    def add_mask(self, mask: np.ndarray, column: str, what: str, values: pa.Array, lines: np.ndarray) -> None:
         """One problem per True in mask (row i is on chunk line lines[i])."""
         bad = np.flatnonzero(mask)
         if not len(bad):
@@ -238,7 +236,9 @@ def _check_header(found: list[str], table: schema.Table, problems: _Problems) ->
     seen: set[str] = set()
     for name in found:
         if name not in expected:
-            problems.add(1, name or "''", f"unexpected column in the header (expected '{wanted}')", header_text)
+            problems.add(
+                1, name or "''", f"unexpected column in the header (expected '{wanted}')", header_text
+            )
         elif name in seen:
             problems.add(1, name, "appears twice in the header", header_text)
         seen.add(name)
@@ -655,8 +655,9 @@ def _frame(table: schema.Table, columns: dict[str, pa.Array], checked: dict) -> 
 
 _LETTERS = 26**5
 _ID_ZERO = np.frombuffer(b"0000-AAAAA", dtype=np.uint8).astype(np.int64)
-_ID_WEIGHTS = np.array([1000 * _LETTERS, 100 * _LETTERS, 10 * _LETTERS, _LETTERS, 0,
-                        26**4, 26**3, 26**2, 26, 1], dtype=np.int64)
+_ID_WEIGHTS = np.array(
+    [1000 * _LETTERS, 100 * _LETTERS, 10 * _LETTERS, _LETTERS, 0, 26**4, 26**3, 26**2, 26, 1], dtype=np.int64
+)
 
 
 def _id_codes(ids: pa.Array) -> np.ndarray:
@@ -898,13 +899,19 @@ def read_chunks(checked: CheckedFile, *, frame: bool = False) -> Iterator[Chunk]
 
 
 def _changed(checked: CheckedFile, line: int | None) -> None:
-    raise_problems([Problem(checked.path, line, None, "the file changed after it was validated: "
-                            "its rows from here on are not the ones checked")])
+    raise_problems(
+        [
+            Problem(
+                checked.path,
+                line,
+                None,
+                "the file changed after it was validated: its rows from here on are not the ones checked",
+            )
+        ]
+    )
 
 
-def check_user_sets(
-    files: dict[str, CheckedFile], limit: int = MAX_PROBLEMS
-) -> tuple[list[Problem], int]:
+def check_user_sets(files: dict[str, CheckedFile], limit: int = MAX_PROBLEMS) -> tuple[list[Problem], int]:
     """Where a file's user_ids differ from users.csv's (files that passed only).
 
     Returns the first problems of each file and how many there are in all.
@@ -961,9 +968,7 @@ def raise_problems(problems: Sequence[Problem], total: int | None = None) -> Non
         files = len({p.path for p in problems})
         where = f" in {files} files" if files > 1 else ""
         first = f"; the first {len(shown)}" if total > len(shown) else ""
-        message = f"{total} problems{where}{first}:\n" + "\n".join(
-            f"  {p}" for p in shown
-        )
+        message = f"{total} problems{where}{first}:\n" + "\n".join(f"  {p}" for p in shown)
     raise DataValidationError(message, problems=list(shown))
 
 

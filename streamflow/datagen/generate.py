@@ -56,10 +56,24 @@ _FAILED_P = [0.845, 0.145, 0.008, 0.002]
 _TICKETS_P = [0.74, 0.22, 0.035, 0.004, 0.001]
 
 # churn logit: intercept by contract + offset by net service + effects of the other columns
-_CHURN_000 = {"contract": [-1.35, -2.58, -3.66], "net": [0.0, 1.16, -0.78],
-              "tenure": -0.45, "failed": 0.5, "tickets": 0.35, "senior": 0.3, "watch": -0.15}
-_CHURN_DRIFT = {"contract": [-1.79, -1.78, -1.76], "net": [0.0, 0.76, -0.29],
-                "tenure": -0.1, "failed": 0.5, "tickets": 0.35, "senior": 0.2, "watch": -0.35}
+_CHURN_000 = {
+    "contract": [-1.35, -2.58, -3.66],
+    "net": [0.0, 1.16, -0.78],
+    "tenure": -0.45,
+    "failed": 0.5,
+    "tickets": 0.35,
+    "senior": 0.3,
+    "watch": -0.15,
+}
+_CHURN_DRIFT = {
+    "contract": [-1.79, -1.78, -1.76],
+    "net": [0.0, 0.76, -0.29],
+    "tenure": -0.1,
+    "failed": 0.5,
+    "tickets": 0.35,
+    "senior": 0.2,
+    "watch": -0.35,
+}
 
 _DRIFT_WATCH_MEAN, _DRIFT_WATCH_SD = -0.6, 1.5
 _DRIFT_REBUFFER_P, _DRIFT_FAILED_P, _DRIFT_TICKETS_P = 0.25, 0.03, 0.05
@@ -324,10 +338,12 @@ def generate(
                     seconds[snapshot] += time.perf_counter() - t0
             bar.update(stop - start)
     for snapshot, folder in folders.items():
-        log.info("wrote %s: %d users x %d tables in %.1f s",
-                 folder, users, len(schema.TABLES), seconds[snapshot])
-    log.info("generated %d snapshot(s) of %d users in %.1f s",
-             len(folders), users, time.perf_counter() - started)
+        log.info(
+            "wrote %s: %d users x %d tables in %.1f s", folder, users, len(schema.TABLES), seconds[snapshot]
+        )
+    log.info(
+        "generated %d snapshot(s) of %d users in %.1f s", len(folders), users, time.perf_counter() - started
+    )
     return folders
 
 
@@ -351,13 +367,19 @@ def _write_month(
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="streamflow generate",
-        description="Generate deterministic StreamFlow snapshots (one CSV per table of streamflow/schema.py).",
+        description="Generate deterministic StreamFlow snapshots "
+        "(one CSV per table of streamflow/schema.py).",
     )
     p.add_argument("--out", type=Path, default=config.data_dir(), help="output folder (default: %(default)s)")
     p.add_argument("--users", type=int, default=7043, help="number of users (default: %(default)s)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default: %(default)s)")
-    p.add_argument("--snapshots", nargs="+", default=list(DEFAULT_SNAPSHOTS), metavar="month_NNN",
-                   help="snapshot ids to write (default: %(default)s)")
+    p.add_argument(
+        "--snapshots",
+        nargs="+",
+        default=list(DEFAULT_SNAPSHOTS),
+        metavar="month_NNN",
+        help="snapshot ids to write (default: %(default)s)",
+    )
     p.add_argument("--chunk-size", type=int, default=100_000, help="users per write (default: %(default)s)")
     p.add_argument("--no-progress", action="store_true", help="do not show a progress bar")
     return p
@@ -376,8 +398,14 @@ def main(argv: list[str] | None = None) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     logs.setup()
     try:
-        generate(args.out, args.users, args.seed, args.snapshots, args.chunk_size,
-                 not args.no_progress and logs.progress_enabled())
+        generate(
+            args.out,
+            args.users,
+            args.seed,
+            args.snapshots,
+            args.chunk_size,
+            not args.no_progress and logs.progress_enabled(),
+        )
     except OSError as exc:
         log.error("cannot write snapshots to %s: %s", args.out, exc)
         return 1

@@ -26,7 +26,14 @@ import orjson
 from streamflow import logs
 from streamflow.dead_letters.ledger import Ledger, Redrive
 from streamflow.dead_letters.letters import (
-    DeadLetter, Selection, counts, iso, iso_time, parse_since, read_letter, read_letters,
+    DeadLetter,
+    Selection,
+    counts,
+    iso,
+    iso_time,
+    parse_since,
+    read_letter,
+    read_letters,
 )
 from streamflow.dead_letters.redrive import Outgoing, Redriver, Report
 from streamflow.errors import StreamflowError
@@ -39,9 +46,12 @@ REASON_WIDTH = 100
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="streamflow dead-letters", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[2:]))
+    p = argparse.ArgumentParser(
+        prog="streamflow dead-letters",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
     sub = p.add_subparsers(dest="action", required=True, metavar="{list,show,redrive}")
 
     def filters(q: argparse.ArgumentParser) -> None:
@@ -74,14 +84,19 @@ def selection(args) -> Selection:
 def redrive_state(row: Redrive | None) -> dict:
     if row is None:
         return {"state": "no"}
-    return {"state": "yes" if row.state == "done" else "pending", "target_topic": row.target_topic,
-            "target_partition": row.target_partition, "target_offset": row.target_offset,
-            "claimed_at": iso_time(row.claimed_at), "redriven_at": iso_time(row.redriven_at)}
+    return {
+        "state": "yes" if row.state == "done" else "pending",
+        "target_topic": row.target_topic,
+        "target_partition": row.target_partition,
+        "target_offset": row.target_offset,
+        "claimed_at": iso_time(row.claimed_at),
+        "redriven_at": iso_time(row.redriven_at),
+    }
 
 
 def _one_line(text: str, width: int) -> str:
     text = " ".join(str(text).split())
-    return text if len(text) <= width else text[:width - 1] + "…"
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _source(letter: DeadLetter) -> str:
@@ -101,9 +116,18 @@ def _redrive_of(letter: DeadLetter) -> str:
 
 def render_list(letters: list[DeadLetter], matched: int, rows: dict[str, Redrive], out: TextIO) -> None:
     head = ("ID", "TIME", "SOURCE", "KEY", "REDRIVEN", "REDRIVE-OF", "REASON")
-    lines = [(x.id, iso(x.timestamp_ms) or "-", _source(x), _one_line(x.doc.get("key") or "-", 24),
-              redrive_state(rows.get(x.id))["state"], _redrive_of(x), _one_line(x.reason, REASON_WIDTH))
-             for x in letters]
+    lines = [
+        (
+            x.id,
+            iso(x.timestamp_ms) or "-",
+            _source(x),
+            _one_line(x.doc.get("key") or "-", 24),
+            redrive_state(rows.get(x.id))["state"],
+            _redrive_of(x),
+            _one_line(x.reason, REASON_WIDTH),
+        )
+        for x in letters
+    ]
     widths = [max([len(h)] + [len(line[i]) for line in lines]) for i, h in enumerate(head[:-1])]
     for line in [head, *lines]:
         out.write("  ".join(c.ljust(w) for c, w in zip(line, widths)) + "  " + line[-1] + "\n")
@@ -166,13 +190,17 @@ def render_redrive(report: Report, out: TextIO) -> None:
         else:
             out.write(f"sent {o.letter.id} -> {o.topic}/{partition}/{offset}\n")
     for letter in report.truncated:
-        out.write(f"skipped {letter.id} (truncated: {_cut(letter)}; the whole event is at its source "
-                  f"{_source(letter)})\n")
+        out.write(
+            f"skipped {letter.id} (truncated: {_cut(letter)}; the whole event is at its source "
+            f"{_source(letter)})\n"
+        )
     for letter in report.unreadable:
         out.write(f"skipped {letter.id} (unreadable: no source or payload in the dead letter)\n")
     if report.resolved or report.released:
-        out.write(f"earlier interrupted redrive: {report.resolved} found sent (recorded, not sent again), "
-                  f"{report.released} found unsent (claims dropped)\n")
+        out.write(
+            f"earlier interrupted redrive: {report.resolved} found sent (recorded, not sent again), "
+            f"{report.released} found unsent (claims dropped)\n"
+        )
     out.write(report.summary() + "\n")
 
 

@@ -92,13 +92,16 @@ class Ledger:
             raise
 
     def _lock(self) -> None:
-        row = self.conn.execute("SELECT pg_try_advisory_lock(hashtext(%s))",
-                                (f"{TABLE}:{self.dlq_topic}",)).fetchone()
+        row = self.conn.execute(
+            "SELECT pg_try_advisory_lock(hashtext(%s))", (f"{TABLE}:{self.dlq_topic}",)
+        ).fetchone()
         assert row is not None  # a SELECT without FROM returns one row
         got = row[0]
         if not got:
-            raise StreamflowError(f"another redrive of {self.dlq_topic} is running (it holds the lock "
-                                  f"{TABLE}:{self.dlq_topic}); try again when it is done")
+            raise StreamflowError(
+                f"another redrive of {self.dlq_topic} is running (it holds the lock "
+                f"{TABLE}:{self.dlq_topic}); try again when it is done"
+            )
 
     def __enter__(self) -> Ledger:
         return self
@@ -124,10 +127,14 @@ class Ledger:
         if not self.exists:
             return {}
         where = " AND state = %s" if state else ""
-        found = self._run("reading the redrive ledger", f"""
+        found = self._run(
+            "reading the redrive ledger",
+            f"""
             SELECT dlq_partition, dlq_offset, state, target_topic, target_partition, target_offset,
                    claimed_at, redriven_at
-            FROM {TABLE} WHERE dlq_topic = %s{where}""", (self.dlq_topic, *([state] if state else [])))
+            FROM {TABLE} WHERE dlq_topic = %s{where}""",
+            (self.dlq_topic, *([state] if state else [])),
+        )
         return {f"{r[0]}:{r[1]}": Redrive(*r) for r in found}
 
     def claim(self, letters: list[tuple[int, int, str]], at: datetime) -> set[str]:
@@ -136,12 +143,16 @@ class Ledger:
         if not letters:
             return set()
         parts, offsets, targets = (list(x) for x in zip(*letters))
-        claimed = self._run("claiming dead letters in the redrive ledger", f"""
+        claimed = self._run(
+            "claiming dead letters in the redrive ledger",
+            f"""
             INSERT INTO {TABLE} (dlq_topic, dlq_partition, dlq_offset, state, target_topic, claimed_at)
             SELECT %s, p, o, 'pending', t, %s
             FROM unnest(%s::integer[], %s::bigint[], %s::text[]) AS c(p, o, t)
             ON CONFLICT DO NOTHING
-            RETURNING dlq_partition, dlq_offset""", (self.dlq_topic, at, parts, offsets, targets))
+            RETURNING dlq_partition, dlq_offset""",
+            (self.dlq_topic, at, parts, offsets, targets),
+        )
         return {f"{p}:{o}" for p, o in claimed}
 
     def mark_done(self, sent: list[tuple[int, int, int, int]], at: datetime) -> None:
@@ -149,19 +160,27 @@ class Ledger:
         if not sent:
             return
         parts, offsets, tparts, toffsets = (list(x) for x in zip(*sent))
-        self._run("recording re-driven dead letters", f"""
+        self._run(
+            "recording re-driven dead letters",
+            f"""
             UPDATE {TABLE} r SET state = 'done', target_partition = s.tp, target_offset = s.t_o,
                    redriven_at = %s
             FROM unnest(%s::integer[], %s::bigint[], %s::integer[], %s::bigint[]) AS s(p, o, tp, t_o)
             WHERE r.dlq_topic = %s AND r.dlq_partition = s.p AND r.dlq_offset = s.o
-              AND r.state = 'pending'""", (at, parts, offsets, tparts, toffsets, self.dlq_topic))
+              AND r.state = 'pending'""",
+            (at, parts, offsets, tparts, toffsets, self.dlq_topic),
+        )
 
     def release(self, ids: list[tuple[int, int]]) -> None:
         """Drop pending claims whose dead letter was never sent (they may be claimed again)."""
         if not ids:
             return
         parts, offsets = (list(x) for x in zip(*ids))
-        self._run("releasing redrive claims", f"""
+        self._run(
+            "releasing redrive claims",
+            f"""
             DELETE FROM {TABLE} r USING unnest(%s::integer[], %s::bigint[]) AS s(p, o)
             WHERE r.dlq_topic = %s AND r.dlq_partition = s.p AND r.dlq_offset = s.o
-              AND r.state = 'pending'""", (parts, offsets, self.dlq_topic))
+              AND r.state = 'pending'""",
+            (parts, offsets, self.dlq_topic),
+        )

@@ -52,8 +52,10 @@ def parse_since(value: str, now: datetime | None = None) -> datetime:
     try:
         stamp = datetime.fromisoformat(value.strip())
     except ValueError:
-        raise StreamflowError(f"--since {value!r}: expected an ISO 8601 time (2024-01-31T12:00:00Z) "
-                              f"or a duration (90s, 30m, 2h, 7d, 1w)") from None
+        raise StreamflowError(
+            f"--since {value!r}: expected an ISO 8601 time (2024-01-31T12:00:00Z) "
+            f"or a duration (90s, 30m, 2h, 7d, 1w)"
+        ) from None
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=timezone.utc)
 
 
@@ -88,8 +90,16 @@ class DeadLetter:
         except (orjson.JSONDecodeError, TypeError):
             doc, readable = {}, False
         headers = tuple((name, value) for name, value in rec.headers or ())
-        return cls(rec.topic, rec.partition, rec.offset, rec.timestamp, rec.key, headers,
-                   doc if readable else {}, readable)
+        return cls(
+            rec.topic,
+            rec.partition,
+            rec.offset,
+            rec.timestamp,
+            rec.key,
+            headers,
+            doc if readable else {},
+            readable,
+        )
 
     @property
     def id(self) -> str:
@@ -162,8 +172,12 @@ class DeadLetter:
             "time": iso(self.timestamp_ms),
             "reason": self.reason,
             "field": self.doc.get("field"),
-            "source": {"topic": self.source_topic, "partition": self.source.get("partition"),
-                       "offset": self.source.get("offset"), "time": iso(self.source.get("timestamp_ms"))},
+            "source": {
+                "topic": self.source_topic,
+                "partition": self.source.get("partition"),
+                "offset": self.source.get("offset"),
+                "time": iso(self.source.get("timestamp_ms")),
+            },
             "key": self.doc.get("key"),
             "value_bytes": self.doc.get("value_bytes"),
             "value_truncated": bool(self.doc.get("value_truncated")),
@@ -229,9 +243,13 @@ class TopicReader:
         except KafkaError as exc:
             raise self.failed(f"reading the partitions of {topic}", exc) from None
 
-    def read(self, tps: list[TopicPartition], since_ms: int | None = None,
-             starts: dict[TopicPartition, int] | None = None,
-             stop: Callable[[Any], bool] | None = None) -> Iterator:
+    def read(
+        self,
+        tps: list[TopicPartition],
+        since_ms: int | None = None,
+        starts: dict[TopicPartition, int] | None = None,
+        stop: Callable[[Any], bool] | None = None,
+    ) -> Iterator:
         """Every record of the partitions from their start (or from ``since_ms``, or from the offsets
         ``starts``) to their end offsets as of now; ``stop(record)`` true ends a partition there."""
         if not tps:
@@ -273,8 +291,10 @@ class TopicReader:
                         todo.discard(tp)
                         reader.pause(tp)
                 if todo and time.monotonic() - last_data > STALL_SECONDS:
-                    raise KafkaStalled(f"nothing received for {STALL_SECONDS:.0f} s while "
-                                       f"{len(todo)} partitions still hold records")
+                    raise KafkaStalled(
+                        f"nothing received for {STALL_SECONDS:.0f} s while "
+                        f"{len(todo)} partitions still hold records"
+                    )
         except (KafkaError, KafkaStalled, OSError) as exc:
             self.close()
             raise self.failed(f"reading {tps[0].topic}", exc) from None
@@ -288,8 +308,9 @@ class KafkaStalled(Exception):
     """A read that receives nothing although records are due."""
 
 
-def read_letters(topic: str, selection: Selection = Selection(), reader: TopicReader | None = None
-                 ) -> tuple[list[DeadLetter], int]:
+def read_letters(
+    topic: str, selection: Selection = Selection(), reader: TopicReader | None = None
+) -> tuple[list[DeadLetter], int]:
     """The dead letters of the selection, oldest first (then by id), and how many matched before
     ``limit``. An absent dead-letter topic holds none."""
     own = reader is None
@@ -304,11 +325,12 @@ def read_letters(topic: str, selection: Selection = Selection(), reader: TopicRe
     finally:
         if own:
             reader.close()
-    chosen = sorted((x for x in letters if selection.matches(x)),
-                    key=lambda x: (x.timestamp_ms, x.partition, x.offset))
+    chosen = sorted(
+        (x for x in letters if selection.matches(x)), key=lambda x: (x.timestamp_ms, x.partition, x.offset)
+    )
     matched = len(chosen)
     if selection.limit is not None:
-        chosen = chosen[:selection.limit]
+        chosen = chosen[: selection.limit]
     return chosen, matched
 
 

@@ -37,7 +37,9 @@ class Outgoing:
     @classmethod
     def of(cls, letter: DeadLetter) -> Outgoing:
         headers = letter.original_headers() + [(REDRIVE_HEADER, letter.ref.encode())]
-        assert letter.source_topic is not None  # only a redrivable letter (not_redrivable() None) has an Outgoing
+        assert (
+            letter.source_topic is not None
+        )  # only a redrivable letter (not_redrivable() None) has an Outgoing
         return cls(letter, letter.source_topic, letter.original_key(), letter.original_value(), headers)
 
 
@@ -57,8 +59,10 @@ class Report:
 
     def summary(self) -> str:
         sent = f"sent 0 (dry run: would send {len(self.sent)})" if self.dry_run else f"sent {len(self.sent)}"
-        line = (f"{sent}, skipped (already re-driven) {len(self.already)}, "
-                f"skipped (truncated) {len(self.truncated)}")
+        line = (
+            f"{sent}, skipped (already re-driven) {len(self.already)}, "
+            f"skipped (truncated) {len(self.truncated)}"
+        )
         if self.unreadable:
             line += f", skipped (unreadable) {len(self.unreadable)}"
         return line
@@ -82,8 +86,9 @@ class Redriver:
             found, unsent = self.resolve(ledger.rows(PENDING))
             report.resolved, report.released = len(found), len(unsent)
             if not dry_run:
-                ledger.mark_done([(p, o, tp, to) for (p, o), (tp, to) in found.items()],
-                                 datetime.now(timezone.utc))
+                ledger.mark_done(
+                    [(p, o, tp, to) for (p, o), (tp, to) in found.items()], datetime.now(timezone.utc)
+                )
                 ledger.release(unsent)
             rows = ledger.rows()
             done = {k for k, r in rows.items() if r.state == DONE} | {f"{p}:{o}" for p, o in found}
@@ -107,8 +112,9 @@ class Redriver:
             self._send_all(ledger, todo, report)
         return report
 
-    def resolve(self, pending: dict[str, Redrive]) -> tuple[dict[tuple[int, int], tuple[int, int]],
-                                                             list[tuple[int, int]]]:
+    def resolve(
+        self, pending: dict[str, Redrive]
+    ) -> tuple[dict[tuple[int, int], tuple[int, int]], list[tuple[int, int]]]:
         """Pending claims: those whose record is in their target topic (-> its partition and offset),
         and those never sent."""
         found: dict[tuple[int, int], tuple[int, int]] = {}
@@ -116,8 +122,10 @@ class Redriver:
         for row in pending.values():
             by_topic.setdefault(row.target_topic, []).append(row)
         for topic, rows in by_topic.items():
-            wanted = {f"{self.dlq_topic}/{r.dlq_partition}/{r.dlq_offset}".encode():
-                      (r.dlq_partition, r.dlq_offset) for r in rows}
+            wanted = {
+                f"{self.dlq_topic}/{r.dlq_partition}/{r.dlq_offset}".encode(): (r.dlq_partition, r.dlq_offset)
+                for r in rows
+            }
             since = min(r.claimed_at for r in rows) - CLOCK_SKEW
             tps = self.reader.partitions(topic)
             for rec in self.reader.read(tps, since_ms=int(since.timestamp() * 1000)):
@@ -125,18 +133,28 @@ class Redriver:
                     if name == REDRIVE_HEADER and value in wanted:
                         found.setdefault(wanted[value], (rec.partition, rec.offset))
             hits = sum(1 for k in wanted.values() if k in found)
-            log.info("%d pending redrive claims on %s: %d found sent, %d never sent",
-                     len(rows), topic, hits, len(rows) - hits)
-        unsent = [(r.dlq_partition, r.dlq_offset) for r in pending.values()
-                  if (r.dlq_partition, r.dlq_offset) not in found]
+            log.info(
+                "%d pending redrive claims on %s: %d found sent, %d never sent",
+                len(rows),
+                topic,
+                hits,
+                len(rows) - hits,
+            )
+        unsent = [
+            (r.dlq_partition, r.dlq_offset)
+            for r in pending.values()
+            if (r.dlq_partition, r.dlq_offset) not in found
+        ]
         return found, unsent
 
     def _check_topics(self, topics: set[str]) -> None:
         for topic in sorted(topics):
             if not self.reader.partitions(topic):
-                raise StreamflowError(f"source topic {topic} does not exist on Kafka at "
-                                      f"{self.kafka.bootstrap_servers}: nothing re-driven (leave its dead "
-                                      f"letters out with --topic)")
+                raise StreamflowError(
+                    f"source topic {topic} does not exist on Kafka at "
+                    f"{self.kafka.bootstrap_servers}: nothing re-driven (leave its dead "
+                    f"letters out with --topic)"
+                )
 
     def _send_all(self, ledger: Ledger, todo: list[Outgoing], report: Report) -> None:
         if not todo:
@@ -145,21 +163,26 @@ class Redriver:
         bar = tqdm(total=len(todo), unit="event", desc="redrive", disable=not logs.progress_enabled())
         try:
             for start in range(0, len(todo), CHUNK):
-                chunk = todo[start:start + CHUNK]
-                claimed = ledger.claim([(o.letter.partition, o.letter.offset, o.topic) for o in chunk],
-                                       datetime.now(timezone.utc))
+                chunk = todo[start : start + CHUNK]
+                claimed = ledger.claim(
+                    [(o.letter.partition, o.letter.offset, o.topic) for o in chunk],
+                    datetime.now(timezone.utc),
+                )
                 report.already += [o.letter for o in chunk if o.letter.id not in claimed]
                 mine = [o for o in chunk if o.letter.id in claimed]
                 sent, failed = self._send(producer, mine)
-                ledger.mark_done([(o.letter.partition, o.letter.offset, p, off) for o, p, off in sent],
-                                 datetime.now(timezone.utc))
+                ledger.mark_done(
+                    [(o.letter.partition, o.letter.offset, p, off) for o, p, off in sent],
+                    datetime.now(timezone.utc),
+                )
                 report.sent += sent
                 bar.update(len(chunk))
                 if failed:
                     raise ServiceUnavailable(
                         f"{len(failed)} re-driven events were not acknowledged by Kafka at "
                         f"{self.kafka.bootstrap_servers} ({failed[0]}); {len(report.sent)} were sent; "
-                        f"the others stay claimed as pending: the next redrive checks whether they arrived")
+                        f"the others stay claimed as pending: the next redrive checks whether they arrived"
+                    )
         finally:
             bar.close()
             kafka_clients.close_quietly(producer, timeout=10)
@@ -186,8 +209,9 @@ class Redriver:
         return sent, failed
 
 
-def redrive(selection: Selection = Selection(), dry_run: bool = False,
-            dlq_topic: str | None = None) -> Report:
+def redrive(
+    selection: Selection = Selection(), dry_run: bool = False, dlq_topic: str | None = None
+) -> Report:
     """One redrive run (the CLI's ``redrive``)."""
     redriver = Redriver(dlq_topic)
     try:

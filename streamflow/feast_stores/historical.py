@@ -31,14 +31,12 @@ import io
 import logging
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.csv as pa_csv
-from psycopg import sql
-
 from feast import FeatureView, RepoConfig
 from feast.errors import ZeroColumnQueryResult
 from feast.infra.offline_stores import offline_utils
@@ -52,6 +50,7 @@ from feast.infra.offline_stores.offline_store import RetrievalMetadata
 from feast.infra.offline_stores.offline_utils import FeatureViewQueryContext
 from feast.infra.registry.base_registry import BaseRegistry
 from feast.type_map import arrow_to_pg_type, pg_type_code_to_arrow
+from psycopg import sql
 
 from streamflow import schema, warehouse
 from streamflow.feast_stores.online import connection_pool
@@ -108,7 +107,9 @@ def _is_registry_view(view: FeatureView) -> bool:
     )
 
 
-def handles(feature_views: Sequence[FeatureView], feature_refs: Sequence[str], entity_df, kwargs: dict) -> bool:
+def handles(
+    feature_views: Sequence[FeatureView], feature_refs: Sequence[str], entity_df, kwargs: dict
+) -> bool:
     """Whether this module answers the retrieval; anything else goes to stock Feast.
 
     Handled: an entity DataFrame or SQL query, features of the registry's feature views only.
@@ -145,7 +146,10 @@ def _interval(seconds: int) -> sql.Composed:
 
 
 def _latest_rows(
-    index: int, view: FeatureViewQueryContext, timestamp_col: str, full_feature_names: bool,
+    index: int,
+    view: FeatureViewQueryContext,
+    timestamp_col: str,
+    full_feature_names: bool,
     filter_by_created_timestamp: bool,
 ) -> sql.Composed:
     """CTE of one view: per entity row, the newest feature row at or before its timestamp.
@@ -215,7 +219,9 @@ def point_in_time_query(
         ctes.append(_latest_rows(i, view, timestamp_col, full_feature_names, filter_by_created_timestamp))
         select += [_ident(_view_alias(i), output_name(view, f, full_feature_names)) for f in view.features]
         joins.append(
-            sql.SQL("LEFT JOIN {v} ON {v}.{row} = e.{row}").format(v=_ident(_view_alias(i)), row=_ident(ROW_ID))
+            sql.SQL("LEFT JOIN {v} ON {v}.{row} = e.{row}").format(
+                v=_ident(_view_alias(i)), row=_ident(ROW_ID)
+            )
         )
     return sql.SQL("WITH {ctes} SELECT {select} FROM entity_rows AS e {joins} ORDER BY e.{row}").format(
         ctes=sql.SQL(", ").join(ctes),
@@ -236,8 +242,16 @@ def _frame_values(frame: pd.DataFrame) -> list[list]:
 def _csv_writable(field: pa.Field) -> bool:
     """Types pyarrow's CSV writer renders as PostgreSQL reads them back (not lists, maps, structs)."""
     t = field.type
-    return any(check(t) for check in (pa.types.is_string, pa.types.is_integer, pa.types.is_floating,
-                                      pa.types.is_boolean, pa.types.is_timestamp))
+    return any(
+        check(t)
+        for check in (
+            pa.types.is_string,
+            pa.types.is_integer,
+            pa.types.is_floating,
+            pa.types.is_boolean,
+            pa.types.is_timestamp,
+        )
+    )
 
 
 def _utc_wall_times(arrow: pa.Table) -> pa.Table:
@@ -253,8 +267,9 @@ def _copy_frame_csv(cur, table: str, arrow: pa.Table) -> None:
     """COPY the entity rows as Arrow-written CSV, with the session time zone UTC while it is read."""
     (zone,) = cur.execute("SHOW TimeZone").fetchone()
     cur.execute("SET LOCAL TimeZone = 'UTC'")
-    warehouse.copy_csv(cur, table, [f.name for f in arrow.schema],
-                       warehouse.arrow_csv(_utc_wall_times(arrow)), header=False)
+    warehouse.copy_csv(
+        cur, table, [f.name for f in arrow.schema], warehouse.arrow_csv(_utc_wall_times(arrow)), header=False
+    )
     cur.execute("SELECT set_config('TimeZone', %s, true)", (zone,))  # the query compares in the server's zone
 
 
@@ -275,9 +290,13 @@ def copy_entity_frame(cur, frame: pd.DataFrame) -> sql.Identifier:
     """
     table = _ident(ENTITY_TABLE)
     arrow = pa.Table.from_pandas(frame, preserve_index=False)
-    columns = [sql.SQL("{} {}").format(_ident(f.name), sql.SQL(arrow_to_pg_type(str(f.type)))) for f in arrow.schema]
+    columns = [
+        sql.SQL("{} {}").format(_ident(f.name), sql.SQL(arrow_to_pg_type(str(f.type)))) for f in arrow.schema
+    ]
     cur.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
-    cur.execute(sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(table, sql.SQL(", ").join(columns)))
+    cur.execute(
+        sql.SQL("CREATE TEMP TABLE {} ({}) ON COMMIT DROP").format(table, sql.SQL(", ").join(columns))
+    )
     if all(_csv_writable(f) for f in arrow.schema):
         _copy_frame_csv(cur, ENTITY_TABLE, arrow)
     else:
@@ -355,7 +374,7 @@ def fetch_arrow(cur, query: sql.Composable) -> pa.Table:
 # --- the job ----------------------------------------------------------------------------------------
 
 
-def _session_settings(cur, timeout: Optional[int]) -> None:
+def _session_settings(cur, timeout: int | None) -> None:
     """Output formats the CSV reader relies on, for this transaction only.
 
     ISO dates; floats at full precision (the default since PostgreSQL 12, set in case a server
@@ -379,7 +398,7 @@ class StreamflowRetrievalJob(PostgreSQLRetrievalJob):
     def __init__(
         self,
         config: RepoConfig,
-        entity_df: Union[pd.DataFrame, str],
+        entity_df: pd.DataFrame | str,
         build_query,
         full_feature_names: bool,
         metadata: RetrievalMetadata,
@@ -391,8 +410,13 @@ class StreamflowRetrievalJob(PostgreSQLRetrievalJob):
         def query_text() -> Iterator[str]:
             yield self._build_query(self._entity_source()).as_string()
 
-        super().__init__(query=query_text, config=config, full_feature_names=full_feature_names,
-                         on_demand_feature_views=None, metadata=metadata)
+        super().__init__(
+            query=query_text,
+            config=config,
+            full_feature_names=full_feature_names,
+            on_demand_feature_views=None,
+            metadata=metadata,
+        )
 
     def _entity_source(self) -> sql.Composable:
         """The entity SQL as a subquery, or the TEMP table a DataFrame is copied into."""
@@ -400,7 +424,7 @@ class StreamflowRetrievalJob(PostgreSQLRetrievalJob):
             return sql.SQL("({})").format(sql.SQL(self._entity_df))
         return _ident(ENTITY_TABLE)
 
-    def _to_arrow_internal(self, timeout: Optional[int] = None) -> pa.Table:
+    def _to_arrow_internal(self, timeout: int | None = None) -> pa.Table:
         with connection_pool(self.config.offline_store).connection(timeout=10.0) as conn:
             with conn.transaction(), conn.cursor() as cur:
                 _session_settings(cur, timeout)
@@ -422,7 +446,7 @@ def get_historical_features(
     config: RepoConfig,
     feature_views: list[FeatureView],
     feature_refs: list[str],
-    entity_df: Union[pd.DataFrame, str],
+    entity_df: pd.DataFrame | str,
     registry: BaseRegistry,
     project: str,
     full_feature_names: bool = False,
@@ -446,7 +470,12 @@ def get_historical_features(
 
     def build_query(entity_source: sql.Composable) -> sql.Composed:
         return point_in_time_query(
-            entity_source, entity_columns, timestamp_col, views, full_feature_names, filter_by_created_timestamp
+            entity_source,
+            entity_columns,
+            timestamp_col,
+            views,
+            full_feature_names,
+            filter_by_created_timestamp,
         )
 
     metadata = RetrievalMetadata(

@@ -22,12 +22,12 @@ anything else (on-demand views, other views, the entity-less mode) goes to stock
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Literal, Optional, Union
+from collections.abc import Callable
+from typing import Any, Literal
 
 import pandas as pd
 import pyarrow
 import pyarrow.compute as pc
-
 from feast import FeatureView, RepoConfig
 from feast.infra.offline_stores.contrib.postgres_offline_store.postgres import (
     PostgreSQLOfflineStore,
@@ -36,11 +36,10 @@ from feast.infra.offline_stores.contrib.postgres_offline_store.postgres import (
 from feast.infra.offline_stores.offline_store import RetrievalJob
 from feast.infra.registry.base_registry import BaseRegistry
 
-from streamflow import schema
+from streamflow import schema, warehouse
 from streamflow.feast_stores import historical, validation
 from streamflow.feast_stores.online import _pool_key, connection_pool
 from streamflow.feast_stores.settings import DatabaseDefaults
-from streamflow import warehouse
 
 STORE_TYPE = "streamflow.feast_stores.offline.StreamflowOfflineStore"
 
@@ -61,9 +60,9 @@ class StreamflowOfflineStore(PostgreSQLOfflineStore):
     @staticmethod
     def get_historical_features(
         config: RepoConfig,
-        feature_views: List[FeatureView],
-        feature_refs: List[str],
-        entity_df: Optional[Union[pd.DataFrame, str]],
+        feature_views: list[FeatureView],
+        feature_refs: list[str],
+        entity_df: pd.DataFrame | str | None,
         registry: BaseRegistry,
         project: str,
         full_feature_names: bool = False,
@@ -73,12 +72,24 @@ class StreamflowOfflineStore(PostgreSQLOfflineStore):
         """Training sets of the registry's feature views in one query; anything else as stock."""
         if historical.handles(feature_views, feature_refs, entity_df, kwargs):
             return historical.get_historical_features(
-                config, feature_views, feature_refs, entity_df, registry, project,
-                full_feature_names=full_feature_names, filter_by_created_timestamp=filter_by_created_timestamp,
+                config,
+                feature_views,
+                feature_refs,
+                entity_df,
+                registry,
+                project,
+                full_feature_names=full_feature_names,
+                filter_by_created_timestamp=filter_by_created_timestamp,
             )
         return PostgreSQLOfflineStore.get_historical_features(
-            config, feature_views, feature_refs, entity_df, registry, project,
-            full_feature_names=full_feature_names, filter_by_created_timestamp=filter_by_created_timestamp,
+            config,
+            feature_views,
+            feature_refs,
+            entity_df,
+            registry,
+            project,
+            full_feature_names=full_feature_names,
+            filter_by_created_timestamp=filter_by_created_timestamp,
             **kwargs,
         )
 
@@ -86,7 +97,9 @@ class StreamflowOfflineStore(PostgreSQLOfflineStore):
         """The columns of a batch source, asked of PostgreSQL once per process and source query
         (Feast asks before every offline write: one round trip per table and batch). A changed
         source definition is a new query, and so a new question."""
-        describe = getattr(data_source, "get_table_query_string", None)  # PostgreSQLSource: its query or table
+        describe = getattr(
+            data_source, "get_table_query_string", None
+        )  # PostgreSQLSource: its query or table
         query = describe() if callable(describe) else None
         if not query:
             return super().get_table_column_names_and_types_from_data_source(config, data_source)
@@ -94,7 +107,8 @@ class StreamflowOfflineStore(PostgreSQLOfflineStore):
         columns = _SOURCE_COLUMNS.get(key)
         if columns is None:
             columns = _SOURCE_COLUMNS[key] = list(
-                super().get_table_column_names_and_types_from_data_source(config, data_source))
+                super().get_table_column_names_and_types_from_data_source(config, data_source)
+            )
         return columns
 
     @staticmethod
@@ -102,14 +116,17 @@ class StreamflowOfflineStore(PostgreSQLOfflineStore):
         config: RepoConfig,
         feature_view: FeatureView,
         table: pyarrow.Table,
-        progress: Optional[Callable[[int], Any]],
+        progress: Callable[[int], Any] | None,
     ) -> None:
         from streamflow.feature_store import push_is_validated
 
         spec = schema.table_for_feature_view(feature_view.name)
         if not push_is_validated():
-            frame = validation.checked(feature_view, table.to_pandas(types_mapper=_NULLABLE_DTYPES.get),
-                                       where=f"offline write to {feature_view.name}")
+            frame = validation.checked(
+                feature_view,
+                table.to_pandas(types_mapper=_NULLABLE_DTYPES.get),
+                where=f"offline write to {feature_view.name}",
+            )
             table = pyarrow.Table.from_pandas(frame, preserve_index=False)
         with connection_pool(config.offline_store).connection(timeout=10.0) as conn:
             merge_rows(conn, spec, table)
@@ -136,9 +153,13 @@ def _csv(table: schema.Table, rows: pyarrow.Table) -> pyarrow.Buffer:
     arrow = rows.select(warehouse.staging_columns(table))
     for col in [schema.SNAPSHOT_TIME, *(c.name for c in table.columns if c.kind == "date")]:
         i = arrow.schema.get_field_index(col)
-        utc = pc.cast(arrow.column(i), options=pc.CastOptions(pyarrow.timestamp("us", tz="UTC"),
-                                                              allow_time_truncate=True))
-        arrow = arrow.set_column(i, col, pc.cast(utc, pyarrow.date32()) if col != schema.SNAPSHOT_TIME else utc)
+        utc = pc.cast(
+            arrow.column(i),
+            options=pc.CastOptions(pyarrow.timestamp("us", tz="UTC"), allow_time_truncate=True),
+        )
+        arrow = arrow.set_column(
+            i, col, pc.cast(utc, pyarrow.date32()) if col != schema.SNAPSHOT_TIME else utc
+        )
     return warehouse.arrow_csv(arrow)
 
 

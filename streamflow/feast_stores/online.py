@@ -8,8 +8,8 @@ What it changes against Feast's stock ``PostgreSQLOnlineStore`` (README, "Our Fe
   row whose stored event time is not newer. Replays and ``materialize`` of an older range leave
   newer values alone; writing the same event twice changes nothing (no new row version).
 * **One row per entity and feature view** (the feature names, comma-separated, and their values
-  as one serialized ``RepeatedValue``) instead of one row per feature, written by ``COPY`` into a staging table and one
-  ``INSERT ... ON CONFLICT`` merge, instead of ``executemany``. No full-text index.
+  as one serialized ``RepeatedValue``) instead of one row per feature, written by ``COPY`` into a
+  staging table and one ``INSERT ... ON CONFLICT`` merge, instead of ``executemany``. No full-text index.
 * **Connections that heal.** One ``psycopg_pool`` pool per process; a failed write rolls back
   and hands its connection back (broken ones are discarded), so a database outage never
   poisons later calls.
@@ -25,21 +25,21 @@ import logging
 import struct
 import threading
 import time
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from typing import Any, Callable, Final, Literal, Optional, Sequence, Union
+from typing import Any, Final, Literal
 
 import numpy as np
-from psycopg import sql
-from psycopg_pool import ConnectionPool
-
 from feast import Entity, FeatureView, RepoConfig
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.online_store import OnlineStore
-from feast.infra.utils.postgres.connection_utils import _get_conninfo, _get_conn_kwargs
+from feast.infra.utils.postgres.connection_utils import _get_conn_kwargs, _get_conninfo
 from feast.infra.utils.postgres.postgres_config import PostgreSQLConfig
 from feast.protos.feast.types.EntityKey_pb2 import EntityKey as EntityKeyProto
 from feast.protos.feast.types.Value_pb2 import RepeatedValue
 from feast.protos.feast.types.Value_pb2 import Value as ValueProto
+from psycopg import sql
+from psycopg_pool import ConnectionPool
 
 from streamflow.feast_stores.settings import DatabaseDefaults
 from streamflow.feast_stores.value_encoding import decode_elements, element, string_entity_key
@@ -96,14 +96,18 @@ _PG_EPOCH_US = 946_684_800_000_000
 """PostgreSQL's binary timestamps count microseconds from 2000-01-01 UTC."""
 
 
-def binary_copy_payload(keys: Sequence[bytes], names: str, vals: Sequence[bytes], event_us: np.ndarray) -> bytes:
+def binary_copy_payload(
+    keys: Sequence[bytes], names: str, vals: Sequence[bytes], event_us: np.ndarray
+) -> bytes:
     """A whole binary COPY stream of (entity_key, names, vals, event_ts, created_ts=NULL) rows.
 
     Built in one pass over prepared columns: psycopg's row-by-row formatter adapts every value
     of every row, which is most of the cost of a large write.
     """
     if not (len(keys) == len(vals) == len(event_us)):
-        raise ValueError(f"column lengths differ: {len(keys)} keys, {len(vals)} values, {len(event_us)} times")
+        raise ValueError(
+            f"column lengths differ: {len(keys)} keys, {len(vals)} values, {len(event_us)} times"
+        )
     raw_names = names.encode("utf-8")
     names_field = struct.pack(">i", len(raw_names)) + raw_names
     stamps = (np.asarray(event_us, dtype=np.int64) - _PG_EPOCH_US).astype(">i8").tobytes()
@@ -112,13 +116,26 @@ def binary_copy_payload(keys: Sequence[bytes], names: str, vals: Sequence[bytes]
     parts = [_COPY_SIGNATURE]
     append = parts.append
     for i, (key, value) in enumerate(zip(keys, vals)):
-        append(b"".join((fields, pack(len(key)), key, names_field, pack(len(value)), value,
-                         ts_len, stamps[8 * i:8 * i + 8], no_created)))
+        append(
+            b"".join(
+                (
+                    fields,
+                    pack(len(key)),
+                    key,
+                    names_field,
+                    pack(len(value)),
+                    value,
+                    ts_len,
+                    stamps[8 * i : 8 * i + 8],
+                    no_created,
+                )
+            )
+        )
     append(_COPY_TRAILER)
     return b"".join(parts)
 
 
-def _utc(ts: Optional[datetime]) -> Optional[datetime]:
+def _utc(ts: datetime | None) -> datetime | None:
     if ts is None:
         return None
     if ts.tzinfo is None:
@@ -144,8 +161,16 @@ def _check_if_idle(conn) -> None:
 
 
 def _pool_key(config) -> tuple:
-    return (config.host, config.port, config.database, config.user, config.password, config.sslmode,
-            config.min_conn, config.max_conn)
+    return (
+        config.host,
+        config.port,
+        config.database,
+        config.user,
+        config.password,
+        config.sslmode,
+        config.min_conn,
+        config.max_conn,
+    )
 
 
 def connection_pool(config: StreamflowOnlineStoreConfig) -> ConnectionPool:
@@ -191,7 +216,7 @@ def close_pools() -> None:
 
 Decoder = Callable[[bytes], Sequence[Any]]
 """Decodes the ``vals`` of one online row into one value per feature name of the row."""
-Found = tuple[Optional[datetime], Optional[dict[str, Any]]]
+Found = tuple[datetime | None, dict[str, Any] | None]
 """One key's answer from one view: (event time, feature -> value), or (None, None) if absent."""
 
 
@@ -206,7 +231,7 @@ class OnlineReader:
     """
 
     def __init__(self) -> None:
-        self._pool: Optional[ConnectionPool] = None
+        self._pool: ConnectionPool | None = None
         self._pool_for: Any = None
         self._queries: dict[tuple[str, tuple[str, ...], bool], bytes] = {}
 
@@ -224,8 +249,9 @@ class OnlineReader:
         query = self._queries.get(cache_key)
         if query is None:
             where = sql.SQL("entity_key = %(keys)s" if one else "entity_key = ANY(%(keys)s)")
-            select = sql.SQL("SELECT {i}::int2 AS v, entity_key, names, vals, event_ts"
-                             " FROM {t} WHERE {where}")
+            select = sql.SQL(
+                "SELECT {i}::int2 AS v, entity_key, names, vals, event_ts FROM {t} WHERE {where}"
+            )
             parts = [
                 select.format(i=sql.Literal(i), t=sql.Identifier(table_name(project, name)), where=where)
                 for i, name in enumerate(view_names)
@@ -234,8 +260,9 @@ class OnlineReader:
             self._queries[cache_key] = query
         return query
 
-    def rows(self, config: RepoConfig, view_names: Sequence[str], keys: Sequence[bytes],
-             timeout: float = 10.0) -> list[dict[bytes, tuple[datetime, str, bytes]]]:
+    def rows(
+        self, config: RepoConfig, view_names: Sequence[str], keys: Sequence[bytes], timeout: float = 10.0
+    ) -> list[dict[bytes, tuple[datetime, str, bytes]]]:
         """Per view, the stored (event_ts, names, vals) of each key that has a row."""
         found: list[dict[bytes, tuple[datetime, str, bytes]]] = [{} for _ in view_names]
         if not keys or not view_names:
@@ -253,8 +280,8 @@ class OnlineReader:
         config: RepoConfig,
         view_names: Sequence[str],
         keys: Sequence[bytes],
-        requested_features: Sequence[Optional[Sequence[str]]],
-        decode: Union[Decoder, Sequence[Decoder]] = decode_elements,
+        requested_features: Sequence[Sequence[str] | None],
+        decode: Decoder | Sequence[Decoder] = decode_elements,
         timeout: float = 10.0,
     ) -> list[list[Found]]:
         """Per view, per key (in the order given), (event_ts, feature -> decoded value) or (None, None).
@@ -272,8 +299,12 @@ class OnlineReader:
             decoded: dict[bytes, Found] = {}
             for key, (event_ts, names, vals) in rows.items():
                 pairs = zip(names.split(","), decoder(vals))
-                decoded[key] = (event_ts, dict(pairs) if wanted is None else
-                                {name: value for name, value in pairs if name in wanted})
+                decoded[key] = (
+                    event_ts,
+                    dict(pairs)
+                    if wanted is None
+                    else {name: value for name, value in pairs if name in wanted},
+                )
             out.append([decoded.get(k, (None, None)) for k in keys])
         return out
 
@@ -293,8 +324,8 @@ class StreamflowOnlineStore(OnlineStore):
         self,
         config: RepoConfig,
         table: FeatureView,
-        data: list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, Optional[datetime]]],
-        progress: Optional[Callable[[int], Any]],
+        data: list[tuple[EntityKeyProto, dict[str, ValueProto], datetime, datetime | None]],
+        progress: Callable[[int], Any] | None,
     ) -> None:
         if not data:
             return
@@ -324,8 +355,15 @@ class StreamflowOnlineStore(OnlineStore):
 
         return self._merge(config, view_name, load)
 
-    def write_encoded(self, config: RepoConfig, view_name: str, keys: Sequence[bytes], names: str,
-                      vals: Sequence[bytes], event_us: np.ndarray) -> int:
+    def write_encoded(
+        self,
+        config: RepoConfig,
+        view_name: str,
+        keys: Sequence[bytes],
+        names: str,
+        vals: Sequence[bytes],
+        event_us: np.ndarray,
+    ) -> int:
         """Merge rows already in the table's format (see value_encoding); returns rows changed.
 
         keys: serialized entity keys; names: the comma-joined feature names shared by every row;
@@ -375,8 +413,8 @@ class StreamflowOnlineStore(OnlineStore):
         config: RepoConfig,
         table: FeatureView,
         entity_keys: list[EntityKeyProto],
-        requested_features: Optional[list[str]] = None,
-    ) -> list[tuple[Optional[datetime], Optional[dict[str, ValueProto]]]]:
+        requested_features: list[str] | None = None,
+    ) -> list[tuple[datetime | None, dict[str, ValueProto] | None]]:
         version = config.entity_key_serialization_version
         keys = [entity_key_bytes(k, version) for k in entity_keys]
         [found] = self.reader.read(config, [table.name], keys, [requested_features], decode=decode_values)

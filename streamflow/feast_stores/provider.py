@@ -19,12 +19,10 @@ and the typed frame is what gets written, whichever path writes it.
 from __future__ import annotations
 
 import logging
-from typing import Dict, Optional
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-
 from feast import FeatureView, ValueType
 from feast.infra.passthrough_provider import PassthroughProvider
 
@@ -35,7 +33,7 @@ from streamflow.push_validation import utc_times
 log = logging.getLogger(__name__)
 
 
-def fast_path_features(provider: PassthroughProvider, feature_view, field_mapping) -> Optional[list]:
+def fast_path_features(provider: PassthroughProvider, feature_view, field_mapping) -> list | None:
     """The (name, value type) list of a view the column-wise path can write, else None."""
     if not isinstance(provider.online_store, StreamflowOnlineStore):
         return None
@@ -73,7 +71,7 @@ class StreamflowProvider(PassthroughProvider):
         settings.check_project(config)
         super().__init__(config)
 
-    def ingest_df(self, feature_view, df: pd.DataFrame, field_mapping: Optional[Dict] = None):
+    def ingest_df(self, feature_view, df: pd.DataFrame, field_mapping: dict | None = None):
         df = validation.checked(feature_view, df, where=f"push to {feature_view.name}")
         features = fast_path_features(self, feature_view, field_mapping)
         if features is None:
@@ -89,9 +87,10 @@ class StreamflowProvider(PassthroughProvider):
         keys = value_encoding.string_entity_keys(join_key, table.column(join_key))
         vals = value_encoding.encode_rows(table, features)
         stamps = event_micros(df, feature_view.batch_source.timestamp_field, feature_view.name)
-        self.online_store.write_encoded(self.repo_config, feature_view.name, keys,
-                                        ",".join(name for name, _ in features), vals, stamps)
+        self.online_store.write_encoded(
+            self.repo_config, feature_view.name, keys, ",".join(name for name, _ in features), vals, stamps
+        )
 
-    async def ingest_df_async(self, feature_view, df: pd.DataFrame, field_mapping: Optional[Dict] = None):
+    async def ingest_df_async(self, feature_view, df: pd.DataFrame, field_mapping: dict | None = None):
         df = validation.checked(feature_view, df, where=f"push to {feature_view.name}")
         return await super().ingest_df_async(feature_view, df, field_mapping)

@@ -46,8 +46,13 @@ def database() -> dict:
     """host, port, database, user and password of the PostgreSQL that holds the offline store,
     the online store and the registry."""
     pg = config.postgres()
-    return {"host": pg.host, "port": pg.port, "database": pg.database, "user": pg.user,
-            "password": pg.password.get_secret_value()}
+    return {
+        "host": pg.host,
+        "port": pg.port,
+        "database": pg.database,
+        "user": pg.user,
+        "password": pg.password.get_secret_value(),
+    }
 
 
 def project() -> str:
@@ -114,8 +119,7 @@ plugins.register(PLUGIN, __name__, "RegistryDatabase")
 def pin(repo_config) -> None:
     """Read every setting of a RepoConfig now (store configs, registry URL) rather than when Feast
     first needs it: a store opened by StreamFlow keeps the settings of the moment it was opened."""
-    repo_config.online_store
-    repo_config.offline_store
+    _ = repo_config.online_store, repo_config.offline_store  # properties: built (and kept) when read
     registry = repo_config.registry
     if getattr(registry, "registry_type", None) == "sql" and PLUGIN in _plugins_of(registry):
         registry.path = registry_url(registry.path).render_as_string(hide_password=False)

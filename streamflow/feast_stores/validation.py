@@ -21,8 +21,6 @@ itself. And it stays a ``PushValidationError`` for StreamFlow's callers.
 
 from __future__ import annotations
 
-from typing import Optional
-
 import pandas as pd
 from feast.errors import FeastError
 from starlette.exceptions import HTTPException
@@ -53,7 +51,7 @@ class InvalidPush(PushValidationError, FeastError, HTTPException):
         return StatusCode.INVALID_ARGUMENT
 
 
-def registry_table(feature_view) -> Optional[schema.Table]:
+def registry_table(feature_view) -> schema.Table | None:
     """The registry table of a feature view, or None for a view StreamFlow does not declare."""
     try:
         return schema.table_for_feature_view(feature_view.name)

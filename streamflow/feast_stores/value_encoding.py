@@ -100,7 +100,7 @@ def _encode_double(array: pa.ChunkedArray) -> list[bytes]:
     as_float = array.cast(pa.float64())
     raw = as_float.fill_null(0.0).to_numpy().astype("<f8").tobytes()
     head = b"\x0a\x09" + _TAG_DOUBLE
-    encoded = [head + raw[i:i + 8] for i in range(0, len(raw), 8)]
+    encoded = [head + raw[i : i + 8] for i in range(0, len(raw), 8)]
     missing = pc.or_kleene(as_float.is_null(), pc.is_nan(as_float.fill_null(0.0)))
     for i in np.flatnonzero(missing.to_numpy(zero_copy_only=False)):
         encoded[i] = _EMPTY_VALUE
@@ -258,14 +258,14 @@ def _decode_value(raw: bytes) -> tuple[str | None, Any]:
             else:
                 value = n
         elif wire == 1:
-            value = _unpack_double(raw, i)[0] if name == "double_val" else raw[i:i + 8]
+            value = _unpack_double(raw, i)[0] if name == "double_val" else raw[i : i + 8]
             i += 8
         elif wire == 5:
-            value = _unpack_float(raw, i)[0] if name == "float_val" else raw[i:i + 4]
+            value = _unpack_float(raw, i)[0] if name == "float_val" else raw[i : i + 4]
             i += 4
         elif wire == 2:
             n, i = _read_varint(raw, i)
-            value = raw[i:i + n]
+            value = raw[i : i + n]
             if name == "string_val":
                 value = value.decode("utf-8")
             i += n
@@ -294,6 +294,6 @@ def decode_elements(raw: bytes) -> list[tuple[str | None, Any]]:
         n, i = _read_varint(raw, i)
         if i + n > len(raw):
             raise ValueError("truncated RepeatedValue")
-        out.append(_decode_value(raw[i:i + n]))
+        out.append(_decode_value(raw[i : i + n]))
         i += n
     return out

@@ -36,34 +36,88 @@ from streamflow.lag.status import GroupStatus, Status, StatusEvaluator, group_st
 
 log = logging.getLogger("streamflow.lag")
 
-COLUMNS = ("GROUP", "TOPIC", "PARTITION", "CURRENT-OFFSET", "LOG-END-OFFSET", "LAG", "LAG-SECONDS",
-           "DRAIN-SECONDS", "CONSUMER-ID", "HOST", "CLIENT-ID", "STATUS")
+COLUMNS = (
+    "GROUP",
+    "TOPIC",
+    "PARTITION",
+    "CURRENT-OFFSET",
+    "LOG-END-OFFSET",
+    "LAG",
+    "LAG-SECONDS",
+    "DRAIN-SECONDS",
+    "CONSUMER-ID",
+    "HOST",
+    "CLIENT-ID",
+    "STATUS",
+)
 TOTAL_COLUMNS = ("GROUP", "TOPIC", "PARTITIONS", "LAG", "LAG-SECONDS", "DRAIN-SECONDS", "STATUS")
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="streamflow lag", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="\n".join(__doc__.splitlines()[4:]))
-    p.add_argument("--group", default=config.settings().consumer.group,
-                   help="consumer group (default: %(default)s)")
-    p.add_argument("--topic", action="append", dest="topics", metavar="TOPIC",
-                   help="topic to report (repeatable; default: the table topics)")
+    p = argparse.ArgumentParser(
+        prog="streamflow lag",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[4:]),
+    )
+    p.add_argument(
+        "--group", default=config.settings().consumer.group, help="consumer group (default: %(default)s)"
+    )
+    p.add_argument(
+        "--topic",
+        action="append",
+        dest="topics",
+        metavar="TOPIC",
+        help="topic to report (repeatable; default: the table topics)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
-    p.add_argument("--watch", nargs="?", type=float, const=5.0, default=None, metavar="SECONDS",
-                   help="refresh every SECONDS (default 5) until interrupted")
-    p.add_argument("--window", type=int, default=5, metavar="N",
-                   help="samples the statuses are evaluated over (default %(default)s)")
-    p.add_argument("--stop-after", type=float, default=None, metavar="SECONDS",
-                   help="an unmoved committed offset with lag is STOP after this long, STALL before "
-                        "(default: 60 s)")
-    p.add_argument("--samples", type=int, default=None, metavar="N",
-                   help="samples to take (default 3, or unlimited with --watch)")
-    p.add_argument("--interval", type=float, default=1.0, metavar="SECONDS",
-                   help="seconds between samples without --watch (default %(default)s)")
-    p.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS)")
-    p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
-                   help="connection and request timeout (default %(default)s)")
+    p.add_argument(
+        "--watch",
+        nargs="?",
+        type=float,
+        const=5.0,
+        default=None,
+        metavar="SECONDS",
+        help="refresh every SECONDS (default 5) until interrupted",
+    )
+    p.add_argument(
+        "--window",
+        type=int,
+        default=5,
+        metavar="N",
+        help="samples the statuses are evaluated over (default %(default)s)",
+    )
+    p.add_argument(
+        "--stop-after",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="an unmoved committed offset with lag is STOP after this long, STALL before (default: 60 s)",
+    )
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        metavar="N",
+        help="samples to take (default 3, or unlimited with --watch)",
+    )
+    p.add_argument(
+        "--interval",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds between samples without --watch (default %(default)s)",
+    )
+    p.add_argument(
+        "--bootstrap", default=None, help="Kafka bootstrap servers (default: KAFKA_BOOTSTRAP_SERVERS)"
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="connection and request timeout (default %(default)s)",
+    )
     return p
 
 
@@ -85,7 +139,7 @@ def report(sample: GroupLag, status: GroupStatus) -> dict[str, Any]:
     doc["samples"] = status.samples
     doc["consume_rate"] = status.to_dict()["consume_rate"]
     doc["drain_seconds"] = status.to_dict()["drain_seconds"]
-    for topic_doc, topic in zip(doc["topics"], sample.topics):
+    for topic_doc in doc["topics"]:
         statuses = []
         drains: list[float | None] = []
         for pdoc in topic_doc["partitions"]:
@@ -93,12 +147,15 @@ def report(sample: GroupLag, status: GroupStatus) -> dict[str, Any]:
             pdoc["status"] = ps.status.value if ps else Status.UNKNOWN.value
             pdoc["status_reason"] = ps.reason if ps else "not evaluated"
             pdoc["consume_rate"] = round(ps.consume_rate, 3) if ps and ps.consume_rate is not None else None
-            pdoc["drain_seconds"] = round(ps.drain_seconds, 3) if ps and ps.drain_seconds is not None else None
+            pdoc["drain_seconds"] = (
+                round(ps.drain_seconds, 3) if ps and ps.drain_seconds is not None else None
+            )
             drains.append(pdoc["drain_seconds"])
             statuses.append(Status(pdoc["status"]))
         topic_doc["status"] = group_status(statuses).value
-        topic_doc["drain_seconds"] = (None if any(d is None for d in drains)
-                                      else max((d for d in drains if d is not None), default=0.0))
+        topic_doc["drain_seconds"] = (
+            None if any(d is None for d in drains) else max((d for d in drains if d is not None), default=0.0)
+        )
     return doc
 
 
@@ -115,16 +172,35 @@ def render(sample: GroupLag, status: GroupStatus, out: TextIO) -> None:
     notes: list[str] = []
     for topic in doc["topics"]:
         for p in topic["partitions"]:
-            rows.append((
-                sample.group, p["topic"], str(p["partition"]),
-                str(p["committed_offset"]) if p["committed_offset"] is not None else "-",
-                str(p["log_end_offset"]), str(p["lag"]), _seconds(p["lag_seconds"]),
-                _seconds(p["drain_seconds"]), p["consumer_id"] or "-", p["host"] or "-", p["client_id"] or "-", p["status"],
-            ))
+            rows.append(
+                (
+                    sample.group,
+                    p["topic"],
+                    str(p["partition"]),
+                    str(p["committed_offset"]) if p["committed_offset"] is not None else "-",
+                    str(p["log_end_offset"]),
+                    str(p["lag"]),
+                    _seconds(p["lag_seconds"]),
+                    _seconds(p["drain_seconds"]),
+                    p["consumer_id"] or "-",
+                    p["host"] or "-",
+                    p["client_id"] or "-",
+                    p["status"],
+                )
+            )
             if p["status"] not in (Status.OK.value, Status.UNKNOWN.value, Status.NEW.value):
                 notes.append(f"{p['topic']}[{p['partition']}] {p['status']}: {p['status_reason']}")
-        totals.append((sample.group, topic["topic"], str(len(topic["partitions"])), str(topic["lag"]),
-                       _seconds(topic["lag_seconds"]), _seconds(topic["drain_seconds"]), topic["status"]))
+        totals.append(
+            (
+                sample.group,
+                topic["topic"],
+                str(len(topic["partitions"])),
+                str(topic["lag"]),
+                _seconds(topic["lag_seconds"]),
+                _seconds(topic["drain_seconds"]),
+                topic["status"],
+            )
+        )
     _table(rows, out)
     out.write("\n")
     _table(totals, out)
@@ -133,20 +209,28 @@ def render(sample: GroupLag, status: GroupStatus, out: TextIO) -> None:
     span = ""
     if status.samples > 1:
         span = f" over {status.samples} samples"
-    out.write(f"group {sample.group} ({sample.state}, {members}): lag {sample.lag} messages, "
-              f"oldest unconsumed event {_seconds(sample.lag_seconds)} s old, status {status.status.value}{span}\n")
+    out.write(
+        f"group {sample.group} ({sample.state}, {members}): lag {sample.lag} messages, "
+        f"oldest unconsumed event {_seconds(sample.lag_seconds)} s old, status {status.status.value}{span}\n"
+    )
     if status.consume_rate is not None and sample.lag > 0 and status.status != Status.NEW:
-        drain = (f"drains in {_seconds(status.drain_seconds)} s" if status.drain_seconds is not None
-                 else "does not drain at this rate")
+        drain = (
+            f"drains in {_seconds(status.drain_seconds)} s"
+            if status.drain_seconds is not None
+            else "does not drain at this rate"
+        )
         out.write(f"consuming {status.consume_rate:,.1f} events/s over the window: {drain}\n")
     if status.status == Status.UNKNOWN:
         out.write("status UNKNOWN: one sample cannot tell progress; take more (--samples, --watch)\n")
     for note in notes:
         out.write(f"  {note}\n")
-    if status.status == Status.NEW or (sample.members == 0 and sample.topics
-                                        and all(p.committed_offset is None for p in sample.partitions)):
-        out.write(f"no commits yet: group {sample.group} has no members and no committed offsets "
-                  f"(it never consumed, or was deleted); lag counts from the log start\n")
+    if status.status == Status.NEW or (
+        sample.members == 0 and sample.topics and all(p.committed_offset is None for p in sample.partitions)
+    ):
+        out.write(
+            f"no commits yet: group {sample.group} has no members and no committed offsets "
+            f"(it never consumed, or was deleted); lag counts from the log start\n"
+        )
     if sample.missing_topics:
         out.write(f"note: topics not on the broker: {', '.join(sample.missing_topics)}\n")
 
@@ -161,7 +245,11 @@ def _error(message: str) -> None:
 def _unreachable(exc: ServiceUnavailable) -> None:
     """The one line of a sample that could not reach Kafka ("Kafka unreachable at ...")."""
     message = " ".join(str(exc).split())  # one line, whatever the cause's text holds
-    print(message if message.startswith("Kafka unreachable") else f"error: {message}", file=sys.stderr, flush=True)
+    print(
+        message if message.startswith("Kafka unreachable") else f"error: {message}",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -179,12 +267,18 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("kafka").setLevel(logging.CRITICAL)
     samples = args.samples if args.samples is not None else (None if args.watch is not None else 3)
     interval = args.watch if args.watch is not None else args.interval
-    evaluator = StatusEvaluator(window=args.window, stop_after_seconds=args.stop_after,
-                                min_samples=min(2, args.window))
+    evaluator = StatusEvaluator(
+        window=args.window, stop_after_seconds=args.stop_after, min_samples=min(2, args.window)
+    )
     out = sys.stdout
     clear = args.watch is not None and not args.json and out.isatty()
-    monitor = LagMonitor(args.bootstrap, group=args.group, topics=args.topics, timeout=args.timeout,
-                         read_timeout=min(3.0, args.timeout))
+    monitor = LagMonitor(
+        args.bootstrap,
+        group=args.group,
+        topics=args.topics,
+        timeout=args.timeout,
+        read_timeout=min(3.0, args.timeout),
+    )
     interrupted = threading.Event()
     try:
         with _interruptible(interrupted):
@@ -223,8 +317,16 @@ def _interruptible(interrupted: threading.Event):
             signal.signal(sig, old)
 
 
-def _sample_loop(args, monitor: LagMonitor, evaluator: StatusEvaluator, out: TextIO, clear: bool,
-                 samples: int | None, interval: float, interrupted: threading.Event) -> int:
+def _sample_loop(
+    args,
+    monitor: LagMonitor,
+    evaluator: StatusEvaluator,
+    out: TextIO,
+    clear: bool,
+    samples: int | None,
+    interval: float,
+    interrupted: threading.Event,
+) -> int:
     stopped = 0 if args.watch is not None else 130
     taken = 0
     while not interrupted.is_set():
@@ -242,8 +344,10 @@ def _sample_loop(args, monitor: LagMonitor, evaluator: StatusEvaluator, out: Tex
             interrupted.wait(max(0.0, interval - (time.monotonic() - started)))
             continue
         if not sample.topics:
-            _error(f"none of the topics exist on Kafka at {monitor.bootstrap}: "
-                   f"{', '.join(sample.missing_topics)} (nothing produced yet?)")
+            _error(
+                f"none of the topics exist on Kafka at {monitor.bootstrap}: "
+                f"{', '.join(sample.missing_topics)} (nothing produced yet?)"
+            )
             if args.watch is None:
                 return 1
             # --watch goes on: the topics may be created (or a restarted broker know them again).

@@ -91,33 +91,53 @@ class LagMetrics:
             return GaugeMetricFamily(f"{self.prefix}_{name}", doc, labels=labels)
 
         lag_messages = family("lag_messages", "Unconsumed messages per partition", PARTITION_LABELS)
-        lag_seconds = family("lag_seconds", "Age of the oldest unconsumed event (produce time), seconds",
-                             PARTITION_LABELS)
+        lag_seconds = family(
+            "lag_seconds", "Age of the oldest unconsumed event (produce time), seconds", PARTITION_LABELS
+        )
         committed = family("committed_offset", "Committed offset of the group", PARTITION_LABELS)
         log_end = family("log_end_offset", "Log-end offset of the partition", PARTITION_LABELS)
-        status_g = family("lag_status", "Partition lag status: -1 UNKNOWN, 0 OK, 1 WARN, 2 STALL, 3 STOP, "
-                          "4 REWIND, 5 NEW, 6 REPLAY", PARTITION_LABELS)
-        drain = family("drain_seconds", "Seconds until the partition is caught up at the window's consume rate "
-                       "(+Inf: it consumes nothing)", PARTITION_LABELS)
-        group_drain = family("group_drain_seconds", "Seconds until the group is caught up at the window's "
-                             "consume rate (+Inf: some lagging partition consumes nothing)", GROUP_LABELS)
-        group_rate = family("group_consume_rate", "Events per second the group consumed over the status window",
-                            GROUP_LABELS)
+        status_g = family(
+            "lag_status",
+            "Partition lag status: -1 UNKNOWN, 0 OK, 1 WARN, 2 STALL, 3 STOP, 4 REWIND, 5 NEW, 6 REPLAY",
+            PARTITION_LABELS,
+        )
+        drain = family(
+            "drain_seconds",
+            "Seconds until the partition is caught up at the window's consume rate "
+            "(+Inf: it consumes nothing)",
+            PARTITION_LABELS,
+        )
+        group_drain = family(
+            "group_drain_seconds",
+            "Seconds until the group is caught up at the window's "
+            "consume rate (+Inf: some lagging partition consumes nothing)",
+            GROUP_LABELS,
+        )
+        group_rate = family(
+            "group_consume_rate", "Events per second the group consumed over the status window", GROUP_LABELS
+        )
         topic_messages = family("topic_lag_messages", "Unconsumed messages per topic", TOPIC_LABELS)
-        topic_seconds = family("topic_lag_seconds", "Age of the oldest unconsumed event of the topic, seconds",
-                               TOPIC_LABELS)
+        topic_seconds = family(
+            "topic_lag_seconds", "Age of the oldest unconsumed event of the topic, seconds", TOPIC_LABELS
+        )
         group_messages = family("group_lag_messages", "Unconsumed messages of the group", GROUP_LABELS)
-        group_seconds = family("group_lag_seconds", "Age of the oldest unconsumed event of the group, seconds",
-                               GROUP_LABELS)
-        group_status = family("group_status", "Group lag status: -1 UNKNOWN, 0 OK, 1 WARN, 2 ERR, 5 NEW, 6 REPLAY",
-                              GROUP_LABELS)
-        sampled_at = family("lag_sample_timestamp_seconds", "Unix time of the last successful lag sample",
-                            GROUP_LABELS)
-        kafka_up = GaugeMetricFamily("streamflow_kafka_up",
-                                     "1 if the newest lag sample attempt of every group reached Kafka, else 0")
-        kafka_up_by_group = GaugeMetricFamily("streamflow_kafka_up_by_group",
-                                              "1 if the newest lag sample attempt of the group reached Kafka, else 0",
-                                              labels=GROUP_LABELS)
+        group_seconds = family(
+            "group_lag_seconds", "Age of the oldest unconsumed event of the group, seconds", GROUP_LABELS
+        )
+        group_status = family(
+            "group_status", "Group lag status: -1 UNKNOWN, 0 OK, 1 WARN, 2 ERR, 5 NEW, 6 REPLAY", GROUP_LABELS
+        )
+        sampled_at = family(
+            "lag_sample_timestamp_seconds", "Unix time of the last successful lag sample", GROUP_LABELS
+        )
+        kafka_up = GaugeMetricFamily(
+            "streamflow_kafka_up", "1 if the newest lag sample attempt of every group reached Kafka, else 0"
+        )
+        kafka_up_by_group = GaugeMetricFamily(
+            "streamflow_kafka_up_by_group",
+            "1 if the newest lag sample attempt of the group reached Kafka, else 0",
+            labels=GROUP_LABELS,
+        )
         if up:
             kafka_up.add_metric([], 1 if all(up.values()) else 0)
         for g, ok in sorted(up.items()):
@@ -154,9 +174,24 @@ class LagMetrics:
                     group_rate.add_metric([g], status.consume_rate)
                     group_drain.add_metric([g], _drain(status.drain_seconds))
 
-        yield from (lag_messages, lag_seconds, committed, log_end, status_g, drain, topic_messages,
-                    topic_seconds, group_messages, group_seconds, group_status, group_drain, group_rate,
-                    sampled_at, kafka_up, kafka_up_by_group)
+        yield from (
+            lag_messages,
+            lag_seconds,
+            committed,
+            log_end,
+            status_g,
+            drain,
+            topic_messages,
+            topic_seconds,
+            group_messages,
+            group_seconds,
+            group_status,
+            group_drain,
+            group_rate,
+            sampled_at,
+            kafka_up,
+            kafka_up_by_group,
+        )
 
 
 def _drain(seconds: float | None) -> float:

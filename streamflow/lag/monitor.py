@@ -21,8 +21,9 @@ and reused by the following ones. Both clients (that reader and the admin client
 :mod:`streamflow.kafka_clients`. When any call of a client fails -- whatever kafka-python raises,
 not only :class:`~kafka.errors.KafkaError` -- both clients are closed and dropped, so the next
 sample builds fresh ones, and the sample raises :class:`~streamflow.errors.ServiceUnavailable`
-with a message starting "Kafka unreachable at <bootstrap servers>" that names the operation. If the committed offset is below the log start (retention
-deleted the records) the oldest record that still exists is read instead; if the offset holds no
+with a message starting "Kafka unreachable at <bootstrap servers>" that names the operation. If the
+committed offset is below the log start (retention deleted the records) the oldest record that
+still exists is read instead; if the offset holds no
 record (a compacted-away record or a transaction marker) the first record after it is used.
 
 Offsets are read in the order ``kafka-consumer-groups.sh`` reads them: committed offsets first,
@@ -65,7 +66,7 @@ def parse_mark(metadata: str | None) -> float | None:
     if not metadata or not metadata.startswith(REPLAY_MARK):
         return None
     try:
-        return datetime.fromisoformat(metadata[len(REPLAY_MARK):].strip()).timestamp()
+        return datetime.fromisoformat(metadata[len(REPLAY_MARK) :].strip()).timestamp()
     except ValueError:
         return None
 
@@ -133,8 +134,11 @@ class PartitionLag:
             "oldest_event_time": _iso(self.oldest_event_time),
             "event_lag_seconds": _round(self.event_lag_seconds),
             "replay_id": self.replay_id,
-            "rewound_at": _iso(datetime.fromtimestamp(self.replay_marked_at, tz=timezone.utc)
-                               if self.replay_marked_at is not None else None),
+            "rewound_at": _iso(
+                datetime.fromtimestamp(self.replay_marked_at, tz=timezone.utc)
+                if self.replay_marked_at is not None
+                else None
+            ),
             "consumer_id": self.consumer_id,
             "client_id": self.client_id,
             "host": self.host,
@@ -343,7 +347,10 @@ class LagMonitor:
             ms = int(self.timeout * 1000)
             try:
                 self._admin = kafka_clients.admin(
-                    "lag-monitor", kafka=s, request_timeout_ms=ms, bootstrap_timeout_ms=ms,
+                    "lag-monitor",
+                    kafka=s,
+                    request_timeout_ms=ms,
+                    bootstrap_timeout_ms=ms,
                 )
             except Exception as exc:  # noqa: BLE001 - whatever kafka-python raises is an outage here
                 raise self._failed("connecting the admin client", exc) from None
@@ -356,12 +363,13 @@ class LagMonitor:
             ms = int(self.timeout * 1000)
             try:
                 self._reader = kafka_clients.reader(
-                    "lag-reader", kafka=s,
+                    "lag-reader",
+                    kafka=s,
                     fetch_max_wait_ms=100,
                     max_partition_fetch_bytes=READ_BYTES_PER_PARTITION,
-                # every record fetched in one poll: each poll wakes the client's network thread
-                # (measured: 200 polls of 500 records cost ~1 s of a 204-partition sample)
-                max_poll_records=1_000_000,
+                    # every record fetched in one poll: each poll wakes the client's network thread
+                    # (measured: 200 polls of 500 records cost ~1 s of a 204-partition sample)
+                    max_poll_records=1_000_000,
                     request_timeout_ms=max(ms, 1000),
                     bootstrap_timeout_ms=ms,
                 )
@@ -420,8 +428,9 @@ class LagMonitor:
 
     def _owners(self) -> tuple[str, int, dict[TopicPartition, tuple[str | None, str | None, str | None]]]:
         admin = self.admin
-        described = self._coordinator_call(f"describing group {self.group}", admin.describe_groups,
-                                           [self.group]).get(self.group)
+        described = self._coordinator_call(
+            f"describing group {self.group}", admin.describe_groups, [self.group]
+        ).get(self.group)
         if not described:
             return "Dead", 0, {}
         if described.get("error"):
@@ -447,15 +456,23 @@ class LagMonitor:
     def _offsets(self, tps: list[TopicPartition]):
         admin = self.admin
         groups = {self.group: tps, marks_group(self.group): tps}
-        listed = self._coordinator_call(f"reading the committed offsets of group {self.group}",
-                                        admin.list_group_offsets, groups)
+        listed = self._coordinator_call(
+            f"reading the committed offsets of group {self.group}", admin.list_group_offsets, groups
+        )
         committed = listed.get(self.group, {})
-        self._marks = {tp: t for tp, om in listed.get(marks_group(self.group), {}).items()
-                       if (t := parse_mark(getattr(om, "metadata", None))) is not None}
-        start = self._call("reading the log-start offsets",
-                           admin.list_partition_offsets, {tp: OffsetSpec.EARLIEST for tp in tps})
-        end = self._call("reading the log-end offsets",
-                         admin.list_partition_offsets, {tp: OffsetSpec.LATEST for tp in tps})
+        self._marks = {
+            tp: t
+            for tp, om in listed.get(marks_group(self.group), {}).items()
+            if (t := parse_mark(getattr(om, "metadata", None))) is not None
+        }
+        start = self._call(
+            "reading the log-start offsets",
+            admin.list_partition_offsets,
+            {tp: OffsetSpec.EARLIEST for tp in tps},
+        )
+        end = self._call(
+            "reading the log-end offsets", admin.list_partition_offsets, {tp: OffsetSpec.LATEST for tp in tps}
+        )
         return committed, start, end
 
     def read_records(self, positions: dict[TopicPartition, int]) -> dict[TopicPartition, Any]:
@@ -497,8 +514,11 @@ class LagMonitor:
             kafka_clients.close_quietly(reader, timeout=5)
         missing = [tp for tp in positions if tp not in found]
         if missing:
-            log.warning("could not read the oldest unconsumed record of %s within %.1f s",
-                        ", ".join(f"{tp.topic}[{tp.partition}]" for tp in missing), self.read_timeout)
+            log.warning(
+                "could not read the oldest unconsumed record of %s within %.1f s",
+                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in missing),
+                self.read_timeout,
+            )
         return found
 
     def sample(self) -> GroupLag:
@@ -522,12 +542,19 @@ class LagMonitor:
             lag = max(0, e_off - position)
             owner = owners.get(tp, (None, None, None))
             row = PartitionLag(
-                topic=tp.topic, partition=tp.partition, committed_offset=c_off,
-                log_start_offset=s_off, log_end_offset=e_off, lag=lag,
+                topic=tp.topic,
+                partition=tp.partition,
+                committed_offset=c_off,
+                log_start_offset=s_off,
+                log_end_offset=e_off,
+                lag=lag,
                 lag_seconds=0.0 if lag == 0 else None,
                 event_lag_seconds=0.0 if lag == 0 else None,
-                consumer_id=owner[0], client_id=owner[1], host=owner[2],
-                commit_metadata=c_meta, replay_marked_at=self._marks.get(tp),
+                consumer_id=owner[0],
+                client_id=owner[1],
+                host=owner[2],
+                commit_metadata=c_meta,
+                replay_marked_at=self._marks.get(tp),
             )
             rows.append(row)
             if lag > 0:
@@ -554,6 +581,10 @@ class LagMonitor:
             by_topic.setdefault(row.topic, []).append(row)
         topics = [TopicLag(topic, by_topic[topic]) for topic in self.topics if topic in by_topic]
         return GroupLag(
-            group=self.group, state=state, sampled_at=datetime.fromtimestamp(now, tz=timezone.utc),
-            topics=topics, missing_topics=missing, members=members,
+            group=self.group,
+            state=state,
+            sampled_at=datetime.fromtimestamp(now, tz=timezone.utc),
+            topics=topics,
+            missing_topics=missing,
+            members=members,
         )

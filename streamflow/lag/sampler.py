@@ -76,9 +76,14 @@ class HistoryPoint:
     consume_rate: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"t": self.t, "topics": self.topics, "freshness_p50": self.freshness_p50,
-                "freshness_p99": self.freshness_p99, "drain_seconds": self.drain_seconds,
-                "consume_rate": self.consume_rate}
+        return {
+            "t": self.t,
+            "topics": self.topics,
+            "freshness_p50": self.freshness_p50,
+            "freshness_p99": self.freshness_p99,
+            "drain_seconds": self.drain_seconds,
+            "consume_rate": self.consume_rate,
+        }
 
 
 @dataclass
@@ -149,8 +154,12 @@ class LagSampler:
     def _sample_locked(self) -> bool:
         try:
             if self._monitor is None:
-                self._monitor = LagMonitor(bootstrap=self.bootstrap, group=self.group, timeout=self.timeout,
-                                           read_timeout=min(3.0, self.timeout))
+                self._monitor = LagMonitor(
+                    bootstrap=self.bootstrap,
+                    group=self.group,
+                    timeout=self.timeout,
+                    read_timeout=min(3.0, self.timeout),
+                )
             sample = self._monitor.sample()
         except StreamflowError as exc:
             # "Kafka unreachable at ...": the monitor dropped its broken clients itself, the next
@@ -178,9 +187,12 @@ class LagSampler:
             # Samples are taken one at a time (under the sampling lock), so only a wall clock that
             # stepped back gets here: start the evaluation over instead of raising ValueError
             # (StatusEvaluator wants time order) into the sampler thread or a /lag request.
-            log.warning("lag sample at %s is older than the previous one (%s): the clock went back; "
-                        "restarting the status evaluation", sample.sampled_at.isoformat(),
-                        previous.sampled_at.isoformat())
+            log.warning(
+                "lag sample at %s is older than the previous one (%s): the clock went back; "
+                "restarting the status evaluation",
+                sample.sampled_at.isoformat(),
+                previous.sampled_at.isoformat(),
+            )
             self.evaluator.reset()
             with self._lock:
                 self.history = deque(p for p in self.history if p.t <= sample.timestamp)
@@ -217,7 +229,11 @@ class LagSampler:
 
     def history_dict(self) -> dict[str, Any]:
         with self._lock:
-            return {"group": self.group, "interval": self.interval, "points": [p.to_dict() for p in self.history]}
+            return {
+                "group": self.group,
+                "interval": self.interval,
+                "points": [p.to_dict() for p in self.history],
+            }
 
     def next_delay(self) -> float:
         """Seconds from the start of one attempt to the next: ``interval``, doubled after each

@@ -10,17 +10,18 @@ Partition status, first rule that applies (W = the partition's samples in the wi
 
 1. **OK** -- the newest sample has no lag (caught up).
 2. **NEW** -- the group has no member and, in the newest sample, no committed offset on any
-   partition: a group that never ran (or an unknown one, or one whose offsets were deleted). An ordinary state, not an alarm: all of the log is unconsumed
-   (lag = log end - log start). A partition without commits in a group with members or with
-   commits elsewhere is judged by the rules below (a member that never commits is stuck).
+   partition: a group that never ran (or an unknown one, or one whose offsets were deleted). An
+   ordinary state, not an alarm: all of the log is unconsumed (lag = log end - log start). A
+   partition without commits in a group with members or with commits elsewhere is judged by the
+   rules below (a member that never commits is stuck).
 3. **UNKNOWN** -- fewer than ``min_samples`` (default 2) samples in W: nothing to compare yet.
 4. **REPLAY** -- the committed offset went back between two consecutive samples of W *on
    purpose*: ``streamflow rewind`` reset it after the first of them (its marks are kept as the
    committed offsets of a group of their own, see :func:`~streamflow.lag.monitor.marks_group`,
-   so the consumers' commits cannot overwrite them). Likewise, a partition that would be WARN (falling behind) or UNKNOWN
-   while its oldest unconsumed event was sent by a replay (``streamflow produce`` marks its
-   events) or produced before the partition's last rewind (the group re-reads it on purpose) is
-   REPLAY. A replay that stops moving is still STALL or STOP.
+   so the consumers' commits cannot overwrite them). Likewise, a partition that would be WARN
+   (falling behind) or UNKNOWN while its oldest unconsumed event was sent by a replay
+   (``streamflow produce`` marks its events) or produced before the partition's last rewind (the
+   group re-reads it on purpose) is REPLAY. A replay that stops moving is still STALL or STOP.
 5. **REWIND** -- the committed offset went back between two consecutive samples of W without
    that mark (including a committed offset that disappeared: deleted or expired offsets make
    the group re-read).
@@ -279,12 +280,23 @@ class StatusEvaluator:
             track = self._tracks.get(key)
             if track is None:
                 track = self._tracks[key] = _Track(deque(maxlen=self.window))
-            point = _Point(t, p.committed_offset, int(p.lag), int(p.log_end_offset) - int(p.lag),
-                           rewound_at=p.replay_marked_at, replay_backlog=_replay_backlog(p))
+            point = _Point(
+                t,
+                p.committed_offset,
+                int(p.lag),
+                int(p.log_end_offset) - int(p.lag),
+                rewound_at=p.replay_marked_at,
+                replay_backlog=_replay_backlog(p),
+            )
             prev = track.points[-1] if track.points else None
             if point.lag <= 0:
                 track.stuck_since = None
-            elif prev is None or prev.committed != point.committed or prev.lag <= 0 or track.stuck_since is None:
+            elif (
+                prev is None
+                or prev.committed != point.committed
+                or prev.lag <= 0
+                or track.stuck_since is None
+            ):
                 track.stuck_since = t
             track.points.append(point)
             self._prune(track.points, t)
@@ -342,26 +354,37 @@ class StatusEvaluator:
             return result(Status.UNKNOWN, f"{n} sample(s), {self.min_samples} needed to judge")
         for before, after in zip(w, w[1:]):
             if _went_back(before.committed, after.committed):
-                went = (f"committed offset went back from {before.committed} to "
-                        f"{after.committed if after.committed is not None else 'none'}")
+                went = (
+                    f"committed offset went back from {before.committed} to "
+                    f"{after.committed if after.committed is not None else 'none'}"
+                )
                 if after.rewound_at is not None and after.rewound_at >= before.t - REWIND_CLOCK_SLACK:
                     return result(Status.REPLAY, f"{went} by streamflow rewind")
                 return result(Status.REWIND, went)
         if stuck is not None and stuck > self.stop_after_seconds:
-            return result(Status.STOP, f"committed offset {_fmt(last.committed)} has not moved for "
-                                       f"{stuck:.0f} s (> {self.stop_after_seconds:g} s) with {last.lag} pending")
+            return result(
+                Status.STOP,
+                f"committed offset {_fmt(last.committed)} has not moved for "
+                f"{stuck:.0f} s (> {self.stop_after_seconds:g} s) with {last.lag} pending",
+            )
         if any(p.lag <= 0 for p in w):
             return result(Status.OK, "caught up within the window")
         if all(p.committed == last.committed for p in w):
-            return result(Status.STALL, f"committed offset {_fmt(last.committed)} has not moved in {n} samples "
-                                        f"({last.t - w[0].t:.0f} s) with {last.lag} pending")
+            return result(
+                Status.STALL,
+                f"committed offset {_fmt(last.committed)} has not moved in {n} samples "
+                f"({last.t - w[0].t:.0f} s) with {last.lag} pending",
+            )
         moved = any(a.committed != b.committed for a, b in zip(w, w[1:]))
         growing = all(b.lag >= a.lag for a, b in zip(w, w[1:])) and last.lag > w[0].lag
         if replay:
             return result(Status.REPLAY, f"replaying: {last.lag} pending")
         if moved and growing:
-            return result(Status.WARN, f"consuming, but the lag grew from {w[0].lag} to {last.lag} "
-                                       f"in {n} samples ({last.t - w[0].t:.0f} s)")
+            return result(
+                Status.WARN,
+                f"consuming, but the lag grew from {w[0].lag} to {last.lag} "
+                f"in {n} samples ({last.t - w[0].t:.0f} s)",
+            )
         return result(Status.OK, "consuming")
 
 
@@ -371,8 +394,11 @@ def _replay_backlog(p) -> bool:
     purpose."""
     if p.replay_id is not None:
         return True
-    return (p.replay_marked_at is not None and p.oldest_produced_at is not None
-            and p.oldest_produced_at.timestamp() <= p.replay_marked_at)
+    return (
+        p.replay_marked_at is not None
+        and p.oldest_produced_at is not None
+        and p.oldest_produced_at.timestamp() <= p.replay_marked_at
+    )
 
 
 def _fmt(offset: int | None) -> str:

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import date, datetime, timezone
 from collections.abc import Sequence
+from datetime import date, datetime, timezone
 from pathlib import Path
 
 import psycopg
@@ -104,23 +104,40 @@ def verify(
                     cur.execute("SET LOCAL TIME ZONE 'UTC'")
                     cur.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
                     query.check_tables(cur, project, tables)
-                    staged = (query.stage_snapshot(cur, folder, day, tables)
-                              if folder is not None and day is not None else None)  # day is set with folder
+                    staged = (
+                        query.stage_snapshot(cur, folder, day, tables)
+                        if folder is not None and day is not None
+                        else None
+                    )  # day is set with folder
                 reports = {}
                 for table in tables:
                     reports[table.feature_view] = view = compare.compare_view(
-                        conn, table, project, now, staged, examples)
-                    log.info("%s: %s users, %s mismatches in %.2f s", view.view, f"{view.users:,}",
-                             f"{view.mismatches:,}", view.seconds)
+                        conn, table, project, now, staged, examples
+                    )
+                    log.info(
+                        "%s: %s users, %s mismatches in %.2f s",
+                        view.view,
+                        f"{view.users:,}",
+                        f"{view.mismatches:,}",
+                        view.seconds,
+                    )
         except psycopg.OperationalError as exc:
             reason = first_line(exc)
             raise ServiceUnavailable(
-                f"PostgreSQL at {config.postgres().describe()} failed during verify: {reason}") from None
+                f"PostgreSQL at {config.postgres().describe()} failed during verify: {reason}"
+            ) from None
         except psycopg.Error as exc:
             raise StreamflowError(f"verify: PostgreSQL refused a query: {exc}") from None
         database = conn.info.dbname
-    return Report(checked_at=now, database=database, project=project, views=reports, snapshot_dir=folder,
-                  snapshot_as_of=day, seconds=time.perf_counter() - started)
+    return Report(
+        checked_at=now,
+        database=database,
+        project=project,
+        views=reports,
+        snapshot_dir=folder,
+        snapshot_as_of=day,
+        seconds=time.perf_counter() - started,
+    )
 
 
 __all__ = ["Report", "verify"]

@@ -41,15 +41,35 @@ def build_parser() -> argparse.ArgumentParser:
         "and, with --snapshot-dir, that row equals the snapshot's CSV row. Exit 0 when all match, 1 on any "
         "mismatch, 4 when PostgreSQL cannot be reached.",
     )
-    parser.add_argument("--snapshot-dir", type=Path, metavar="DIR",
-                        help="a snapshot folder (six CSVs), e.g. data/month_001: the newest one loaded")
-    parser.add_argument("--snapshot-as-of", type=_day, metavar="YYYY-MM-DD",
-                        help="event day of the snapshot folder (default: from its name, month_NNN)")
+    parser.add_argument(
+        "--snapshot-dir",
+        type=Path,
+        metavar="DIR",
+        help="a snapshot folder (six CSVs), e.g. data/month_001: the newest one loaded",
+    )
+    parser.add_argument(
+        "--snapshot-as-of",
+        type=_day,
+        metavar="YYYY-MM-DD",
+        help="event day of the snapshot folder (default: from its name, month_NNN)",
+    )
     names = [t.feature_view for t in schema.TABLES] + [t.name for t in schema.TABLES]
-    parser.add_argument("--view", dest="views", action="extend", nargs="+", metavar="V", choices=names,
-                        help=f"only these feature views (or table names); default all: {views}")
-    parser.add_argument("--examples", type=_positive, default=5, metavar="N",
-                        help="examples shown per view and column (default 5)")
+    parser.add_argument(
+        "--view",
+        dest="views",
+        action="extend",
+        nargs="+",
+        metavar="V",
+        choices=names,
+        help=f"only these feature views (or table names); default all: {views}",
+    )
+    parser.add_argument(
+        "--examples",
+        type=_positive,
+        default=5,
+        metavar="N",
+        help="examples shown per view and column (default 5)",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     return parser
 
@@ -68,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         return exc.exit_code
     print(json.dumps(report.to_json(), indent=2) if args.json else report.to_text())
     if not report.ok:
-        log.error("%s mismatches in %s", f"{report.mismatches:,}",
-                  ", ".join(v.view for v in report.views.values() if v.mismatches))
+        log.error(
+            "%s mismatches in %s",
+            f"{report.mismatches:,}",
+            ", ".join(v.view for v in report.views.values() if v.mismatches),
+        )
         return 1
     return 0
 

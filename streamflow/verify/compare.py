@@ -36,8 +36,13 @@ CHUNK_ROWS = 10_000
 """Rows fetched from the server-side cursor at a time."""
 PREFETCH = 2
 
-_ARROW_TYPES = {"str": pa.string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(),
-                "date": pa.date32()}
+_ARROW_TYPES = {
+    "str": pa.string(),
+    "int": pa.int64(),
+    "float": pa.float64(),
+    "bool": pa.bool_(),
+    "date": pa.date32(),
+}
 _BOTH = IN_OFFLINE | IN_ONLINE
 _NO_ROW = "<no row>"
 
@@ -75,9 +80,10 @@ def compare_view(
     layout = _Layout(table, snapshot is not None)
     from tqdm import tqdm
 
-    with conn.cursor(name=f"verify_{table.name}", binary=True) as cur, tqdm(
-        desc=table.feature_view, unit=" users", disable=not logs.progress_enabled(), leave=False
-    ) as bar:
+    with (
+        conn.cursor(name=f"verify_{table.name}", binary=True) as cur,
+        tqdm(desc=table.feature_view, unit=" users", disable=not logs.progress_enabled(), leave=False) as bar,
+    ):
         cur.execute(query.view_query(table, project, snapshot), query.query_params(table, now))
         for rows in _prefetched(cur, CHUNK_ROWS):
             _compare_chunk(rows, layout, report, snapshot)
@@ -121,16 +127,18 @@ def _prefetched(cur: psycopg.ServerCursor, size: int) -> Iterator[list[tuple]]:
         worker.join()
 
 
-def _compare_chunk(rows: list[tuple], layout: _Layout, report: ViewReport,
-                   snapshot: query.StagedSnapshot | None) -> None:
+def _compare_chunk(
+    rows: list[tuple], layout: _Layout, report: ViewReport, snapshot: query.StagedSnapshot | None
+) -> None:
     n = len(rows)
     cols = list(zip(*rows))
     status = np.fromiter(cols[layout.status], dtype=np.int32, count=n)
     report.users += n
     report.offline += int(np.count_nonzero(status & IN_OFFLINE))
     report.online += int(np.count_nonzero(status & IN_ONLINE))
-    arrow = pa.table({c.name: pa.array(cols[i], _ARROW_TYPES[c.kind])
-                      for c, i in zip(layout.columns, layout.off)})
+    arrow = pa.table(
+        {c.name: pa.array(cols[i], _ARROW_TYPES[c.kind]) for c, i in zip(layout.columns, layout.off)}
+    )
     expected = encode_rows(arrow, layout.features)
     vals = cols[layout.vals]
     both = np.flatnonzero((status & _BOTH) == _BOTH).tolist()
@@ -145,8 +153,14 @@ def _compare_chunk(rows: list[tuple], layout: _Layout, report: ViewReport,
         _compare_row(rows[i], int(status[i]), i in differ_set, layout, report, snapshot)
 
 
-def _compare_row(row: tuple, status: int, vals_differ: bool, layout: _Layout, report: ViewReport,
-                 snapshot: query.StagedSnapshot | None) -> None:
+def _compare_row(
+    row: tuple,
+    status: int,
+    vals_differ: bool,
+    layout: _Layout,
+    report: ViewReport,
+    snapshot: query.StagedSnapshot | None,
+) -> None:
     """One user whose row has something to report."""
     user = row[layout.user]
     bad = False
@@ -190,8 +204,9 @@ def _compare_online(row: tuple, layout: _Layout, report: ViewReport) -> bool:
     return bad
 
 
-def _compare_snapshot(row: tuple, bits: int, layout: _Layout, report: ViewReport,
-                      snapshot: query.StagedSnapshot) -> None:
+def _compare_snapshot(
+    row: tuple, bits: int, layout: _Layout, report: ViewReport, snapshot: query.StagedSnapshot
+) -> None:
     n = len(layout.columns)
     for j, col in enumerate(layout.columns):
         if bits & (1 << j):
@@ -200,8 +215,15 @@ def _compare_snapshot(row: tuple, bits: int, layout: _Layout, report: ViewReport
         _record(report, row, layout, EVENT_TIME, "offline_snapshot", snapshot)
 
 
-def _record(report: ViewReport, row: tuple, layout: _Layout, name: str, kind: str,
-            snapshot: query.StagedSnapshot | None, online: dict | None = None) -> None:
+def _record(
+    report: ViewReport,
+    row: tuple,
+    layout: _Layout,
+    name: str,
+    kind: str,
+    snapshot: query.StagedSnapshot | None,
+    online: dict | None = None,
+) -> None:
     """Count one mismatch of a column; keep it as an example while the column has few."""
     mismatches = report.column(name)
     setattr(mismatches, kind, getattr(mismatches, kind) + 1)

@@ -48,7 +48,8 @@ def check_tables(cur: psycopg.Cursor, project: str, tables: list[schema.Table]) 
     """Raise StreamflowError naming every snapshot or online table that does not exist."""
     names = [n for t in tables for n in (t.snapshot_table, online_table(project, t.feature_view))]
     missing = [
-        name for name, in cur.execute(
+        name
+        for (name,) in cur.execute(
             "SELECT n FROM unnest(%s::text[]) AS n WHERE to_regclass(quote_ident(n)) IS NULL", (names,)
         ).fetchall()
     ]
@@ -86,11 +87,16 @@ def stage_snapshot(
     for table in tables:
         checked = snap.files[table.name]
         name = SNAPSHOT_STAGE.format(table.name)
-        warehouse.create_staging_table(cur, table, name, as_of=snap.as_of_timestamp,
-                                       snapshot=snap.snapshot_id)
+        warehouse.create_staging_table(
+            cur, table, name, as_of=snap.as_of_timestamp, snapshot=snap.snapshot_id
+        )
         warehouse.copy_csv(
-            cur, name, table.header, (chunk.data for chunk in validate.read_chunks(checked)),
-            header=False, force_null=[c.name for c in table.columns if c.nullable],
+            cur,
+            name,
+            table.header,
+            (chunk.data for chunk in validate.read_chunks(checked)),
+            header=False,
+            force_null=[c.name for c in table.columns if c.nullable],
         )
         cur.execute(sql.SQL("ANALYZE {}").format(sql.Identifier(name)))  # TEMP tables are never auto-analyzed
         rows[table.name] = checked.rows
@@ -151,19 +157,22 @@ def view_query(table: schema.Table, project: str, snapshot: StagedSnapshot | Non
         parts.update(in_snap=sql.SQL(""), snap_cols=sql.SQL(""), snap_join=sql.SQL(""))
     else:
         compared = [*names, AS_OF]
-        differs = [sql.SQL("{} IS DISTINCT FROM {}").format(_col("off", n), _col("snap", n))
-                   for n in compared]
+        differs = [
+            sql.SQL("{} IS DISTINCT FROM {}").format(_col("off", n), _col("snap", n)) for n in compared
+        ]
         bits = sql.SQL(" + ").join(
             sql.SQL("(CASE WHEN {} THEN {} ELSE 0 END)").format(d, sql.Literal(1 << i))
             for i, d in enumerate(differs)
         )
-        values = [sql.SQL("CASE WHEN {} THEN {} END").format(d, _col("snap", n))
-                  for d, n in zip(differs, names)]
+        values = [
+            sql.SQL("CASE WHEN {} THEN {} END").format(d, _col("snap", n)) for d, n in zip(differs, names)
+        ]
         in_both = sql.SQL("off.user_id IS NOT NULL AND snap.user_id IS NOT NULL")
         parts.update(
             in_snap=sql.SQL("\n               + CASE WHEN snap.user_id IS NULL THEN 0 ELSE 4 END"),
             snap_cols=sql.SQL(", CASE WHEN {} THEN {} ELSE 0 END, {}").format(
-                in_both, bits, sql.SQL(", ").join(values)),
+                in_both, bits, sql.SQL(", ").join(values)
+            ),
             snap_join=sql.SQL(" FULL JOIN snap USING (user_id)"),
             staging=sql.Identifier(snapshot.staging(table)),
         )
@@ -174,5 +183,10 @@ def view_query(table: schema.Table, project: str, snapshot: StagedSnapshot | Non
 
 
 def query_params(table: schema.Table, now) -> dict:
-    return {"now": now, "plen": len(KEY_PREFIX), "prefix": KEY_PREFIX, "start": len(KEY_PREFIX) + 5,
-            "names": ",".join(table.feature_names)}
+    return {
+        "now": now,
+        "plen": len(KEY_PREFIX),
+        "prefix": KEY_PREFIX,
+        "start": len(KEY_PREFIX) + 5,
+        "names": ",".join(table.feature_names),
+    }

@@ -45,8 +45,11 @@ class ColumnMismatches:
         return len(self.examples) < self.limit
 
     def to_json(self) -> dict:
-        return {"online_offline": self.online_offline, "offline_snapshot": self.offline_snapshot,
-                "examples": self.examples}
+        return {
+            "online_offline": self.online_offline,
+            "offline_snapshot": self.offline_snapshot,
+            "examples": self.examples,
+        }
 
 
 @dataclass
@@ -93,16 +96,24 @@ class ViewReport:
 
     def to_json(self) -> dict:
         out = {
-            "table": self.table, "users": self.users, "online": self.online, "offline": self.offline,
-            "mismatches": self.mismatches, "users_with_mismatches": self.users_with_mismatches,
-            "only_online": self.only_online.to_json(), "only_offline": self.only_offline.to_json(),
+            "table": self.table,
+            "users": self.users,
+            "online": self.online,
+            "offline": self.offline,
+            "mismatches": self.mismatches,
+            "users_with_mismatches": self.users_with_mismatches,
+            "only_online": self.only_online.to_json(),
+            "only_offline": self.only_offline.to_json(),
             "columns": {name: c.to_json() for name, c in self.columns.items()},
             "rows_decoded": self.rows_decoded,
             "seconds": round(self.seconds, 3),
         }
         if self.snapshot:
-            out.update(snapshot=self.snapshot_rows, only_snapshot=self.only_snapshot.to_json(),
-                       not_in_snapshot=self.not_in_snapshot.to_json())
+            out.update(
+                snapshot=self.snapshot_rows,
+                only_snapshot=self.only_snapshot.to_json(),
+                not_in_snapshot=self.not_in_snapshot.to_json(),
+            )
         return out
 
 
@@ -149,21 +160,34 @@ class Report:
     def to_text(self) -> str:
         snap = self.snapshot_dir is not None
         against = f"the newest offline row at or before {show(self.checked_at)}"
-        lines = [f"verify {self.database} (project {self.project}): online values against {against}"
-                 + (f", offline rows against snapshot {self.snapshot_dir} (as_of {self.snapshot_as_of})"
-                    if snap else "")]
+        lines = [
+            f"verify {self.database} (project {self.project}): online values against {against}"
+            + (
+                f", offline rows against snapshot {self.snapshot_dir} (as_of {self.snapshot_as_of})"
+                if snap
+                else ""
+            )
+        ]
         head = ["view", "users", "online", "offline"] + (["snapshot"] if snap else []) + ["mismatches"]
-        rows: list[list[Any]] = [[v.view, v.users, v.online, v.offline] + ([v.snapshot_rows] if snap else []) + [v.mismatches]
-                for v in self.views.values()]
+        rows: list[list[Any]] = [
+            [v.view, v.users, v.online, v.offline] + ([v.snapshot_rows] if snap else []) + [v.mismatches]
+            for v in self.views.values()
+        ]
         widths = [max(len(_n(r[i])) for r in [head, *rows]) for i in range(len(head))]
         for r in [head, *rows]:
-            lines.append("  " + "  ".join(_n(x).ljust(w) if i == 0 else _n(x).rjust(w)
-                                          for i, (x, w) in enumerate(zip(r, widths))))
+            lines.append(
+                "  "
+                + "  ".join(
+                    _n(x).ljust(w) if i == 0 else _n(x).rjust(w) for i, (x, w) in enumerate(zip(r, widths))
+                )
+            )
         for v in self.views.values():
             lines += _problems(v, snap)
         verdict = "OK" if self.ok else "FAILED"
-        lines.append(f"{verdict}: {_count(self.mismatches, 'mismatch')}, {_count(self.users, 'user')}, "
-                     f"{_count(len(self.views), 'view')}, {self.seconds:.2f} s")
+        lines.append(
+            f"{verdict}: {_count(self.mismatches, 'mismatch')}, {_count(self.users, 'user')}, "
+            f"{_count(len(self.views), 'view')}, {self.seconds:.2f} s"
+        )
         return "\n".join(lines)
 
 
@@ -177,9 +201,12 @@ def _count(n: int, word: str) -> str:
 
 def _problems(v: ViewReport, snap: bool) -> list[str]:
     lines = []
-    for label, users in (("only online", v.only_online), ("only offline", v.only_offline),
-                         ("in the snapshot, not offline", v.only_snapshot),
-                         ("offline, not in the snapshot", v.not_in_snapshot)):
+    for label, users in (
+        ("only online", v.only_online),
+        ("only offline", v.only_offline),
+        ("in the snapshot, not offline", v.only_snapshot),
+        ("offline, not in the snapshot", v.not_in_snapshot),
+    ):
         if users.count:
             more = " ..." if users.count > len(users.examples) else ""
             ids = ", ".join(users.examples)
