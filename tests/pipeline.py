@@ -131,6 +131,20 @@ def offline_rows(table: schema.Table) -> pd.DataFrame:
         return pd.DataFrame(cur.fetchall(), columns=cols)
 
 
+def commit_offsets(group: str, offsets: dict, bootstrap: str | None = None) -> None:
+    """Commit ``offsets`` ({TopicPartition: offset}) for the group like a consumer that stopped
+    there: assign, commit, leave (it never joins the group)."""
+    from kafka import OffsetAndMetadata
+
+    kafka = kafka_clients.settings(bootstrap) if bootstrap else None
+    c = kafka_clients.group_consumer(group, role="test-commit", kafka=kafka)
+    try:
+        c.assign(list(offsets))
+        c.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
+    finally:
+        c.close(autocommit=False)
+
+
 def committed_total(group: str) -> int:
     """Sum of the group's committed offsets over every partition (events committed)."""
     return sum(committed_offsets(group).values())

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import orjson
 import pytest
-from kafka import OffsetAndMetadata, TopicPartition
+from kafka import TopicPartition
 
 from consumer.dead_letter import dead_letter_value
 from streamflow import config, kafka_clients
@@ -78,12 +78,7 @@ def commit_and_wait(base: str, group: str, offset: int) -> None:
         sample = orjson.loads(resp.read())["sample"]
     p = next(p for t in sample["topics"] for p in t["partitions"] if p["log_end_offset"] == 50)
     tp = TopicPartition(p["topic"], p["partition"])
-    c = kafka_clients.group_consumer(group, role="test-dashboard")
-    try:
-        c.assign([tp])
-        c.commit({tp: OffsetAndMetadata(offset, "", -1)})
-    finally:
-        c.close(autocommit=False)
+    pipeline.commit_offsets(group, {tp: offset})
     deadline = time.monotonic() + 60
     while history_points(base)[-1]["topics"][tp.topic]["lag"] != 50 - offset:
         assert time.monotonic() < deadline, "the API did not sample the commit within 60 s"

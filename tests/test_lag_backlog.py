@@ -13,13 +13,14 @@ import uuid
 from pathlib import Path
 
 import pytest
-from kafka import OffsetAndMetadata, TopicPartition
+from kafka import TopicPartition
 from kafka.admin import NewTopic
 
 from streamflow import config, kafka_clients, schema
 from streamflow.lag import cli, rewind
 from streamflow.lag.monitor import LagMonitor, marks_group
 from streamflow.lag.status import Status, StatusEvaluator
+from tests import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = Path(os.environ.get("STREAMFLOW_STATE_DIR", ROOT / ".services")) / "kafka" / "tools"
@@ -70,12 +71,7 @@ def fill(bootstrap: str, topics: list[str], per_partition: int, batch_size: int,
 
 
 def commit(bootstrap: str, group: str, offsets: dict[TopicPartition, int]) -> None:
-    c = kafka_clients.group_consumer(group, role="lagbacklog-commit", kafka=kafka_clients.settings(bootstrap))
-    try:
-        c.assign(list(offsets))
-        c.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
-    finally:
-        c.close(autocommit=False)
+    pipeline.commit_offsets(group, offsets, bootstrap)
 
 
 def kafka_describe(bootstrap: str, group: str) -> dict[tuple[str, int], tuple[str, str, str]]:

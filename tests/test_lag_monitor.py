@@ -12,7 +12,7 @@ import time
 import uuid
 
 import pytest
-from kafka import OffsetAndMetadata, TopicPartition
+from kafka import TopicPartition
 from kafka.admin import NewTopic, OffsetSpec
 from prometheus_client import CollectorRegistry
 
@@ -22,6 +22,7 @@ from streamflow.lag.metrics import register_lag_metrics
 from streamflow.lag.monitor import LagMonitor
 from streamflow.lag.status import Status, StatusEvaluator
 from streamflow.net import free_port
+from tests import pipeline
 
 PARTITIONS = 3
 
@@ -86,12 +87,7 @@ def produce(producer, topic: str, partition: int, timestamps_ms: list[int]) -> N
 
 def commit(bootstrap: str, group: str, offsets: dict[TopicPartition, int]) -> None:
     """Commit offsets for the group like a consumer that stopped there (assign, commit, leave)."""
-    c = kafka_clients.group_consumer(group, role="lagtest-commit", kafka=kafka_clients.settings(bootstrap))
-    try:
-        c.assign(list(offsets))
-        c.commit({tp: OffsetAndMetadata(off, "", -1) for tp, off in offsets.items()})
-    finally:
-        c.close(autocommit=False)
+    pipeline.commit_offsets(group, offsets, bootstrap)
 
 
 def admin_offsets(admin, group: str, topic: str):

@@ -30,12 +30,13 @@ from datetime import timedelta
 
 import pytest
 from fastapi.testclient import TestClient
-from kafka import OffsetAndMetadata, TopicPartition
+from kafka import TopicPartition
 
 from api.app import create_app
 from streamflow import config, kafka_clients
 from streamflow.kafka_topics import ensure_topics, table_topics
 from streamflow.net import free_port
+from tests import pipeline
 from tests.kafka_cluster import SHARED_STATE, share_broker_jars
 
 PRIVATE_PORT = 29092
@@ -292,13 +293,7 @@ def lagging_group(private_broker, lag_env):
         producer.flush(timeout=30)
     finally:
         producer.close()
-    committer = kafka_clients.group_consumer(group, role="lagtest-commit", kafka=settings)
-    try:
-        tp = TopicPartition(topics[0], 0)
-        committer.assign([tp])
-        committer.commit({tp: OffsetAndMetadata(2, "", -1)})
-    finally:
-        committer.close(autocommit=False)
+    pipeline.commit_offsets(group, {TopicPartition(topics[0], 0): 2}, settings.bootstrap_servers)
     yield group, topics
     if private_broker_answers():
         admin = kafka_clients.admin("lagtest", kafka=settings)

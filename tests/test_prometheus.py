@@ -25,7 +25,7 @@ from pathlib import Path
 import orjson
 import pytest
 import yaml
-from kafka import OffsetAndMetadata, TopicPartition
+from kafka import TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamflow import config, kafka_clients, schema
@@ -142,13 +142,9 @@ def stack(pg_settings, kafka_bootstrap, tmp_path_factory):
             # The watched group: a consumer that stopped at the log start (committed 0 everywhere),
             # so its lag stays put and its partitions turn STALL (a group without any commit would
             # be NEW: no alarm).
-            stopped = kafka_clients.group_consumer(f"{prefix}-idle", role="test-stopped")
-            try:
-                tps = [TopicPartition(t, p) for t in table_topics() for p in range(2)]
-                stopped.assign(tps)
-                stopped.commit({tp: OffsetAndMetadata(0, "", -1) for tp in tps})
-            finally:
-                stopped.close(autocommit=False)
+            pipeline.commit_offsets(
+                f"{prefix}-idle", {TopicPartition(t, p): 0 for t in table_topics() for p in range(2)}
+            )
 
             consumer_port, api_port = free_port(), free_port()
             logs = (tmp / "consumer.log", tmp / "api.log")

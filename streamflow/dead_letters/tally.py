@@ -14,6 +14,8 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
+from kafka import TopicPartition
+
 from streamflow import timefmt
 from streamflow.dead_letters.letters import DeadLetter, TopicReader
 
@@ -51,7 +53,7 @@ class DeadLetterTally:
                 letter = DeadLetter.from_record(rec)
                 by_reason[letter.reason] += 1
                 by_topic[letter.source_topic or "?"] += 1
-                positions[next(tp for tp in tps if tp.partition == rec.partition)] = rec.offset + 1
+                positions[TopicPartition(rec.topic, rec.partition)] = rec.offset + 1
                 newest = max(newest or 0, rec.timestamp)
         except Exception as exc:  # noqa: BLE001 - shown by snapshot(); the next refresh tries again
             with self._lock:
