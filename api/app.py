@@ -15,9 +15,10 @@
 
 The routes live in api.feature_routes, api.health_routes and api.lag_routes, the error answers
 in api.errors; this module wires them, the metrics and the background parts (lifespan).
-Endpoints are plain ``def`` functions (FastAPI runs them on its thread pool): the reads are
-blocking psycopg calls through our online store's reader, and a slow database must not
-stall the event loop (/health, /metrics). Feature answers are serialized once with orjson;
+Feature lookups go through one :class:`api.batcher.LookupBatcher` per process: the users of
+concurrent requests are read together, on threads of its own, so blocking psycopg calls never
+run on the event loop and a slow database never stalls /health or /metrics; /ready's checks
+are plain ``def`` endpoints (FastAPI's thread pool). Feature answers are serialized once with orjson;
 the response models in api.models document them (OpenAPI) and the tests hold them to it.
 Errors are JSON (:class:`api.models.ErrorResponse`); an unexpected exception is logged with
 its traceback and answered with a 500 that says nothing about internals.
@@ -35,7 +36,9 @@ from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from api import feature_routes, health_routes, lag_routes
+from api.batcher import LookupBatcher
 from api.errors import add_exception_handlers, error
+from api.fast_path import FeatureFastPath
 from api.features import FeatureReader
 from streamflow import config, schema
 from streamflow.dead_letters.tally import DeadLetterTally
@@ -131,11 +134,16 @@ def lag_sampler_from_env(metrics_registry: CollectorRegistry) -> LagSampler:
 
 
 def _lifespan(
-    reader: FeatureReader, sampler: LagSampler | None, tally: DeadLetterTally | None, freeze_gc: bool
+    reader: FeatureReader,
+    batcher: LookupBatcher,
+    sampler: LagSampler | None,
+    tally: DeadLetterTally | None,
+    freeze_gc: bool,
 ):
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await run_in_threadpool(reader.start)
+        batcher.start()
         if sampler is not None:
             sampler.start()
         if tally is not None:
@@ -151,15 +159,24 @@ def _lifespan(
                 await run_in_threadpool(sampler.stop)
             if tally is not None:
                 await run_in_threadpool(tally.stop)
+            await run_in_threadpool(batcher.stop)
             await run_in_threadpool(reader.stop)
 
     return lifespan
 
 
 def create_app(
-    reader: FeatureReader | None = None, *, store=None, freeze_gc: bool = False, lag: bool = True
+    reader: FeatureReader | None = None,
+    *,
+    store=None,
+    freeze_gc: bool = False,
+    lag: bool = True,
+    fast_path: bool = True,
 ) -> FastAPI:
     """The API application. ``reader`` or ``store`` replace the configured Feast store (tests).
+
+    ``fast_path``: answer the common `GET /features/{user_id}` in plain ASGI (api.fast_path);
+    off, FastAPI's route answers every request (the reference the tests compare it with).
 
     ``freeze_gc`` (the server does it): once started, move every object alive to the garbage
     collector's permanent generation. Feast, pandas and pyarrow leave ~170,000 objects behind;
@@ -167,22 +184,26 @@ def create_app(
     """
     reader = reader or FeatureReader(store=store)
     metrics = Metrics()
+    batcher = LookupBatcher(reader)
     sampler = lag_sampler_from_env(metrics.registry) if lag else None
     tally = DeadLetterTally(dead_letter_topic(), interval=max(5.0, sampler.interval)) if sampler else None
     app = FastAPI(
         title="StreamFlow online features",
         version="0.1.0",
         summary=f"Real-time features of the churn model (Feast feature service {schema.FEATURE_SERVICE}).",
-        lifespan=_lifespan(reader, sampler, tally, freeze_gc),
+        lifespan=_lifespan(reader, batcher, sampler, tally, freeze_gc),
     )
     app.state.reader = reader
+    app.state.batcher = batcher
     app.state.metrics = metrics
     app.state.lag_sampler = sampler
     app.state.dead_letters = tally
     app.include_router(lag_routes.router)
     app.include_router(feature_routes.router)
     app.include_router(health_routes.router)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if fast_path:
+        app.add_middleware(FeatureFastPath, state=app.state)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # (added last: outside the fast path)
     add_exception_handlers(app)
     return app
 

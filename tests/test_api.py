@@ -247,6 +247,92 @@ def test_unknown_feature_is_400_naming_it(client, data, selection, named):
     assert "subs_profile_fv:contract_type" in body["detail"]  # and lists the known ones
 
 
+# --- the fast path and FastAPI's route give the same answers -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def reference_client(data):
+    """FastAPI's route for every request (the fast path off): the reference."""
+    with TestClient(create_app(fast_path=False, lag=False)) as c:
+        yield c
+
+
+def parity_requests(data) -> list[tuple[str, bool]]:
+    """(path and query, whether the fast path answers it)."""
+    u = data.users[0]
+    fast = [
+        f"/features/{u}",
+        f"/features/{data.partial}",
+        f"/features/{data.fresh}",
+        f"/features/{UNKNOWN}",
+        f"/features/{u}?features=users_profile_fv:user_gender",
+        f"/features/{u}?features=users_profile_fv%3Auser_gender%2Cusage_agg_30d_fv%3Awatch_hours_30d",
+        f"/features/{data.partial}?features=usage_agg_30d_fv:watch_hours_30d",
+        f"/features/{u}?features=",
+        f"/features/{u}?features=nope",
+        f"/features/{u}?features=users_profile_fv:user_gender,users_profile_fv:nope",
+        f"/features/{u}?features=caf%C3%A9",
+    ]
+    fastapi_only = [
+        f"/features/{u}?features=a&features=users_profile_fv:user_gender",
+        f"/features/{u}?other=1",
+        f"/features/{u}?features=users_profile_fv:user_gender&x=1",
+        f"/features/{u}/",
+        "/features/",
+        "/features/1234-abcde",
+        "/features/1234-ABCDE%0A",
+        "/features/1234-ABCDEF",
+        f"/features/{u}?features=%FF",
+    ]
+    return [(p, True) for p in fast] + [(p, False) for p in fastapi_only]
+
+
+def comparable(response) -> tuple:
+    if response.status_code == 307:  # (FastAPI's redirect of a trailing slash)
+        return 307, response.headers["location"]
+    body = response.json()
+    if isinstance(body, dict) and "views" in body:
+        body = {**body, "views": without_age(body["views"])}
+    headers = response.headers
+    return response.status_code, headers.get("content-type"), headers.get("retry-after"), body
+
+
+def test_fast_path_answers_like_fastapis_route(client, reference_client, data, monkeypatch):
+    from api.fast_path import FeatureFastPath
+
+    answered: list[str] = []
+    original = FeatureFastPath._answer
+
+    async def counting(self, user_id, selection, send):
+        answered.append(user_id)
+        await original(self, user_id, selection, send)
+
+    monkeypatch.setattr(FeatureFastPath, "_answer", counting)
+    for path, on_fast_path in parity_requests(data):
+        before = len(answered)
+        ours = client.get(path, follow_redirects=False)
+        reference = reference_client.get(path, follow_redirects=False)
+        assert comparable(ours) == comparable(reference), path
+        assert (len(answered) > before) == on_fast_path, path
+        assert int(ours.headers["content-length"]) == len(ours.content)
+    assert len(answered) == sum(fast for _, fast in parity_requests(data))
+
+
+def test_fast_path_503_is_the_same_as_fastapis(data, monkeypatch):
+    def unreachable_app(fast_path: bool):
+        with monkeypatch.context() as m:
+            m.setenv("POSTGRES_PORT", str(closed_port()))
+            from streamflow.feature_store import open_store
+
+            store = open_store()  # reads the settings now
+        return create_app(FeatureReader(store=store, db_timeout=0.5), fast_path=fast_path, lag=False)
+
+    with TestClient(unreachable_app(True)) as ours, TestClient(unreachable_app(False)) as reference:
+        path = f"/features/{data.users[0]}"
+        a, b = ours.get(path), reference.get(path)
+        assert a.status_code == 503 and comparable(a) == comparable(b)
+
+
 # --- POST /features ------------------------------------------------------------------------------
 
 

@@ -1,0 +1,119 @@
+"""The API's lookup batcher (api.batcher) with a stand-in reader: no I/O, only the coalescing.
+
+The reader records every read; a gate holds a read open so that requests pile up behind it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+
+from api.batcher import LookupBatcher
+from api.features import UnknownFeatures, UserResult
+
+
+class RecordingReader:
+    def __init__(self) -> None:
+        self.reads: list[tuple[list[str], tuple[str, ...] | None]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def lookup(self, user_ids, selection=None):
+        self.reads.append((list(user_ids), None if selection is None else tuple(selection)))
+        self.entered.set()
+        assert self.gate.wait(10), "the test never opened the gate"
+        if selection is not None and "nope" in selection:
+            raise UnknownFeatures(["nope"])
+        return [UserResult(u, not u.startswith("0000"), {}) for u in user_ids]
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_requests_of_one_loop_turn_go_out_as_one_read_and_each_gets_its_own_answer():
+    reader = RecordingReader()
+    batcher = LookupBatcher(reader)  # type: ignore[arg-type]
+    asks = [["1111-AAAAA"], ["2222-BBBBB", "0000-ZZZZZ"], ["1111-AAAAA"], ["3333-CCCCC", "1111-AAAAA"]]
+
+    async def main():
+        try:
+            return await asyncio.gather(*(batcher.lookup(ids, None) for ids in asks))
+        finally:
+            batcher.stop()
+
+    answers = run(main())
+    assert len(reader.reads) == 1
+    assert reader.reads[0][0] == ["1111-AAAAA", "2222-BBBBB", "0000-ZZZZZ", "3333-CCCCC"]  # once each
+    assert [[r.user_id for r in a] for a in answers] == asks
+    assert [[r.found for r in a] for a in answers] == [[True], [True, False], [True], [True, True]]
+    assert batcher.reads == 1 and batcher.requests == 4
+
+
+def test_requests_arriving_during_a_read_wait_and_go_out_together():
+    reader = RecordingReader()
+    batcher = LookupBatcher(reader, max_inflight=1)  # type: ignore[arg-type]
+
+    async def main():
+        reader.gate.clear()
+        first = asyncio.ensure_future(batcher.lookup(["1111-AAAAA"], None))
+        await asyncio.get_running_loop().run_in_executor(None, reader.entered.wait, 10)
+        later = [asyncio.ensure_future(batcher.lookup([f"{i}000-DDDDD"], None)) for i in range(1, 6)]
+        await asyncio.sleep(0)  # let them queue
+        assert len(reader.reads) == 1  # still held by the gate
+        reader.gate.set()
+        try:
+            return await first, await asyncio.gather(*later)
+        finally:
+            batcher.stop()
+
+    first, later = run(main())
+    assert [r.user_id for r in first] == ["1111-AAAAA"]
+    assert [a[0].user_id for a in later] == [f"{i}000-DDDDD" for i in range(1, 6)]
+    assert [ids for ids, _ in reader.reads] == [["1111-AAAAA"], [f"{i}000-DDDDD" for i in range(1, 6)]]
+
+
+def test_an_error_reaches_only_the_requests_of_its_selection():
+    reader = RecordingReader()
+    batcher = LookupBatcher(reader)  # type: ignore[arg-type]
+
+    async def main():
+        try:
+            return await asyncio.gather(
+                batcher.lookup(["1111-AAAAA"], ["nope"]),
+                batcher.lookup(["2222-BBBBB"], None),
+                batcher.lookup(["3333-CCCCC"], ["v:f"]),
+                return_exceptions=True,
+            )
+        finally:
+            batcher.stop()
+
+    bad, everything, chosen = run(main())
+    assert isinstance(bad, UnknownFeatures)
+    assert [r.user_id for r in everything] == ["2222-BBBBB"]  # type: ignore[union-attr]
+    assert [r.user_id for r in chosen] == ["3333-CCCCC"]  # type: ignore[union-attr]
+    assert sorted(sel or () for _, sel in reader.reads) == [(), ("nope",), ("v:f",)]
+
+
+def test_a_read_never_takes_more_than_max_keys_user_ids_but_always_one_request():
+    reader = RecordingReader()
+    batcher = LookupBatcher(reader, max_inflight=1, max_keys=4)  # type: ignore[arg-type]
+    asks = [[f"{i}{j}00-EEEEE" for j in range(n)] for i, n in enumerate([3, 1, 2, 6, 1], start=1)]
+
+    async def main():
+        try:
+            return await asyncio.gather(*(batcher.lookup(ids, None) for ids in asks))
+        finally:
+            batcher.stop()
+
+    answers = run(main())
+    assert [[r.user_id for r in a] for a in answers] == asks
+    assert [len(ids) for ids, _ in reader.reads] == [4, 2, 6, 1]  # 3+1 | 2 (2+6 > 4) | 6 alone | 1
+
+
+def test_max_inflight_must_be_positive():
+    with pytest.raises(ValueError, match="max_inflight"):
+        LookupBatcher(RecordingReader(), max_inflight=0)  # type: ignore[arg-type]
