@@ -13,8 +13,13 @@
     GET  /lag/history          recent lag and freshness per topic (for the dashboard)
     GET  /dashboard            a page that plots lag and freshness, refreshing by itself
 
+With STREAMFLOW_API_TOKEN set, every route but /health and the dashboard page requires
+``Authorization: Bearer <token>`` (api.auth; /metrics may have STREAMFLOW_METRICS_TOKEN of its own).
+
 The routes live in api.feature_routes, api.health_routes and api.lag_routes, the error answers
 in api.errors; this module wires them, the metrics and the background parts (lifespan).
+Middleware, outermost first: metrics (every answer counted, 401s too), bearer authentication,
+the fast path of `GET /features/{user_id}` (api.fast_path), then FastAPI's router.
 Feature lookups go through one :class:`api.batcher.LookupBatcher` per process: the users of
 concurrent requests are read together, on threads of its own, so blocking psycopg calls never
 run on the event loop and a slow database never stalls /health or /metrics; /ready's checks
@@ -36,6 +41,7 @@ from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
 from api import feature_routes, health_routes, lag_routes
+from api.auth import BearerAuth
 from api.batcher import LookupBatcher
 from api.errors import add_exception_handlers, error
 from api.fast_path import FeatureFastPath
@@ -172,11 +178,15 @@ def create_app(
     freeze_gc: bool = False,
     lag: bool = True,
     fast_path: bool = True,
+    tokens: tuple[str, ...] | None = None,
+    metrics_tokens: tuple[str, ...] | None = None,
 ) -> FastAPI:
     """The API application. ``reader`` or ``store`` replace the configured Feast store (tests).
 
     ``fast_path``: answer the common `GET /features/{user_id}` in plain ASGI (api.fast_path);
     off, FastAPI's route answers every request (the reference the tests compare it with).
+    ``tokens``, ``metrics_tokens``: the bearer tokens api.auth requires (default: the settings
+    STREAMFLOW_API_TOKEN and STREAMFLOW_METRICS_TOKEN; empty, none).
 
     ``freeze_gc`` (the server does it): once started, move every object alive to the garbage
     collector's permanent generation. Feast, pandas and pyarrow leave ~170,000 objects behind;
@@ -201,9 +211,15 @@ def create_app(
     app.include_router(lag_routes.router)
     app.include_router(feature_routes.router)
     app.include_router(health_routes.router)
+    env = config.settings().api
     if fast_path:
         app.add_middleware(FeatureFastPath, state=app.state)
-    app.add_middleware(MetricsMiddleware, metrics=metrics)  # (added last: outside the fast path)
+    app.add_middleware(
+        BearerAuth,
+        tokens=env.tokens() if tokens is None else tokens,
+        metrics_tokens=env.metrics_tokens() if metrics_tokens is None else metrics_tokens,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)  # (added last: outermost, counts 401s too)
     add_exception_handlers(app)
     return app
 

@@ -30,7 +30,12 @@ port="${STREAMFLOW_API_PORT:-8000}"
 sf api --port "$port" >out/api-demo.log 2>&1 &
 api_pid=$!
 trap 'kill $api_pid 2>/dev/null || true' EXIT
-get() { .venv/bin/python -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())' "http://127.0.0.1:$port$1"; }
+# (with STREAMFLOW_API_TOKEN set, the requests carry its first token)
+get() { .venv/bin/python -c '
+import os, sys, urllib.request
+token = os.environ.get("STREAMFLOW_API_TOKEN", "").split(",")[0].strip()
+request = urllib.request.Request(sys.argv[1], headers={"Authorization": f"Bearer {token}"} if token else {})
+print(urllib.request.urlopen(request, timeout=10).read().decode())' "http://127.0.0.1:$port$1"; }
 for _ in $(seq 1 120); do get /health >/dev/null 2>&1 && break; sleep 0.5; done
 first=$(echo "$users" | head -n 1)
 get "/features/$first" | .venv/bin/python -m json.tool | sed -n '1,30p'  # sed reads it all: no SIGPIPE

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import typing
 from dataclasses import dataclass
@@ -241,6 +242,44 @@ class Api(_Group):
         gt=0,
         allow_inf_nan=False,
     )
+    token: SecretStr = var(
+        "STREAMFLOW_API_TOKEN",
+        SecretStr(""),
+        "bearer token(s), comma-separated: when set, every route but /health and the dashboard page "
+        "requires `Authorization: Bearer <token>` (empty: no authentication)",
+    )
+    metrics_token: SecretStr = var(
+        "STREAMFLOW_METRICS_TOKEN",
+        SecretStr(""),
+        "bearer token(s), comma-separated, of GET /metrics alone (empty: STREAMFLOW_API_TOKEN's rule)",
+    )
+
+    @field_validator("token", "metrics_token", mode="after")
+    @classmethod
+    def _tokens(cls, value: SecretStr) -> SecretStr:
+        """Each token: at least 16 characters of RFC 6750's token alphabet (never echoed back)."""
+        for token in split_tokens(value):
+            if len(token) < MIN_TOKEN_LENGTH or not TOKEN_PATTERN.fullmatch(token):
+                raise ValueError(
+                    f"tokens of {MIN_TOKEN_LENGTH} or more characters of A-Z a-z 0-9 - . _ ~ + / "
+                    "(and = at the end), comma-separated"
+                )
+        return value
+
+    def tokens(self) -> tuple[str, ...]:
+        return split_tokens(self.token)
+
+    def metrics_tokens(self) -> tuple[str, ...]:
+        return split_tokens(self.metrics_token)
+
+
+MIN_TOKEN_LENGTH = 16
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+"""RFC 6750's b64token: what a bearer token may hold."""
+
+
+def split_tokens(value: SecretStr) -> tuple[str, ...]:
+    return tuple(t.strip() for t in value.get_secret_value().split(",") if t.strip())
 
 
 class Lag(_Group):
@@ -431,6 +470,8 @@ def _problem(cls: type[_Group], error: ErrorDetails) -> str:
         expected = f"a finite number{_range(info)}"
     elif kind.startswith(("int", "float")):
         expected = _kind(info)
+    elif kind == "value_error":  # our own validators: their message says what is expected
+        expected = str(error.get("ctx", {}).get("error", error["msg"]))
     else:
         expected = error["msg"][:1].lower() + error["msg"][1:]
     if "input" not in error:

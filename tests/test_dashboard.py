@@ -34,11 +34,19 @@ CHROMIUM_FLAGS = [
 ]
 
 
+TOKEN = "dashboard-token-0123456789abcdef"
+"""The API of these tests requires a bearer token (STREAMFLOW_API_TOKEN), as a deployment would."""
+
+
+def authorized(url: str) -> urllib.request.Request:
+    return urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
+
+
 def wait_http(url: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=2):
+            with urllib.request.urlopen(authorized(url), timeout=2):
                 return
         except OSError:
             if time.monotonic() > deadline:
@@ -54,7 +62,7 @@ DEAD_LETTER_REASONS = [
 
 
 def get_json(url: str):
-    with urllib.request.urlopen(url, timeout=10) as resp:
+    with urllib.request.urlopen(authorized(url), timeout=10) as resp:
         return orjson.loads(resp.read())
 
 
@@ -74,7 +82,7 @@ def wait_history(base: str, points: int, timeout: float = 60) -> list[dict]:
 def commit_and_wait(base: str, group: str, offset: int) -> None:
     """Commit ``offset`` on the events' partition like a consumer that got there, then wait until
     the API has sampled it."""
-    with urllib.request.urlopen(f"{base}/lag", timeout=10) as resp:
+    with urllib.request.urlopen(authorized(f"{base}/lag"), timeout=10) as resp:
         sample = orjson.loads(resp.read())["sample"]
     p = next(p for t in sample["topics"] for p in t["partitions"] if p["log_end_offset"] == 50)
     tp = TopicPartition(p["topic"], p["partition"])
@@ -116,7 +124,12 @@ def lagging_api(monkeypatch, kafka_bootstrap, pg_settings, tmp_path):
         cwd=config.REPO_ROOT,
         stdout=log,
         stderr=log,
-        env={**os.environ, "STREAMFLOW_CONSUMER_GROUP": group, "STREAMFLOW_LAG_INTERVAL": "1"},
+        env={
+            **os.environ,
+            "STREAMFLOW_CONSUMER_GROUP": group,
+            "STREAMFLOW_LAG_INTERVAL": "1",
+            "STREAMFLOW_API_TOKEN": TOKEN,
+        },
     )
     try:
         wait_http(f"http://127.0.0.1:{port}/health")
@@ -130,14 +143,14 @@ def lagging_api(monkeypatch, kafka_bootstrap, pg_settings, tmp_path):
 
 def test_lag_endpoint_reports_the_pending_events(lagging_api):
     base, group = lagging_api
-    with urllib.request.urlopen(f"{base}/lag", timeout=10) as resp:
+    with urllib.request.urlopen(authorized(f"{base}/lag"), timeout=10) as resp:
         body = orjson.loads(resp.read())
     assert body["group"] == group
     assert body["sample"]["lag"] == 50
     assert body["sample"]["lag_seconds"] > 0
-    with urllib.request.urlopen(f"{base}/lag/history", timeout=10) as resp:
+    with urllib.request.urlopen(authorized(f"{base}/lag/history"), timeout=10) as resp:
         assert len(orjson.loads(resp.read())["points"]) >= 2
-    with urllib.request.urlopen(f"{base}/metrics", timeout=10) as resp:
+    with urllib.request.urlopen(authorized(f"{base}/metrics"), timeout=10) as resp:
         text = resp.read().decode()
     assert f'streamflow_consumer_lag_messages{{group="{group}"' in text
     deadline = time.monotonic() + 60
@@ -152,26 +165,40 @@ def test_lag_endpoint_reports_the_pending_events(lagging_api):
     assert summary["by_topic"] == {table_topics()[0]: 3}
 
 
-def test_dashboard_renders_charts_with_data_and_no_console_errors(lagging_api, tmp_path):
+def load_page(url: str, tmp_path) -> subprocess.CompletedProcess:
+    """The page's DOM after its scripts ran (headless Chromium, 6 s of virtual time)."""
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.fail("chromium is not installed (scripts/test.sh installs it with apt-get)", pytrace=False)
-    base, group = lagging_api
-    for offset in (10, 20, 30):  # a consumer at work: a consume rate, hence a time to drain
-        commit_and_wait(base, group, offset)
-    result = subprocess.run(
+    return subprocess.run(
         [
             chromium,
             *CHROMIUM_FLAGS,
             f"--user-data-dir={tmp_path / 'profile'}",
             "--virtual-time-budget=6000",
             "--dump-dom",
-            f"{base}/dashboard",
+            url,
         ],
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def test_dashboard_without_the_token_says_how_to_give_it(lagging_api, tmp_path):
+    base, _ = lagging_api
+    dom = load_page(f"{base}/dashboard", tmp_path).stdout
+    assert 'data-auth="refused"' in dom and "needs a token: open /dashboard#token=" in dom
+    assert 'data-ready="1"' not in dom
+    dom = load_page(f"{base}/dashboard#token=not-the-token-0123456789", tmp_path / "wrong").stdout
+    assert 'data-auth="refused"' in dom and "refused this token" in dom
+
+
+def test_dashboard_renders_charts_with_data_and_no_console_errors(lagging_api, tmp_path):
+    base, group = lagging_api
+    for offset in (10, 20, 30):  # a consumer at work: a consume rate, hence a time to drain
+        commit_and_wait(base, group, offset)
+    result = load_page(f"{base}/dashboard#token={TOKEN}", tmp_path)
     dom = result.stdout
     assert 'data-ready="1"' in dom, result.stderr[-2000:]
     for chart in ("chart-lag", "chart-lag-seconds", "chart-drain"):

@@ -103,6 +103,11 @@ SAMPLES = {
     "STREAMFLOW_API_WORKERS": ("4", 4),
     "STREAMFLOW_API_REGISTRY_REFRESH": ("30", 30.0),
     "STREAMFLOW_API_DB_TIMEOUT": ("0.5", 0.5),
+    "STREAMFLOW_API_TOKEN": (
+        "tok-0123456789abcdef,tok-fedcba9876543210",
+        "tok-0123456789abcdef,tok-fedcba9876543210",
+    ),
+    "STREAMFLOW_METRICS_TOKEN": ("scrape-0123456789abcdef", "scrape-0123456789abcdef"),
     "STREAMFLOW_LAG_INTERVAL": ("1.5", 1.5),
     "STREAMFLOW_LAG_TIMEOUT": ("4", 4.0),
     "STREAMFLOW_LAG_MAX_BACKOFF": ("60", 60.0),
