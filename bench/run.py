@@ -28,6 +28,7 @@ BENCHMARKS = [
     "producer",
     "freshness",
     "api_latency",
+    "api_load",
     "lag_sample",
     "offline_retrieval",
     "memory",

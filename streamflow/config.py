@@ -227,7 +227,18 @@ class Api(_Group):
 
     host: str = var("STREAMFLOW_API_HOST", "127.0.0.1", "address the API listens on (`--host`)")
     port: int = var("STREAMFLOW_API_PORT", 8000, "port the API listens on (`--port`)", ge=0, le=65535)
-    workers: int = var("STREAMFLOW_API_WORKERS", 1, "API worker processes (`--workers`)", ge=1)
+    workers: int = var(
+        "STREAMFLOW_API_WORKERS",
+        0,
+        "API worker processes (`--workers`); 0: one per CPU core this process may use",
+        ge=0,
+    )
+
+    def worker_count(self) -> int:
+        """``workers``, with 0 resolved to the CPU cores available (the affinity mask, not the
+        machine's count, so a container limited to 2 cores gets 2)."""
+        return self.workers or max(1, len(os.sched_getaffinity(0)))
+
     registry_refresh: float = var(
         "STREAMFLOW_API_REGISTRY_REFRESH",
         60.0,

@@ -127,6 +127,7 @@ def test_defaults_when_nothing_is_set(clean_env):
     assert s.kafka.message_max_bytes == 2 * 1024 * 1024
     assert s.consumer.group == "streamflow-consumer" == config.DEFAULT_CONSUMER_GROUP
     assert s.consumer.metrics_port is None and s.consumer.max_outage is None
+    assert s.api.workers == 0 and s.api.worker_count() == len(os.sched_getaffinity(0))
     assert s.paths.data_dir == config.REPO_ROOT / "data"
     assert s.logs.level is None and s.logs.no_progress is False
 
@@ -225,12 +226,12 @@ def test_a_bad_value_is_one_line_naming_the_variable(clean_env, name, value, mes
 
 def test_several_bad_values_are_still_one_line(clean_env):
     clean_env.setenv("STREAMFLOW_PARTITIONS", "abc")
-    clean_env.setenv("STREAMFLOW_API_WORKERS", "0")
+    clean_env.setenv("STREAMFLOW_API_WORKERS", "-1")  # (0 is valid: one worker per core)
     with pytest.raises(config.ConfigError) as info:
         config.settings()
     assert str(info.value) == (
         "STREAMFLOW_PARTITIONS: expected an integer, got 'abc'; "
-        "STREAMFLOW_API_WORKERS: expected an integer >= 1, got '0'"
+        "STREAMFLOW_API_WORKERS: expected an integer >= 0, got '-1'"
     )
 
 
