@@ -2,10 +2,12 @@
 
     streamflow api [--host 127.0.0.1] [--port 8000] [--workers N]
 
-Workers: one process per CPU core by default (STREAMFLOW_API_WORKERS=0). Each worker is one
-event loop; a lookup costs ~0.25 ms of it, so a core serves ~4,000 lookups/s at saturation,
-and more workers than cores only add context switches. Give PostgreSQL its own cores in
-production (measured: bench/api_load.py).
+Workers: one by default. A worker is one event loop; a lookup costs about 0.25 ms of it, so
+one worker serves about 4,000 lookups/s at saturation (bench/api_load.py). ``--workers N``
+(0: one per CPU core) shares one port between N processes, but each keeps its own Prometheus
+counters, lag sampler and dead-letter tally, and a scrape or a dashboard refresh reaches any
+one of them. To use more cores, run one API process per core, each on its own port behind
+the load balancer and each its own Prometheus target (README, "Scaling the API").
 
 Every flag falls back to an environment variable (STREAMFLOW_API_HOST, STREAMFLOW_API_PORT,
 STREAMFLOW_API_WORKERS, STREAMFLOW_LOG_LEVEL); PostgreSQL and Feast come from the usual
@@ -46,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=env.worker_count(),
-        help="worker processes (env STREAMFLOW_API_WORKERS, 0: one per CPU core; default here %(default)s)",
+        help="worker processes (env STREAMFLOW_API_WORKERS, 0: one per CPU core; default %(default)s)",
     )
     parser.add_argument(
         "--log-level",

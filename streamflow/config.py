@@ -229,8 +229,9 @@ class Api(_Group):
     port: int = var("STREAMFLOW_API_PORT", 8000, "port the API listens on (`--port`)", ge=0, le=65535)
     workers: int = var(
         "STREAMFLOW_API_WORKERS",
-        0,
-        "API worker processes (`--workers`); 0: one per CPU core this process may use",
+        1,
+        "API worker processes (`--workers`; 0: one per CPU core); each has its own metrics, lag "
+        "sampler and dead-letter tally (README, Scaling the API)",
         ge=0,
     )
 

@@ -100,7 +100,7 @@ SAMPLES = {
     "STREAMFLOW_MAX_OUTAGE": ("90.5", 90.5),
     "STREAMFLOW_API_HOST": ("0.0.0.0", "0.0.0.0"),
     "STREAMFLOW_API_PORT": ("8080", 8080),
-    "STREAMFLOW_API_WORKERS": ("4", 4),
+    "STREAMFLOW_API_WORKERS": ("0", 0),
     "STREAMFLOW_API_REGISTRY_REFRESH": ("30", 30.0),
     "STREAMFLOW_API_DB_TIMEOUT": ("0.5", 0.5),
     "STREAMFLOW_API_TOKEN": (
@@ -127,7 +127,7 @@ def test_defaults_when_nothing_is_set(clean_env):
     assert s.kafka.message_max_bytes == 2 * 1024 * 1024
     assert s.consumer.group == "streamflow-consumer" == config.DEFAULT_CONSUMER_GROUP
     assert s.consumer.metrics_port is None and s.consumer.max_outage is None
-    assert s.api.workers == 0 and s.api.worker_count() == len(os.sched_getaffinity(0))
+    assert s.api.workers == 1 == s.api.worker_count()
     assert s.paths.data_dir == config.REPO_ROOT / "data"
     assert s.logs.level is None and s.logs.no_progress is False
 
@@ -438,3 +438,10 @@ def test_a_role_with_a_nasty_password_connects_with_settings_from_the_environmen
                 psycopg.connect(config.postgres().conninfo, connect_timeout=5).close()
         finally:
             admin.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role)))
+
+
+def test_zero_api_workers_means_one_per_available_core(clean_env):
+    clean_env.setenv("STREAMFLOW_API_WORKERS", "0")
+    assert config.settings().api.worker_count() == len(os.sched_getaffinity(0))
+    clean_env.setenv("STREAMFLOW_API_WORKERS", "3")
+    assert config.settings().api.worker_count() == 3
