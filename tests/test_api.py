@@ -511,6 +511,24 @@ def test_unexpected_error_is_500_json_without_internals_and_logged(data, caplog,
         assert 'status="500"' in c.get("/metrics").text
 
 
+def test_unexpected_error_behind_fastapis_route_is_one_500_logged_once(data, caplog, monkeypatch):
+    app = create_app(lag=False)
+    with TestClient(app) as c:  # (the test client raises what reaches the server)
+
+        def boom(*args, **kwargs):
+            raise RuntimeError("secret: postgresql://streamflow:streamflow@127.0.0.1:5432/streamflow")
+
+        monkeypatch.setattr(app.state.reader, "lookup", boom)
+        with caplog.at_level(logging.ERROR):
+            r = c.post("/features", json={"user_ids": [data.users[0]]})
+        assert_error(r, 500, "internal_error")
+        assert "secret" not in r.text
+        logged = [rec for rec in caplog.records if rec.exc_info and "secret" in str(rec.exc_info[1])]
+        assert len(logged) == 1, [rec.getMessage() for rec in logged]
+        metrics = c.get("/metrics").text
+        assert 'route="/features",status="500"' in metrics.replace('method="POST",', "")
+
+
 # --- PostgreSQL unreachable ----------------------------------------------------------------------
 
 
