@@ -11,15 +11,21 @@ the load balancer and each its own Prometheus target (README, "Scaling the API")
 
 Every flag falls back to an environment variable (STREAMFLOW_API_HOST, STREAMFLOW_API_PORT,
 STREAMFLOW_API_WORKERS, STREAMFLOW_LOG_LEVEL); PostgreSQL and Feast come from the usual
-POSTGRES_* and FEAST_PROJECT variables (streamflow.config).
+POSTGRES_* and FEAST_PROJECT variables (streamflow.config). The API connects as its read-only role
+(POSTGRES_API_USER, POSTGRES_API_PASSWORD; streamflow.db_roles) and stops at once, with one line
+saying to run `streamflow apply`, when that role cannot log in or lacks a grant.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
-from streamflow import config, logs
+from streamflow import config, db_roles, logs
+from streamflow.errors import ServiceUnavailable, StreamflowError
+
+log = logging.getLogger("api")
 
 
 def _port(text: str) -> int:
@@ -64,7 +70,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.workers < 1:
         print("streamflow api: --workers must be at least 1", file=sys.stderr)
         return 2
+    config.use_role("api")  # this process and its workers read as the API's role (streamflow.db_roles)
     logs.setup(args.log_level)
+    try:
+        db_roles.check_ready("the API")
+    except ServiceUnavailable as exc:  # the API starts anyway: /ready answers 503 until PostgreSQL does
+        log.warning("%s", exc)
+    except StreamflowError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
     import uvicorn
 
     uvicorn.run(

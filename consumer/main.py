@@ -9,6 +9,10 @@ current batch (or abandon it, uncommitted, while its writes are being retried), 
 written and leave the group. No error of the Kafka client ends it: each is one log line, then a
 backoff; a client that keeps failing is replaced by a new one that rejoins the group. It exits
 (code 4) only when Kafka stays unreachable longer than --max-outage, if given.
+
+It connects to PostgreSQL as the consumer's role (POSTGRES_CONSUMER_USER; streamflow.db_roles), never as
+the owner, and stops at once (code 2, one line saying to run `streamflow apply`) when that role cannot
+log in or lacks a grant.
 """
 
 from __future__ import annotations
@@ -101,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = parser()
     args = p.parse_args(argv)
+    config.use_role("consumer")  # this process and its --processes members (streamflow.db_roles)
     if args.member is None and args.processes > 1:
         if args.metrics_port and args.metrics_port + args.processes - 1 > 65535:
             p.error(f"--metrics-port {args.metrics_port} + --processes {args.processes}: ports beyond 65535")

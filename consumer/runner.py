@@ -39,7 +39,7 @@ from consumer.dead_letter import DeadLetterError, DeadLetterQueue
 from consumer.metrics import ConsumerMetrics
 from consumer.outage import Outage, OutageExceeded, Watchdog
 from consumer.write_errors import describe, isolate
-from streamflow import config, event_batch, kafka_clients, schema
+from streamflow import config, db_roles, event_batch, kafka_clients, schema
 from streamflow.feature_store import database_errors, get_store, push
 
 log = logging.getLogger("consumer")
@@ -124,7 +124,10 @@ class StreamConsumer:
         self.dead_letters = self.outage.connect(
             "connecting the dead-letter producer", lambda: DeadLetterQueue(kafka=self.kafka)
         )
-        # Open the feature store (Feast import, registry) before joining, not in the first batch.
+        # The role may write what the consumer writes (one line saying to run `streamflow apply` if
+        # not); then open the feature store (Feast import, registry) before joining, not in the
+        # first batch.
+        db_roles.check_ready("the consumer")
         with database_errors("opening the feature store"):
             get_store().list_feature_views()
         self._subscribe()

@@ -122,10 +122,12 @@ EOF
       || die "PostgreSQL did not start; see $PG_SOCK/postgres.log"
   fi
   local psql=("$bin/psql" -h "$PG_SOCK" -p "$PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -qtA)
+  # the owner role: createdb for the tests' own databases, createrole for `streamflow apply`, which
+  # creates the API's and the consumer's least-privilege roles (streamflow/db_roles.py)
   if [ "$(as_pg "${psql[@]}" -c "select 1 from pg_roles where rolname='$PG_USER'")" != 1 ]; then
-    as_pg "${psql[@]}" -c "create role \"$PG_USER\" login createdb password '$PG_PASSWORD'"
+    as_pg "${psql[@]}" -c "create role \"$PG_USER\" login createdb createrole password '$PG_PASSWORD'"
   else
-    as_pg "${psql[@]}" -c "alter role \"$PG_USER\" login createdb password '$PG_PASSWORD'"
+    as_pg "${psql[@]}" -c "alter role \"$PG_USER\" login createdb createrole password '$PG_PASSWORD'"
   fi
   if [ "$(as_pg "${psql[@]}" -c "select 1 from pg_database where datname='$PG_DB'")" != 1 ]; then
     as_pg "${psql[@]}" -c "create database \"$PG_DB\" owner \"$PG_USER\""

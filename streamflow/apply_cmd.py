@@ -1,11 +1,12 @@
-"""`streamflow apply`: create the warehouse tables and register the Feast objects."""
+"""`streamflow apply`: create the warehouse tables, register the Feast objects, and create the
+consumer's and the API's least-privilege database roles with their grants."""
 
 from __future__ import annotations
 
 import argparse
 import logging
 
-from streamflow import logs
+from streamflow import config, logs
 from streamflow.errors import StreamflowError
 from streamflow.feature_store import apply
 
@@ -14,6 +15,7 @@ log = logging.getLogger("streamflow.apply")
 
 def main(argv: list[str] | None = None) -> int:
     argparse.ArgumentParser(prog="streamflow apply", description=__doc__).parse_args(argv)
+    config.use_role("owner")  # tables, registry and roles are the owner's work
     logs.setup()
     try:
         names = apply()

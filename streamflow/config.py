@@ -70,8 +70,31 @@ class _Group(BaseSettings):
         return (init_settings, env_settings)
 
 
+DbRole = Literal["owner", "consumer", "api"]
+DB_ROLES: tuple[DbRole, ...] = ("owner", "consumer", "api")
+
+
 class Postgres(_Group):
-    """PostgreSQL: the warehouse, Feast's SQL registry and its offline and online stores."""
+    """PostgreSQL: the warehouse, Feast's SQL registry and its offline and online stores.
+
+    Three roles, created and granted by ``streamflow apply`` (streamflow/db_roles.py):
+
+    * **owner** (``POSTGRES_USER``): owns every table; ``apply``, ``load``, ``materialize`` and the
+      other batch commands. Nothing long-running connects as the owner.
+    * **consumer** (``POSTGRES_CONSUMER_USER``): ``streamflow consume`` (every ``--processes``
+      member). Writes the online and offline tables the consumer pushes to, reads the registry.
+    * **api** (``POSTGRES_API_USER``): ``streamflow api`` (every worker). Reads the online tables
+      and the registry, nothing else.
+
+    A process connects as one role: the one ``STREAMFLOW_DB_ROLE`` names (default ``owner``).
+    ``streamflow consume`` and ``streamflow api`` set it themselves (:func:`use_role`), so their
+    processes and children connect as ``consumer`` and ``api`` whatever the variable says.
+    :func:`postgres` returns the connection settings of the process's role (its ``user`` and
+    ``password`` are that role's); everything that connects (our code, Feast's store configs and
+    registry through streamflow.feast_stores.settings) goes through it. This object, as
+    ``settings().postgres`` holds it, has the owner's ``user`` and ``password``; :meth:`for_role`
+    gives another role's.
+    """
 
     host: str = var("POSTGRES_HOST", "127.0.0.1", "PostgreSQL host (or the directory of its Unix socket)")
     port: int = var("POSTGRES_PORT", 5432, "PostgreSQL port", ge=1, le=65535)
@@ -80,12 +103,54 @@ class Postgres(_Group):
         "streamflow",
         "database of the warehouse, the Feast registry and the offline and online stores",
     )
-    user: str = var("POSTGRES_USER", "streamflow", "PostgreSQL role")
+    user: str = var(
+        "POSTGRES_USER", "streamflow", "PostgreSQL role that owns the tables (`apply`, `load`, `materialize`)"
+    )
     password: SecretStr = var(
         "POSTGRES_PASSWORD",
         SecretStr("streamflow"),
-        "password of the role (`streamflow config` shows it masked)",
+        "password of the owner role (`streamflow config` shows it masked)",
     )
+    consumer_user: str = var(
+        "POSTGRES_CONSUMER_USER",
+        "streamflow_consumer",
+        "role of `streamflow consume`: writes the tables it pushes to (`apply` creates it)",
+    )
+    consumer_password: SecretStr = var(
+        "POSTGRES_CONSUMER_PASSWORD",
+        SecretStr("streamflow_consumer"),
+        "password of the consumer's role (`apply` sets it; shown masked)",
+    )
+    api_user: str = var(
+        "POSTGRES_API_USER",
+        "streamflow_api",
+        "role of `streamflow api`: reads the online tables and the registry (`apply` creates it)",
+    )
+    api_password: SecretStr = var(
+        "POSTGRES_API_PASSWORD",
+        SecretStr("streamflow_api"),
+        "password of the API's role (`apply` sets it; shown masked)",
+    )
+    role: DbRole = var(
+        "STREAMFLOW_DB_ROLE",
+        "owner",
+        "role this process connects as: owner, consumer or api (`consume` and `api` choose their own)",
+    )
+
+    def credentials(self, role: DbRole) -> tuple[str, SecretStr]:
+        """(user, password) of one of the three roles."""
+        return {
+            "owner": (self.user, self.password),
+            "consumer": (self.consumer_user, self.consumer_password),
+            "api": (self.api_user, self.api_password),
+        }[role]
+
+    def for_role(self, role: DbRole) -> Postgres:
+        """These settings connecting as ``role``: its user and password in ``user`` and ``password``."""
+        if role == self.role and role == "owner":
+            return self
+        user, password = self.credentials(role)
+        return self.model_copy(update={"user": user, "password": password, "role": role})
 
     def conninfo_kwargs(self) -> dict[str, Any]:
         return dict(
@@ -496,7 +561,17 @@ def _problem(cls: type[_Group], error: ErrorDetails) -> str:
 
 
 def postgres() -> Postgres:
-    return settings().postgres
+    """The connection settings of this process's role (``STREAMFLOW_DB_ROLE``, see :class:`Postgres`)."""
+    pg = settings().postgres
+    return pg.for_role(pg.role)
+
+
+def use_role(role: DbRole) -> None:
+    """Connect this process, and the processes it starts, as ``role`` from now on: sets
+    ``STREAMFLOW_DB_ROLE`` (``streamflow consume`` and ``streamflow api`` call it first thing)."""
+    if role not in DB_ROLES:
+        raise ValueError(f"no such database role: {role!r} (one of {', '.join(DB_ROLES)})")
+    os.environ["STREAMFLOW_DB_ROLE"] = role
 
 
 def kafka_bootstrap() -> str:

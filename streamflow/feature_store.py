@@ -104,17 +104,27 @@ def database_errors(action: str):
 
 
 def apply() -> list[str]:
-    """Create the warehouse tables and register every Feast object (idempotent)."""
+    """Create the warehouse tables, register every Feast object, then create the consumer's and the
+    API's roles and grant them their privileges on those tables (streamflow.db_roles). Idempotent;
+    runs as the owner role."""
     import psycopg
 
     from feature_repo import definitions
-    from streamflow import warehouse
+    from streamflow import db_roles, warehouse
 
+    pg = config.postgres()
+    if pg.role != "owner":
+        raise db_roles.RoleSetupError(
+            f"apply creates the tables and roles as the owner role (POSTGRES_USER), not as the {pg.role} "
+            f"role: unset STREAMFLOW_DB_ROLE"
+        )
     with database_errors("feast apply"):
-        with psycopg.connect(config.postgres().conninfo, connect_timeout=5) as conn:
+        with psycopg.connect(pg.conninfo, connect_timeout=5) as conn:
             warehouse.ensure_schema(conn)
         objects = definitions.all_objects()
         get_store().apply(objects)
+        with psycopg.connect(pg.conninfo, connect_timeout=5, autocommit=True) as conn:
+            db_roles.ensure_roles(conn, config.settings().postgres, get_store().project)
     names = [o.name for o in objects]
     log.info("applied %d Feast objects to project %s: %s", len(names), get_store().project, ", ".join(names))
     return names

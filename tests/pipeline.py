@@ -74,6 +74,34 @@ def consumer_process(group: str, *args: str, log_path: Path | None = None) -> su
     )
 
 
+def api_process(port: int, *, log_path: Path | None = None, env: dict | None = None) -> subprocess.Popen:
+    """Start `streamflow api` as its own process on 127.0.0.1:port (same environment plus ``env``)."""
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL
+    return subprocess.Popen(
+        [sys.executable, "-m", "api.main", "--host", "127.0.0.1", "--port", str(port)],
+        cwd=REPO,
+        env={**os.environ, **(env or {})},
+        stdout=out,
+        stderr=out,
+    )
+
+
+def wait_http(url: str, timeout: float = 60) -> None:
+    """Wait until a GET of ``url`` answers 2xx (OSError after ``timeout`` seconds)."""
+    import time as _time
+    import urllib.request
+
+    deadline = _time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            if _time.monotonic() > deadline:
+                raise
+            _time.sleep(0.3)
+
+
 def _norm(value):
     if value is None or (isinstance(value, float) and pd.isna(value)) or value is pd.NA:
         return None

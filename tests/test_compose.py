@@ -1,10 +1,13 @@
 """docker-compose.yml is valid and runs the whole stack in the intended order; with
-docker-compose.cluster.yml on top, Kafka is a three-broker cluster."""
+docker-compose.cluster.yml on top, Kafka is a three-broker cluster. Credentials come from .env
+(.env.example here: the only one in a fresh clone), each process gets its own role's, and every
+published port is on the host's loopback."""
 
 import os
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
@@ -13,20 +16,40 @@ from streamflow import config
 
 COMPOSE = config.REPO_ROOT / "docker-compose.yml"
 CLUSTER = config.REPO_ROOT / "docker-compose.cluster.yml"
+ENV_EXAMPLE = config.REPO_ROOT / ".env.example"
 APP_SERVICES = ("init", "producer", "consumer", "api")
+PASSWORDS = (
+    "POSTGRES_PASSWORD",
+    "POSTGRES_CONSUMER_PASSWORD",
+    "POSTGRES_API_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
+)
 
 
-def compose(*files, env: dict | None = None, quiet: bool = True) -> subprocess.CompletedProcess:
+def compose(
+    *files, env: dict | None = None, quiet: bool = True, env_file: Path | None = ENV_EXAMPLE
+) -> subprocess.CompletedProcess:
+    """``docker-compose config`` of the files, with the variables of ``env_file`` (.env.example by
+    default: CI has no .env) and ``env`` (the environment wins over the file, as in compose)."""
     exe = shutil.which("docker-compose")
     if exe is None:
         pytest.fail(
             "docker-compose is not installed (scripts/test.sh installs it with apt-get)", pytrace=False
         )
     args = [exe, "--project-directory", str(config.REPO_ROOT)]
+    if env_file is not None:
+        args += ["--env-file", str(env_file)]
     for f in files:
         args += ["-f", str(f)]
     args += ["config", "-q"] if quiet else ["config"]
-    return subprocess.run(args, capture_output=True, text=True, env={**os.environ, **(env or {})})
+    outer = {k: v for k, v in os.environ.items() if k not in PASSWORDS and k not in config.VARIABLES}
+    return subprocess.run(args, capture_output=True, text=True, env={**outer, **(env or {})})
+
+
+def merged(*files, **kwargs) -> dict:
+    done = compose(*files, quiet=False, **kwargs)
+    assert done.returncode == 0, done.stderr
+    return yaml.safe_load(done.stdout)["services"]
 
 
 def test_compose_file_is_valid():
@@ -48,8 +71,8 @@ def test_compose_services_have_health_checks_and_ordering():
     assert services["init"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     for name in ("producer", "consumer", "api"):
         assert services[name]["depends_on"]["init"]["condition"] == "service_completed_successfully"
-    # the stack's credentials are the local defaults of the code (one set of values)
-    env = services["postgres"]["environment"]
+    # the stack's role and database names are the local defaults of the code (one set of values)
+    env = merged(COMPOSE)["postgres"]["environment"]
     assert env["POSTGRES_USER"] == config.default("POSTGRES_USER")
     assert env["POSTGRES_DB"] == config.default("POSTGRES_DB")
 
@@ -57,8 +80,8 @@ def test_compose_services_have_health_checks_and_ordering():
 def test_compose_broker_takes_message_max_bytes_from_the_clients_variable():
     env = yaml.safe_load(COMPOSE.read_text())["services"]["kafka"]["environment"]
     assert env["KAFKA_MESSAGE_MAX_BYTES"] == "${KAFKA_MESSAGE_MAX_BYTES:-2097152}"
-    merged = yaml.safe_load(compose(COMPOSE, env={"KAFKA_MESSAGE_MAX_BYTES": "3000000"}, quiet=False).stdout)
-    assert merged["services"]["kafka"]["environment"]["KAFKA_MESSAGE_MAX_BYTES"] == "3000000"
+    kafka = merged(COMPOSE, env={"KAFKA_MESSAGE_MAX_BYTES": "3000000"})["kafka"]
+    assert kafka["environment"]["KAFKA_MESSAGE_MAX_BYTES"] == "3000000"
 
 
 def test_compose_cluster_override_runs_three_brokers_with_rf3_and_min_isr2():
@@ -140,11 +163,11 @@ def test_compose_runs_prometheus_and_grafana_provisioned_from_the_repository_on_
             assert mounts[target] == (f"./{source}", True), (name, target, mounts)
             assert (config.REPO_ROOT / source).exists(), source
     assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
-    # the admin password comes from the environment (or .env), with a local default
+    # the admin password comes from the environment (or .env), without a default
     env = services["grafana"]["environment"]
-    assert env["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:-admin}"
-    merged = yaml.safe_load(compose(COMPOSE, env={"GRAFANA_ADMIN_PASSWORD": "s3cret"}, quiet=False).stdout)
-    assert merged["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "s3cret"
+    assert env["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:?set it in .env, see .env.example}"
+    grafana = merged(COMPOSE, env={"GRAFANA_ADMIN_PASSWORD": "s3cret"})["grafana"]
+    assert grafana["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "s3cret"
 
 
 def test_prometheus_scrapes_the_compose_api_and_consumer_and_loads_the_alerts():
@@ -163,3 +186,87 @@ def test_prometheus_scrapes_the_compose_api_and_consumer_and_loads_the_alerts():
         (config.REPO_ROOT / "monitoring/grafana/provisioning/datasources/prometheus.yml").read_text()
     )
     assert [d["url"] for d in datasources["datasources"]] == ["http://prometheus:9090"]
+
+
+# -- credentials and ports ------------------------------------------------------------------------
+
+
+def _published(service: dict) -> list[str]:
+    """A service's published ports as ``docker-compose config`` prints them (long or short form)."""
+    out = []
+    for port in service.get("ports") or []:
+        if isinstance(port, dict):
+            out.append(f"{port.get('host_ip', '')}:{port.get('published', '')}:{port['target']}")
+        else:
+            out.append(str(port))
+    return out
+
+
+@pytest.mark.parametrize("files", [(COMPOSE,), (COMPOSE, CLUSTER)], ids=["single", "cluster"])
+def test_every_published_port_is_on_the_loopback_only(files):
+    services = merged(*files)
+    published = {name: _published(service) for name, service in services.items()}
+    assert published["postgres"] and published["kafka"]  # published, on the loopback (below)
+    for name, ports in published.items():
+        for port in ports:
+            assert port.startswith("127.0.0.1:"), f"{name} publishes {port} on every interface"
+
+
+def _password_lines(path: Path) -> list[str]:
+    """Lines of a compose file that give a password-like key a value that is no ${VARIABLE}."""
+    bad = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        match = re.match(
+            r"\s*-?\s*[\"']?([A-Za-z0-9_]*(PASSWORD|SECRET|PASSWD)[A-Za-z0-9_]*)[\"']?\s*[:=]\s*(.*)", line
+        )
+        if not match or match.group(3).strip() == "":
+            continue
+        value = match.group(3).strip().strip("\"'")
+        if not re.fullmatch(r"\$\{[A-Z0-9_]+:\?[^}]*\}", value):
+            bad.append(f"{path.name}:{n}: {line.strip()}")
+    return bad
+
+
+def test_no_password_is_written_in_the_compose_files_and_a_missing_one_stops_compose():
+    assert _password_lines(COMPOSE) == [] and _password_lines(CLUSTER) == []
+    compose_text = COMPOSE.read_text() + CLUSTER.read_text()
+    for name in PASSWORDS:
+        assert f"${{{name}:?" in compose_text, name
+        assert f"${{{name}:-" not in compose_text, f"{name} has a default in the compose file"
+    # .env.example lists every variable the files read without a default; .env is never committed
+    example = dict(
+        line.split("=", 1)
+        for line in ENV_EXAMPLE.read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert set(PASSWORDS) <= set(example)
+    assert ".env" in (config.REPO_ROOT / ".gitignore").read_text().splitlines()
+    # without .env (or the variables), compose names the missing variable and where to set it
+    done = compose(COMPOSE, env_file=None, env={"COMPOSE_PROJECT_NAME": "streamflow-missing-env"})
+    if (config.REPO_ROOT / ".env").exists():
+        pytest.skip("a .env exists in the repository: compose reads it")
+    assert done.returncode != 0
+    assert "set it in .env, see .env.example" in done.stderr
+
+
+@pytest.mark.parametrize("files", [(COMPOSE,), (COMPOSE, CLUSTER)], ids=["single", "cluster"])
+def test_each_process_gets_only_its_own_roles_credentials(files):
+    services = merged(*files, env={"POSTGRES_PASSWORD": "own3r", "POSTGRES_API_PASSWORD": "ap1"})
+    owner = {"POSTGRES_USER", "POSTGRES_PASSWORD"}
+    consumer = {"POSTGRES_CONSUMER_USER", "POSTGRES_CONSUMER_PASSWORD"}
+    api = {"POSTGRES_API_USER", "POSTGRES_API_PASSWORD"}
+    credentials = owner | consumer | api
+
+    def given(name):
+        return credentials & set(services[name]["environment"])
+
+    assert given("init") == credentials  # apply: the owner, and the passwords it gives the roles
+    assert given("consumer") == consumer
+    assert given("api") == api
+    assert given("producer") == set()  # Kafka only
+    assert services["postgres"]["environment"]["POSTGRES_PASSWORD"] == "own3r"
+    assert services["api"]["environment"]["POSTGRES_API_PASSWORD"] == "ap1"
+    for name in ("consumer", "api"):
+        assert services[name]["environment"][f"POSTGRES_{name.upper()}_USER"] == config.default(
+            f"POSTGRES_{name.upper()}_USER"
+        )

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 from types import SimpleNamespace
@@ -15,7 +13,8 @@ import pytest
 from kafka import TopicPartition
 
 from consumer.dead_letter import dead_letter_value
-from streamflow import config, kafka_clients
+from streamflow import kafka_clients
+from streamflow.feature_store import apply
 from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
 from streamflow.net import free_port
 from tests import pipeline
@@ -42,16 +41,7 @@ def authorized(url: str) -> urllib.request.Request:
     return urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
 
 
-def wait_http(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(authorized(url), timeout=2):
-                return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
+wait_http = pipeline.wait_http  # (/health: open without the token)
 
 
 DEAD_LETTER_REASONS = [
@@ -117,15 +107,12 @@ def lagging_api(monkeypatch, kafka_bootstrap, pg_settings, tmp_path):
         producer.send(dead_letter_topic(), key=bad.key, value=dead_letter_value(bad, reason, None))
     producer.flush()
     producer.close()
+    apply()  # the API connects as its role, which apply creates and grants
     port = free_port()
-    log = open(tmp_path / "api.log", "wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "api.main", "--host", "127.0.0.1", "--port", str(port)],
-        cwd=config.REPO_ROOT,
-        stdout=log,
-        stderr=log,
+    proc = pipeline.api_process(
+        port,
+        log_path=tmp_path / "api.log",
         env={
-            **os.environ,
             "STREAMFLOW_CONSUMER_GROUP": group,
             "STREAMFLOW_LAG_INTERVAL": "1",
             "STREAMFLOW_API_TOKEN": TOKEN,

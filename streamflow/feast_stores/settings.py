@@ -44,7 +44,9 @@ from streamflow.errors import StreamflowError
 
 def database() -> dict:
     """host, port, database, user and password of the PostgreSQL that holds the offline store,
-    the online store and the registry."""
+    the online store and the registry; user and password are those of the process's role
+    (``STREAMFLOW_DB_ROLE``: the owner, or the consumer's or the API's role, see
+    streamflow.config.Postgres), so Feast connects as the same role as our own code."""
     pg = config.postgres()
     return {
         "host": pg.host,
