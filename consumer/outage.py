@@ -19,7 +19,7 @@ import traceback
 
 from kafka.errors import KafkaError
 
-from streamflow.errors import ServiceUnavailable
+from streamflow.errors import AuthenticationFailed, ServiceUnavailable
 
 log = logging.getLogger("consumer")
 
@@ -118,7 +118,7 @@ class Outage:
         try:
             with self.watching(what):
                 result = fn(*args, **kwargs)
-        except OutageExceeded:
+        except (OutageExceeded, AuthenticationFailed):
             raise
         except Exception as exc:  # noqa: BLE001 - no error the client raises ends the consumer
             self.failed(what, exc)
@@ -126,11 +126,12 @@ class Outage:
         return result
 
     def connect(self, what: str, build):
-        """build() until it succeeds (a client needs a broker to start), within the budget."""
+        """build() until it succeeds (a client needs a broker to start), within the budget; refused
+        credentials end it at once (waiting does not change them)."""
         while True:
             try:
                 client = build()
-            except OutageExceeded:
+            except (OutageExceeded, AuthenticationFailed):
                 raise
             except Exception as exc:  # noqa: BLE001 - not reachable yet
                 if self.stopping.is_set():

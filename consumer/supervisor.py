@@ -45,9 +45,9 @@ log = logging.getLogger("consumer.supervisor")
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HELD_SIGNALS = (*STOP_SIGNALS, signal.SIGUSR1)
 """Blocked in a member until its handlers are set (SIGUSR1: its stack dump, consumer.main)."""
-EXPECTED_ERRORS = (3, 4)
+EXPECTED_ERRORS = (2, 3, 4)
 """Exit codes of ``StreamflowError``s a member reports with a message (no traceback): restarting
-would meet the same error."""
+would meet the same error (2: a bad setting, or credentials Kafka refused)."""
 PR_SET_PDEATHSIG = 1
 
 

@@ -14,6 +14,9 @@
 # KAFKA_BROKERS=3: node n (1-based) listens on KAFKA_PORT+2(n-1) (clients) and one port above
 # (controller), with its data, logs, config and pid under $KAFKA_STATE_DIR/node-n (default
 # $STREAMFLOW_STATE_DIR/kafka-cluster); the jars stay in $STREAMFLOW_STATE_DIR/kafka/lib.
+# KAFKA_SASL=1: the client (and inter-broker) listener is SASL_PLAINTEXT with SCRAM-SHA-512, one user
+# KAFKA_SASL_USERNAME / KAFKA_SASL_PASSWORD (local-dev defaults below) created when the storage is
+# formatted; the controller listener stays PLAINTEXT on $KAFKA_HOST. `status` says what clients set.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,6 +43,12 @@ KAFKA_BROKERS="${KAFKA_BROKERS:-1}"
 KAFKA_STATE_DIR="${KAFKA_STATE_DIR:-$STATE/kafka-cluster}"
 KAFKA_MESSAGE_MAX_BYTES="${KAFKA_MESSAGE_MAX_BYTES:-2097152}"
 KAFKA_START_TIMEOUT="${KAFKA_START_TIMEOUT:-120}"
+KAFKA_SASL="${KAFKA_SASL:-0}"
+KAFKA_SASL_DEFAULT_USERNAME=streamflow
+KAFKA_SASL_DEFAULT_PASSWORD=streamflow-dev-secret
+KAFKA_SASL_USERNAME="${KAFKA_SASL_USERNAME:-$KAFKA_SASL_DEFAULT_USERNAME}"
+KAFKA_SASL_PASSWORD="${KAFKA_SASL_PASSWORD:-$KAFKA_SASL_DEFAULT_PASSWORD}"
+SASL_MECHANISM=SCRAM-SHA-512
 
 log() { printf '[services] %s\n' "$*" >&2; }
 die() { printf '[services] error: %s\n' "$*" >&2; exit 1; }
@@ -48,6 +57,21 @@ for _v in KAFKA_BROKERS KAFKA_PORT KAFKA_CONTROLLER_PORT KAFKA_MESSAGE_MAX_BYTES
   case "${!_v}" in ''|*[!0-9]*) die "$_v=${!_v}: a positive integer expected" ;; esac
 done
 [ "$KAFKA_BROKERS" -ge 1 ] || die "KAFKA_BROKERS=$KAFKA_BROKERS: one node at least"
+case "$KAFKA_SASL" in
+  1|true|yes) KAFKA_SASL=1 ;;
+  0|false|no) KAFKA_SASL=0 ;;
+  *) die "KAFKA_SASL=$KAFKA_SASL: 1 (SASL_PLAINTEXT with SCRAM-SHA-512) or 0 expected" ;;
+esac
+if [ "$KAFKA_SASL" = 1 ]; then
+  # the JAAS line of server.properties and StorageTool's --add-scram take them as they are
+  for _v in KAFKA_SASL_USERNAME KAFKA_SASL_PASSWORD; do
+    case "${!_v}" in *[!A-Za-z0-9._@:+/-]*)
+      die "$_v: only letters, digits and . _ @ : + / - are accepted by this script" ;;
+    esac
+  done
+fi
+# The client listener: its name is its security protocol (PLAINTEXT, or SASL_PLAINTEXT with KAFKA_SASL=1).
+if [ "$KAFKA_SASL" = 1 ]; then LISTENER=SASL_PLAINTEXT; else LISTENER=PLAINTEXT; fi
 
 as_pg() {
   # initdb and postgres refuse to run as root: run them as the postgres user then.
@@ -254,11 +278,11 @@ node_write_conf() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=$KAFKA_HOST:$NODE_CPORT
-listeners=PLAINTEXT://$KAFKA_HOST:$NODE_PORT,CONTROLLER://$KAFKA_HOST:$NODE_CPORT
-advertised.listeners=PLAINTEXT://$KAFKA_HOST:$NODE_PORT
+listeners=$LISTENER://$KAFKA_HOST:$NODE_PORT,CONTROLLER://$KAFKA_HOST:$NODE_CPORT
+advertised.listeners=$LISTENER://$KAFKA_HOST:$NODE_PORT
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+inter.broker.listener.name=$LISTENER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,$LISTENER:$LISTENER
 log.dirs=$NODE_DATA
 num.partitions=${KAFKA_DEFAULT_PARTITIONS:-4}
 offsets.topic.replication.factor=1
@@ -281,11 +305,11 @@ CONF
 process.roles=broker,controller
 node.id=$NODE_ID
 controller.quorum.bootstrap.servers=$(controller_endpoints)
-listeners=PLAINTEXT://$KAFKA_HOST:$NODE_PORT,CONTROLLER://$KAFKA_HOST:$NODE_CPORT
-advertised.listeners=PLAINTEXT://$KAFKA_HOST:$NODE_PORT,CONTROLLER://$KAFKA_HOST:$NODE_CPORT
+listeners=$LISTENER://$KAFKA_HOST:$NODE_PORT,CONTROLLER://$KAFKA_HOST:$NODE_CPORT
+advertised.listeners=$LISTENER://$KAFKA_HOST:$NODE_PORT,CONTROLLER://$KAFKA_HOST:$NODE_CPORT
 controller.listener.names=CONTROLLER
-inter.broker.listener.name=PLAINTEXT
-listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+inter.broker.listener.name=$LISTENER
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,$LISTENER:$LISTENER
 log.dirs=$NODE_DATA
 num.partitions=${KAFKA_DEFAULT_PARTITIONS:-4}
 default.replication.factor=$rf
@@ -312,6 +336,17 @@ log.cleaner.threads=1
 log.cleaner.dedupe.buffer.size=16777216
 CONF
   fi
+  if [ "$KAFKA_SASL" = 1 ]; then
+    # SCRAM on the client and inter-broker listener; the broker logs in with the user's own
+    # credentials (stored in the metadata log by `format --add-scram`, see node_format)
+    chmod 600 "$NODE_CONF"
+    cat >>"$NODE_CONF" <<CONF
+# KAFKA_SASL=1: SASL_PLAINTEXT with $SASL_MECHANISM for clients and between brokers
+sasl.enabled.mechanisms=$SASL_MECHANISM
+sasl.mechanism.inter.broker.protocol=$SASL_MECHANISM
+listener.name.sasl_plaintext.$(echo "$SASL_MECHANISM" | tr 'A-Z' 'a-z').sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="$KAFKA_SASL_USERNAME" password="$KAFKA_SASL_PASSWORD";
+CONF
+  fi
   cat >"$NODE_LOG4J" <<CONF
 status = error
 appender.file.type = File
@@ -331,15 +366,44 @@ CONF
 }
 
 # Format node N's storage (once). $2: the extra StorageTool arguments (quorum bootstrap).
+# KAFKA_SASL=1 adds the SCRAM user to the metadata log (--add-scram) and notes it in
+# $NODE_DIR/sasl.user, checked at every later start (node_check_sasl).
 node_format() {
-  node_env "$1"
-  local cid=$2; shift 2
+  local n=$1 cid=$2; shift 2
+  node_env "$n"
+  local scram=()
+  [ "$KAFKA_SASL" = 1 ] && scram=(--add-scram "$SASL_MECHANISM=[name=$KAFKA_SASL_USERNAME,password=$KAFKA_SASL_PASSWORD]")
   java -cp "$KAFKA_LIB/*" -Dlog4j2.configurationFile="$NODE_LOG4J" \
-    kafka.tools.StorageTool format -t "$cid" -c "$NODE_CONF" "$@" >"$NODE_LOGS/format.log" 2>&1 \
+    kafka.tools.StorageTool format -t "$cid" -c "$NODE_CONF" "$@" "${scram[@]}" >"$NODE_LOGS/format.log" 2>&1 \
     || die "formatting Kafka storage of node $NODE_ID failed; see $NODE_LOGS/format.log"
+  if [ "$KAFKA_SASL" = 1 ]; then sasl_mark >"$NODE_DIR/sasl.user"; else rm -f "$NODE_DIR/sasl.user"; fi
 }
 
 node_formatted() { node_env "$1"; [ -f "$NODE_DATA/meta.properties" ]; }
+
+# What a SASL storage was formatted with: the user and a digest of its password (not the password).
+sasl_mark() {
+  printf '%s %s\n' "$KAFKA_SASL_USERNAME" \
+    "$(printf '%s:%s' "$KAFKA_SASL_USERNAME" "$KAFKA_SASL_PASSWORD" | sha256sum | cut -c1-16)"
+}
+
+# A formatted node starts only with the SASL settings it was formatted with: the SCRAM user lives
+# in its metadata log, and the broker logs in to itself with it.
+node_check_sasl() {
+  node_formatted "$1" || return 0
+  node_env "$1"
+  local had="" reset="KAFKA_STATE_DIR=$KAFKA_STATE_DIR STREAMFLOW_STATE_DIR=$STATE KAFKA_BROKERS=$KAFKA_BROKERS $0 reset-kafka"
+  [ -f "$NODE_DIR/sasl.user" ] && had=$(cat "$NODE_DIR/sasl.user")
+  if [ "$KAFKA_SASL" = 1 ] && [ -z "$had" ]; then
+    die "Kafka node $NODE_ID was formatted without SASL (KAFKA_SASL unset): start it so, or remove its data first: $reset"
+  elif [ "$KAFKA_SASL" = 1 ] && [ "$had" != "$(sasl_mark)" ]; then
+    die "Kafka node $NODE_ID was formatted with SASL user '${had%% *}' and another password or user than" \
+        "KAFKA_SASL_USERNAME/KAFKA_SASL_PASSWORD give: start it with those, or remove its data first: $reset"
+  elif [ "$KAFKA_SASL" = 0 ] && [ -n "$had" ]; then
+    die "Kafka node $NODE_ID was formatted with SASL (user '${had%% *}'): start it with KAFKA_SASL=1 and" \
+        "its credentials, or remove its data first: $reset"
+  fi
+}
 
 node_jvm_opts() {
   if [ "$KAFKA_BROKERS" = 1 ]; then
@@ -452,6 +516,7 @@ kafka_up() {
 
 kafka_single_up() {
   if kafka_pid >/dev/null; then log "Kafka already running on $KAFKA_HOST:$KAFKA_PORT"; return; fi
+  node_check_sasl 1
   node_write_conf 1
   if ! node_formatted 1; then
     log "formatting Kafka KRaft storage in $KAFKA_DATA"
@@ -472,6 +537,7 @@ kafka_cluster_up() {
   kafka_cluster_check_layout
   local n t0; t0=$(date +%s)
   for n in $(nodes); do node_pid "$n" >/dev/null || node_ports_free "$n"; done
+  for n in $(nodes); do node_pid "$n" >/dev/null || node_check_sasl "$n"; done
   for n in $(nodes); do node_pid "$n" >/dev/null || node_write_conf "$n"; done
   kafka_cluster_format
   for n in $(nodes); do
@@ -556,6 +622,7 @@ node_start() {
   kafka_cluster_check_layout
   node_ports_free "$n"
   local m
+  for m in $(nodes); do node_pid "$m" >/dev/null || node_check_sasl "$m"; done
   for m in $(nodes); do node_pid "$m" >/dev/null || node_write_conf "$m"; done
   kafka_cluster_format
   node_launch "$n"
@@ -589,13 +656,29 @@ kafka_status() {
     done
   fi
   echo "kafka bootstrap: KAFKA_BOOTSTRAP_SERVERS=$(bootstrap_servers)"
+  kafka_client_settings
   return $rc
+}
+
+# With a SASL broker (as node 1's config says, whatever this shell's KAFKA_SASL): what clients set.
+kafka_client_settings() {
+  node_env 1
+  local jaas user password
+  jaas=$(grep -s '^listener\.name\.sasl_plaintext\..*\.sasl\.jaas\.config=' "$NODE_CONF" || true)
+  [ -n "$jaas" ] || return 0
+  user=$(printf '%s' "$jaas" | sed -n 's/.* username="\([^"]*\)".*/\1/p')
+  password=$(printf '%s' "$jaas" | sed -n 's/.* password="\([^"]*\)".*/\1/p')
+  # the local-dev default is shown; a password of one's own is not printed
+  [ "$password" = "$KAFKA_SASL_DEFAULT_PASSWORD" ] || password="<the KAFKA_SASL_PASSWORD the broker was started with>"
+  echo "kafka clients:   KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT KAFKA_SASL_MECHANISM=$SASL_MECHANISM" \
+       "KAFKA_SASL_USERNAME=$user KAFKA_SASL_PASSWORD=$password"
 }
 
 kafka_reset() {
   kafka_down
   if [ "$KAFKA_BROKERS" = 1 ]; then
     rm -rf "$KAFKA_DATA"
+    rm -f "$STATE/kafka/sasl.user"
   else
     local n
     for n in $(nodes); do node_env "$n"; rm -rf "$NODE_DIR"; done

@@ -29,8 +29,16 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic_core import ErrorDetails
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import ErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamflow.errors import StreamflowError
@@ -237,6 +245,87 @@ class Kafka(_Group):
         "STREAMFLOW_TOPIC_PREFIX", "streamflow", "topics are `<prefix>.<table>` and `<prefix>.dead_letter`"
     )
     partitions: int = var("STREAMFLOW_PARTITIONS", 4, "partitions of the topics created", ge=1)
+    security_protocol: Literal["PLAINTEXT", "SASL_PLAINTEXT", "SASL_SSL", "SSL"] = var(
+        "KAFKA_SECURITY_PROTOCOL",
+        "PLAINTEXT",
+        "how every Kafka client talks to the brokers: PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL",
+    )
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = var(
+        "KAFKA_SASL_MECHANISM",
+        None,
+        "SASL mechanism (with a SASL_* protocol): PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512",
+    )
+    sasl_username: str | None = var("KAFKA_SASL_USERNAME", None, "SASL user (with a SASL_* protocol)")
+    sasl_password: SecretStr | None = var(
+        "KAFKA_SASL_PASSWORD",
+        None,
+        "password of the SASL user (`streamflow config` shows it masked)",
+    )
+    ssl_cafile: Path | None = var(
+        "KAFKA_SSL_CAFILE",
+        None,
+        "CA certificates (PEM) that sign the brokers' certificates (SSL, SASL_SSL; unset: the system's)",
+    )
+    ssl_certfile: Path | None = var(
+        "KAFKA_SSL_CERTFILE", None, "the client's certificate (PEM), for brokers that ask for one"
+    )
+    ssl_keyfile: Path | None = var("KAFKA_SSL_KEYFILE", None, "the private key of KAFKA_SSL_CERTFILE (PEM)")
+    ssl_check_hostname: bool = var(
+        "KAFKA_SSL_CHECK_HOSTNAME", True, "check that a broker's certificate names its host (SSL, SASL_SSL)"
+    )
+
+    @field_validator("ssl_cafile", "ssl_certfile", "ssl_keyfile")
+    @classmethod
+    def _readable(cls, path: Path | None) -> Path | None:
+        if path is not None and not path.is_file():
+            raise PydanticCustomError("no_file", "an existing file, got '{path}'", {"path": str(path)})
+        return path
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Kafka:
+        """SASL settings go with a SASL_* protocol (and all three are needed), TLS files with SSL or
+        SASL_SSL: credentials that would be silently left unused are refused too."""
+        protocol = f"KAFKA_SECURITY_PROTOCOL={self.security_protocol}"
+        sasl: dict[str, object] = {
+            "KAFKA_SASL_MECHANISM": self.sasl_mechanism,
+            "KAFKA_SASL_USERNAME": self.sasl_username,
+            "KAFKA_SASL_PASSWORD": self.sasl_password,
+        }
+        for name, value in sasl.items():
+            if self.uses_sasl and value is None:
+                _combination(f"{name}: required with {protocol}")
+            if not self.uses_sasl and value is not None:
+                _combination(f"{name}: set, but {protocol} uses no SASL (use SASL_PLAINTEXT or SASL_SSL)")
+        files = {
+            "KAFKA_SSL_CAFILE": self.ssl_cafile,
+            "KAFKA_SSL_CERTFILE": self.ssl_certfile,
+            "KAFKA_SSL_KEYFILE": self.ssl_keyfile,
+        }
+        for name, path in files.items():
+            if not self.uses_tls and path is not None:
+                _combination(f"{name}: set, but {protocol} uses no TLS (use SSL or SASL_SSL)")
+        if self.ssl_keyfile is not None and self.ssl_certfile is None:
+            _combination("KAFKA_SSL_KEYFILE: set without KAFKA_SSL_CERTFILE, the certificate it goes with")
+        return self
+
+    def describe_security(self) -> str:
+        """How clients authenticate, without secrets (for logs and errors)."""
+        if self.uses_sasl:
+            return f"{self.security_protocol} {self.sasl_mechanism} user {self.sasl_username}"
+        return self.security_protocol
+
+
+def _combination(message: str) -> typing.NoReturn:
+    """A setting that does not go with another: ``message`` names the variable, as it is shown."""
+    raise PydanticCustomError("combination", "{message}", {"message": message})
 
 
 class Feast(_Group):
@@ -524,6 +613,11 @@ def _range(info) -> str:
     return "".join(f" {symbols[op]} {value}" for op, value in b.items())
 
 
+def _secret(info) -> bool:
+    """A setting whose value is a secret (SecretStr, maybe optional)."""
+    return SecretStr in (typing.get_args(info.annotation) or (info.annotation,))
+
+
 def _literals(annotation) -> list[Any]:
     if typing.get_origin(annotation) is Literal:
         return list(typing.get_args(annotation))
@@ -532,9 +626,11 @@ def _literals(annotation) -> list[Any]:
 
 def _problem(cls: type[_Group], error: ErrorDetails) -> str:
     """One pydantic error as ``VARIABLE: expected ..., got '...'``."""
+    kind = error["type"]
+    if kind == "combination":  # a model validator's own message, naming its variable
+        return error["msg"]
     name = str(error["loc"][0]) if error.get("loc") else cls.__name__
     info = _field(cls, name)
-    kind = error["type"]
     if info is None:
         expected = error["msg"][:1].lower() + error["msg"][1:]
     elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
@@ -543,6 +639,8 @@ def _problem(cls: type[_Group], error: ErrorDetails) -> str:
         expected = "one of " + ", ".join(map(str, _literals(info.annotation)))
     elif kind.startswith("bool"):
         expected = "true or false (also 1/0, yes/no, on/off)"
+    elif kind == "no_file":
+        return f"{name}: expected {error['msg']}"
     elif kind == "finite_number":
         expected = f"a finite number{_range(info)}"
     elif kind.startswith(("int", "float")):
@@ -553,7 +651,7 @@ def _problem(cls: type[_Group], error: ErrorDetails) -> str:
         expected = error["msg"][:1].lower() + error["msg"][1:]
     if "input" not in error:
         return f"{name}: expected {expected}"
-    got = SECRET_MASK if info is not None and isinstance(info.default, SecretStr) else repr(error["input"])
+    got = SECRET_MASK if info is not None and _secret(info) else repr(error["input"])
     return f"{name}: expected {expected}, got {got}"
 
 

@@ -39,3 +39,9 @@ def first_line(exc: BaseException, limit: int = 300) -> str:
     when it has none: what a one-line error message quotes of a library's exception."""
     text = str(exc).strip()
     return text.splitlines()[0][:limit] if text else type(exc).__name__
+
+
+class AuthenticationFailed(StreamflowError):
+    """A service refused our credentials: a setting to fix, retrying does not help."""
+
+    exit_code = 2

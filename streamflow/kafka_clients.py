@@ -10,6 +10,11 @@ timeouts, reconnect backoff and sizes are chosen once and hold together:
   broker refuses one record; at or below it, an oversized record is refused by the client alone.
 * reconnect backoff tops out at 2 s (kafka-python's default, 30 s, kept processes away for half a
   minute after a broker restart).
+* security (``KAFKA_SECURITY_PROTOCOL``, SASL mechanism and credentials, TLS files) is in
+  :meth:`KafkaSettings.common`, so every client authenticates the same way. A broker that refuses
+  the credentials is :class:`~streamflow.errors.AuthenticationFailed`, one line naming the user
+  and mechanism (kafka-python 3.0.12 itself retries the login until its bootstrap timeout and then
+  raises only ``KafkaTimeoutError("Unable to bootstrap ...")``: see :func:`_watching_login`).
 
 No other module calls ``KafkaProducer(``, ``KafkaConsumer(`` or ``KafkaAdminClient(``.
 """
@@ -18,13 +23,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from dataclasses import dataclass, replace
+import threading
+from dataclasses import dataclass, field, replace
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import (
+    IllegalSaslStateError,
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    RequestTimedOutError,
+    SaslAuthenticationFailedError,
+    UnsupportedSaslMechanismError,
+)
 
 from streamflow import config
-from streamflow.errors import ServiceUnavailable
+from streamflow.errors import AuthenticationFailed, ServiceUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +64,22 @@ class KafkaSettings:
     """STREAMFLOW_KAFKA_BOOTSTRAP_TIMEOUT_MS: how long building a client waits for a first broker."""
     replication_factor: int
     """STREAMFLOW_REPLICATION_FACTOR: replicas of the topics created (0: min(3, brokers))."""
+    security_protocol: str = "PLAINTEXT"
+    """KAFKA_SECURITY_PROTOCOL: PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL."""
+    sasl_mechanism: str | None = None
+    """KAFKA_SASL_MECHANISM: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_* protocols)."""
+    sasl_username: str | None = None
+    """KAFKA_SASL_USERNAME."""
+    sasl_password: str | None = field(default=None, repr=False)
+    """KAFKA_SASL_PASSWORD (never in the repr)."""
+    ssl_cafile: str | None = None
+    """KAFKA_SSL_CAFILE: CA certificates of the brokers (None: the system's)."""
+    ssl_certfile: str | None = None
+    """KAFKA_SSL_CERTFILE: the client's certificate, for brokers that ask for one."""
+    ssl_keyfile: str | None = None
+    """KAFKA_SSL_KEYFILE: its private key."""
+    ssl_check_hostname: bool = True
+    """KAFKA_SSL_CHECK_HOSTNAME: a broker's certificate must name its host."""
     reconnect_backoff_ms: int = 100
     retry_backoff_ms: int = 200
 
@@ -63,6 +93,14 @@ class KafkaSettings:
             reconnect_backoff_max_ms=kafka.reconnect_backoff_max_ms,
             bootstrap_timeout_ms=kafka.bootstrap_timeout_ms,
             replication_factor=kafka.replication_factor,
+            security_protocol=kafka.security_protocol,
+            sasl_mechanism=kafka.sasl_mechanism,
+            sasl_username=kafka.sasl_username,
+            sasl_password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
+            ssl_cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None,
+            ssl_certfile=str(kafka.ssl_certfile) if kafka.ssl_certfile else None,
+            ssl_keyfile=str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
+            ssl_check_hostname=kafka.ssl_check_hostname,
         )
 
     @classmethod
@@ -81,8 +119,16 @@ class KafkaSettings:
         """The largest request a producer builds: the broker's limit, never more."""
         return self.message_max_bytes
 
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
     def common(self, role: str) -> dict:
-        """The options every client takes."""
+        """The options every client takes (connection, timeouts, security)."""
         return dict(
             bootstrap_servers=self.bootstrap_servers.split(","),
             client_id=self.client_id(role),
@@ -91,7 +137,33 @@ class KafkaSettings:
             reconnect_backoff_max_ms=self.reconnect_backoff_max_ms,
             retry_backoff_ms=self.retry_backoff_ms,
             bootstrap_timeout_ms=self.bootstrap_timeout_ms,
+            **self.security(),
         )
+
+    def security(self) -> dict:
+        """kafka-python's security options: the protocol, and the SASL or TLS options it uses."""
+        options: dict = {"security_protocol": self.security_protocol}
+        if self.uses_sasl:
+            # kafka-python names the user and password of every mechanism sasl_plain_* (SCRAM too)
+            options.update(
+                sasl_mechanism=self.sasl_mechanism,
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=self.sasl_password,
+            )
+        if self.uses_tls:
+            options.update(
+                ssl_cafile=self.ssl_cafile,
+                ssl_certfile=self.ssl_certfile,
+                ssl_keyfile=self.ssl_keyfile,
+                ssl_check_hostname=self.ssl_check_hostname,
+            )
+        return options
+
+    def describe_login(self) -> str:
+        """Who the clients log in as, without the password (for errors)."""
+        if self.uses_sasl:
+            return f"user {self.sasl_username} ({self.sasl_mechanism})"
+        return self.security_protocol
 
 
 def settings(bootstrap: str | None = None) -> KafkaSettings:
@@ -117,11 +189,121 @@ class Producer(KafkaProducer):
             super().__del__()
 
 
-def _build(cls, servers: str, options: dict):
-    try:
-        return cls(**options)
-    except KafkaError as exc:
-        raise unreachable(servers, exc) from None
+AUTH_ERRORS = (SaslAuthenticationFailedError, UnsupportedSaslMechanismError, IllegalSaslStateError)
+"""What kafka-python reports when a broker refuses a SASL login."""
+
+
+def refused(s: KafkaSettings, exc: BaseException | None) -> AuthenticationFailed:
+    """The one line of a refused login: which broker, who, how (never the password). ``exc``: what
+    kafka-python saw, None when the broker only closed every connection during the login."""
+    where = f"Kafka at {s.bootstrap_servers}"
+    if isinstance(exc, UnsupportedSaslMechanismError):
+        return AuthenticationFailed(
+            f"{where} does not accept SASL mechanism {s.sasl_mechanism} (KAFKA_SASL_MECHANISM)"
+        )
+    if isinstance(exc, IllegalSaslStateError):
+        return AuthenticationFailed(
+            f"{where} takes no SASL login on that listener: check KAFKA_SECURITY_PROTOCOL "
+            f"({s.security_protocol}) and KAFKA_BOOTSTRAP_SERVERS"
+        )
+    refusal = f"{where} refused the credentials of {s.describe_login()}"
+    if exc is None:
+        return AuthenticationFailed(
+            f"{refusal}, or takes no {s.security_protocol} there: it closed every connection during "
+            "the login; check KAFKA_SASL_USERNAME, KAFKA_SASL_PASSWORD and KAFKA_SECURITY_PROTOCOL"
+        )
+    return AuthenticationFailed(f"{refusal}: check KAFKA_SASL_USERNAME and KAFKA_SASL_PASSWORD")
+
+
+_LOGIN_LOGGERS = ("kafka.net.manager", "kafka.net.connection", "kafka.net.transport")
+_BOOTSTRAP_FAILED = "Bootstrap connection to %s failed"
+"""How kafka.net.manager logs one failed bootstrap connection (its second argument: the error)."""
+_login_lock = threading.Lock()
+
+
+class _LoginWatch(logging.Filter):
+    """Notes what kafka-python logs about the connections of a client being built, and holds the
+    lines back."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.refusal: BaseException | None = None
+        """The first login error seen (SaslAuthenticationFailedError, ...)."""
+        self.closed = 0
+        """Bootstrap connections the broker closed ("socket disconnected")."""
+        self.other = 0
+        """Bootstrap connections that failed otherwise (not reachable, ...)."""
+        self.held: list[logging.LogRecord] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args if isinstance(record.args, tuple) else ()
+        for arg in args:
+            if isinstance(arg, AUTH_ERRORS) and self.refusal is None:
+                self.refusal = arg
+        if str(record.msg).startswith(_BOOTSTRAP_FAILED) and len(args) > 1:
+            if isinstance(args[1], KafkaConnectionError) and str(args[1]).endswith("socket disconnected"):
+                self.closed += 1
+            elif not isinstance(args[1], (*AUTH_ERRORS, KafkaTimeoutError, RequestTimedOutError)):
+                self.other += 1  # a timeout says nothing either way (a slow login)
+        self.held.append(record)
+        return False
+
+    def verdict(self, s: KafkaSettings) -> AuthenticationFailed | None:
+        """The login refused: for sure (a login error seen), or as good as sure (the broker closed
+        every connection during it: kafka-python 3.0.12 drops a response that comes in the same
+        read as the close, so a refusal often shows only as "socket disconnected"); else None."""
+        if self.refusal is not None:
+            return refused(s, self.refusal)
+        if self.closed >= 2 and not self.other:  # twice at least: not one broker restarting
+            return refused(s, None)
+        return None
+
+
+@contextlib.contextmanager
+def _watching_login():
+    """While a SASL client is built: what kafka-python logs about its connections is watched for a
+    refused login. kafka-python 3.0.12 retries a refused login until ``bootstrap_timeout_ms`` and
+    then raises ``KafkaTimeoutError("Unable to bootstrap ...")``; the reason is only in its log
+    ("Bootstrap connection to ... failed: <the error>", the error being an argument of the line).
+    Those lines are held back meanwhile: after a refused login the one error line says it all;
+    otherwise they are logged as they would have been. One client at a time is built so (the
+    loggers' levels are lowered to WARNING meanwhile, so that the lines are made at all)."""
+    with _login_lock:
+        watch = _LoginWatch()
+        loggers = [logging.getLogger(name) for name in _LOGIN_LOGGERS]
+        saved = [(lg, lg.level, lg.getEffectiveLevel()) for lg in loggers]
+        for lg, _, effective in saved:
+            lg.setLevel(min(effective, logging.WARNING))
+            lg.addFilter(watch)
+        refused_for_sure = False
+        try:
+            yield watch
+        except AuthenticationFailed:
+            refused_for_sure = True
+            raise
+        finally:
+            for lg, level, _ in saved:
+                lg.removeFilter(watch)
+                lg.setLevel(level)
+            if not refused_for_sure:
+                shown = {lg.name: effective for lg, _, effective in saved}
+                for record in watch.held:
+                    if record.levelno >= shown[record.name]:
+                        logging.getLogger(record.name).handle(record)
+
+
+def _build(cls, s: KafkaSettings, options: dict):
+    watching = _watching_login() if s.uses_sasl else contextlib.nullcontext(None)
+    with watching as watch:
+        try:
+            return cls(**options)
+        except AUTH_ERRORS as exc:  # should kafka-python raise it itself
+            raise refused(s, exc) from None
+        except KafkaError as exc:
+            verdict = watch.verdict(s) if watch is not None else None
+            if verdict is not None:
+                raise verdict from None
+            raise unreachable(s.bootstrap_servers, exc) from None
 
 
 DELIVERY_TIMEOUT = 120.0
@@ -161,7 +343,7 @@ def producer(
             f"max_request_size {options['max_request_size']} is above the broker's "
             f"message.max.bytes ({s.message_max_bytes}, KAFKA_MESSAGE_MAX_BYTES)"
         )
-    return _build(Producer, s.bootstrap_servers, options)
+    return _build(Producer, s, options)
 
 
 def dead_letter_producer(*, kafka: KafkaSettings | None = None) -> Producer:
@@ -186,7 +368,7 @@ def group_consumer(
         max_partition_fetch_bytes=max(4 * MIB, s.message_max_bytes),
     )
     options.update(overrides)
-    return _build(KafkaConsumer, s.bootstrap_servers, options)
+    return _build(KafkaConsumer, s, options)
 
 
 def reader(role: str = "reader", *, kafka: KafkaSettings | None = None, **overrides) -> KafkaConsumer:
@@ -202,14 +384,14 @@ def reader(role: str = "reader", *, kafka: KafkaSettings | None = None, **overri
         max_partition_fetch_bytes=max(4 * MIB, s.message_max_bytes),
     )
     options.update(overrides)
-    return _build(KafkaConsumer, s.bootstrap_servers, options)
+    return _build(KafkaConsumer, s, options)
 
 
 def admin(role: str = "admin", *, kafka: KafkaSettings | None = None, **overrides) -> KafkaAdminClient:
     s = kafka or settings()
     options = dict(s.common(role))
     options.update(overrides)
-    return _build(KafkaAdminClient, s.bootstrap_servers, options)
+    return _build(KafkaAdminClient, s, options)
 
 
 def known_position(consumer: KafkaConsumer, tp) -> int | None:

@@ -8,6 +8,9 @@ ports of their own, with their own data, so fault tests never disturb the shared
     cluster.wait_all_in_sync(["t"])   # every partition back to its full ISR
     cluster.down()
 
+    broker = SingleBroker(29092, state_dir, sasl=("alice", "secret"))   # KAFKA_SASL=1: SCRAM-SHA-512
+    broker.client_env()               # what clients set to reach it (bootstrap, protocol, credentials)
+
 Every Kafka client comes from ``streamflow.kafka_clients``; every wait polls a condition until a
 deadline (no fixed sleeps).
 """
@@ -15,6 +18,7 @@ deadline (no fixed sleeps).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -80,9 +84,14 @@ def _alive(pid: int) -> bool:
     return stat.rsplit(")", 1)[-1].split()[0] != "Z"
 
 
+SASL_MECHANISM = "SCRAM-SHA-512"
+"""The mechanism of ``services.sh`` with KAFKA_SASL=1."""
+
+
 class Cluster:
     """``brokers`` KRaft nodes (broker and controller each) on ``port``, ``port+2``, … (clients)
-    and one port above each (controllers), data under ``state_dir/node-<n>``."""
+    and one port above each (controllers), data under ``state_dir/node-<n>``. With ``sasl=(user,
+    password)``, the client listener is SASL_PLAINTEXT with that SCRAM-SHA-512 user (KAFKA_SASL=1)."""
 
     def __init__(
         self,
@@ -92,6 +101,7 @@ class Cluster:
         host: str = "127.0.0.1",
         heap: str | None = None,
         start_timeout: int = 120,
+        sasl: tuple[str, str] | None = None,
     ):
         self.port = port
         self.state_dir = Path(state_dir or DEFAULT_STATE_DIR)
@@ -99,6 +109,7 @@ class Cluster:
         self.host = host
         self.heap = heap
         self.start_timeout = start_timeout
+        self.sasl = sasl
         self._admin = None
 
     # --- where things are --------------------------------------------------------------------
@@ -121,8 +132,32 @@ class Cluster:
         return ",".join(f"{self.host}:{self.client_port(n)}" for n in self.nodes)
 
     def settings(self) -> kafka_clients.KafkaSettings:
-        """Client settings (from the environment) pointed at this cluster."""
-        return kafka_clients.settings(self.bootstrap)
+        """Client settings (from the environment) pointed at this cluster, with its credentials."""
+        s = kafka_clients.settings(self.bootstrap)
+        if self.sasl:
+            user, password = self.sasl
+            s = dataclasses.replace(
+                s,
+                security_protocol="SASL_PLAINTEXT",
+                sasl_mechanism=SASL_MECHANISM,
+                sasl_username=user,
+                sasl_password=password,
+            )
+        return s
+
+    def client_env(self, password: str | None = None) -> dict[str, str]:
+        """The variables a StreamFlow command sets to use this cluster (``password``: another one
+        than the cluster's, e.g. a wrong one)."""
+        env = {"KAFKA_BOOTSTRAP_SERVERS": self.bootstrap}
+        if self.sasl:
+            user, own = self.sasl
+            env.update(
+                KAFKA_SECURITY_PROTOCOL="SASL_PLAINTEXT",
+                KAFKA_SASL_MECHANISM=SASL_MECHANISM,
+                KAFKA_SASL_USERNAME=user,
+                KAFKA_SASL_PASSWORD=own if password is None else password,
+            )
+        return env
 
     def ports_in_use(self) -> list[int]:
         """The cluster's ports that something listens on (before ``up()``: someone else)."""
@@ -149,6 +184,9 @@ class Cluster:
         )
         if self.heap:
             env["KAFKA_HEAP"] = self.heap
+        env.pop("KAFKA_SASL", None)
+        if self.sasl:
+            env.update(KAFKA_SASL="1", KAFKA_SASL_USERNAME=self.sasl[0], KAFKA_SASL_PASSWORD=self.sasl[1])
         return env
 
     def run(
@@ -335,8 +373,8 @@ class SingleBroker(Cluster):
     """One broker of its own: services.sh's single-broker layout under its own state directory,
     on ``port`` (clients) and ``port + 1`` (controller)."""
 
-    def __init__(self, port: int, state_dir: Path):
-        super().__init__(port=port, state_dir=state_dir, brokers=1)
+    def __init__(self, port: int, state_dir: Path, sasl: tuple[str, str] | None = None):
+        super().__init__(port=port, state_dir=state_dir, brokers=1, sasl=sasl)
         share_broker_jars(state_dir)
 
     def env(self) -> dict[str, str]:

@@ -4,9 +4,11 @@ has gone bad is replaced; the consumer's outage clock and budget."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import threading
 import time
+from typing import Any
 
 import pytest
 from kafka.errors import KafkaConnectionError, KafkaTimeoutError, MessageSizeTooLargeError
@@ -363,3 +365,130 @@ def _at(offset: int):
     from kafka import OffsetAndMetadata
 
     return OffsetAndMetadata(offset, "", -1)
+
+
+# -- security: one set of options for every client ------------------------------------------------
+
+
+SASL_SSL_ENV = {
+    "KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+    "KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+    "KAFKA_SASL_USERNAME": "alice",
+    "KAFKA_SASL_PASSWORD": "hunter2-not-shown",
+    "KAFKA_SSL_CAFILE": __file__,  # any file that exists
+    "KAFKA_SSL_CERTFILE": __file__,
+    "KAFKA_SSL_KEYFILE": __file__,
+    "KAFKA_SSL_CHECK_HOSTNAME": "false",
+}
+
+
+def built_options(monkeypatch) -> dict[str, dict]:
+    """The options each client builder hands kafka-python (nothing is connected)."""
+    built: dict[str, Any] = {}
+    monkeypatch.setattr(kafka_clients, "_build", lambda cls, s, options: options)
+    built["producer"] = kafka_clients.producer("p")
+    built["dead-letter producer"] = kafka_clients.dead_letter_producer()
+    built["group consumer"] = kafka_clients.group_consumer("g")
+    built["reader"] = kafka_clients.reader()
+    built["admin"] = kafka_clients.admin()
+    return built
+
+
+def test_every_client_carries_the_security_options(monkeypatch):
+    for name, value in SASL_SSL_ENV.items():
+        monkeypatch.setenv(name, value)
+    s = kafka_clients.settings()
+    expected = {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "alice",
+        "sasl_plain_password": "hunter2-not-shown",
+        "ssl_cafile": __file__,
+        "ssl_certfile": __file__,
+        "ssl_keyfile": __file__,
+        "ssl_check_hostname": False,
+    }
+    assert s.security() == expected
+    assert {k: s.common("x")[k] for k in expected} == expected
+    for name, options in built_options(monkeypatch).items():
+        assert {k: options.get(k) for k in expected} == expected, name
+    assert "hunter2" not in repr(s) and "hunter2" not in repr(config.settings())
+    assert s.describe_login() == "user alice (SCRAM-SHA-512)"
+
+
+def test_plaintext_clients_get_no_sasl_or_tls_options(monkeypatch):
+    for name in SASL_SSL_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, options in built_options(monkeypatch).items():
+        assert options["security_protocol"] == "PLAINTEXT", name
+        assert not [k for k in options if k.startswith(("sasl_", "ssl_"))], name
+    monkeypatch.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")
+    monkeypatch.setenv("KAFKA_SASL_MECHANISM", "PLAIN")
+    monkeypatch.setenv("KAFKA_SASL_USERNAME", "bob")
+    monkeypatch.setenv("KAFKA_SASL_PASSWORD", "pw")
+    options = kafka_clients.settings().common("x")
+    assert options["sasl_mechanism"] == "PLAIN" and not [k for k in options if k.startswith("ssl_")]
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SASL_MECHANISM": "PLAIN"},
+            "KAFKA_SASL_USERNAME: required with KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT",
+        ),
+        (
+            {"KAFKA_SECURITY_PROTOCOL": "SASL_SSL", "KAFKA_SASL_USERNAME": "u", "KAFKA_SASL_PASSWORD": "p"},
+            "KAFKA_SASL_MECHANISM: required with KAFKA_SECURITY_PROTOCOL=SASL_SSL",
+        ),
+        (
+            {"KAFKA_SASL_PASSWORD": "secret-not-shown"},
+            "KAFKA_SASL_PASSWORD: set, but KAFKA_SECURITY_PROTOCOL=PLAINTEXT uses no SASL",
+        ),
+        (
+            {"KAFKA_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "KAFKA_SSL_CAFILE": __file__},
+            "KAFKA_SASL_MECHANISM: required",
+        ),
+        (
+            {"KAFKA_SSL_CAFILE": __file__},
+            "KAFKA_SSL_CAFILE: set, but KAFKA_SECURITY_PROTOCOL=PLAINTEXT uses no TLS",
+        ),
+        (
+            {"KAFKA_SSL_CAFILE": "/no/such/ca.pem"},
+            "KAFKA_SSL_CAFILE: expected an existing file, got '/no/such/ca.pem'",
+        ),
+        (
+            {"KAFKA_SASL_MECHANISM": "GSSAPI"},
+            "KAFKA_SASL_MECHANISM: expected one of PLAIN, SCRAM-SHA-256, SCRAM-SHA-512",
+        ),
+        (
+            {"KAFKA_SECURITY_PROTOCOL": "TLS"},
+            "KAFKA_SECURITY_PROTOCOL: expected one of PLAINTEXT, SASL_PLAINTEXT",
+        ),
+        (
+            {"KAFKA_SECURITY_PROTOCOL": "SSL", "KAFKA_SSL_KEYFILE": __file__},
+            "KAFKA_SSL_KEYFILE: set without KAFKA_SSL_CERTFILE",
+        ),
+    ],
+)
+def test_a_bad_security_combination_is_one_line_naming_the_variable(monkeypatch, env, message):
+    for name in SASL_SSL_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(config.ConfigError) as err:
+        kafka_clients.settings()
+    text = str(err.value)
+    assert text.startswith(message) and "\n" not in text and "secret-not-shown" not in text, text
+
+
+def test_the_sasl_password_is_masked_by_streamflow_config(monkeypatch, capsys):
+    for name, value in SASL_SSL_ENV.items():
+        monkeypatch.setenv(name, value)
+    from streamflow import cli
+
+    assert cli.main(["config", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert "hunter2" not in out
+    doc = json.loads(out)
+    assert doc["kafka.sasl_password"]["value"] == "****" and doc["kafka.sasl_username"]["value"] == "alice"

@@ -46,7 +46,7 @@ from kafka.admin import OffsetSpec
 from kafka.errors import CoordinatorLoadInProgressError, CoordinatorNotAvailableError, NotCoordinatorError
 
 from streamflow import config, kafka_clients, schema, timefmt
-from streamflow.errors import ServiceUnavailable
+from streamflow.errors import AuthenticationFailed, ServiceUnavailable
 from streamflow.lag.status import REPLAY_MARK
 
 log = logging.getLogger(__name__)
@@ -352,6 +352,9 @@ class LagMonitor:
                     request_timeout_ms=ms,
                     bootstrap_timeout_ms=ms,
                 )
+            except AuthenticationFailed:  # refused credentials are no outage: said as they are
+                self.close()
+                raise
             except Exception as exc:  # noqa: BLE001 - whatever kafka-python raises is an outage here
                 raise self._failed("connecting the admin client", exc) from None
         return self._admin
@@ -373,6 +376,9 @@ class LagMonitor:
                     request_timeout_ms=max(ms, 1000),
                     bootstrap_timeout_ms=ms,
                 )
+            except AuthenticationFailed:
+                self.close()
+                raise
             except Exception as exc:  # noqa: BLE001
                 raise self._failed("connecting the reader", exc) from None
         return self._reader
