@@ -1,8 +1,9 @@
 """Every Kafka client of StreamFlow is built here, from one set of settings.
 
-Producer, consumer-group member, dead-letter producer, admin client and group-less readers (lag
-monitor, tests, benchmarks) all come from the functions below, so bootstrap servers, client ids,
-timeouts, reconnect backoff and sizes are chosen once and hold together:
+Producer, consumer-group member, dead-letter producer, admin client, group-less readers (dead
+letters, tests, benchmarks) and the lag monitor's bare network client all come from the functions
+below, so bootstrap servers, client ids, timeouts, reconnect backoff and sizes are chosen once and
+hold together:
 
 * ``max_request_size`` of every producer equals ``KAFKA_MESSAGE_MAX_BYTES``, the limit that
   ``scripts/services.sh`` and docker-compose give the broker (``message.max.bytes``). A client
@@ -16,7 +17,9 @@ timeouts, reconnect backoff and sizes are chosen once and hold together:
   and mechanism (kafka-python 3.0.12 itself retries the login until its bootstrap timeout and then
   raises only ``KafkaTimeoutError("Unable to bootstrap ...")``: see :func:`_watching_login`).
 
-No other module calls ``KafkaProducer(``, ``KafkaConsumer(`` or ``KafkaAdminClient(``.
+No other module calls ``KafkaProducer(``, ``KafkaConsumer(``, ``KafkaAdminClient(`` or
+``KafkaNetClient(`` (kafka-python's bare network client, for the one request no client API sends:
+the lag monitor's Fetch of one record per partition).
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from kafka.errors import (
     SaslAuthenticationFailedError,
     UnsupportedSaslMechanismError,
 )
+from kafka.net import KafkaNetClient
 
 from streamflow import config
 from streamflow.errors import AuthenticationFailed, ServiceUnavailable
@@ -43,6 +47,9 @@ from streamflow.errors import AuthenticationFailed, ServiceUnavailable
 log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
+
+PRODUCER_BATCH_BYTES = 64 * 1024
+"""batch_size of every producer: the most bytes of records one batch of ours holds."""
 
 
 @dataclass(frozen=True)
@@ -293,10 +300,16 @@ def _watching_login():
 
 
 def _build(cls, s: KafkaSettings, options: dict):
+    return _connect(s, lambda: cls(**options))
+
+
+def _connect(s: KafkaSettings, make):
+    """``make()`` (which builds and bootstraps a client), with kafka-python's errors as ours: a
+    refused login as AuthenticationFailed, anything else as ServiceUnavailable."""
     watching = _watching_login() if s.uses_sasl else contextlib.nullcontext(None)
     with watching as watch:
         try:
-            return cls(**options)
+            return make()
         except AUTH_ERRORS as exc:  # should kafka-python raise it itself
             raise refused(s, exc) from None
         except KafkaError as exc:
@@ -333,7 +346,7 @@ def producer(
         request_timeout_ms=min(s.request_timeout_ms, delivery_ms - linger_ms),
         max_in_flight_requests_per_connection=5,
         linger_ms=linger_ms,
-        batch_size=64 * 1024,
+        batch_size=PRODUCER_BATCH_BYTES,
         max_request_size=s.max_request_size,
         max_block_ms=min(60_000, delivery_ms),
     )
@@ -385,6 +398,27 @@ def reader(role: str = "reader", *, kafka: KafkaSettings | None = None, **overri
     )
     options.update(overrides)
     return _build(KafkaConsumer, s, options)
+
+
+def fetch_client(role: str = "fetch", *, kafka: KafkaSettings | None = None, **overrides) -> KafkaNetClient:
+    """kafka-python's network client on its own, bootstrapped: it knows the brokers (no topic
+    metadata, so nothing is ever auto-created) and sends any request to a given broker with
+    ``send(node_id, request)`` (a future), whose I/O runs in the caller's ``poll(timeout_ms,
+    future)`` -- no IO thread, no consumer bookkeeping. The lag monitor's Fetch goes through it."""
+    s = kafka or settings()
+    options = dict(s.common(role), receive_message_max_bytes=100 * MIB)
+    options.update(overrides)
+
+    def make() -> KafkaNetClient:
+        client = KafkaNetClient(**options)
+        try:
+            client.check_version(timeout_ms=options["bootstrap_timeout_ms"])  # bootstraps
+        except BaseException:
+            close_quietly(client)
+            raise
+        return client
+
+    return _connect(s, make)
 
 
 def admin(role: str = "admin", *, kafka: KafkaSettings | None = None, **overrides) -> KafkaAdminClient:

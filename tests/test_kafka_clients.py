@@ -18,7 +18,7 @@ from streamflow import config, kafka_clients
 from streamflow.errors import ServiceUnavailable
 from streamflow.kafka_topics import ensure_topics, replication
 
-CONSTRUCTORS = re.compile(r"\b(KafkaProducer|KafkaConsumer|KafkaAdminClient)\(")
+CONSTRUCTORS = re.compile(r"\b(KafkaProducer|KafkaConsumer|KafkaAdminClient|KafkaNetClient)\(")
 
 
 def test_no_module_but_the_kafka_module_constructs_a_kafka_client():

@@ -15,16 +15,20 @@ For every partition of the group's topics (by default the table topics of the re
 * the member that owns the partition (``consumer_id``, ``client_id``, ``host``) from the group's
   member assignments, ``None`` when nobody owns it (the group is empty or rebalancing).
 
-The record at the committed offset is read with one reader :class:`~kafka.KafkaConsumer` that
-has no group (``assign`` + ``seek``, never commits), created on the first sample that needs it
-and reused by the following ones. Both clients (that reader and the admin client) come from
-:mod:`streamflow.kafka_clients`. When any call of a client fails -- whatever kafka-python raises,
-not only :class:`~kafka.errors.KafkaError` -- both clients are closed and dropped, so the next
-sample builds fresh ones, and the sample raises :class:`~streamflow.errors.ServiceUnavailable`
-with a message starting "Kafka unreachable at <bootstrap servers>" that names the operation. If the
-committed offset is below the log start (retention deleted the records) the oldest record that
-still exists is read instead; if the offset holds no
-record (a compacted-away record or a transaction marker) the first record after it is used.
+The record at the committed offset is read by :mod:`streamflow.lag.records`: one Fetch request
+per partition leader (leaders from the sample's topic description), decoding only the batch that
+holds the offset and only up to that record (nothing is committed, no group is joined). Both
+clients (the admin client and the bare network client that sends the Fetch) come from
+:mod:`streamflow.kafka_clients`, are created on the first sample that needs them and reused by the
+following ones. When any call of a client fails -- whatever kafka-python raises, not only
+:class:`~kafka.errors.KafkaError` -- both clients are closed and dropped, so the next sample builds
+fresh ones, and the sample raises :class:`~streamflow.errors.ServiceUnavailable` with a message
+starting "Kafka unreachable at <bootstrap servers>" that names the operation. A partition whose
+record could not be read within ``read_timeout`` (a leader moving, a broker away for a moment) is
+left out of the lag in seconds and logged with the reason. If the committed offset is below the log
+start (retention deleted the records) the oldest record that still exists is read instead; if the
+offset holds no record (a compacted-away record or a transaction marker) the first record after it
+is used.
 
 Offsets are read in the order ``kafka-consumer-groups.sh`` reads them: committed offsets first,
 then log-end offsets, so a sample never shows a committed offset above the log end because of a
@@ -41,12 +45,14 @@ from datetime import datetime, timezone
 from typing import Any
 
 import orjson
-from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
+from kafka import KafkaAdminClient, TopicPartition
 from kafka.admin import OffsetSpec
 from kafka.errors import CoordinatorLoadInProgressError, CoordinatorNotAvailableError, NotCoordinatorError
+from kafka.net import KafkaNetClient
 
 from streamflow import config, kafka_clients, schema, timefmt
 from streamflow.errors import AuthenticationFailed, ServiceUnavailable
+from streamflow.lag.records import RecordReader
 from streamflow.lag.status import REPLAY_MARK
 
 log = logging.getLogger(__name__)
@@ -286,10 +292,6 @@ def _describe(exc: BaseException) -> str:
 
 _COORDINATOR_NOT_READY = (CoordinatorNotAvailableError, CoordinatorLoadInProgressError, NotCoordinatorError)
 
-READ_BYTES_PER_PARTITION = 32 * 1024
-"""Fetch bound per partition when reading the oldest unconsumed records: one record is needed,
-and a fetch returns at least one whole batch whatever the bound (200 partitions: <= 6.4 MiB)."""
-
 UNREACHABLE = "Kafka unreachable"
 """How every message of a failed sample starts (the CLI and the API show it as it is)."""
 
@@ -326,7 +328,8 @@ class LagMonitor:
         self.read_timeout = read_timeout
         self._admin: KafkaAdminClient | None = None
         self._marks: dict[TopicPartition, float] = {}
-        self._reader: KafkaConsumer | None = None
+        self._fetch: KafkaNetClient | None = None
+        self._leaders: dict[TopicPartition, int | None] = {}
 
     # -- clients --------------------------------------------------------------------------------
 
@@ -360,28 +363,21 @@ class LagMonitor:
         return self._admin
 
     @property
-    def reader(self) -> KafkaConsumer:
-        if self._reader is None:
+    def fetch_client(self) -> KafkaNetClient:
+        """The network client that sends the Fetch requests of :meth:`read_records`."""
+        if self._fetch is None:
             s = self._settings()
             ms = int(self.timeout * 1000)
             try:
-                self._reader = kafka_clients.reader(
-                    "lag-reader",
-                    kafka=s,
-                    fetch_max_wait_ms=100,
-                    max_partition_fetch_bytes=READ_BYTES_PER_PARTITION,
-                    # every record fetched in one poll: each poll wakes the client's network thread
-                    # (measured: 200 polls of 500 records cost ~1 s of a 204-partition sample)
-                    max_poll_records=1_000_000,
-                    request_timeout_ms=max(ms, 1000),
-                    bootstrap_timeout_ms=ms,
+                self._fetch = kafka_clients.fetch_client(
+                    "lag-reader", kafka=s, request_timeout_ms=max(ms, 1000), bootstrap_timeout_ms=ms
                 )
             except AuthenticationFailed:
                 self.close()
                 raise
             except Exception as exc:  # noqa: BLE001
                 raise self._failed("connecting the reader", exc) from None
-        return self._reader
+        return self._fetch
 
     def _call(self, what: str, fn, *args, **kwargs):
         """``fn(*args, **kwargs)`` -- one call of a client; any failure drops the clients."""
@@ -409,9 +405,11 @@ class LagMonitor:
                 raise self._failed(what, exc) from None
 
     def close(self) -> None:
-        reader, admin = self._reader, self._admin
-        self._reader = self._admin = None
-        for client in (reader, admin):
+        fetch, admin = self._fetch, self._admin
+        self._fetch = None
+        self._admin = None
+        self._leaders = {}
+        for client in (fetch, admin):
             kafka_clients.close_quietly(client, timeout=5)
 
     def __enter__(self) -> LagMonitor:
@@ -426,11 +424,39 @@ class LagMonitor:
         admin = self.admin
         described = self._call("describing topics", admin.describe_topics, self.topics)
         found: dict[str, list[int]] = {}
+        self._leaders = {}
         for t in described:
             if t.get("error_code", 0) == 0 and t.get("partitions"):
                 found[t["name"]] = sorted(p["partition_index"] for p in t["partitions"])
+                self._note_leaders(t)
         tps = [TopicPartition(topic, p) for topic in self.topics if topic in found for p in found[topic]]
         return tps, [topic for topic in self.topics if topic not in found]
+
+    def _note_leaders(self, described_topic: dict) -> None:
+        for p in described_topic.get("partitions") or ():
+            leader = p.get("leader_id")
+            tp = TopicPartition(described_topic["name"], p["partition_index"])
+            self._leaders[tp] = leader if isinstance(leader, int) and leader >= 0 else None
+
+    def _leaders_of(self, tps: list[TopicPartition], refresh: bool) -> dict[TopicPartition, int | None]:
+        """The leader of each partition: from the sample's topic description, described again when
+        ``refresh`` (a fetch found a leader moved or away) or when a partition is not in it."""
+        if refresh or any(tp not in self._leaders for tp in tps):
+            topics = sorted({tp.topic for tp in tps})
+            described = self._call("describing topics", self.admin.describe_topics, topics)
+            self._leaders = {tp: node for tp, node in self._leaders.items() if tp.topic not in topics}
+            for t in described:
+                if t.get("error_code", 0) == 0:
+                    self._note_leaders(t)
+        return {tp: self._leaders.get(tp) for tp in tps}
+
+    def _log_starts(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        starts = self._call(
+            "reading the log-start offsets",
+            self.admin.list_partition_offsets,
+            {tp: OffsetSpec.EARLIEST for tp in tps},
+        )
+        return {tp: o.offset for tp, o in starts.items()}
 
     def _owners(self) -> tuple[str, int, dict[TopicPartition, tuple[str | None, str | None, str | None]]]:
         admin = self.admin
@@ -482,48 +508,33 @@ class LagMonitor:
         return committed, start, end
 
     def read_records(self, positions: dict[TopicPartition, int]) -> dict[TopicPartition, Any]:
-        """The first record at or after each offset (partitions without one within the read timeout
-        are left out). Uses the shared reader consumer: no group, no commits."""
+        """The first record at or after each offset, as :class:`kafka.consumer.fetcher.ConsumerRecord`
+        (partitions without one within the read timeout are left out and logged). One Fetch per
+        partition leader (:class:`~streamflow.lag.records.RecordReader`): no group, no commits."""
         if not positions:
             return {}
-        reader = self.reader
-        found: dict[TopicPartition, Any] = {}
+        reader = RecordReader(
+            self.fetch_client,
+            self._leaders_of,
+            self._log_starts,
+            max_batch_bytes=self._settings().message_max_bytes,
+        )
         try:
-            reader.assign(list(positions))
-            for tp, offset in positions.items():
-                reader.seek(tp, offset)
-            deadline = time.monotonic() + self.read_timeout
-            while len(found) < len(positions):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                batch = reader.poll(timeout_ms=int(min(remaining, 0.5) * 1000) or 1)
-                for tp, records in batch.items():
-                    if tp in found or tp not in positions:
-                        continue
-                    for rec in records:
-                        if rec.offset >= positions[tp]:
-                            found[tp] = rec
-                            break
-        except Exception as exc:  # noqa: BLE001 - whatever the reader raises: drop it, report it
+            found, missing = reader.read(positions, self.read_timeout)
+        except ServiceUnavailable:
+            raise  # a leader look-up failed: the clients are dropped already
+        except Exception as exc:  # noqa: BLE001 - whatever the read raises: drop the clients, report it
             raise self._failed("reading the oldest unconsumed records", exc) from None
-        try:
-            # Between samples the reader holds no partitions: nothing is fetched or kept in its
-            # metadata (a deleted topic would otherwise make it log errors until closed). Partitions
-            # are never paused: kafka-python 3.0 does not fetch a partition again that was paused
-            # and re-assigned, even resumed (measured: 6 to 10 of 24 lagging partitions without
-            # lag seconds from the second sample of one reader on).
-            reader.assign([])
-        except Exception:  # noqa: BLE001 - the records are read; a fresh reader next time
-            log.debug("unassigning the reader failed; dropping it", exc_info=True)
-            self._reader = None
-            kafka_clients.close_quietly(reader, timeout=5)
-        missing = [tp for tp in positions if tp not in found]
         if missing:
+            by_reason: dict[str, list[str]] = {}
+            for tp, reason in missing.items():
+                by_reason.setdefault(reason, []).append(f"{tp.topic}[{tp.partition}]")
             log.warning(
-                "could not read the oldest unconsumed record of %s within %.1f s",
-                ", ".join(f"{tp.topic}[{tp.partition}]" for tp in missing),
+                "could not read the oldest unconsumed record of %d partition(s) within %.1f s "
+                "(their lag in seconds is unknown): %s",
+                len(missing),
                 self.read_timeout,
+                "; ".join(f"{', '.join(names)}: {reason}" for reason, names in by_reason.items()),
             )
         return found
 
