@@ -458,3 +458,21 @@ def test_zero_api_workers_means_one_per_available_core(clean_env):
     assert config.settings().api.worker_count() == len(os.sched_getaffinity(0))
     clean_env.setenv("STREAMFLOW_API_WORKERS", "3")
     assert config.settings().api.worker_count() == 3
+
+
+def test_no_secret_value_reaches_streamflow_config_output(clean_env, capsys):
+    secrets = [
+        v.name
+        for v in config.variables()
+        if isinstance(v.default, SecretStr) or v.name.endswith(("PASSWORD", "TOKEN"))
+    ]
+    assert {"POSTGRES_PASSWORD", "STREAMFLOW_API_TOKEN", "KAFKA_SASL_PASSWORD"} <= set(secrets)
+    for i, name in enumerate(secrets):
+        clean_env.setenv(name, f"hush{i}-0123456789abcdef")
+    clean_env.setenv("KAFKA_SECURITY_PROTOCOL", "SASL_PLAINTEXT")  # (SASL credentials need it)
+    clean_env.setenv("KAFKA_SASL_MECHANISM", "SCRAM-SHA-512")
+    clean_env.setenv("KAFKA_SASL_USERNAME", "someone")
+    for args in (["config"], ["config", "--json"]):
+        assert cli.main(args) == 0
+        out = capsys.readouterr().out
+        assert "hush" not in out and out.count("****") >= len(secrets)
