@@ -193,7 +193,7 @@ def run(args) -> dict:
                 met=best < goal and best <= 0.1 * peer[load]["p99_ms"],
                 higher_is_better=False,
                 note=f"1 worker: {one} ms, 2 workers: {two} ms; "
-                f"feast serve served {peer[load]['served_per_s']}/s of the 200 asked",
+                f"feast serve served {peer[load]['served_per_s']}/s of the 200 asked.",
             )
         )
     one, two, best = fig("50 clients, max", "served_per_s")
@@ -206,7 +206,7 @@ def run(args) -> dict:
             "req/s",
             goal=">= 2,000 req/s on this machine",
             met=best >= 2000,
-            note=f"1 worker: {one}/s, 2 workers: {two}/s; hey, PostgreSQL and the server share 2 cores",
+            note=f"1 worker: {one}/s, 2 workers: {two}/s; hey, PostgreSQL and the server share 2 cores.",
         )
     )
     return {"rows": rows, "details": {"method": __doc__.splitlines()[0], **details}}
