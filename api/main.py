@@ -38,6 +38,16 @@ def _port(text: str) -> int:
     return port
 
 
+def _workers(text: str) -> int:
+    try:
+        workers = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of workers: {text!r}") from None
+    if workers < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (one per CPU core) or more: {workers}")
+    return workers
+
+
 def build_parser() -> argparse.ArgumentParser:
     env = config.settings().api
     parser = argparse.ArgumentParser(prog="streamflow api", description="Serve the online feature API.")
@@ -52,8 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--workers",
-        type=int,
-        default=env.worker_count(),
+        type=_workers,
+        default=env.workers,
         help="worker processes (env STREAMFLOW_API_WORKERS, 0: one per CPU core; default %(default)s)",
     )
     parser.add_argument(
@@ -67,9 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.workers < 1:
-        print("streamflow api: --workers must be at least 1", file=sys.stderr)
-        return 2
+    workers = config.settings().api.worker_count(args.workers)  # 0: one per CPU core
     config.use_role("api")  # this process and its workers read as the API's role (streamflow.db_roles)
     logs.setup(args.log_level)
     try:
@@ -86,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         factory=True,
         host=args.host,
         port=args.port,
-        workers=args.workers,
+        workers=workers,
         log_level=args.log_level.lower(),
         log_config=None,  # keep streamflow.logs' format
         access_log=args.access_log,

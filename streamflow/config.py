@@ -389,10 +389,12 @@ class Api(_Group):
         ge=0,
     )
 
-    def worker_count(self) -> int:
-        """``workers``, with 0 resolved to the CPU cores available (the affinity mask, not the
-        machine's count, so a container limited to 2 cores gets 2)."""
-        return self.workers or max(1, len(os.sched_getaffinity(0)))
+    def worker_count(self, workers: int | None = None) -> int:
+        """``workers`` (or the number given, e.g. by ``--workers``), with 0 resolved to the CPU
+        cores available (the affinity mask, not the machine's count, so a container limited to 2
+        cores gets 2)."""
+        asked = self.workers if workers is None else workers
+        return asked or max(1, len(os.sched_getaffinity(0)))
 
     registry_refresh: float = var(
         "STREAMFLOW_API_REGISTRY_REFRESH",

@@ -460,6 +460,21 @@ def test_zero_api_workers_means_one_per_available_core(clean_env):
     assert config.settings().api.worker_count() == 3
 
 
+def test_api_workers_flag_takes_zero_like_the_variable(clean_env, capsys):
+    from api.main import build_parser
+
+    clean_env.setenv("STREAMFLOW_API_WORKERS", "3")
+    api = config.settings().api
+    assert api.worker_count(build_parser().parse_args([]).workers) == 3  # the variable is the default
+    zero = build_parser().parse_args(["--workers", "0"]).workers
+    assert api.worker_count(zero) == len(os.sched_getaffinity(0))  # the flag overrides it, 0 included
+    assert api.worker_count(build_parser().parse_args(["--workers", "2"]).workers) == 2
+    with pytest.raises(SystemExit) as exited:
+        build_parser().parse_args(["--workers", "-1"])
+    assert exited.value.code == 2
+    assert "must be 0 (one per CPU core) or more: -1" in capsys.readouterr().err
+
+
 def test_no_secret_value_reaches_streamflow_config_output(clean_env, capsys):
     secrets = [
         v.name
