@@ -15,6 +15,12 @@ hey starts every client's ticker at once: at a fixed rate, its c clients send to
 of c requests every c/rate seconds. That is harsher than evenly spaced arrivals; it is what
 the issue's figures were measured with, and it is kept here so the figures compare.
 
+With ``bench.run --profile``, py-spy samples our 1-worker server (every thread, idle ones
+left out, 1,000 samples/s) through each throttled load and writes, per load,
+bench/results/profile_api_load_<load>.txt: the functions where the server's threads spend
+their time (own time and with callees), and the raw folded stacks beside it (``.folded``, for
+a flame graph). Those figures are not saved: py-spy's sampling slows the server a little.
+
 Per run: requests answered, non-200 answers, served rate, latency p50/p90/p99/p99.9/max (from
 hey's per-request CSV, not its rounded summary), and the server's CPU seconds per request
 (its process group, from /proc). hey and PostgreSQL share the machine's 2 cores with the
@@ -109,11 +115,70 @@ def parse_hey_csv(text: str, seconds: float) -> dict:
     }
 
 
+def slug(load: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in load).strip("_").replace("__", "_")
+
+
+def start_profiler(server: api_latency.Server, load: str, seconds: float) -> tuple[subprocess.Popen, Path]:
+    """py-spy recording the server (and its worker processes) for ``seconds`` (see the module)."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    common.RESULTS.mkdir(parents=True, exist_ok=True)
+    folded = common.RESULTS / f"profile_api_load_{slug(load)}.folded"
+    command = [spy, "record", "--pid", str(server.proc.pid), "--subprocesses", "--threads", "--rate", "1000"]
+    command += ["--duration", f"{max(1, round(seconds))}", "--format", "raw", "--output", str(folded)]
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), folded
+
+
+def summarize_profile(folded: Path, load: str, figures: dict, top: int = 30) -> Path:
+    """A text summary of py-spy's folded stacks: own and inclusive sample shares per function."""
+    own: dict[str, int] = {}
+    inclusive: dict[str, int] = {}
+    threads: dict[str, int] = {}
+    total = 0
+    for line in folded.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        total += count
+        threads[frames[0]] = threads.get(frames[0], 0) + count
+        own[frames[-1]] = own.get(frames[-1], 0) + count
+        for frame in set(frames[1:]):
+            inclusive[frame] = inclusive.get(frame, 0) + count
+
+    def table(counts: dict[str, int]) -> list[str]:
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+        return [f"{100 * n / total:6.1f}%  {n:7,}  {frame}" for frame, n in ranked]
+
+    lines = [
+        f"py-spy, our API (1 worker) under hey, {load}: {total:,} samples at 1,000/s of non-idle threads",
+        f"served {figures['served_per_s']}/s, p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms "
+        "(while sampled)",
+        "",
+        "by thread:",
+        *table(threads),
+        "",
+        "own time (the function on top of the stack):",
+        *table(own),
+        "",
+        "with callees:",
+        *table(inclusive),
+    ]
+    path = folded.with_suffix(".txt")
+    path.write_text("\n".join(lines) + "\n")
+    common.say(f"  profile written to {path}")
+    return path
+
+
 def load_server(server: api_latency.Server, user: str, loads, hey: str, args) -> dict:
     out = {}
     for name, clients, rate in loads:
         warm = hey_command(hey, server, user, clients, rate, min(2.0, args.duration))
         subprocess.run(warm, check=True, capture_output=True, timeout=120)
+        profiling = getattr(args, "profile", False) and rate is not None
+        if profiling:
+            profiler, folded = start_profiler(server, name, args.duration)
         cpu_before = api_latency.group_cpu_seconds(server.proc.pid)
         started = time.perf_counter()
         done = subprocess.run(
@@ -135,6 +200,12 @@ def load_server(server: api_latency.Server, user: str, loads, hey: str, args) ->
             f"p50 {figures['p50_ms']:6.2f} ms  p99 {figures['p99_ms']:6.2f} ms  "
             f"non-200 {figures['non_200']}"
         )
+        if profiling:
+            _, errors = profiler.communicate(timeout=60)
+            if profiler.returncode == 0 and folded.exists():
+                summarize_profile(folded, name, figures)
+            else:
+                common.say(f"  py-spy failed (exit {profiler.returncode}): {errors.strip()[-300:]}")
         out[name] = figures
     return out
 
@@ -159,7 +230,11 @@ def measure(args) -> dict:
     ports = api_latency.free_ports(3)
     for workers, port in zip((1, 2), ports):
         label = f"ours_{workers}w"
+        if getattr(args, "profile", False) and workers != 1:
+            continue  # the profile is of one worker (a second would halve each one's samples)
         results[label] = serve(api_latency.start_api, port, workers, log_dir, user, LOADS, hey, args, label)
+    if getattr(args, "profile", False):
+        return {"user": user, "duration_seconds": args.duration, "loads": results}
     results["feast_serve"] = serve(
         api_latency.start_feast_serve, ports[2], 1, log_dir, user, PEER_LOADS, hey, args, "feast_serve"
     )
@@ -169,8 +244,12 @@ def measure(args) -> dict:
 
 def run(args) -> dict:
     """bench.run's entry: the table rows against the issue's targets."""
-    ns = argparse.Namespace(duration=getattr(args, "api_load_seconds", 8.0), load_users=2000)
+    ns = argparse.Namespace(
+        duration=getattr(args, "api_load_seconds", 8.0), load_users=2000, profile=common.PROFILE
+    )
     details = measure(ns)
+    if common.PROFILE:  # profiled figures are not results (bench.run saves none with --profile)
+        return {"rows": [], "details": details}
     loads = details["loads"]
     ours, peer = (loads["ours_1w"], loads["ours_2w"]), loads["feast_serve"]
 
@@ -216,6 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.api_load", description=__doc__.splitlines()[0])
     p.add_argument("--duration", type=float, default=8.0, help="seconds of each measured run (default 8)")
     p.add_argument("--load-users", type=int, default=2000, help="users to load when none are online")
+    p.add_argument("--profile", action="store_true", help="py-spy profiles of our 1-worker server")
     args = p.parse_args(argv)
     common.ensure_database()
     details = measure(args)

@@ -89,7 +89,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--profile",
         action="store_true",
-        help="profile our side with pyinstrument (bench/results/profile_*.txt; figures slower)",
+        help="profile our side (pyinstrument; py-spy for the API server under hey) into "
+        "bench/results/profile_*.txt; figures slower, not saved",
     )
     return p
 

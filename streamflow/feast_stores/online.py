@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from typing import Any, Final, Literal
 
 import numpy as np
+import pyarrow as pa
 from feast import Entity, FeatureView, RepoConfig
 from feast.infra.key_encoding_utils import serialize_entity_key
 from feast.infra.online_stores.online_store import OnlineStore
@@ -41,6 +42,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+from streamflow.feast_stores import value_encoding
 from streamflow.feast_stores.settings import DatabaseDefaults
 from streamflow.feast_stores.value_encoding import decode_elements, element, string_entity_key
 
@@ -97,42 +99,41 @@ _PG_EPOCH_US = 946_684_800_000_000
 
 
 def binary_copy_payload(
-    keys: Sequence[bytes], names: str, vals: Sequence[bytes], event_us: np.ndarray
+    keys: Sequence[bytes] | pa.Array, names: str, vals: Sequence[bytes] | pa.Array, event_us: np.ndarray
 ) -> bytes:
     """A whole binary COPY stream of (entity_key, names, vals, event_ts, created_ts=NULL) rows.
 
-    Built in one pass over prepared columns: psycopg's row-by-row formatter adapts every value
-    of every row, which is most of the cost of a large write.
+    Built column-wise with Arrow kernels (keys and vals may be lists of bytes or Arrow binary
+    arrays): psycopg's row-by-row formatter adapts every value of every row, and a Python loop
+    over the rows was still a fifth of the consumer's write path.
     """
     if not (len(keys) == len(vals) == len(event_us)):
         raise ValueError(
             f"column lengths differ: {len(keys)} keys, {len(vals)} values, {len(event_us)} times"
         )
+    keys = keys if isinstance(keys, pa.Array) else pa.array(keys, pa.binary())
+    vals = vals if isinstance(vals, pa.Array) else pa.array(vals, pa.binary())
+    if keys.null_count or vals.null_count:
+        raise ValueError("entity keys and values must not be null")
     raw_names = names.encode("utf-8")
-    names_field = struct.pack(">i", len(raw_names)) + raw_names
-    stamps = (np.asarray(event_us, dtype=np.int64) - _PG_EPOCH_US).astype(">i8").tobytes()
-    pack = struct.Struct(">i").pack
-    ts_len, no_created, fields = b"\x00\x00\x00\x08", b"\xff\xff\xff\xff", b"\x00\x05"
-    parts = [_COPY_SIGNATURE]
-    append = parts.append
-    for i, (key, value) in enumerate(zip(keys, vals)):
-        append(
-            b"".join(
-                (
-                    fields,
-                    pack(len(key)),
-                    key,
-                    names_field,
-                    pack(len(value)),
-                    value,
-                    ts_len,
-                    stamps[8 * i : 8 * i + 8],
-                    no_created,
-                )
-            )
-        )
-    append(_COPY_TRAILER)
-    return b"".join(parts)
+    # per row: field count, key length, key, names length, names, vals length, vals, then the
+    # event time (length 8, microseconds from 2000-01-01) and a NULL created_ts (length -1)
+    names_field = pa.scalar(struct.pack(">i", len(raw_names)) + raw_names, pa.binary())
+    tail = np.empty((len(event_us), 16), dtype=np.uint8)
+    tail[:, :4] = np.frombuffer(b"\x00\x00\x00\x08", dtype=np.uint8)
+    stamps = (np.asarray(event_us, dtype=np.int64) - _PG_EPOCH_US).astype(">i8")
+    tail[:, 4:12] = stamps.view(np.uint8).reshape(-1, 8)
+    tail[:, 12:] = np.frombuffer(b"\xff\xff\xff\xff", dtype=np.uint8)
+    rows = value_encoding.concat(
+        pa.scalar(b"\x00\x05", pa.binary()),
+        value_encoding.field_lengths(keys),
+        keys,
+        names_field,
+        value_encoding.field_lengths(vals),
+        vals,
+        value_encoding.fixed_width(tail),
+    )
+    return _COPY_SIGNATURE + value_encoding.joined_bytes(rows) + _COPY_TRAILER
 
 
 def _utc(ts: datetime | None) -> datetime | None:
@@ -359,9 +360,9 @@ class StreamflowOnlineStore(OnlineStore):
         self,
         config: RepoConfig,
         view_name: str,
-        keys: Sequence[bytes],
+        keys: Sequence[bytes] | pa.Array,
         names: str,
-        vals: Sequence[bytes],
+        vals: Sequence[bytes] | pa.Array,
         event_us: np.ndarray,
     ) -> int:
         """Merge rows already in the table's format (see value_encoding); returns rows changed.

@@ -84,8 +84,8 @@ class StreamflowProvider(PassthroughProvider):
         table = pa.Table.from_pandas(df[wanted], preserve_index=False)
         if table.column(join_key).null_count:
             raise ValueError(f"push to {feature_view.name}: {join_key} is missing in some rows")
-        keys = value_encoding.string_entity_keys(join_key, table.column(join_key))
-        vals = value_encoding.encode_rows(table, features)
+        keys = value_encoding.string_entity_keys_array(join_key, table.column(join_key))
+        vals = value_encoding.encode_rows_array(table, features)
         stamps = event_micros(df, feature_view.batch_source.timestamp_field, feature_view.name)
         self.online_store.write_encoded(
             self.repo_config, feature_view.name, keys, ",".join(name for name, _ in features), vals, stamps

@@ -84,58 +84,87 @@ def _string_element(s: str) -> bytes:
 _BOOL_ELEMENTS = {True: element(_TAG_BOOL + b"\x01"), False: element(_TAG_BOOL + b"\x00")}
 
 
-def _with_nulls(encoded: list[bytes], array: pa.ChunkedArray) -> list[bytes]:
-    if array.null_count:
-        for i in np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False)):
-            encoded[i] = _EMPTY_VALUE
-    return encoded
+_BINARY = pa.binary()
 
 
-def _encode_int64(array: pa.ChunkedArray) -> list[bytes]:
-    values = array.cast(pa.int64()).fill_null(0).to_pylist()
-    return _with_nulls([_int_element(_TAG_INT64, v) for v in values], array)
+def _const(value: bytes) -> pa.Scalar:
+    return pa.scalar(value, _BINARY)
 
 
-def _encode_double(array: pa.ChunkedArray) -> list[bytes]:
-    as_float = array.cast(pa.float64())
-    raw = as_float.fill_null(0.0).to_numpy().astype("<f8").tobytes()
-    head = b"\x0a\x09" + _TAG_DOUBLE
-    encoded = [head + raw[i : i + 8] for i in range(0, len(raw), 8)]
-    missing = pc.or_kleene(as_float.is_null(), pc.is_nan(as_float.fill_null(0.0)))
-    for i in np.flatnonzero(missing.to_numpy(zero_copy_only=False)):
-        encoded[i] = _EMPTY_VALUE
-    return encoded
+_EMPTY = _const(_EMPTY_VALUE)
+_NOTHING = _const(b"")
 
 
-def _encode_string(array: pa.ChunkedArray) -> list[bytes]:
-    # Each distinct string is encoded once (feature strings are mostly categories: 20x faster).
+def fixed_width(rows: np.ndarray) -> pa.Array:
+    """A binary array from an (n, width) uint8 matrix: row i is element i."""
+    n, width = rows.shape
+    buffer = pa.py_buffer(np.ascontiguousarray(rows, dtype=np.uint8))
+    return pa.FixedSizeBinaryArray.from_buffers(pa.binary(width), n, [None, buffer]).cast(_BINARY)
+
+
+def _uint32_bytes(lengths: pa.Array, byteorder: str) -> pa.Array:
+    """Each length as 4 bytes (``"<"`` little-endian, ``">"`` big-endian), a binary array."""
+    raw = np.asarray(lengths.to_numpy(zero_copy_only=False), dtype=f"{byteorder}u4")
+    return fixed_width(raw.view(np.uint8).reshape(-1, 4))
+
+
+def concat(*columns: pa.Array | pa.Scalar) -> pa.Array:
+    """Row i of the result is the bytes of row i of every column, in order (one Arrow kernel)."""
+    return pc.binary_join_element_wise(*columns, _NOTHING)
+
+
+def _by_distinct(values: pa.Array, encode) -> pa.Array:
+    """``encode`` applied to each distinct value once, then laid out per row (most features are
+    categories or small counts: a few hundred distinct values in thousands of rows)."""
+    codes = values.dictionary_encode()
+    elements = pa.array(list(map(encode, codes.dictionary.to_pylist())), _BINARY)
+    return pc.take(elements, codes.indices)
+
+
+def _with_nulls(encoded: pa.Array, array: pa.Array, null: pa.Scalar = _EMPTY) -> pa.Array:
+    return pc.if_else(array.is_null(), null, encoded) if array.null_count else encoded
+
+
+def _encode_int64(array: pa.Array) -> pa.Array:
+    values = array.cast(pa.int64()).fill_null(0)
+    return _with_nulls(_by_distinct(values, lambda v: _int_element(_TAG_INT64, v)), array)
+
+
+_DOUBLE_HEAD = np.frombuffer(b"\x0a\x09" + _TAG_DOUBLE, dtype=np.uint8)
+
+
+def _encode_double(array: pa.Array) -> pa.Array:
+    as_float = array.cast(pa.float64()).fill_null(0.0)
+    raw = np.asarray(as_float.to_numpy(zero_copy_only=False), dtype="<f8")
+    rows = np.empty((len(raw), 11), dtype=np.uint8)
+    rows[:, :3] = _DOUBLE_HEAD
+    rows[:, 3:] = raw.view(np.uint8).reshape(-1, 8)
+    encoded = fixed_width(rows)
+    missing = pc.or_kleene(array.is_null(), pc.is_nan(as_float))
+    return pc.if_else(missing, _EMPTY, encoded) if pc.any(missing).as_py() else encoded
+
+
+def _encode_string(array: pa.Array) -> pa.Array:
     strings = array.cast(pa.string()).fill_null("")
-    if isinstance(strings, pa.ChunkedArray):
-        strings = strings.combine_chunks()
-    codes = strings.dictionary_encode()
-    elements = list(map(_string_element, codes.dictionary.to_pylist()))
-    indices = codes.indices.to_numpy(zero_copy_only=False).tolist()
-    return _with_nulls([elements[i] for i in indices], array)
+    return _with_nulls(_by_distinct(strings, _string_element), array)
 
 
-def _encode_bool(array: pa.ChunkedArray) -> list[bytes]:
-    values = array.cast(pa.bool_()).fill_null(False).to_pylist()
-    return _with_nulls([_BOOL_ELEMENTS[v] for v in values], array)
+_TRUE, _FALSE = _const(_BOOL_ELEMENTS[True]), _const(_BOOL_ELEMENTS[False])
 
 
-def _encode_unix_timestamp(array: pa.ChunkedArray) -> list[bytes]:
+def _encode_bool(array: pa.Array) -> pa.Array:
+    values = array.cast(pa.bool_()).fill_null(False)
+    return _with_nulls(pc.if_else(values, _TRUE, _FALSE), array)
+
+
+def _encode_unix_timestamp(array: pa.Array) -> pa.Array:
     if pa.types.is_timestamp(array.type) or pa.types.is_date(array.type):
         nanos = array.cast(pa.timestamp("ns", tz="UTC")).cast(pa.int64())
-        seconds = np.floor_divide(nanos.fill_null(0).to_numpy(), 1_000_000_000)
-        values = seconds.tolist()
+        seconds = pa.array(np.floor_divide(nanos.fill_null(0).to_numpy(zero_copy_only=False), 1_000_000_000))
     else:  # already a number of seconds
-        values = array.cast(pa.int64()).fill_null(0).to_pylist()
-    encoded = [_int_element(_TAG_UNIX_TS, v) for v in values]
-    if array.null_count:
-        nat = _int_element(_TAG_UNIX_TS, _NAT_SECONDS)
-        for i in np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False)):
-            encoded[i] = nat
-    return encoded
+        seconds = array.cast(pa.int64()).fill_null(0)
+    encoded = _by_distinct(seconds, lambda v: _int_element(_TAG_UNIX_TS, v))
+    return _with_nulls(encoded, array, null=_const(_int_element(_TAG_UNIX_TS, _NAT_SECONDS)))
 
 
 _ENCODERS = {
@@ -159,15 +188,28 @@ def supports(value_type: Any) -> bool:
     return _type_name(value_type) in SUPPORTED
 
 
-def encode_rows(table: pa.Table, features: list[tuple[str, Any]]) -> list[bytes]:
-    """Per row, the RepeatedValue encoding of the given feature columns, in the given order.
+def _column(table: pa.Table, name: str) -> pa.Array:
+    column = table.column(name)
+    return column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+
+
+def encode_rows_array(table: pa.Table, features: list[tuple[str, Any]]) -> pa.Array:
+    """Per row, the RepeatedValue encoding of the given feature columns, in the given order, as an
+    Arrow binary array. Built column by column with Arrow kernels: Python runs once per distinct
+    value of a column, not once per row (and Arrow's kernels leave the interpreter lock free for
+    the consumer's polling thread).
 
     features: (column name, value type) pairs; a value type is a ``feast.ValueType`` or its name.
     """
-    columns = [_ENCODERS[_type_name(value_type)](table.column(name)) for name, value_type in features]
+    columns = [_ENCODERS[_type_name(value_type)](_column(table, name)) for name, value_type in features]
     if not columns:
-        return [b""] * table.num_rows
-    return list(map(b"".join, zip(*columns)))
+        return pa.array([b""] * table.num_rows, _BINARY)
+    return columns[0] if len(columns) == 1 else concat(*columns)
+
+
+def encode_rows(table: pa.Table, features: list[tuple[str, Any]]) -> list[bytes]:
+    """``encode_rows_array`` as a list of bytes."""
+    return encode_rows_array(table, features).to_pylist()
 
 
 _STRING_TYPE = struct.pack("<I", 2)  # feast.ValueType.STRING
@@ -187,15 +229,31 @@ def string_entity_key(join_key: str, value: str) -> bytes:
     return _string_key_prefix(join_key) + _pack_length(len(raw)) + raw
 
 
-def string_entity_keys(join_key: str, array: pa.ChunkedArray) -> list[bytes]:
+def string_entity_keys_array(join_key: str, array: pa.Array | pa.ChunkedArray) -> pa.Array:
+    """string_entity_key of every row of a column, as an Arrow binary array (Arrow kernels)."""
+    if isinstance(array, pa.ChunkedArray):
+        array = array.combine_chunks()
+    raw = array.cast(pa.string()).cast(_BINARY)
+    return concat(_const(_string_key_prefix(join_key)), _uint32_bytes(pc.binary_length(raw), "<"), raw)
+
+
+def string_entity_keys(join_key: str, array: pa.Array | pa.ChunkedArray) -> list[bytes]:
     """string_entity_key of every row of a column."""
-    prefix = _string_key_prefix(join_key)
+    return string_entity_keys_array(join_key, array).to_pylist()
 
-    def key(value: str) -> bytes:
-        raw = value.encode("utf-8")
-        return prefix + _pack_length(len(raw)) + raw
 
-    return list(map(key, array.cast(pa.string()).to_pylist()))
+def field_lengths(array: pa.Array) -> pa.Array:
+    """Each element's length as PostgreSQL's binary COPY writes it (4 bytes, big-endian)."""
+    return _uint32_bytes(pc.binary_length(array), ">")
+
+
+def joined_bytes(rows: pa.Array) -> bytes:
+    """The bytes of every element of a binary array, one after the other."""
+    if len(rows) == 0:
+        return b""
+    offsets = np.frombuffer(rows.buffers()[1], dtype=np.int32)
+    start, end = int(offsets[rows.offset]), int(offsets[rows.offset + len(rows)])
+    return rows.buffers()[2][start:end].to_pybytes()
 
 
 # --- reading rows back -----------------------------------------------------------------------------
