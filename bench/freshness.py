@@ -169,20 +169,39 @@ def count_arrived(users: list[str]) -> int:
     return found
 
 
-def scrape(port: int) -> dict[str, float]:
-    """The consumer's freshness histogram: cumulative count per bucket bound."""
+def scrape(port: int, metric: str = "streamflow_event_to_online_seconds") -> dict[str, float]:
+    """One histogram of the consumer: cumulative count per bucket bound, and its "sum"."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
     conn.request("GET", "/metrics")
     out = {}
     for line in conn.getresponse().read().decode().splitlines():
-        if line.startswith("streamflow_event_to_online_seconds_bucket{"):
+        if line.startswith(metric + "_bucket{"):
             out[line.split('le="', 1)[1].split('"', 1)[0]] = float(line.rsplit(" ", 1)[1])
+        elif line.startswith(metric + "_sum"):
+            out["sum"] = float(line.rsplit(" ", 1)[1])
     return out
+
+
+WRITES = "streamflow_write_latency_seconds"
+"""The consumer's time to write one batch (all its tables): the writes a fresh event waits for."""
+
+
+def write_figures(before: dict, after: dict, seconds: float) -> dict:
+    """Batches written between two scrapes of WRITES: count, per second, mean and p99 bucket."""
+    count = after.get("+Inf", 0) - before.get("+Inf", 0)
+    total = after.get("sum", 0.0) - before.get("sum", 0.0)
+    return {
+        "batches": int(count),
+        "batches_per_s": round(count / seconds, 1) if seconds > 0 else None,
+        "mean_ms": round(1000 * total / count, 1) if count else None,
+        "p99_bucket_s": bucket_quantile(before, after, 0.99),
+        "busy_share": round(total / seconds, 2) if seconds > 0 else None,
+    }
 
 
 def bucket_quantile(before: dict, after: dict, q: float) -> float | None:
     """Upper bound (s) of the bucket holding the q-quantile of what was observed between scrapes."""
-    bounds = sorted(after, key=lambda b: float("inf") if b == "+Inf" else float(b))
+    bounds = sorted((b for b in after if b != "sum"), key=lambda b: float("inf") if b == "+Inf" else float(b))
     total = after.get("+Inf", 0) - before.get("+Inf", 0)
     if total <= 0:
         return None
@@ -239,8 +258,9 @@ def measure_rate(
     """One steady run at one rate, on users no earlier run sent: latencies, the achieved rate."""
     left_over = poller.restart()
     time.sleep(0.5)  # the histogram is updated right after a write: the warm-up's last one, here
-    before = scrape(port)
+    before, writes_before = scrape(port), scrape(port, WRITES)
     sending = send_steady(producer, poller, users, rate, offset)
+    writes_after = scrape(port, WRITES)  # the writes while sending at the rate
     producer.flush()
     all_seen = poller.wait_seen(60, consumer)
     time.sleep(0.5)
@@ -270,6 +290,7 @@ def measure_rate(
             "p50_bucket": bucket_quantile(before, after, 0.5),
             "p99_bucket": bucket_quantile(before, after, 0.99),
         },
+        "batch_writes": write_figures(writes_before, writes_after, sending),
     }
     lat, hist = result["latency_ms"], result["consumer_histogram_s"]
     common.say(
@@ -277,6 +298,11 @@ def measure_rate(
         f"{len(ms):,}/{timed:,} timed events seen: p50 {lat['p50']:.0f} ms, p99 {lat['p99']:.0f} ms, "
         f"max {lat['max'] or float('nan'):.0f} ms; consumer histogram p50 <= {hist['p50_bucket']} s, "
         f"p99 <= {hist['p99_bucket']} s; {poller.polls} polls"
+    )
+    w = result["batch_writes"]
+    common.say(
+        f"  batch writes while sending: {w['batches']:,} ({w['batches_per_s']}/s), mean {w['mean_ms']} ms, "
+        f"p99 <= {w['p99_bucket_s']} s, writing {w['busy_share']} of the time"
     )
     return result
 
@@ -290,6 +316,12 @@ def rows_of(r: dict) -> list[dict]:
         f"At {rate:,.0f}/s: consumer's own histogram (record timestamp→write, bucket upper bounds): "
         f"p50 ≤ {hist['p50_bucket']} s, p99 ≤ {hist['p99_bucket']} s."
     ]
+    w = r.get("batch_writes") or {}
+    if w.get("batches"):
+        notes.append(
+            f"Batch writes while sending: {w['batches_per_s']}/s, mean {w['mean_ms']} ms "
+            f"(p99 ≤ {w['p99_bucket_s']} s), writing {w['busy_share']:.0%} of the time."
+        )
     if not r["on_rate"]:
         notes.append(
             f"The producer reached only {r['achieved_rate']:,.0f} of {rate:,.0f} events/s: "

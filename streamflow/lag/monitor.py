@@ -379,8 +379,9 @@ class LagMonitor:
                 raise self._failed("connecting the reader", exc) from None
         return self._fetch
 
-    def _call(self, what: str, fn, *args, **kwargs):
-        """``fn(*args, **kwargs)`` -- one call of a client; any failure drops the clients."""
+    def call(self, what: str, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)``: one call of a client of this monitor (``streamflow.lag.rewind``
+        uses it too); any failure drops the clients and is raised as the monitor's outage error."""
         try:
             return fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - KafkaError, but also OSError, AssertionError, ...
@@ -422,7 +423,7 @@ class LagMonitor:
 
     def _partitions(self) -> tuple[list[TopicPartition], list[str]]:
         admin = self.admin
-        described = self._call("describing topics", admin.describe_topics, self.topics)
+        described = self.call("describing topics", admin.describe_topics, self.topics)
         found: dict[str, list[int]] = {}
         self._leaders = {}
         for t in described:
@@ -443,7 +444,7 @@ class LagMonitor:
         ``refresh`` (a fetch found a leader moved or away) or when a partition is not in it."""
         if refresh or any(tp not in self._leaders for tp in tps):
             topics = sorted({tp.topic for tp in tps})
-            described = self._call("describing topics", self.admin.describe_topics, topics)
+            described = self.call("describing topics", self.admin.describe_topics, topics)
             self._leaders = {tp: node for tp, node in self._leaders.items() if tp.topic not in topics}
             for t in described:
                 if t.get("error_code", 0) == 0:
@@ -451,7 +452,7 @@ class LagMonitor:
         return {tp: self._leaders.get(tp) for tp in tps}
 
     def _log_starts(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        starts = self._call(
+        starts = self.call(
             "reading the log-start offsets",
             self.admin.list_partition_offsets,
             {tp: OffsetSpec.EARLIEST for tp in tps},
@@ -497,12 +498,12 @@ class LagMonitor:
             for tp, om in listed.get(marks_group(self.group), {}).items()
             if (t := parse_mark(getattr(om, "metadata", None))) is not None
         }
-        start = self._call(
+        start = self.call(
             "reading the log-start offsets",
             admin.list_partition_offsets,
             {tp: OffsetSpec.EARLIEST for tp in tps},
         )
-        end = self._call(
+        end = self.call(
             "reading the log-end offsets", admin.list_partition_offsets, {tp: OffsetSpec.LATEST for tp in tps}
         )
         return committed, start, end

@@ -99,7 +99,7 @@ def rewind(monitor: LagMonitor, to: str, dry_run: bool = False) -> list[dict]:
     if not tps:
         raise RewindRefused(f"no partitions to rewind (topics missing: {', '.join(sample.missing_topics)})")
     admin = monitor.admin
-    found = monitor._call(
+    found = monitor.call(
         "looking up the new offsets",
         admin.list_partition_offsets,  # noqa: SLF001
         {tp: spec for tp in tps},
@@ -133,7 +133,7 @@ def rewind(monitor: LagMonitor, to: str, dry_run: bool = False) -> list[dict]:
 
 
 def _alter(monitor: LagMonitor, group: str, offsets: dict) -> None:
-    result = monitor._call(
+    result = monitor.call(
         f"setting the offsets of group {group}",  # noqa: SLF001
         monitor.admin.alter_group_offsets,
         group,
