@@ -29,8 +29,9 @@ import threading
 import time
 from typing import Any, TextIO
 
-from streamflow import config, logs
+from streamflow import logs
 from streamflow.errors import ServiceUnavailable, StreamflowError
+from streamflow.lag import options
 from streamflow.lag.monitor import GroupLag, LagMonitor
 from streamflow.lag.status import GroupStatus, Status, StatusEvaluator, group_status
 
@@ -60,16 +61,7 @@ def parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="\n".join(__doc__.splitlines()[4:]),
     )
-    p.add_argument(
-        "--group", default=config.settings().consumer.group, help="consumer group (default: %(default)s)"
-    )
-    p.add_argument(
-        "--topic",
-        action="append",
-        dest="topics",
-        metavar="TOPIC",
-        help="topic to report (repeatable; default: the table topics)",
-    )
+    options.add_group_and_topics(p, "report")
     p.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
     p.add_argument(
         "--watch",

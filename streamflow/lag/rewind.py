@@ -27,6 +27,7 @@ from kafka.structs import OffsetAndMetadata
 
 from streamflow import logs
 from streamflow.errors import StreamflowError
+from streamflow.lag import options
 from streamflow.lag.monitor import LagMonitor, marks_group
 from streamflow.lag.status import REPLAY_MARK
 
@@ -36,7 +37,6 @@ class RewindRefused(StreamflowError):
 
 
 def parser() -> argparse.ArgumentParser:
-    from streamflow import config
 
     p = argparse.ArgumentParser(
         prog="streamflow rewind",
@@ -50,16 +50,7 @@ def parser() -> argparse.ArgumentParser:
         metavar="earliest|latest|TIME",
         help="where to move the group: the log start, the log end, or a time (ISO 8601)",
     )
-    p.add_argument(
-        "--group", default=config.settings().consumer.group, help="consumer group (default: %(default)s)"
-    )
-    p.add_argument(
-        "--topic",
-        action="append",
-        dest="topics",
-        metavar="TOPIC",
-        help="topic to rewind (repeatable; default: the table topics)",
-    )
+    options.add_group_and_topics(p, "rewind")
     p.add_argument("--dry-run", action="store_true", help="print the new offsets, change nothing")
     p.add_argument("--json", action="store_true", help="machine-readable output (JSON)")
     p.add_argument(
