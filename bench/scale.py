@@ -18,11 +18,13 @@ read a snapshot in chunks (``streamflow.batch.validate``), which they used to ho
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from bench import common  # noqa: I001  (first: sets the benchmark environment)
@@ -118,6 +120,7 @@ def replay_and_consume(months: list[str], group: str) -> dict[str, dict]:
 
     consumer = start_stage("consume", ["consume", "--group", group])
     produced = stage("produce", ["produce", "--snapshots", *months, "--no-progress"])
+    produced["ended_at"] = datetime.now()  # local time, as the consumer's log lines have it
     if produced["exit"] == 0:
         with LagMonitor(group=group) as monitor:
             while consumer["proc"].poll() is None:
@@ -128,6 +131,29 @@ def replay_and_consume(months: list[str], group: str) -> dict[str, dict]:
     if consumer["proc"].poll() is None:
         consumer["proc"].send_signal(signal.SIGTERM)
     return {"produce": produced, "consume": finish_stage(consumer, timeout=300)}
+
+
+_PROGRESS = re.compile(r"^(\d\d:\d\d:\d\d) INFO +consumer: (?:progress|stopped): \{.*?'written': (\d+)")
+
+
+def consume_alone(log_path: str, since: datetime) -> dict | None:
+    """The consumer's rate once the producer had finished (it no longer shares the cores with it,
+    and the tables hold every user): events written per second between its first progress line
+    after ``since`` and its last one (progress lines come every 10 s, from its log)."""
+    points = []
+    for line in Path(log_path).read_text(errors="replace").splitlines():
+        found = _PROGRESS.match(line)
+        if found:
+            at = datetime.combine(since.date(), datetime.strptime(found[1], "%H:%M:%S").time())
+            if at < since - timedelta(hours=12):  # past midnight
+                at += timedelta(days=1)
+            points.append((at, int(found[2])))
+    after = [(at, n) for at, n in points if at >= since]
+    if len(after) < 2:
+        return None
+    (t0, n0), (t1, n1) = after[0], after[-1]
+    seconds = (t1 - t0).total_seconds()
+    return {"events": n1 - n0, "seconds": seconds, "events_per_s": common.rate(n1 - n0, seconds)}
 
 
 def run(args) -> dict:
@@ -180,6 +206,24 @@ def run(args) -> dict:
                 met if r["exit"] == 0 else False,
             )
         )
+    alone = None
+    if "consume" in results and results["consume"]["exit"] == 0:
+        alone = consume_alone(results["consume"]["log"], results["produce"]["ended_at"])
+    if alone:
+        common.say(
+            f"  consume alone, after the producer: {alone['events']:,} events in {alone['seconds']:.0f} s, "
+            f"{alone['events_per_s']:,.0f} events/s"
+        )
+        rows.append(
+            common.row(
+                "7 scale",
+                f"{users:,} users: consumer alone once the producer had finished, events/s "
+                f"({alone['events']:,} events in {alone['seconds']:,.0f} s; compare with benchmark 2)",
+                alone["events_per_s"],
+                None,
+                "events/s",
+            )
+        )
     rows += [
         rss_row("7 scale", f"{users:,} users, both months: {name}", results[name])
         for name in ("load", "produce")
@@ -203,7 +247,8 @@ def run(args) -> dict:
         "details": {
             "users": users,
             "events": events,
-            "stages": results,
+            "stages": {k: {n: v for n, v in r.items() if n != "ended_at"} for k, r in results.items()},
+            "consume_alone": alone,
             "verify": verified and verified["details"],
             "method": __doc__.split("\n\n")[1].replace("\n", " ").strip(),
         },
