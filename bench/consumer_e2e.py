@@ -16,6 +16,7 @@ its first record to its last. Ours can at best reach it (the ratio ours / bare s
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 
@@ -82,6 +83,15 @@ def consume(batch: int) -> dict:
     return stats
 
 
+def empty_stores() -> None:
+    """Our project's online tables and the snapshot tables emptied: every run of ours inserts, as
+    the first did (a replay into stores that hold the same rows writes nothing, and is faster)."""
+    project = os.environ["FEAST_PROJECT"]
+    with common.connect(autocommit=True) as conn:
+        for table in schema.TABLES:
+            conn.execute(f'TRUNCATE "{project}_{table.feature_view}", "{table.snapshot_table}"')
+
+
 def bare_poll(events: int, batch: int) -> dict:
     """Read the same records with the same client and settings, doing nothing with them."""
     from streamflow import kafka_clients
@@ -124,10 +134,16 @@ def run(args) -> dict:
     folder = common.snapshots(args.users)["month_000"]
     events = produce(folder)
     common.say(f"  produced {events:,} events (not timed)")
-    ours = consume(args.batch)
+    ours_runs = []
+    for _ in range(1 if common.PROFILE else 3):  # a short run: the median of three, each on emptied stores
+        empty_stores()
+        ours_runs.append(consume(args.batch))
+    ours = sorted(ours_runs, key=lambda r: r["seconds"])[len(ours_runs) // 2]
+    ours_times = ", ".join(f"{r['seconds']:.2f}" for r in ours_runs)
     common.say(
         f"  ours : {ours['written']:,.0f} events written in {ours['seconds']:.2f} s "
-        f"(+{ours['join_seconds']:.2f} s group join), {ours['batches']:.0f} batches"
+        f"(+{ours['join_seconds']:.2f} s group join), {ours['batches']:.0f} batches "
+        f"(median of {ours_times})"
     )
     runs = [bare_poll(events, args.batch) for _ in range(3)]  # a short run: the median of three
     bare = sorted(runs, key=lambda r: r["seconds"])[1]
@@ -165,11 +181,13 @@ def run(args) -> dict:
             "events": events,
             "batch": args.batch,
             "ours": ours,
+            "ours_runs": [r["seconds"] for r in ours_runs],
             "bare_poll": bare,
             "bare_poll_runs": runs,
             "stock": {"rows": rows, "seconds": seconds},
             "method": "events produced first (not timed); our consumer in-process, from its first "
-            "batch to its last commit; a bare poll loop of the same client (median of 3); "
+            "batch to its last commit (median of 3, each in a fresh group on emptied stores); "
+            "a bare poll loop of the same client (median of 3); "
             "stock push of the same rows (typed frames of the same CSVs) in batches of the "
             "same size, online only.",
         },
