@@ -160,6 +160,7 @@ def consume_alone(log_path: str, since: datetime) -> dict | None:
 def run(args) -> dict:
     users = args.scale_users
     common.RESULTS.mkdir(parents=True, exist_ok=True)
+    common.reset()  # emptied stores: verify at the end compares every user online with the snapshot
     common.use_topics("scale")
     data = common.data_dir() / f"scale_{users}"
     months = [str(data / "month_000"), str(data / "month_001")]
