@@ -26,7 +26,7 @@ from bench import common  # noqa: I001  (first: sets the benchmark environment)
 from bench.consumer_e2e import produce
 
 NAME = "consumer_processes"
-WROTE = re.compile(r"\bwrote \d+ rows")
+WROTE = re.compile(r"\bwrote \d+ (?:rows|events)\b")  # consumer.runner: "wrote N events of TABLE" (DEBUG)
 SUMMARY = re.compile(r"consumed (\d+), written (\d+),")
 
 
@@ -66,6 +66,8 @@ def consume(processes: int, batch: int) -> dict:
         raise RuntimeError(
             f"consume --processes {processes} exited with code {code}: " + "\n".join(lines[-15:])
         )
+    if first_write is None:  # the figures after the first write would silently be the whole run
+        raise RuntimeError(f"consume --processes {processes}: no 'wrote N events' line in its DEBUG log")
     written = [int(w) for _, w in (SUMMARY.search(ln).groups() for ln in lines if SUMMARY.search(ln))]
     return {
         "processes": processes,
