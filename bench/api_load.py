@@ -15,8 +15,8 @@ hey starts every client's ticker at once: at a fixed rate, its c clients send to
 of c requests every c/rate seconds. That is harsher than evenly spaced arrivals; it is what
 the issue's figures were measured with, and it is kept here so the figures compare.
 
-With ``bench.run --profile``, py-spy samples our 1-worker server (every thread, idle ones
-left out, 1,000 samples/s) through each throttled load and writes, per load,
+With ``bench.run --profile``, py-spy samples our 1-worker server (the thread holding the
+interpreter lock, 1,000 samples/s, without pausing it) through each throttled load and writes, per load,
 bench/results/profile_api_load_<load>.txt: the functions where the server's threads spend
 their time (own time and with callees), and the raw folded stacks beside it (``.folded``, for
 a flame graph). Those figures are not saved: py-spy's sampling slows the server a little.
@@ -124,7 +124,8 @@ def start_profiler(server: api_latency.Server, load: str, seconds: float) -> tup
     spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     common.RESULTS.mkdir(parents=True, exist_ok=True)
     folded = common.RESULTS / f"profile_api_load_{slug(load)}.folded"
-    command = [spy, "record", "--pid", str(server.proc.pid), "--subprocesses", "--threads", "--rate", "1000"]
+    command = [spy, "record", "--pid", str(server.proc.pid), "--subprocesses", "--threads", "--gil"]
+    command += ["--nonblocking", "--rate", "1000"]  # samples of the thread holding the GIL; no pauses
     command += ["--duration", f"{max(1, round(seconds))}", "--format", "raw", "--output", str(folded)]
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True), folded
 
@@ -142,9 +143,10 @@ def summarize_profile(folded: Path, load: str, figures: dict, top: int = 30) -> 
         count = int(count_text)
         frames = stack.split(";")
         total += count
-        threads[frames[0]] = threads.get(frames[0], 0) + count
+        thread = frames[1] if len(frames) > 1 and frames[1].startswith("thread") else frames[0]
+        threads[thread] = threads.get(thread, 0) + count
         own[frames[-1]] = own.get(frames[-1], 0) + count
-        for frame in set(frames[1:]):
+        for frame in set(frames[2:]):
             inclusive[frame] = inclusive.get(frame, 0) + count
 
     def table(counts: dict[str, int]) -> list[str]:
@@ -152,7 +154,8 @@ def summarize_profile(folded: Path, load: str, figures: dict, top: int = 30) -> 
         return [f"{100 * n / total:6.1f}%  {n:7,}  {frame}" for frame, n in ranked]
 
     lines = [
-        f"py-spy, our API (1 worker) under hey, {load}: {total:,} samples at 1,000/s of non-idle threads",
+        f"py-spy --gil, our API (1 worker) under hey, {load}: {total:,} samples at 1,000/s of the "
+        "thread holding the interpreter lock (Python's CPU time; waits are not sampled)",
         f"served {figures['served_per_s']}/s, p50 {figures['p50_ms']} ms, p99 {figures['p99_ms']} ms "
         "(while sampled)",
         "",
