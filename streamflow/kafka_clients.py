@@ -364,6 +364,15 @@ def dead_letter_producer(*, kafka: KafkaSettings | None = None) -> Producer:
     return producer("dead-letter", linger_ms=5, delivery_timeout=60.0, kafka=kafka)
 
 
+GROUP_FETCH_BYTES = 8 * MIB
+GROUP_PARTITION_FETCH_BYTES = 1 * MIB
+"""Fetch bounds of a group member. With a backlog kafka-python keeps whole fetch responses
+buffered, so these bounds are most of the memory that grows with the backlog: `consume
+--until-drained` on 1,200,000 waiting events peaked at 465-479 MiB with 32 MiB / 4 MiB and at
+345-346 MiB with 8 MiB / 1 MiB, and was no slower (60-70 s against 78-81 s, two runs each).
+A batch larger than a bound is still fetched whole (the broker returns at least one batch)."""
+
+
 def group_consumer(
     group_id: str, *, role: str = "consumer", kafka: KafkaSettings | None = None, **overrides
 ) -> KafkaConsumer:
@@ -377,8 +386,8 @@ def group_consumer(
         max_poll_interval_ms=600_000,
         session_timeout_ms=15_000,
         heartbeat_interval_ms=3_000,
-        fetch_max_bytes=32 * MIB,
-        max_partition_fetch_bytes=max(4 * MIB, s.message_max_bytes),
+        fetch_max_bytes=GROUP_FETCH_BYTES,
+        max_partition_fetch_bytes=max(GROUP_PARTITION_FETCH_BYTES, s.message_max_bytes),
     )
     options.update(overrides)
     return _build(KafkaConsumer, s, options)
