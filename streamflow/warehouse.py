@@ -357,22 +357,6 @@ def _not_older(old: str, new: str) -> sql.Composed:
     )
 
 
-def _merge(
-    cur: psycopg.Cursor,
-    target: str,
-    staged: sql.Composable,
-    names: list[str],
-    key: list[str],
-    updated: list[str],
-    *,
-    newer_only: bool,
-    touch: list[str],
-) -> int:
-    """INSERT the staged rows (s) that are new or change a stored row (o); rows written."""
-    cur.execute(_merge_statement(target, staged, names, key, updated, newer_only=newer_only, touch=touch))
-    return cur.rowcount
-
-
 def _merge_statement(
     target: str,
     staged: sql.Composable,
@@ -383,6 +367,8 @@ def _merge_statement(
     newer_only: bool,
     touch: list[str],
 ) -> sql.Composed:
+    """INSERT the staged rows (s) that are new or change a stored row (o); its rowcount is the
+    rows written."""
     stmt = sql.SQL(
         "INSERT INTO {target} AS t ({names}) "
         "SELECT {s_names} FROM {staged} LEFT JOIN {target} AS o ON {join} "
@@ -469,7 +455,11 @@ def merge_into_base_table(
     names = [KEY, *cols, AS_OF]
     order = [sql.SQL("{} DESC").format(sql.Identifier(AS_OF))]
     staged = _staged(staging, names, [KEY] if dedupe else [], order)
-    return _merge(cur, table.base_table, staged, names, [KEY], [*cols, AS_OF], newer_only=True, touch=[])
+    statement = _merge_statement(
+        table.base_table, staged, names, [KEY], [*cols, AS_OF], newer_only=True, touch=[]
+    )
+    cur.execute(statement)
+    return cur.rowcount
 
 
 def upsert_snapshot_rows(
