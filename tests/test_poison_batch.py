@@ -18,6 +18,7 @@ import io
 import logging
 import math
 import re
+import sys
 import threading
 import time
 from collections import namedtuple
@@ -324,10 +325,13 @@ def test_a_poison_event_is_dead_lettered_its_neighbours_are_written_and_the_cons
 
     consumer = StreamConsumer(ConsumerSettings(group_id=group, retry_initial=0.2))
     batches: list[tuple[str, list[int]]] = []
+    intervals: set[float] = set()
+    interval_before = sys.getswitchinterval()
     write_table = consumer.write_table
 
     def spy(name, frame, records):
         batches.append((name, [r.offset for r in records]))
+        intervals.add(sys.getswitchinterval())
         return write_table(name, frame, records)
 
     consumer.write_table = spy
@@ -371,6 +375,9 @@ def test_a_poison_event_is_dead_lettered_its_neighbours_are_written_and_the_cons
         consumer.stop()
         runner.join(timeout=60)
     assert not runner.is_alive()
+    # the loop's shorter interpreter-lock switch interval holds while it runs, and is undone after
+    assert intervals == {consumer.settings.switch_interval} != {interval_before}, intervals
+    assert sys.getswitchinterval() == interval_before
 
     committed = pipeline.committed_offsets(group)
     ends = pipeline.end_offsets([TABLE.topic])
