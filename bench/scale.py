@@ -3,7 +3,8 @@
 Each stage runs as its own process of ``.venv/bin/streamflow`` (generate, apply, load both months,
 then produce both months while the consumer consumes them -- it is stopped once its lag is 0 --,
 then the training set for 2024-01-31; after the pipeline's wall time, ``streamflow verify`` of
-what was streamed against month_001's snapshot, issue 13's 1,000,000-user parity figure), in the
+what was streamed against month_001's snapshot, issue 13's 1,000,000-user parity figure; then
+``bench.table_growth`` on the tables the run filled), in the
 benchmarks' database and topics. Wall time per
 stage, and the peak RSS of that process (``ru_maxrss`` of the stage's own process, read by a small
 wrapper it is forked from, see ``_PEAK_RSS``; no stage forks workers). The consumer's peak must
@@ -244,6 +245,16 @@ def run(args) -> dict:
     )
     if verified is not None:
         rows += verified["rows"]
+    growth = None
+    if not failed:  # last: on the tables this run filled (it adds 40,000 users, then empties them)
+        from bench import table_growth
+
+        try:
+            growth = table_growth.measure(args.batch)
+            rows += growth["rows"]
+        except Exception as exc:  # noqa: BLE001 - the scale figures above stand without it
+            common.say(f"  table_growth failed: {type(exc).__name__}: {exc}")
+            growth = {"details": {"error": f"{type(exc).__name__}: {exc}"}}
     return {
         "rows": rows,
         "details": {
@@ -252,6 +263,7 @@ def run(args) -> dict:
             "stages": {k: {n: v for n, v in r.items() if n != "ended_at"} for k, r in results.items()},
             "consume_alone": alone,
             "verify": verified and verified["details"],
+            "table_growth": growth and growth["details"],
             "method": __doc__.split("\n\n")[1].replace("\n", " ").strip(),
         },
     }
