@@ -268,7 +268,9 @@ def markdown(results: dict) -> str:
         "",
         f"Machine: {m['nproc']} CPUs ({m['cpu']}), {m['ram_gib']} GiB RAM, Python {m['python']}, "
         f"PostgreSQL {m['postgresql']}, Kafka {m['kafka']} (KRaft, one node), all on 127.0.0.1; "
-        f"load average at start {m['loadavg_at_start'][0]} (other processes share the CPUs).",
+        f"load average at start {m['loadavg_at_start'][0]} (other processes share the CPUs); "
+        f"a fixed pure-Python loop took {m.get('python_loop_ms_at_start', '?')} ms at the start and "
+        f"{m.get('python_loop_ms_at_end', '?')} ms at the end (the machine's speed of the hour).",
         "",
         "Ratio: how many times better ours is than the baseline (ours/baseline for rates, "
         "baseline/ours for latencies and times).",
@@ -356,6 +358,11 @@ def main(argv: list[str] | None = None) -> int:
         except Exception as exc:  # noqa: BLE001 - cleaning up must not hide the results
             common.say(f"could not delete this run's topics ({common.BASE_PREFIX}-*): {exc}")
         common.remove_data()
+    results["machine"]["python_loop_ms_at_end"] = common.speed_probe()
+    common.say(f"python loop at the end: {results['machine']['python_loop_ms_at_end']} ms")
+    if not args.profile:
+        JSON.write_text(json.dumps(results, indent=2, default=str) + "\n")
+        MARKDOWN.write_text(markdown(results))
     print(markdown(results))
     where = (
         "profiles in bench/results/profile_*.txt, figures not saved"
