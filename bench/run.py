@@ -324,6 +324,13 @@ def run_one(name: str, args) -> dict:
     return entry
 
 
+def save(results: dict) -> None:
+    """Write the results to bench/results/results.json and results.md."""
+    common.RESULTS.mkdir(parents=True, exist_ok=True)
+    JSON.write_text(json.dumps(results, indent=2, default=str) + "\n")
+    MARKDOWN.write_text(markdown(results))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     names = args.only or (DEFAULT + (["scale"] if args.scale else []))
@@ -349,9 +356,7 @@ def main(argv: list[str] | None = None) -> int:
                 common.stock_store.cache_clear()  # its singleton connection may be broken for good
                 results["benchmarks"][name] = entry = run_one(name, args)
             if not args.profile:  # profiled figures are slower: never mixed into the results
-                common.RESULTS.mkdir(parents=True, exist_ok=True)
-                JSON.write_text(json.dumps(results, indent=2, default=str) + "\n")
-                MARKDOWN.write_text(markdown(results))
+                save(results)
     finally:
         try:
             common.delete_run_topics()
@@ -361,8 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     results["machine"]["python_loop_ms_at_end"] = common.speed_probe()
     common.say(f"python loop at the end: {results['machine']['python_loop_ms_at_end']} ms")
     if not args.profile:
-        JSON.write_text(json.dumps(results, indent=2, default=str) + "\n")
-        MARKDOWN.write_text(markdown(results))
+        save(results)
     print(markdown(results))
     where = (
         "profiles in bench/results/profile_*.txt, figures not saved"

@@ -142,7 +142,7 @@ def measure(batch: int = 5000) -> dict:
         "rows": rows,
         "details": {
             "stored_users": users,
-            "runs": {case: [{k: v for k, v in s.items()} for s in r] for case, r in runs.items()},
+            "runs": runs,
             "method": __doc__.split("\n\n")[1].replace("\n", " ").strip(),
         },
     }
