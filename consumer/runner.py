@@ -571,10 +571,12 @@ class StreamConsumer:
         finally:
             self._giving_up.set()  # a write still retrying gives up: this member is done
             self._abandon_in_flight()
-            writers.shutdown(wait=True)
-            watchdog.stop()
-            self.close()
-            sys.setswitchinterval(switch_interval)
+            try:
+                writers.shutdown(wait=True)
+                watchdog.stop()
+                self.close()
+            finally:
+                sys.setswitchinterval(switch_interval)  # also when closing raises
         stats = self.metrics.snapshot()
         stats["kafka_errors"] = self.outage.total_errors
         stats["client_rebuilds"] = self.rebuilds

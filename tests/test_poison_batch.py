@@ -257,6 +257,29 @@ def test_a_stop_request_ends_the_bisection(monkeypatch):
     assert len(fake.frames) == 2  # no write after the stop request
 
 
+def test_the_switch_interval_is_restored_when_closing_raises(monkeypatch):
+    from types import SimpleNamespace
+
+    from consumer.outage import Outage
+
+    consumer = bare_consumer()
+    consumer.settings.switch_interval = 0.0007
+    consumer.topics, consumer._in_flight = [], None
+    consumer.kafka = SimpleNamespace(request_timeout_ms=1000)
+    consumer.outage = Outage("127.0.0.1:1", consumer.stopping)
+    consumer.stopping.set()  # the loop ends at once; then the consumer closes
+
+    def close():
+        assert sys.getswitchinterval() == 0.0007  # still the loop's while closing
+        raise RuntimeError("closing failed")
+
+    monkeypatch.setattr(consumer, "close", close)
+    before = sys.getswitchinterval()
+    with pytest.raises(RuntimeError, match="closing failed"):
+        consumer.run()
+    assert sys.getswitchinterval() == before != 0.0007
+
+
 # --- against the real PostgreSQL and Kafka ---------------------------------------------------------
 
 CONSTRAINT = "poison_test_watch_hours_below_700"
