@@ -1,0 +1,223 @@
+"""Where benchmark 2's consumer spends its time: a diagnostic, not part of the suite.
+
+``python -m bench.consumer_split [--users N] [--rounds R]`` replays month_000 of N users (6 events
+per user) into fresh topics once, then, R times each, on emptied stores:
+
+* **ours**: ``StreamConsumer`` in-process as it runs in production, with its loop's three steps
+  timed (wall time and the loop thread's CPU): ``poll`` (kafka-python fetching and parsing),
+  ``decode`` (validation into push frames) and ``wait for writes`` (the loop waiting for the writer
+  threads to finish the batch before it commits it and hands over the next one);
+* **writes in 2 processes**: the same, with every table push sent to one of two worker processes
+  (spawned once, each with its own feature store) instead of being run by the writer threads:
+  an experiment that takes the writes' Python out of the consumer's interpreter lock (it is not
+  how the consumer runs);
+* **bare**: a bare poll loop of the same client, its poll calls timed the same way.
+
+For each run it also reads the machine's busy and idle CPU time (``/proc/stat``) over the run:
+a machine that is half idle while the consumer runs means a consumer bound by waits, not by CPU.
+Prints a table; writes ``bench/results/consumer_split.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import threading
+import time
+import uuid
+
+from bench import common, consumer_e2e  # noqa: I001  (common first: sets the benchmark environment)
+from streamflow import schema
+
+NAME = "consumer_split"
+STEPS = {"poll": "poll", "decode_batch": "decode", "_finish_in_flight": "wait for writes"}
+
+
+def machine_cpu() -> tuple[float, float]:
+    """Seconds of busy and of idle CPU time of the whole machine so far (all cores)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle, iowait
+    return (sum(ticks) - idle) / 100, idle / 100
+
+
+def _push_worker(conn) -> None:
+    """A worker process of the experiment: pushes the frames it is sent, answers None or the error."""
+    from streamflow.feature_store import get_store, push
+
+    get_store().list_feature_views()
+    conn.send("ready")
+    while (message := conn.recv()) is not None:
+        name, frame, where = message
+        try:
+            push(schema.table(name), frame, where=where, validated=True)
+            conn.send(None)
+        except Exception as exc:  # noqa: BLE001 - sent back: the writer thread raises it
+            conn.send(exc)
+
+
+class PushWorkers:
+    """Stands for ``consumer.runner.push`` in the experiment: each call borrows a worker process."""
+
+    def __init__(self, count: int):
+        context = multiprocessing.get_context("spawn")
+        self.processes, self.idle = [], []
+        for _ in range(count):
+            ours, theirs = context.Pipe()
+            process = context.Process(target=_push_worker, args=(theirs,), daemon=True)
+            process.start()
+            if ours.recv() != "ready":
+                raise RuntimeError("a push worker did not start")
+            self.processes.append(process)
+            self.idle.append(ours)
+        self.lock = threading.Lock()
+
+    def __call__(self, table, frame, where="push", *, validated=False) -> None:
+        with self.lock:
+            conn = self.idle.pop()
+        try:
+            conn.send((table.name, frame, where))
+            error = conn.recv()
+        finally:
+            with self.lock:
+                self.idle.append(conn)
+        if error is not None:
+            raise error
+
+    def close(self) -> None:
+        for conn in self.idle:
+            conn.send(None)
+        for process in self.processes:
+            process.join(timeout=10)
+
+
+def timed_steps(consumer) -> dict[str, list[float]]:
+    """Wrap the loop's steps of one consumer: per step, [wall seconds, loop-thread CPU seconds]."""
+    spent = {label: [0.0, 0.0] for label in STEPS.values()}
+    for method, label in STEPS.items():
+        inner = getattr(consumer, method)
+
+        def step(*args, _inner=inner, _label=label, **kwargs):
+            wall, cpu = time.perf_counter(), time.thread_time()
+            try:
+                return _inner(*args, **kwargs)
+            finally:
+                spent[_label][0] += time.perf_counter() - wall
+                spent[_label][1] += time.thread_time() - cpu
+
+        setattr(consumer, method, step)
+    return spent
+
+
+def ours(events: int) -> dict:
+    from consumer.runner import ConsumerSettings, StreamConsumer
+
+    consumer_e2e.empty_stores()
+    consumer = StreamConsumer(
+        ConsumerSettings(group_id=f"split-{uuid.uuid4().hex[:8]}", until_drained=True, max_idle_seconds=120)
+    )
+    spent = timed_steps(consumer)
+    busy, idle = machine_cpu()
+    wall, cpu = time.perf_counter(), time.process_time()
+    stats = consumer.run()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    busy2, idle2 = machine_cpu()
+    if stats["written"] < events:
+        raise RuntimeError(f"the consumer wrote {stats['written']:,.0f} of {events:,} events")
+    return {
+        "seconds": wall,
+        "process_cpu": cpu,
+        "machine_busy": busy2 - busy,
+        "machine_idle": idle2 - idle,
+        "steps": spent,
+    }
+
+
+def bare(events: int, batch: int) -> dict:
+    from streamflow import kafka_clients
+
+    client = kafka_clients.group_consumer(f"split-bare-{uuid.uuid4().hex[:8]}", max_poll_records=batch)
+    try:
+        client.subscribe([t.topic for t in schema.TABLES])
+        seen, first, wall, cpu = 0, None, 0.0, 0.0
+        deadline = time.monotonic() + 300
+        while seen < events and time.monotonic() < deadline:
+            started, started_cpu = time.perf_counter(), time.thread_time()
+            records = client.poll(timeout_ms=500)
+            if records and first is None:
+                first = started
+            if first is not None:
+                wall += time.perf_counter() - started
+                cpu += time.thread_time() - started_cpu
+            seen += sum(len(r) for r in records.values())
+    finally:
+        client.close(autocommit=False)
+    if seen < events:
+        raise RuntimeError(f"bare poll loop read {seen:,} of {events:,} records within 300 s")
+    return {"seconds": wall, "steps": {"poll": [wall, cpu]}}
+
+
+def median_run(runs: list[dict]) -> dict:
+    return sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+
+
+def show(label: str, run: dict) -> str:
+    steps = ", ".join(f"{k} {w:.2f} s ({c:.2f} CPU)" for k, (w, c) in run["steps"].items())
+    extra = ""
+    if "machine_busy" in run:
+        share = run["machine_busy"] / (run["machine_busy"] + run["machine_idle"])
+        extra = f"; process CPU {run['process_cpu']:.2f} s; machine busy {share:.0%} of its 2 cores"
+    return f"  {label:<24} {run['seconds']:.2f} s: {steps}{extra}"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.consumer_split", description=__doc__.splitlines()[0])
+    p.add_argument("--users", type=int, default=20_000)
+    p.add_argument("--rounds", type=int, default=3)
+    args = p.parse_args()
+    common.ensure_database()
+    common.reset()
+    common.use_topics(NAME)
+    started = time.time()
+    probe = common.speed_probe()
+    try:
+        events = consumer_e2e.produce(common.snapshots(args.users)["month_000"])
+        common.say(f"produced {events:,} events; {args.rounds} rounds of each")
+        import consumer.runner
+
+        results: dict[str, list[dict]] = {"ours": [], "writes in 2 processes": [], "bare": []}
+        workers = PushWorkers(2)
+        in_process = consumer.runner.push
+        try:
+            for _ in range(args.rounds):  # interleaved: the machine's speed drifts
+                consumer.runner.push = in_process
+                results["ours"].append(ours(events))
+                consumer.runner.push = workers
+                results["writes in 2 processes"].append(ours(events))
+                consumer.runner.push = in_process
+                results["bare"].append(bare(events, 5000))
+        finally:
+            consumer.runner.push = in_process
+            workers.close()
+    finally:
+        common.delete_run_topics()
+    medians = {label: median_run(runs) for label, runs in results.items()}
+    print(
+        f"{events:,} events, {args.rounds} rounds, medians (python loop {probe:.1f} ms at the start, "
+        f"{common.speed_probe():.1f} ms at the end):"
+    )
+    for label, run in medians.items():
+        print(show(label, run))
+    for label in ("ours", "writes in 2 processes"):
+        ratio = medians["bare"]["seconds"] / medians[label]["seconds"]
+        spread = ", ".join(f"{medians['bare']['seconds'] / r['seconds']:.2f}" for r in results[label])
+        print(f"  {label} / bare: {ratio:.2f}x (each round against the median bare: {spread})")
+    common.RESULTS.mkdir(parents=True, exist_ok=True)
+    out = common.RESULTS / f"{NAME}.json"
+    out.write_text(json.dumps({"started": started, "events": events, "runs": results}, indent=1))
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()
