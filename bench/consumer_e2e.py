@@ -100,17 +100,22 @@ def bare_poll(events: int, batch: int) -> dict:
     try:
         client.subscribe([t.topic for t in schema.TABLES])
         seen, first, deadline = 0, None, time.monotonic() + 300
+        poll_wall = poll_cpu = 0.0  # in the poll calls after the first records (bench.consumer_split)
         while seen < events and time.monotonic() < deadline:
-            for recs in client.poll(timeout_ms=500).values():
-                if first is None:
-                    first = time.perf_counter()
-                seen += len(recs)
+            started, started_cpu = time.perf_counter(), time.thread_time()
+            records = client.poll(timeout_ms=500)
+            if first is not None:
+                poll_wall += time.perf_counter() - started
+                poll_cpu += time.thread_time() - started_cpu
+            elif records:
+                first = time.perf_counter()
+            seen += sum(len(recs) for recs in records.values())
         last = time.perf_counter()
     finally:
         client.close(autocommit=False)
     if seen < events:
         raise RuntimeError(f"bare poll loop read {seen:,} of {events:,} records within 300 s")
-    return {"records": seen, "seconds": last - (first or last)}
+    return {"records": seen, "seconds": last - (first or last), "poll": [poll_wall, poll_cpu]}
 
 
 def stock_push(folder, batch: int) -> tuple[int, float]:
