@@ -40,6 +40,8 @@ USERS = 150
 EVENTS = 2 * 6 * USERS  # both months, six tables
 SERVICES = str(config.REPO_ROOT / "scripts" / "services.sh")
 SEED = int(os.environ.get("STREAMFLOW_RELIABILITY_SEED", "7"))
+SIGKILL_STREAM_RATE = 20
+"""Events/s of the stream the SIGKILL scenario kills its consumer in (EVENTS take about 90 s)."""
 
 
 @pytest.fixture(scope="module")
@@ -225,7 +227,14 @@ def test_sigkill_five_times_during_the_stream_loses_nothing(snapshots, fresh, tm
     rng = random.Random(SEED)
     users = pd.read_csv(m0 / "users.csv")[schema.KEY].tolist()
     bad = send_bad(bad_records(users, 8))  # before the stream...
-    producer = producer_process([m0, m1], "--rate", "150", log_path=tmp_path / "producer.log")
+    # The stream must outlast the five consumer runs (each: process start, join, first commit, up
+    # to 1.5 s): at 150 events/s it lasted 12 s, and on a fast host the runs caught up with it
+    # before the fifth kill (nothing left to commit: the test then failed on its own premise).
+    # At 20 events/s it lasts about 90 s; the five runs took 20-40 s here, about 60 s on a slower
+    # host (11.6 s a restart).
+    producer = producer_process(
+        [m0, m1], "--rate", str(SIGKILL_STREAM_RATE), log_path=tmp_path / "producer.log"
+    )
     log = tmp_path / "consumer.log"
     starts: list[dict] = []  # the group's committed offsets when each consumer run started
     kills: list[dict] = []
