@@ -41,17 +41,9 @@ def produce(folder) -> int:
     return stats.total_acked
 
 
-def consume(batch: int) -> dict:
-    from consumer.runner import ConsumerSettings, StreamConsumer
-
-    consumer = StreamConsumer(
-        ConsumerSettings(
-            group_id=f"bench-{uuid.uuid4().hex[:8]}",
-            max_batch=batch,
-            until_drained=True,
-            max_idle_seconds=120,
-        )
-    )
+def mark_batches(consumer) -> dict[str, float]:
+    """Wrap a consumer's decode and commit: the returned marks get the time its first batch is
+    decoded (``first_batch``) and its last commit returns (``last_commit``), what benchmark 2 counts."""
     marks: dict[str, float] = {}
     decode, commit = consumer.decode_batch, consumer.commit
 
@@ -65,6 +57,26 @@ def consume(batch: int) -> dict:
         return ok
 
     consumer.decode_batch, consumer.commit = timed_decode, timed_commit
+    return marks
+
+
+def median_run(runs: list[dict]) -> dict:
+    """The run of median ``seconds`` (of an odd number of runs)."""
+    return sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
+
+
+def consume(batch: int) -> dict:
+    from consumer.runner import ConsumerSettings, StreamConsumer
+
+    consumer = StreamConsumer(
+        ConsumerSettings(
+            group_id=f"bench-{uuid.uuid4().hex[:8]}",
+            max_batch=batch,
+            until_drained=True,
+            max_idle_seconds=120,
+        )
+    )
+    marks = mark_batches(consumer)
     write = consumer.write_table
 
     def profiled_write(*args):  # the writer threads' own profile (pyinstrument follows one thread)
@@ -143,7 +155,7 @@ def run(args) -> dict:
     for _ in range(1 if common.PROFILE else 3):  # a short run: the median of three, each on emptied stores
         empty_stores()
         ours_runs.append(consume(args.batch))
-    ours = sorted(ours_runs, key=lambda r: r["seconds"])[len(ours_runs) // 2]
+    ours = median_run(ours_runs)
     ours_times = ", ".join(f"{r['seconds']:.2f}" for r in ours_runs)
     common.say(
         f"  ours : {ours['written']:,.0f} events written in {ours['seconds']:.2f} s "
@@ -151,7 +163,7 @@ def run(args) -> dict:
         f"(median of {ours_times})"
     )
     runs = [bare_poll(events, args.batch) for _ in range(3)]  # a short run: the median of three
-    bare = sorted(runs, key=lambda r: r["seconds"])[1]
+    bare = median_run(runs)
     times = ", ".join(f"{r['seconds']:.2f}" for r in runs)
     common.say(f"  bare : {bare['records']:,} records polled in {bare['seconds']:.2f} s (median of {times})")
     rows, seconds = stock_push(folder, args.batch)

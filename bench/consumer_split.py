@@ -100,14 +100,24 @@ def timed_steps(consumer) -> tuple[dict[str, list[float]], dict[str, float]]:
     counted from the first batch on (as benchmark 2 and the bare loop count: not the group join);
     and the marks of the first batch and the last commit."""
     spent = {label: [0.0, 0.0] for label in [*STEPS.values(), "of which commit"]}
-    marks: dict[str, float] = {}
+    commit = consumer.commit
+
+    def timed_commit(offsets):
+        wall, cpu = time.perf_counter(), time.thread_time()
+        try:
+            return commit(offsets)
+        finally:
+            spent["of which commit"][0] += time.perf_counter() - wall
+            spent["of which commit"][1] += time.thread_time() - cpu
+
+    consumer.commit = timed_commit
+    marks = consumer_e2e.mark_batches(consumer)  # inside the step timers below
     polls = [0.0, 0.0]
     for method, label in STEPS.items():
         inner = getattr(consumer, method)
 
         def step(*args, _inner=inner, _label=label, **kwargs):
             if _label == "decode":
-                marks.setdefault("first_batch", time.perf_counter())
                 # the polls since the last batch led to this one (those after the last batch, which
                 # only wait until the partitions are seen drained, are not counted)
                 spent["poll"][0] += polls[0]
@@ -123,17 +133,6 @@ def timed_steps(consumer) -> tuple[dict[str, list[float]], dict[str, float]]:
                     into[1] += time.thread_time() - cpu
 
         setattr(consumer, method, step)
-    commit = consumer.commit
-
-    def timed_commit(offsets):
-        wall, cpu = time.perf_counter(), time.thread_time()
-        ok = commit(offsets)
-        marks["last_commit"] = time.perf_counter()
-        spent["of which commit"][0] += marks["last_commit"] - wall
-        spent["of which commit"][1] += time.thread_time() - cpu
-        return ok
-
-    consumer.commit = timed_commit
     return spent, marks
 
 
@@ -164,10 +163,6 @@ def ours(events: int) -> dict:
 def bare(events: int, batch: int) -> dict:
     run = consumer_e2e.bare_poll(events, batch)
     return {"seconds": run["seconds"], "steps": {"poll": run["poll"]}}
-
-
-def median_run(runs: list[dict]) -> dict:
-    return sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]
 
 
 def show(label: str, run: dict) -> str:
@@ -210,7 +205,7 @@ def main() -> None:
             workers.close()
     finally:
         common.delete_run_topics()
-    medians = {label: median_run(runs) for label, runs in results.items()}
+    medians = {label: consumer_e2e.median_run(runs) for label, runs in results.items()}
     print(
         f"{events:,} events, {args.rounds} rounds, medians (python loop {probe:.1f} ms at the start, "
         f"{common.speed_probe():.1f} ms at the end):"
