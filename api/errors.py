@@ -37,12 +37,8 @@ def describe_validation(exc: RequestValidationError) -> str:
             msg = f"at most {MAX_BATCH} user ids per request" + (
                 f" (got {len(got)})" if isinstance(got, (list, tuple)) else ""
             )
-        elif err.get("type") == "string_pattern_mismatch" and any(p.startswith("user_id") for p in loc):
-            value = str(err.get("input", ""))
-            shown = value if len(value) <= 40 else value[:40] + "..."
-            msg = (
-                f"not a user id: {shown!r} (expected 4 digits, a dash and 5 capital letters, like 7590-VHVEG)"
-            )
+        elif err.get("type") == models.CONTRACT_ERROR:
+            msg = str(err.get("ctx", {}).get("message", err.get("msg", "invalid")))
         else:
             msg = err.get("msg", "invalid")
         problems.append(f"{where}: {msg}" if where else msg)

@@ -6,7 +6,7 @@ loop per request, several times the database read, and a burst of requests queue
 This layer, placed in front of FastAPI's router, answers the common form of the most frequent
 request itself and hands every other request, unchanged, to FastAPI:
 
-* ``GET /features/{user_id}`` where the id matches :data:`streamflow.schema.USER_ID_PATTERN`
+* ``GET /features/{user_id}`` where the id keeps the registry's contract (``schema.KEY_COLUMN``)
   and the query string is empty or exactly one ``features=...``: answered here, through the
   same :class:`api.batcher.LookupBatcher`, the same selection parser, the same JSON shape
   (:func:`api.feature_routes.user_json`) and the same error bodies (400, 404, 503);
@@ -26,7 +26,18 @@ import orjson
 
 from api.feature_routes import not_found_detail, user_json
 from api.features import FeaturesUnavailable, UnknownFeatures, parse_selection
-from streamflow import schema
+from streamflow import contract, schema
+
+_check_id = contract.checker(schema.KEY_COLUMN)
+
+
+def _valid_id(user_id: str) -> bool:
+    try:
+        _check_id(user_id)
+    except contract.Violation:
+        return False
+    return True
+
 
 ROUTE = "/features/{user_id}"
 PREFIX = "/features/"
@@ -71,7 +82,7 @@ class FeatureFastPath:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET" and scope["path"].startswith(PREFIX):
             user_id = scope["path"][len(PREFIX) :]
-            if schema.USER_ID_PATTERN.fullmatch(user_id):
+            if _valid_id(user_id):
                 selection = selection_of(scope.get("query_string", b""))
                 if selection is not _FALL_THROUGH:
                     scope["route"] = _ROUTE

@@ -18,7 +18,6 @@ from fastapi.responses import Response
 from api import models
 from api.errors import RESPONSES, error
 from api.features import MAX_BATCH, UserResult, iso_utc, parse_selection
-from streamflow import schema
 
 router = APIRouter(tags=["features"])
 
@@ -26,7 +25,7 @@ SELECTION = Query(
     description="Comma-separated view:feature names to return (default: every feature of the service), "
     "e.g. subs_profile_fv:contract_type,usage_agg_30d_fv:watch_hours_30d",
 )
-USER_ID = Path(pattern=schema.USER_ID_PATTERN.pattern, description="A user id, e.g. 7590-VHVEG")
+USER_ID = Path(description="A user id, e.g. 7590-VHVEG")
 
 
 class JSONBytes(Response):
@@ -87,7 +86,7 @@ def not_found_detail(user_id: str, selected: bool) -> str:
 )
 async def get_features(
     request: Request,
-    user_id: Annotated[str, USER_ID],
+    user_id: Annotated[models.UserId, USER_ID],
     features: Annotated[str | None, SELECTION] = None,
 ):
     state = request.app.state

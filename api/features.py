@@ -94,7 +94,7 @@ class ViewSpec:
     view: Any  # feast.FeatureView (only its name is used for reads)
     features: tuple[str, ...]
     kinds: dict[str, str]
-    """Feature -> schema kind (str, int, float, bool, date); decides how a value is rendered."""
+    """Feature -> schema kind (streamflow.contract.KINDS); decides how a value is rendered."""
     decode: Decoder = decode_elements
     """How the view's rows are decoded: ``decode_elements`` when it handles every value type of the
     view (``value_encoding.supports``), else through Feast's protobuf classes (``proto_elements``)."""
@@ -152,13 +152,13 @@ def _kind_of(view_name: str, feature: Any) -> str:
         from feast.types import Bool, Float32, Float64, Int32, Int64, UnixTimestamp
 
         return {
-            Bool: "bool",
-            Int32: "int",
-            Int64: "int",
+            Bool: "boolean",
+            Int32: "integer",
+            Int64: "integer",
             Float32: "float",
             Float64: "float",
             UnixTimestamp: "datetime",
-        }.get(feature.dtype, "str")
+        }.get(feature.dtype, "category")
 
 
 def _plain(feature: Any) -> bool:

@@ -5,16 +5,39 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic_core import PydanticCustomError
 
 from api.features import MAX_BATCH
-from streamflow import schema
+from streamflow import contract, schema
+
+CONTRACT_ERROR = "contract"
+"""The pydantic error type of a value that breaks the registry's contract (api.errors shows its message)."""
+
+
+def user_id(value: str) -> str:
+    """The id if it keeps the registry's contract; else a validation error with the contract's reason."""
+    try:
+        return contract.check(schema.KEY_COLUMN, value)
+    except contract.Violation as exc:
+        raise PydanticCustomError(
+            CONTRACT_ERROR, "{message}", {"message": str(exc), "field": exc.field, "rule": exc.reason}
+        ) from None
+
 
 UserId = Annotated[
     str,
-    StringConstraints(pattern=schema.USER_ID_PATTERN.pattern),
+    AfterValidator(user_id),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": contract.arrow_regex(contract.USER_ID),
+            "maxLength": contract.USER_ID.max_length,
+            "examples": ["7590-VHVEG"],
+        }
+    ),
 ]
-"""A user id: four digits, a dash, five capital letters (e.g. 7590-VHVEG)."""
+"""A user id, checked by the registry's contract (four digits, a dash, five capital letters)."""
 
 FeatureValue = bool | int | float | str | None
 

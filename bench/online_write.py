@@ -28,11 +28,11 @@ NAME = "online_write"
 
 
 def _value(col: schema.Column, rng: random.Random, step: int) -> ValueProto:
-    if col.kind == "int":
+    if col.kind == "integer":
         return ValueProto(int64_val=rng.randrange(0, 72) + step)
     if col.kind == "float":
         return ValueProto(double_val=round(rng.uniform(18, 120), 2) + step)
-    if col.kind == "bool":
+    if col.kind == "boolean":
         return ValueProto(bool_val=rng.random() < 0.5)
     return ValueProto(string_val=rng.choice(col.choices))
 

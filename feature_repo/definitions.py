@@ -17,7 +17,15 @@ from feast.types import Bool, Float64, Int64, String, UnixTimestamp
 
 from streamflow import schema
 
-FEAST_TYPES = {"str": String, "int": Int64, "float": Float64, "bool": Bool, "date": UnixTimestamp}
+FEAST_TYPES = {
+    "id": String,
+    "category": String,
+    "integer": Int64,
+    "float": Float64,
+    "boolean": Bool,
+    "date": UnixTimestamp,
+    "timestamp": UnixTimestamp,
+}
 
 user = Entity(
     name=schema.ENTITY,

@@ -4,14 +4,15 @@
 Kafka client's own reading of the records. :func:`decode_table_batch` checks a whole batch of one
 table's records at once: each record is parsed by orjson and its field names compared with the
 contract (both in C), then every column is type-checked as a whole (the set of Python types it
-holds) and range-, choice- and format-checked by Arrow's compute kernels, and the push frame is
-built from the Arrow arrays.
+holds) and checked by the contract's column-wise checks (:func:`streamflow.contract.check_texts`,
+:func:`~streamflow.contract.check_numbers`), and the push frame is built from the Arrow arrays.
 
-The batch path only ever *accepts*: every check in it is as strict as ``decode``'s or stricter.
-When any record of the batch fails any of them, the whole batch goes through ``decode`` event by
-event instead, which gives each bad event its reason for the dead-letter topic and keeps the good
-ones around it. So both paths give the same verdicts and the same frame
-(tests/test_event_batch.py compares them on valid and invalid batches).
+The batch path only ever *accepts*: both it and ``decode`` derive every rule from the registry's
+declaration through :mod:`streamflow.contract`. When any record of the batch fails any of them,
+the whole batch goes through ``decode`` event by event instead, which gives each bad event its
+reason for the dead-letter topic and keeps the good ones around it. So both paths give the same
+verdicts and the same frame (tests/test_event_batch.py compares them on valid and invalid batches,
+tests/test_contract.py on generated values).
 """
 
 from __future__ import annotations
@@ -25,32 +26,35 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from streamflow import events, schema
+from streamflow import contract, events, schema
 from streamflow.push_validation import push_columns
 
 _ARROW_TYPES = {
-    "int": pa.int64(),
+    "id": pa.string(),
+    "category": pa.string(),
+    "integer": pa.int64(),
     "float": pa.float64(),
-    "bool": pa.bool_(),
-    "str": pa.string(),
+    "boolean": pa.bool_(),
     "date": pa.string(),
+    "timestamp": pa.string(),
 }
+"""How a JSON value of each kind arrives, as Arrow (dates and times as their text)."""
 _PYTHON_TYPES: dict[str, set[type]] = {
-    "int": {int},
+    "id": {str},
+    "category": {str},
+    "integer": {int},
     "float": {float, int},
-    "bool": {bool},
-    "str": {str},
+    "boolean": {bool},
     "date": {str},
+    "timestamp": {str},
 }
+"""The JSON types contract.check accepts for a present value of each kind."""
 _PANDAS_TYPES = {
     pa.int64(): pd.Int64Dtype(),
     pa.float64(): pd.Float64Dtype(),
     pa.bool_(): pd.BooleanDtype(),
     pa.string(): pd.StringDtype(),
 }
-_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
-"""RE2 (Arrow) with ASCII digits only: stricter than events._DATE (Python's \\d is any digit)."""
-_DAY_LIMITS = tuple(datetime(d.year, d.month, d.day) for d in schema.DATE_RANGE)
 _NONE = type(None)
 
 
@@ -162,46 +166,24 @@ def _array(values: list, kind: str) -> pa.Array:
         raise _Fallback from None
 
 
-def _check_true(mask: pa.Array) -> None:
-    """Every non-null entry of a boolean array is true."""
-    if mask.null_count != len(mask) and not pc.all(mask).as_py():
-        raise _Fallback
-
-
 def _column(col: schema.Column, values: list) -> pa.Array:
-    """One feature column, checked; as Arrow, in the registry type (dates as UTC timestamps)."""
+    """One column, checked by the contract as a whole; as Arrow, in the registry type (dates as
+    UTC timestamps)."""
     _types(values, _PYTHON_TYPES[col.kind], col.nullable)
     arr = _array(values, col.kind)
     present = arr.drop_null()
-    if col.kind == "float" and len(present):
-        _check_true(pc.is_finite(present))
-    if col.kind in ("int", "float") and len(present):
-        if col.min is not None:
-            _check_true(pc.greater_equal(present, col.min))
-        if col.max is not None:
-            _check_true(pc.less_equal(present, col.max))
-    if col.kind == "str" and col.choices is not None and len(present):
-        _check_true(pc.is_in(present, value_set=pa.array(col.choices)))
-    if col.kind == "date":
-        if len(present):
-            _check_true(pc.match_substring_regex(present, _DATE))
-        days = pc.strptime(arr, format="%Y-%m-%d", unit="s", error_is_null=True)
-        if days.null_count != arr.null_count:  # no date
+    if col.kind in ("integer", "float"):
+        if not contract.check_numbers(col, present.to_numpy(zero_copy_only=False)).all():
             raise _Fallback
-        if len(present):  # strptime rolls 2024-02-30 over into March: a calendar date reads back the same
-            _check_true(pc.equal(pc.strftime(days, format="%Y-%m-%d"), arr))
-        if len(present):
-            low, high = (v.as_py() for v in pc.min_max(days).values())
-            if low < _DAY_LIMITS[0] or high > _DAY_LIMITS[1]:
-                raise _Fallback
-        arr = days.cast(pa.timestamp("ns", tz="UTC"))
+    elif col.kind != "boolean" and not contract.check_texts(col, present)[0].all():
+        raise _Fallback
+    if col.kind == "date":
+        arr = pc.strptime(arr, format="%Y-%m-%d", unit="s").cast(pa.timestamp("ns", tz="UTC"))
     return arr
 
 
 def _keys(records: list, ids: list) -> pa.Array:
-    _types(ids, {str}, nullable=False)
-    arr = _array(ids, "str")
-    _check_true(pc.match_substring_regex(arr, schema.USER_ID_PATTERN.pattern))
+    arr = _column(schema.KEY_COLUMN, ids)
     if not all(rec.key is not None and rec.key == user_id.encode() for rec, user_id in zip(records, ids)):
         raise _Fallback
     return arr
@@ -209,22 +191,15 @@ def _keys(records: list, ids: list) -> pa.Array:
 
 def _event_times(values: list, now: datetime) -> pa.Array:
     """Event times as UTC nanoseconds, each distinct value checked once (a snapshot shares one)."""
-    _types(values, {str}, nullable=False)
+    _types(values, _PYTHON_TYPES["timestamp"], nullable=False)
     nanos = {}
     for value in set(values):
         try:
-            nanos[value] = pd.Timestamp(events._event_time(value, now)).value
-        except (events.InvalidEvent, OverflowError, ValueError):
+            nanos[value] = pd.Timestamp(contract.check(schema.EVENT_TIME_COLUMN, value, now)).value
+        except (contract.Violation, OverflowError, ValueError):
             raise _Fallback from None
     stamps = np.fromiter(map(nanos.__getitem__, values), dtype=np.int64, count=len(values))
     return pa.array(stamps.view("datetime64[ns]"), type=pa.timestamp("ns")).cast(pa.timestamp("ns", tz="UTC"))
-
-
-def _snapshots(values: list) -> pa.Array:
-    _types(values, {str}, nullable=True)
-    if not all(v is None or events._SNAPSHOT.match(v) for v in set(values)):
-        raise _Fallback
-    return _array(values, "str")
 
 
 def _columnar(table: schema.Table, records: list, now: datetime) -> pd.DataFrame:
@@ -235,7 +210,9 @@ def _columnar(table: schema.Table, records: list, now: datetime) -> pd.DataFrame
     }
     for col in table.columns:
         arrays[col.name] = _column(col, [p[col.name] for p in payloads])
-    arrays[schema.EVENT_SNAPSHOT] = _snapshots([p[schema.EVENT_SNAPSHOT] for p in payloads])
+    arrays[schema.EVENT_SNAPSHOT] = _column(
+        schema.SNAPSHOT_COLUMN, [p[schema.EVENT_SNAPSHOT] for p in payloads]
+    )
     frame = pa.table([arrays[name] for name in push_columns(table)], names=push_columns(table)).to_pandas(
         types_mapper=_PANDAS_TYPES.get
     )

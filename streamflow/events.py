@@ -13,35 +13,36 @@ at once, KAFKA-7910).
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
-from functools import lru_cache
+from datetime import date, datetime, timezone
 from typing import Any
 
 import numpy as np
 import orjson
 import pandas as pd
 
-from streamflow import schema
+from streamflow import contract, schema
 
 MAX_EVENT_BYTES = 1_000_000
 """Largest event value accepted (bytes); larger ones are dead-lettered."""
 
-EARLIEST_EVENT_TIME = datetime(2000, 1, 1, tzinfo=timezone.utc)
-FUTURE_TOLERANCE = timedelta(days=1)
-
-_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-_SNAPSHOT = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
-
 
 class InvalidEvent(ValueError):
-    """An event that does not satisfy the contract; ``reason`` says why (for the DLQ)."""
+    """An event that does not satisfy the contract; ``reason`` says why (for the DLQ).
 
-    def __init__(self, reason: str, field: str | None = None):
+    When a field breaks its contract, ``field`` names it and ``rule`` is the contract's reason
+    (:attr:`streamflow.contract.Violation.reason`, the same text at every door).
+    """
+
+    def __init__(self, reason: str, field: str | None = None, rule: str | None = None):
         super().__init__(reason)
         self.reason = reason
         self.field = field
+        self.rule = rule
+
+    @classmethod
+    def of(cls, violation: contract.Violation) -> InvalidEvent:
+        return cls(str(violation), violation.field, violation.reason)
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +63,11 @@ def _json_value(column: schema.Column, value: Any) -> Any:
         return None
     if column.kind == "date":
         return value.isoformat()[:10] if hasattr(value, "isoformat") else str(value)[:10]
-    if column.kind == "int":
+    if column.kind == "integer":
         return int(value)
     if column.kind == "float":
         return float(value)
-    if column.kind == "bool":
+    if column.kind == "boolean":
         return bool(value)
     return str(value)
 
@@ -97,8 +98,8 @@ def _json_fragments(column: schema.Column, values: Any) -> list[bytes]:
         for i in np.flatnonzero(null).tolist():
             out[i] = b"null"
         return out
-    if kind in ("int", "float", "bool"):
-        dtype, fill = {"int": ("int64", 0), "float": ("float64", 0.0), "bool": ("bool", False)}[kind]
+    if kind in ("integer", "float", "boolean"):
+        dtype, fill = {"integer": ("int64", 0), "float": ("float64", 0.0), "boolean": ("bool", False)}[kind]
         plain = array.to_numpy(dtype=dtype, na_value=fill).tolist()  # Python ints, floats, bools
         for i in np.flatnonzero(null).tolist():
             plain[i] = None
@@ -172,136 +173,20 @@ def headers(table: schema.Table, as_of: date, replay: str | None = None) -> list
 # --- consuming -------------------------------------------------------------------------------
 
 
-@lru_cache(maxsize=1 << 16)
-def _day(value: str) -> datetime | None:
-    """A YYYY-MM-DD string as midnight UTC, None if it is no calendar date (days repeat: cached)."""
-    try:
-        return datetime.fromisoformat(value).replace(tzinfo=timezone.utc)
-    except ValueError:
-        return None
-
-
-def _typed(column: schema.Column, value: Any) -> Any:
-    if value is None:
-        if column.nullable:
-            return None
-        raise InvalidEvent(f"field {column.name}: must not be null", column.name)
-    kind = column.kind
-    if kind == "bool":
-        if not isinstance(value, bool):
-            raise InvalidEvent(f"field {column.name}: expected true or false, got {value!r:.40}", column.name)
-        return value
-    if kind == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InvalidEvent(f"field {column.name}: expected an integer, got {value!r:.40}", column.name)
-    elif kind == "float":
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise InvalidEvent(f"field {column.name}: expected a number, got {value!r:.40}", column.name)
-        if not math.isfinite(value):
-            raise InvalidEvent(f"field {column.name}: expected a finite number", column.name)
-        value = float(value)
-    elif kind == "str":
-        if not isinstance(value, str):
-            raise InvalidEvent(f"field {column.name}: expected a string, got {value!r:.40}", column.name)
-        if column.choices is not None and value not in column.choices:
-            raise InvalidEvent(
-                f"field {column.name}: {value!r:.40} is not one of {', '.join(column.choices)}", column.name
-            )
-        return value
-    elif kind == "date":
-        if not isinstance(value, str) or not _DATE.match(value):
-            raise InvalidEvent(
-                f"field {column.name}: expected a date YYYY-MM-DD, got {value!r:.40}", column.name
-            )
-        day = _day(value)
-        if day is None:
-            raise InvalidEvent(f"field {column.name}: not a calendar date: {value!r}", column.name)
-        lo, hi = schema.DATE_RANGE
-        if not lo <= day.date() <= hi:
-            # An event the push could never write (pandas cannot hold the day) must not reach it:
-            # it would be retried forever and stop the flow.
-            raise InvalidEvent(f"field {column.name}: {value} out of range [{lo}, {hi}]", column.name)
-        return day
-    if (column.min is not None and value < column.min) or (column.max is not None and value > column.max):
-        raise InvalidEvent(
-            f"field {column.name}: {value!r} out of range [{column.min}, {column.max}]", column.name
-        )
-    return value
-
-
-_NOT_ISO, _NO_ZONE = object(), object()
-
-
-@lru_cache(maxsize=4096)
-def _utc_time(value: str):
-    """An ISO 8601 time as UTC; _NOT_ISO, _NO_ZONE, or None when beyond year 9999 in UTC.
-
-    Cached: the events of one snapshot share their event time.
-    """
-    try:
-        ts = datetime.fromisoformat(value)
-    except ValueError:
-        return _NOT_ISO
-    if ts.tzinfo is None:
-        return _NO_ZONE
-    try:
-        return ts.astimezone(timezone.utc)
-    except OverflowError:  # e.g. 9999-12-31T23:59:59-05:00 is beyond year 9999 in UTC
-        return None
-
-
-def _checker(column: schema.Column):
-    """A check of one column's value with a fast path for the common valid case.
-
-    Anything off the fast path (nulls, wrong types, out of range, ints given for floats) goes to
-    _typed, which gives the same result or the error with its reason.
-    """
-    lo = column.min if column.min is not None else -math.inf
-    hi = column.max if column.max is not None else math.inf
-    kind = column.kind
-    if kind == "int":
-
-        def check(value):
-            return value if type(value) is int and lo <= value <= hi else _typed(column, value)
-    elif kind == "float":
-
-        def check(value):  # value - value is 0.0 only for a finite float
-            return (
-                value
-                if type(value) is float and lo <= value <= hi and value - value == 0.0
-                else _typed(column, value)
-            )
-    elif kind == "bool":
-
-        def check(value):
-            return value if value is True or value is False else _typed(column, value)
-    elif kind == "str" and column.choices is not None:
-        choices = frozenset(column.choices)
-
-        def check(value):
-            return value if type(value) is str and value in choices else _typed(column, value)
-    elif kind == "str":
-
-        def check(value):
-            return value if type(value) is str else _typed(column, value)
-    else:
-
-        def check(value):
-            return _typed(column, value)
-
-    return check
-
-
-@dataclass(frozen=True)
 class _Contract:
     """What decode checks of one table's events, prepared once."""
 
-    fields: tuple[str, ...]
-    field_set: frozenset
-    checkers: tuple
+    __slots__ = ("fields", "field_set", "checkers")
+
+    def __init__(self, table: schema.Table):
+        self.fields = (schema.KEY, *table.feature_names, schema.EVENT_TIME, schema.EVENT_SNAPSHOT)
+        self.field_set = frozenset(self.fields)
+        self.checkers = tuple((c.name, contract.checker(c)) for c in table.columns)
 
 
 _CONTRACTS: dict[int, tuple[schema.Table, _Contract]] = {}
+_KEY = contract.checker(schema.KEY_COLUMN)
+_SNAPSHOT = contract.checker(schema.SNAPSHOT_COLUMN)
 
 
 def _contract(table: schema.Table) -> _Contract:
@@ -310,25 +195,16 @@ def _contract(table: schema.Table) -> _Contract:
     known = _CONTRACTS.get(id(table))
     if known is not None and known[0] is table:
         return known[1]
-    fields = (schema.KEY, *table.feature_names, schema.EVENT_TIME, schema.EVENT_SNAPSHOT)
-    contract = _Contract(fields, frozenset(fields), tuple((c.name, _checker(c)) for c in table.columns))
-    _CONTRACTS[id(table)] = (table, contract)  # the table is kept: its id is never reused
-    return contract
+    prepared = _Contract(table)
+    _CONTRACTS[id(table)] = (table, prepared)  # the table is kept: its id is never reused
+    return prepared
 
 
-def _event_time(value: Any, now: datetime) -> datetime:
-    if not isinstance(value, str):
-        raise InvalidEvent(f"field {schema.EVENT_TIME}: expected an ISO 8601 string", schema.EVENT_TIME)
-    ts = _utc_time(value)
-    if ts is _NOT_ISO:
-        raise InvalidEvent(f"field {schema.EVENT_TIME}: not ISO 8601: {value!r:.40}", schema.EVENT_TIME)
-    if ts is _NO_ZONE:
-        raise InvalidEvent(f"field {schema.EVENT_TIME}: no time zone in {value!r:.40}", schema.EVENT_TIME)
-    if ts is None or ts < EARLIEST_EVENT_TIME or ts > now + FUTURE_TOLERANCE:
-        raise InvalidEvent(
-            f"field {schema.EVENT_TIME}: {value} is implausibly far in the past or future", schema.EVENT_TIME
-        )
-    return ts
+def _field(check, value: Any) -> Any:
+    try:
+        return check(value)
+    except contract.Violation as exc:
+        raise InvalidEvent.of(exc) from None
 
 
 def decode(
@@ -355,27 +231,26 @@ def decode(
         raise InvalidEvent(f"not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise InvalidEvent(f"not a JSON object but {type(payload).__name__}")
-    contract = _contract(table)
-    if payload.keys() != contract.field_set:
-        missing = [f for f in contract.fields if f not in payload]
-        extra = [f for f in payload if f not in contract.field_set]
+    prepared = _contract(table)
+    if payload.keys() != prepared.field_set:
+        missing = [f for f in prepared.fields if f not in payload]
+        extra = [f for f in payload if f not in prepared.field_set]
         raise InvalidEvent(
             f"fields do not match table {table.name}: "
             f"missing {missing or 'none'}, unexpected {extra or 'none'}"
         )
-    user_id = payload[schema.KEY]
-    if not isinstance(user_id, str) or not schema.USER_ID_PATTERN.match(user_id):
-        raise InvalidEvent(f"field {schema.KEY}: not a user id like 7590-VHVEG: {user_id!r:.40}", schema.KEY)
+    user_id = _field(_KEY, payload[schema.KEY])
     if key is None:
         raise InvalidEvent("record has no key (expected the user_id)")
     if key != user_id.encode():
         raise InvalidEvent(f"record key {key[:40]!r} does not match user_id {user_id}")
-    event_time = _event_time(payload[schema.EVENT_TIME], now or datetime.now(timezone.utc))
-    snapshot = payload[schema.EVENT_SNAPSHOT]
-    if snapshot is not None and (not isinstance(snapshot, str) or not _SNAPSHOT.match(snapshot)):
-        raise InvalidEvent(
-            f"field {schema.EVENT_SNAPSHOT}: expected a snapshot id, got {snapshot!r:.40}",
-            schema.EVENT_SNAPSHOT,
-        )
-    values = {name: check(payload[name]) for name, check in contract.checkers}
+    now = now or datetime.now(timezone.utc)
+    event_time = _field(
+        lambda v: contract.check(schema.EVENT_TIME_COLUMN, v, now), payload[schema.EVENT_TIME]
+    )
+    snapshot = _field(_SNAPSHOT, payload[schema.EVENT_SNAPSHOT])
+    try:
+        values = {name: check(payload[name]) for name, check in prepared.checkers}
+    except contract.Violation as exc:
+        raise InvalidEvent.of(exc) from None
     return Event(table=table, user_id=user_id, event_time=event_time, snapshot=snapshot, values=values)

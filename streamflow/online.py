@@ -7,7 +7,7 @@ import json
 import logging
 from datetime import datetime, timezone
 
-from streamflow import logs, schema, timefmt
+from streamflow import contract, logs, schema, timefmt
 from streamflow.errors import StreamflowError
 from streamflow.feature_store import database_errors, get_store
 
@@ -54,6 +54,12 @@ def materialize_main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def check_user_ids(user_ids: list[str]) -> list[str]:
+    """The ids given on the command line, each checked by the registry's contract (raises
+    :class:`streamflow.contract.Violation` for the first that breaks it)."""
+    return [contract.check(schema.KEY_COLUMN, user_id) for user_id in user_ids]
+
+
 def lookup_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="streamflow lookup", description="Print users' online features.")
     parser.add_argument("user_ids", nargs="+")
@@ -62,9 +68,10 @@ def lookup_main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     logs.setup()
-    bad = [u for u in args.user_ids if not schema.USER_ID_PATTERN.match(u)]
-    if bad:
-        log.error("not a user id (expected like 7590-VHVEG): %s", ", ".join(bad))
+    try:
+        check_user_ids(args.user_ids)
+    except contract.Violation as exc:
+        log.error("%s", exc)
         return 2
     try:
         rows = lookup(args.user_ids)

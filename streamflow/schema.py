@@ -9,11 +9,10 @@ column.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
 
-from streamflow import config
+from streamflow import config, contract
 
 KEY = "user_id"
 """Join key of every table, Kafka record key of every event, Feast entity join key."""
@@ -36,19 +35,16 @@ REPLAY_HEADER = "streamflow_replay"
 """Header naming the replay (`streamflow produce` run) that sent an event: the lag monitor reports
 a backlog of such events as a deliberate replay (REPLAY), not an alarm."""
 
-USER_ID_PATTERN = re.compile(r"^[0-9]{4}-[A-Z]{5}$")
-
-DATE_RANGE = (date(1678, 1, 1), date(2261, 12, 31))
-"""Dates a value may hold: what pandas' datetime64[ns] can represent."""
-
 FEATURE_SERVICE = "churn_model_v1"
 
 
 @dataclass(frozen=True)
 class Column:
-    """One column of a snapshot file.
+    """One field of a table and its contract (checked by :mod:`streamflow.contract`).
 
-    kind is one of: str, int, float, bool, date.
+    ``kind`` is one of :data:`streamflow.contract.KINDS`: id (text of ``format``), date,
+    timestamp, integer, float (always finite), boolean, category (one of ``choices``). ``min`` and
+    ``max`` bound integers and floats (inclusive). Every text format is ASCII.
     """
 
     name: str
@@ -57,7 +53,16 @@ class Column:
     min: float | None = None
     max: float | None = None
     choices: tuple[str, ...] | None = None
+    format: contract.Format | None = None
     description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.kind not in contract.KINDS:
+            raise ValueError(f"column {self.name}: unknown kind {self.kind!r}; known: {contract.KINDS}")
+        if (self.kind == "category") != (self.choices is not None):
+            raise ValueError(f"column {self.name}: choices go with kind category, and only with it")
+        if (self.kind == "id") != (self.format is not None):
+            raise ValueError(f"column {self.name}: a format goes with kind id, and only with it")
 
     @property
     def sql_type(self) -> str:
@@ -69,20 +74,32 @@ class Column:
 
 
 _SQL_TYPES = {
-    "str": "TEXT",
-    "int": "BIGINT",
+    "id": "TEXT",
+    "category": "TEXT",
+    "integer": "BIGINT",
     "float": "DOUBLE PRECISION",
-    "bool": "BOOLEAN",
+    "boolean": "BOOLEAN",
     "date": "DATE",
+    "timestamp": "TIMESTAMPTZ",
 }
 
 _PANDAS_DTYPES = {
-    "str": "string",
-    "int": "Int64",
+    "id": "string",
+    "category": "string",
+    "integer": "Int64",
     "float": "Float64",
-    "bool": "boolean",
+    "boolean": "boolean",
     "date": "datetime64[ns, UTC]",
+    "timestamp": "datetime64[ns, UTC]",
 }
+
+KEY_COLUMN = Column(KEY, "id", format=contract.USER_ID, description="The user (join key, Kafka record key)")
+EVENT_TIME_COLUMN = Column(EVENT_TIME, "timestamp", description="Event time: the snapshot's as_of, UTC")
+SNAPSHOT_COLUMN = Column(
+    EVENT_SNAPSHOT, "id", nullable=True, format=contract.SNAPSHOT_ID, description="The snapshot replayed"
+)
+"""The fields every event carries besides its table's columns (the key, the event time and the
+snapshot); a push frame carries the same, with the event time in SNAPSHOT_TIME."""
 
 
 @dataclass(frozen=True)
@@ -135,7 +152,7 @@ class Table:
 
 
 def _b(name: str, nullable: bool = False, description: str = "") -> Column:
-    return Column(name, "bool", nullable=nullable, description=description)
+    return Column(name, "boolean", nullable=nullable, description=description)
 
 
 TABLES: tuple[Table, ...] = (
@@ -146,7 +163,7 @@ TABLES: tuple[Table, ...] = (
         snapshot_table="users_snapshots",
         columns=(
             Column("signup_date", "date", min=None, max=None, description="Day the account was created"),
-            Column("user_gender", "str", choices=("Female", "Male")),
+            Column("user_gender", "category", choices=("Female", "Male")),
             _b("user_is_senior"),
             _b("has_family"),
             _b("has_dependents"),
@@ -158,14 +175,14 @@ TABLES: tuple[Table, ...] = (
         feature_view="subs_profile_fv",
         snapshot_table="subscriptions_profile_snapshots",
         columns=(
-            Column("months_active", "int", min=0, max=1200),
+            Column("months_active", "integer", min=0, max=1200),
             _b("plan_stream_tv", nullable=True, description="Empty (unknown) when net_service is No"),
             _b("plan_stream_movies", nullable=True, description="Empty (unknown) when net_service is No"),
-            Column("contract_type", "str", choices=("Month-to-month", "One year", "Two year")),
+            Column("contract_type", "category", choices=("Month-to-month", "One year", "Two year")),
             _b("paperless_billing"),
             Column("monthly_fee", "float", min=0, max=10_000),
             Column("total_paid", "float", min=0, max=10_000_000),
-            Column("net_service", "str", choices=("DSL", "Fiber optic", "No")),
+            Column("net_service", "category", choices=("DSL", "Fiber optic", "No")),
         ),
         extra_base_columns=(
             ("add_on_security", "BOOLEAN"),
@@ -182,9 +199,9 @@ TABLES: tuple[Table, ...] = (
         columns=(
             Column("watch_hours_30d", "float", min=0, max=24 * 31),
             Column("avg_session_mins_7d", "float", min=0, max=24 * 60 * 7),
-            Column("unique_devices_30d", "int", min=0, max=1000),
-            Column("skips_7d", "int", min=0, max=1_000_000),
-            Column("rebuffer_events_7d", "int", min=0, max=1_000_000),
+            Column("unique_devices_30d", "integer", min=0, max=1000),
+            Column("skips_7d", "integer", min=0, max=1_000_000),
+            Column("rebuffer_events_7d", "integer", min=0, max=1_000_000),
         ),
     ),
     Table(
@@ -192,7 +209,7 @@ TABLES: tuple[Table, ...] = (
         description="Failed payments over the last 90 days.",
         feature_view="payments_agg_90d_fv",
         snapshot_table="payments_agg_90d_snapshots",
-        columns=(Column("failed_payments_90d", "int", min=0, max=1000),),
+        columns=(Column("failed_payments_90d", "integer", min=0, max=1000),),
     ),
     Table(
         name="support_agg_90d",
@@ -200,7 +217,7 @@ TABLES: tuple[Table, ...] = (
         feature_view="support_agg_90d_fv",
         snapshot_table="support_agg_90d_snapshots",
         columns=(
-            Column("support_tickets_90d", "int", min=0, max=10_000),
+            Column("support_tickets_90d", "integer", min=0, max=10_000),
             Column("ticket_avg_resolution_hrs_90d", "float", min=0, max=24 * 90),
         ),
     ),
@@ -253,15 +270,12 @@ SNAPSHOTS: dict[str, date] = {
 }
 """Known snapshot ids and their as_of day (the event time of every row)."""
 
-SNAPSHOT_ID = re.compile(r"^month_(\d{3})$")
-"""A snapshot folder name: month_NNN (NNN months after January 2024)."""
-
 
 def snapshot_as_of(snapshot_id: str) -> date:
     """as_of day of a snapshot: known ids, or month_NNN = last day of the NNN-th month after 2024-01."""
     if snapshot_id in SNAPSHOTS:
         return SNAPSHOTS[snapshot_id]
-    m = SNAPSHOT_ID.match(snapshot_id)
+    m = contract.SNAPSHOT_FOLDER.fullmatch(snapshot_id)
     if not m:
         raise ValueError(
             f"cannot tell the as_of date of snapshot {snapshot_id!r}: name it month_NNN "

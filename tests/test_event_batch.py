@@ -26,13 +26,13 @@ AS_OF = date(2024, 1, 31)
 def valid_row(table: schema.Table, i: int) -> dict:
     row = {schema.KEY: f"{i:04d}-ABCDE"}
     for col in table.columns:
-        if col.kind == "int":
+        if col.kind == "integer":
             row[col.name] = int(col.min or 0) + i % 3
         elif col.kind == "float":
             row[col.name] = float(col.min or 0) + 0.25 * (i % 5)
-        elif col.kind == "bool":
+        elif col.kind == "boolean":
             row[col.name] = i % 2 == 0
-        elif col.kind == "str":
+        elif col.kind == "category":
             row[col.name] = col.choices[i % len(col.choices)] if col.choices else f"text {i}"
         else:
             row[col.name] = date(2020, 1 + i % 12, 1 + i % 28)
@@ -107,7 +107,7 @@ def bad_variants(table: schema.Table):
         name = col.name
         if not col.nullable:
             yield f"{name} null", lambda r, n=name: with_payload(r, _set(n, None))
-        if col.kind == "int":
+        if col.kind == "integer":
             yield f"{name} float", lambda r, n=name: with_payload(r, _set(n, 1.0))
             yield f"{name} bool", lambda r, n=name: with_payload(r, _set(n, True))
             yield f"{name} huge", lambda r, n=name: with_payload(r, _set(n, 10**30))
@@ -120,9 +120,9 @@ def bad_variants(table: schema.Table):
             yield f"{name} bool", lambda r, n=name: with_payload(r, _set(n, False))
             if col.max is not None:
                 yield f"{name} above max", lambda r, n=name, m=col.max: with_payload(r, _set(n, m + 0.5))
-        elif col.kind == "bool":
+        elif col.kind == "boolean":
             yield f"{name} int", lambda r, n=name: with_payload(r, _set(n, 1))
-        elif col.kind == "str":
+        elif col.kind == "category":
             yield f"{name} number", lambda r, n=name: with_payload(r, _set(n, 7))
             if col.choices:
                 yield f"{name} not a choice", lambda r, n=name: with_payload(r, _set(n, "Other"))

@@ -6,6 +6,7 @@ No database needed: these build configurations and frames only.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 
 import pandas as pd
@@ -13,13 +14,13 @@ import pytest
 from feast.errors import FeastError
 from starlette.exceptions import HTTPException
 
-from streamflow import schema
+from streamflow import contract, schema
 from streamflow.feast_stores import settings
 from streamflow.feast_stores.offline import StreamflowOfflineStoreConfig
 from streamflow.feast_stores.online import StreamflowOnlineStoreConfig
 from streamflow.feast_stores.validation import InvalidPush, checked
 from streamflow.feature_store import feast_yaml, open_store
-from streamflow.push_validation import PushValidationError, utc_times, validate_frame
+from streamflow.push_validation import PushValidationError, validate_frame
 
 USAGE = schema.table("usage_agg_30d")
 
@@ -136,35 +137,49 @@ UTC_6 = pd.Timestamp("2024-01-31T06:00:00", tz="UTC")
     "value",
     [
         "2024-01-31T06:00:00Z",
-        "2024-01-31T06:00:00",  # no offset: UTC, as Feast's online path takes it
         "2024-01-31T06:00:00+00:00",
         "2024-01-31T08:00:00+02:00",
-        "2024-01-31 06:00:00Z",
-        datetime(2024, 1, 31, 6),  # naive: UTC
+        datetime(2024, 1, 31, 6),  # a datetime object without zone: UTC, as in Feast
         datetime(2024, 1, 31, 7, tzinfo=timezone(pd.Timedelta(hours=1).to_pytimedelta())),
         pd.Timestamp("2024-01-31T06:00:00", tz="UTC"),
     ],
 )
-def test_utc_times_takes_iso_8601_strings_and_datetimes(value):
-    assert utc_times(pd.Series([value], dtype=object)).tolist() == [UTC_6]
+def test_push_takes_times_with_a_zone_and_datetimes(value):
+    typed = validate_frame(USAGE, usage_frame(pd.Series([value, value], dtype=object)))
+    assert typed[schema.SNAPSHOT_TIME].tolist() == [UTC_6, UTC_6]
 
 
 @pytest.mark.parametrize(
     "column",
     [
-        pd.Series(pd.to_datetime(["2024-01-31T06:00:00"])),  # naive datetime64: UTC
-        pd.Series(pd.to_datetime(["2024-01-31T08:00:00+02:00"])),
-        pd.Series(["2024-01-31T06:00:00Z"], dtype="string"),  # Arrow strings read back (offline writes)
+        pd.Series(pd.to_datetime(["2024-01-31T06:00:00"] * 2)),  # naive datetime64: UTC
+        pd.Series(pd.to_datetime(["2024-01-31T08:00:00+02:00"] * 2)),
+        pd.Series(["2024-01-31T06:00:00Z"] * 2, dtype="string"),  # Arrow strings read back (offline writes)
     ],
 )
-def test_utc_times_takes_datetime_and_string_columns(column):
-    out = utc_times(column)
-    assert str(out.dtype).endswith("UTC]") and out.tolist() == [UTC_6]
+def test_push_takes_datetime_and_string_columns(column):
+    out = validate_frame(USAGE, usage_frame(column))[schema.SNAPSHOT_TIME]
+    assert str(out.dtype).endswith("UTC]") and out.tolist() == [UTC_6, UTC_6]
 
 
-@pytest.mark.parametrize("value", ["2024-01-31T25:00:00Z", "yesterday", "", 1706680800, 1.5, True])
-def test_utc_times_gives_nat_for_anything_else(value):
-    assert utc_times(pd.Series([value], dtype=object)).isna().all()
+@pytest.mark.parametrize(
+    "value",
+    [
+        "2024-01-31T06:00:00",  # a text without zone: refused, as an event's is
+        "2024-01-31 06:00:00Z",
+        "2024-01-31T06:00:00Z\n",
+        "2024-01-31T25:00:00Z",
+        "yesterday",
+        "",
+        1706680800,
+        1.5,
+        True,
+    ],
+)
+def test_push_refuses_any_other_time_with_the_contract_reason(value):
+    reason = contract.expectation(schema.EVENT_TIME_COLUMN)
+    with pytest.raises(PushValidationError, match=re.escape(f"field as_of: {reason}")):
+        validate_frame(USAGE, usage_frame(pd.Series([value, value], dtype=object)))
 
 
 def usage_frame(as_of) -> pd.DataFrame:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from streamflow import schema
+from streamflow import contract, schema
 from streamflow.datagen.generate import AVG_SESSION_MINS, generate, main
 
 N = 20_000
@@ -37,9 +37,9 @@ def month(data: Path, snapshot: str) -> pd.DataFrame:
     df = pd.concat([frames[0]] + [f.drop(columns="user_id") for f in frames[1:]], axis=1)
     for t in schema.TABLES:
         for c in t.columns:
-            if c.kind in ("int", "float"):
-                df[c.name] = df[c.name].astype(c.kind)
-            elif c.kind == "bool":
+            if c.kind in ("integer", "float"):
+                df[c.name] = df[c.name].astype({"integer": "int64", "float": "float64"}[c.kind])
+            elif c.kind == "boolean":
                 df[c.name] = df[c.name].map({"True": True, "False": False, "": None})
     return df
 
@@ -76,7 +76,7 @@ def test_booleans_are_true_false_literals(data):
         for table in schema.TABLES:
             df = raw(data / snapshot, table.name)
             for c in table.columns:
-                if c.kind == "bool":
+                if c.kind == "boolean":
                     allowed = {"True", "False", ""} if c.nullable else {"True", "False"}
                     assert set(df[c.name]) <= allowed, (table.name, c.name)
                     assert {"True", "False"} <= set(df[c.name]), (table.name, c.name)
@@ -92,7 +92,7 @@ def test_plan_flags_empty_exactly_when_no_net_service(data):
 
 def test_user_ids_match_pattern_and_are_unique(m0):
     ids = m0["user_id"]
-    assert ids.map(lambda s: bool(schema.USER_ID_PATTERN.match(s))).all()
+    assert ids.map(lambda s: contract.check(schema.KEY_COLUMN, s) == s).all()
     assert ids.is_unique
 
 

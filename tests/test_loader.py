@@ -35,14 +35,14 @@ def user_id(i: int) -> str:
 
 def cell(column: schema.Column, i: int, month: int) -> str:
     """A valid value of the column for user i in snapshot `month` (numbers drift by month)."""
-    if column.kind == "str":
+    if column.kind == "category":
         return column.choices[i % len(column.choices)] if column.choices else f"text {i}"
-    if column.kind == "bool":
+    if column.kind == "boolean":
         return "True" if (i + len(column.name)) % 2 else "False"
     if column.kind == "date":
         return (date(2022, 1, 1) + timedelta(days=i)).isoformat()
     lo = int(column.min or 0)
-    if column.kind == "int":
+    if column.kind == "integer":
         return str(lo + (i * 7 + month) % 10)
     # full precision, e.g. 29.14104464084511
     return repr(lo + (i + 1) * 1.2345678901234567 + month * 0.1 + 1 / (i + 3))

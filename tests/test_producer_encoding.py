@@ -23,7 +23,7 @@ from kafka.partitioner.default import murmur2
 
 from producer.partitioning import key_partitions, murmur2_many
 from producer.replay import _records
-from streamflow import events, schema
+from streamflow import contract, events, schema
 from streamflow.batch.validate import read_snapshot
 from streamflow.datagen.generate import generate
 
@@ -67,9 +67,19 @@ def test_every_table_of_a_generated_snapshot(tmp_path):
 
 # --- generated rows: every kind, nulls and edge values ---------------------------------------------
 
+ANY_TEXT = contract.Format(r"(?s).*", 10**6, "any text")
+"""A text column that takes any string: the encoder must carry every string, whatever a contract allows."""
+
+
+def _column(name: str, kind: str, nullable: bool) -> schema.Column:
+    if kind == "text":
+        return schema.Column(name, "id", nullable=nullable, format=ANY_TEXT)
+    return schema.Column(name, kind, nullable=nullable)
+
+
 KIND_COLUMNS = tuple(
-    schema.Column(f"{kind}_{'null' if nullable else 'set'}", kind, nullable=nullable)
-    for kind in ("str", "int", "float", "bool", "date")
+    _column(f"{kind}_{'null' if nullable else 'set'}", kind, nullable)
+    for kind in ("text", "integer", "float", "boolean", "date")
     for nullable in (False, True)
 )
 ALL_KINDS = schema.Table(
@@ -143,9 +153,9 @@ def random_column(col: schema.Column, n: int, rng: random.Random) -> list:
     def one():
         if col.nullable and rng.random() < 0.3:
             return None
-        if col.kind == "str":
+        if col.kind == "id":
             return rng.choice(EDGE_STRINGS)
-        if col.kind == "int":
+        if col.kind == "integer":
             return rng.choice(EDGE_INTS) if rng.random() < 0.5 else rng.randrange(-(10**12), 10**12)
         if col.kind == "float":
             r = rng.random()
@@ -156,7 +166,7 @@ def random_column(col: schema.Column, n: int, rng: random.Random) -> list:
                 if r < 0.8
                 else rng.random() * 10 ** rng.randrange(-30, 30)
             )
-        if col.kind == "bool":
+        if col.kind == "boolean":
             return rng.random() < 0.5
         return (
             rng.choice(EDGE_DATES)
@@ -184,18 +194,18 @@ def test_registry_tables_with_generated_values_decode_to_the_same_event():
     for table in schema.TABLES:
         columns = {}
         for col in table.columns:
-            if col.kind == "str":
+            if col.kind == "category":
                 columns[col.name] = [rng.choice(col.choices) for _ in range(n)]
             elif col.kind == "date":
                 columns[col.name] = [rng.choice(EDGE_DATES) for _ in range(n)]
-            elif col.kind == "bool":
+            elif col.kind == "boolean":
                 columns[col.name] = [
                     None if col.nullable and rng.random() < 0.3 else rng.random() < 0.5 for _ in range(n)
                 ]
             else:
                 lo, hi = col.min or 0, col.max or 1000
                 edge = [lo, hi]
-                if col.kind == "int":
+                if col.kind == "integer":
                     columns[col.name] = [
                         rng.choice(edge) if rng.random() < 0.2 else rng.randrange(int(lo), int(hi) + 1)
                         for _ in range(n)
@@ -226,11 +236,11 @@ def test_registry_tables_with_generated_values_decode_to_the_same_event():
 )
 def test_any_values(rows):
     cols = [
-        schema.Column("s", "str", nullable=True),
-        schema.Column("i", "int", nullable=True),
-        schema.Column("f", "float", nullable=True),
-        schema.Column("b", "bool", nullable=True),
-        schema.Column("d", "date", nullable=True),
+        _column("s", "text", True),
+        _column("i", "integer", True),
+        _column("f", "float", True),
+        _column("b", "boolean", True),
+        _column("d", "date", True),
     ]
     table = schema.Table(
         name="any",

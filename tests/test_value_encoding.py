@@ -29,10 +29,10 @@ from streamflow.feast_stores.online import (
 from streamflow.feast_stores.provider import event_micros, fast_path_features
 
 EDGE = {
-    "int": [0, -1, 1, 127, 128, -(2**53), 2**53, 2**40],  # Feast passes nullable ints as floats
+    "integer": [0, -1, 1, 127, 128, -(2**53), 2**53, 2**40],  # Feast passes nullable ints as floats
     "float": [0.0, -0.0, -1.5, 1e300, -1e-300, float("inf"), float("nan"), 29.123456789012345],
-    "str": ["", "a", "héllo wörld", "x" * 200, "ünï,cødé\n", "Month-to-month"],
-    "bool": [True, False],
+    "category": ["", "a", "héllo wörld", "x" * 200, "ünï,cødé\n", "Month-to-month"],
+    "boolean": [True, False],
 }
 
 
@@ -45,11 +45,11 @@ def random_column(col: schema.Column, rows: int, rng: np.random.Generator) -> pd
         series = pd.Series(values)
         series[rng.random(rows) < 0.1] = pd.NaT
         return series
-    if col.kind == "int":
+    if col.kind == "integer":
         values = rng.integers(-(10**6), 10**6, rows).tolist()
     elif col.kind == "float":
         values = (rng.normal(0, 1000, rows)).tolist()
-    elif col.kind == "bool":
+    elif col.kind == "boolean":
         values = (rng.random(rows) < 0.5).tolist()
     else:
         values = [f"v{n}" for n in rng.integers(0, 50, rows)]

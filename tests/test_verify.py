@@ -292,16 +292,16 @@ def test_equality_rules():
     assert online_equals("date", ("unix_timestamp_val", 1643241600 + 3600), date(2022, 1, 27))
     assert not online_equals("date", ("unix_timestamp_val", 1643241600 - 1), date(2022, 1, 27))
     assert online_equals("date", ("unix_timestamp_val", -(2**63)), None)  # Feast's null timestamp
-    assert online_equals("bool", ("bool_val", True), True)
-    assert not online_equals("int", ("bool_val", True), 1)
-    assert not online_equals("bool", ("int64_val", 1), True)
-    assert online_equals("int", ("int32_val", 3), 3) and online_equals("int", ("int64_val", 3), 3)
-    assert online_equals("bool", ("null_val", 0), None)  # Feast's explicit null
-    assert not online_equals("str", ("string_val", "No"), None)
-    assert not online_equals("str", MISSING, "No")
+    assert online_equals("boolean", ("bool_val", True), True)
+    assert not online_equals("integer", ("bool_val", True), 1)
+    assert not online_equals("boolean", ("int64_val", 1), True)
+    assert online_equals("integer", ("int32_val", 3), 3) and online_equals("integer", ("int64_val", 3), 3)
+    assert online_equals("boolean", ("null_val", 0), None)  # Feast's explicit null
+    assert not online_equals("category", ("string_val", "No"), None)
+    assert not online_equals("category", MISSING, "No")
     assert show_online("date", ("unix_timestamp_val", 1643241600)) == "2022-01-27"
-    assert show_online("int", ("string_val", "7")) == "<string_val '7'>"
-    assert show_online("int", MISSING) == "<missing>"
+    assert show_online("integer", ("string_val", "7")) == "<string_val '7'>"
+    assert show_online("integer", MISSING) == "<missing>"
 
 
 def test_decode_elements_reads_what_protobuf_writes():

@@ -6,13 +6,12 @@ about a second. The CSV is read with every column as a string and empty strings 
 
 - the file exists, is not empty, is UTF-8 (a UTF-8 BOM is skipped);
 - the header is exactly ``table.header``; every row has that many fields;
-- int: ``-?[0-9]+``; float: a decimal or exponent literal (no NaN, no inf); bool: ``True`` or
-  ``False``; date: a real ``YYYY-MM-DD`` day; str: one of ``column.choices`` when set;
-- empty only where ``column.nullable`` (empty = NULL); numbers within ``column.min``/``max``;
-- ``user_id`` matches ``schema.USER_ID_PATTERN`` and is unique in the file;
+- every field keeps its column's contract (:func:`streamflow.contract.check_texts`, the rules
+  every door uses); empty only where ``column.nullable`` (empty = NULL);
+- ``user_id`` is unique in the file;
 - across the files of one snapshot: every file has exactly the users of users.csv.
 
-A problem reads ``<path>, line <N>, column <name>: <what is wrong> (got '<value>')`` with N the
+A problem reads ``<path>, line <N>, column <name>: <the contract's reason> (got '<value>')`` with N the
 1-based line of the file (the header is line 1). One ``DataValidationError`` reports the first
 ``MAX_PROBLEMS`` problems (by file, then line) and how many there are in all.
 
@@ -40,7 +39,6 @@ import itertools
 import math
 from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
-from datetime import date
 from pathlib import Path
 from typing import NamedTuple
 
@@ -50,7 +48,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 
-from streamflow import schema
+from streamflow import contract, schema
 from streamflow.errors import DataValidationError
 
 MAX_PROBLEMS = 10
@@ -63,12 +61,6 @@ USERS_TABLE = "users"
 """The table whose user_ids every other file of a snapshot must have."""
 
 _BOM = b"\xef\xbb\xbf"
-_INT = r"^-?[0-9]+$"
-_INT_64 = r"^-?[0-9]{1,18}$"
-_FLOAT = r"^-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?$"
-_ZERO = r"^-?0*\.?0*(?:[eE][+-]?[0-9]+)?$"
-_NOT_FINITE = r"(?i)^[+-]?(?:nan|inf|infinity)$"
-_DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
 _VALUE_SHOWN = 160  # long enough for a whole header line
 _NAME_SHOWN = 64
 
@@ -367,146 +359,32 @@ def _np(mask) -> np.ndarray:
     return mask.to_numpy(zero_copy_only=False)
 
 
-def _match(values: pa.Array, pattern: str) -> np.ndarray:
-    return _np(pc.match_substring_regex(values, pattern))
-
-
-def _one_of(values: pa.Array, choices: Sequence[str]) -> np.ndarray:
-    """values in choices (a few equality scans beat pc.is_in's hashing 10x on short lists)."""
-    ok = np.zeros(len(values), dtype=bool)
-    for choice in choices:
-        ok |= _np(pc.equal(values, choice))
-    return ok
-
-
-def _fmt(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else repr(x)
-
-
-def _check_range(column: schema.Column, numbers: np.ndarray, ok: np.ndarray, strings, lines, problems):
-    """Report the well-formed numbers (ok) outside column.min..column.max."""
-    if column.min is None and column.max is None:
-        return
-    lo = -math.inf if column.min is None else column.min
-    hi = math.inf if column.max is None else column.max
-    out = ok & ((numbers < lo) | (numbers > hi))
-    if column.min is not None and column.max is not None:
-        what = f"out of range: must be between {_fmt(lo)} and {_fmt(hi)}"
-    elif column.min is not None:
-        what = f"out of range: must be at least {_fmt(lo)}"
-    else:
-        what = f"out of range: must be at most {_fmt(hi)}"
-    problems.add_mask(out, column.name, what, strings, lines)
-
-
-def _underflows(strings: pa.Array, values: np.ndarray, ok: np.ndarray) -> np.ndarray:
-    """Literals like 1e-400 that parse to 0 without being zero (PostgreSQL's float8 rejects them)."""
-    tiny = np.zeros(len(values), dtype=bool)
-    zeros = np.flatnonzero(ok & (values == 0))
-    if len(zeros):
-        literal_zero = _match(strings.take(pa.array(zeros)), _ZERO)
-        tiny[zeros[~literal_zero]] = True
-    return tiny
-
-
-def _to_dates(strings: pa.Array, ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Days since 1970 of the well-formed strings, and which of them are real days."""
-    safe = pc.if_else(pa.array(ok), strings, "1970-01-01")
-    real = ok.copy()
-    epoch = date(1970, 1, 1).toordinal()
-    try:
-        days = _np(pc.cast(safe, pa.date32()).cast(pa.int32())).astype(np.int64)
-    except pa.ArrowInvalid:  # some impossible day (2023-02-30): find them one by one
-        days = np.zeros(len(strings), dtype=np.int64)
-        for i in np.flatnonzero(ok):
-            try:
-                days[i] = date.fromisoformat(strings[int(i)].as_py()).toordinal() - epoch
-            except ValueError:
-                real[i] = False
-    lo, hi = (d.toordinal() - epoch for d in schema.DATE_RANGE)
-    real &= (days >= lo) & (days <= hi)
-    return days, real
-
-
 def _check_column(column: schema.Column, strings: pa.Array, lines: np.ndarray, problems: _Problems):
-    """Check one column; return (numpy values or None, null mask) for the typed frame."""
+    """Check one column by the contract (an empty field is null); return (numpy values or None,
+    null mask) for the typed frame."""
     name = column.name
     empty = _np(pc.equal(strings, ""))
     present = ~empty
     if not column.nullable:
-        problems.add_mask(empty, name, "empty, but the column is not nullable", strings, lines)
-    kind = column.kind
-    values = None
-    if kind == "str":
-        if column.choices:
-            ok = _one_of(strings, column.choices)
-            allowed = ", ".join(f"'{c}'" for c in column.choices)
-            problems.add_mask(present & ~ok, name, f"not one of {allowed}", strings, lines)
-        if name == schema.KEY:
-            ok = _match(strings, schema.USER_ID_PATTERN.pattern)
-            problems.add_mask(
-                present & ~ok,
-                name,
-                f"not a user id like '7590-VHVEG' ({schema.USER_ID_PATTERN.pattern})",
-                strings,
-                lines,
-            )
-    elif kind == "bool":
-        is_true = _np(pc.equal(strings, "True"))
-        ok = is_true | _np(pc.equal(strings, "False"))
-        problems.add_mask(present & ~ok, name, "not a boolean: must be True or False", strings, lines)
-        values = is_true
-    elif kind == "int":
-        ok = _match(strings, _INT_64)
-        bad = present & ~ok
-        if bad.any():
-            digits = _match(strings, _INT)
-            problems.add_mask(bad & ~digits, name, "not an integer", strings, lines)
-            problems.add_mask(bad & digits, name, "out of range for a 64-bit integer", strings, lines)
-        values = _np(pc.cast(pc.if_else(pa.array(ok), strings, "0"), pa.int64()))
-        _check_range(column, values, ok, strings, lines, problems)
-    elif kind == "float":
-        ok = _match(strings, _FLOAT)
-        bad = present & ~ok
-        if bad.any():
-            not_finite = _match(strings, _NOT_FINITE)
-            problems.add_mask(bad & not_finite, name, "not a finite number", strings, lines)
-            problems.add_mask(bad & ~not_finite, name, "not a number", strings, lines)
-        values = _np(pc.cast(pc.if_else(pa.array(ok), strings, "0"), pa.float64()))
-        huge = ok & ~np.isfinite(values)
-        problems.add_mask(huge, name, "not a finite number (too large for a float)", strings, lines)
-        tiny = _underflows(strings, values, ok)
-        problems.add_mask(tiny, name, "too close to zero for a float (PostgreSQL rejects it)", strings, lines)
-        _check_range(column, values, ok & ~huge & ~tiny, strings, lines, problems)
-    elif kind == "date":
-        ok = _match(strings, _DATE)
-        values, real = _to_dates(strings, ok)
-        lo, hi = schema.DATE_RANGE
-        problems.add_mask(
-            present & ~real,
-            name,
-            f"not a date YYYY-MM-DD between {lo} and {hi}",
-            strings,
-            lines,
-        )
-    else:  # pragma: no cover - the registry only has the kinds above
-        raise ValueError(f"column {name} has unknown kind {kind!r}")
+        problems.add_mask(empty, name, contract.NULL, strings, lines)
+    ok, values = contract.check_texts(column, strings)
+    problems.add_mask(present & ~ok, name, contract.expectation(column), strings, lines)
     return values, empty
 
 
 def _typed(column: schema.Column, strings: pa.Array, values, null: np.ndarray):
     """pandas array of the column's registry dtype (column.pandas_dtype)."""
     kind = column.kind
-    if kind == "str":
+    if kind in ("id", "category"):
         arr = pd.array(strings.to_numpy(zero_copy_only=False), dtype=column.pandas_dtype)
         if column.nullable and null.any():
             arr[null] = pd.NA
         return arr
-    if kind == "int":
+    if kind == "integer":
         return pd.arrays.IntegerArray(values, null.copy())
     if kind == "float":
         return pd.arrays.FloatingArray(values, null.copy())
-    if kind == "bool":
+    if kind == "boolean":
         return pd.arrays.BooleanArray(values, null.copy())
     if kind == "date":
         stamps = (values.astype("datetime64[D]")).astype("datetime64[ns]")
@@ -614,9 +492,6 @@ def _header_of(data: bytes) -> list[str]:
         return first_line.split(",")
 
 
-_KEY_COLUMN = schema.Column(schema.KEY, "str")
-
-
 def _check_rows(table: schema.Table, piece: _Piece, problems: _Problems, *, utf8_checked: bool = False):
     """Check the rows of one piece (its header line passed already).
 
@@ -635,21 +510,22 @@ def _check_rows(table: schema.Table, piece: _Piece, problems: _Problems, *, utf8
         return None
     columns = {name: strings.column(name).combine_chunks() for name in table.header}
     checked = {
-        c.name: _check_column(c, columns[c.name], lines, problems) for c in (_KEY_COLUMN, *table.columns)
+        c.name: _check_column(c, columns[c.name], lines, problems)
+        for c in (schema.KEY_COLUMN, *table.columns)
     }
     return columns, lines, checked
 
 
 def _frame(table: schema.Table, columns: dict[str, pa.Array], checked: dict) -> pd.DataFrame:
     return pd.DataFrame(
-        {c.name: _typed(c, columns[c.name], *checked[c.name]) for c in (_KEY_COLUMN, *table.columns)}
+        {c.name: _typed(c, columns[c.name], *checked[c.name]) for c in (schema.KEY_COLUMN, *table.columns)}
     )
 
 
 # --- user ids ------------------------------------------------------------------------------------
 #
 # Duplicates within a file and the user sets across files need every id of a file at once. An id
-# that matches USER_ID_PATTERN (4 digits, '-', 5 capitals) is kept as one int64: exact (no hash,
+# that keeps the user id's contract (4 digits, '-', 5 capitals) is kept as one int64: exact (no hash,
 # no collision), sorting as the text does, 8 bytes instead of a 60-byte str (1,000,000 ids: 8 MB,
 # and 8 MB of lines). The other ids (bad files only) are kept as text.
 
@@ -661,7 +537,7 @@ _ID_WEIGHTS = np.array(
 
 
 def _id_codes(ids: pa.Array) -> np.ndarray:
-    """int64 codes of ids that all match USER_ID_PATTERN (10 ASCII characters each)."""
+    """int64 codes of ids that all keep the user id's contract (10 ASCII characters each)."""
     if not len(ids):
         return np.empty(0, dtype=np.int64)
     ids = ids.cast(pa.string())
@@ -700,7 +576,7 @@ class _Ids:
         self.odd_lines: list[int] = []
 
     def add(self, ids: pa.Array, lines: np.ndarray) -> None:
-        valid = _match(ids, schema.USER_ID_PATTERN.pattern)
+        valid, _ = contract.check_texts(schema.KEY_COLUMN, ids)
         if not valid.all():
             self.odd += ids.filter(pa.array(~valid)).to_pylist()
             self.odd_lines += lines[~valid].tolist()

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from streamflow import config, logs, schema
+from streamflow import config, contract, logs, schema
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +279,7 @@ def _csv(table: schema.Table, cols: dict[str, np.ndarray]) -> str:
 
 def snapshot_month(snapshot: str) -> int:
     """Month index of a snapshot id: month_002 -> 2."""
-    m = schema.SNAPSHOT_ID.match(snapshot)
+    m = contract.SNAPSHOT_FOLDER.fullmatch(snapshot)
     if not m:
         raise ValueError(f"unknown snapshot {snapshot!r}: snapshot ids look like month_000, month_001, ...")
     return int(m.group(1))

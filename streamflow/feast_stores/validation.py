@@ -35,9 +35,12 @@ STATUS = 422
 class InvalidPush(PushValidationError, FeastError, HTTPException):
     """A pushed frame that does not match its table in the registry (422 from feast serve)."""
 
-    def __init__(self, message: str):
+    def __init__(
+        self, message: str, field: str | None = None, rule: str | None = None, row: int | None = None
+    ):
         Exception.__init__(self, message)
         HTTPException.__init__(self, STATUS, detail=message)
+        self.field, self.rule, self.row = field, rule, row
 
     def __str__(self) -> str:
         return self.detail
@@ -72,4 +75,4 @@ def checked(feature_view, frame: pd.DataFrame, where: str) -> pd.DataFrame:
     except InvalidPush:
         raise
     except PushValidationError as exc:
-        raise InvalidPush(str(exc)) from None
+        raise InvalidPush(str(exc), exc.field, exc.rule, exc.row) from None

@@ -37,10 +37,10 @@ CHUNK_ROWS = 10_000
 PREFETCH = 2
 
 _ARROW_TYPES = {
-    "str": pa.string(),
-    "int": pa.int64(),
+    "category": pa.string(),
+    "integer": pa.int64(),
     "float": pa.float64(),
-    "bool": pa.bool_(),
+    "boolean": pa.bool_(),
     "date": pa.date32(),
 }
 _BOTH = IN_OFFLINE | IN_ONLINE

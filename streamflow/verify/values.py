@@ -7,7 +7,7 @@ BOOLEAN -> bool, DATE -> date). An online value equals an offline one when, by c
 
 * NULL: the online Value is empty (Feast's null, also what a NaN becomes) or ``null_val``, and
   the offline value is NULL (or a NaN). A null timestamp (``-2**63`` seconds) is NULL too.
-* ``str``, ``int``, ``bool``: the online field is of that kind (``string_val``;
+* ``category``, ``integer``, ``boolean``: the online field is of that kind (``string_val``;
   ``int64_val``/``int32_val``; ``bool_val``) and the values are equal (so ``True`` never equals 1).
 * ``float``: ``double_val`` equal to the offline float64 as a number (``==``: no tolerance, both
   sides hold the same IEEE double, parsed from the same text or carried by Arrow; -0.0 equals
@@ -28,14 +28,20 @@ from typing import Any
 
 import numpy as np
 
-VALUE_TYPES = {"str": "STRING", "int": "INT64", "float": "DOUBLE", "bool": "BOOL", "date": "UNIX_TIMESTAMP"}
+VALUE_TYPES = {
+    "category": "STRING",
+    "integer": "INT64",
+    "float": "DOUBLE",
+    "boolean": "BOOL",
+    "date": "UNIX_TIMESTAMP",
+}
 """Column kind -> Feast value type name of its feature (feature_repo.definitions.FEAST_TYPES)."""
 
 FIELDS = {
-    "str": ("string_val",),
-    "int": ("int64_val", "int32_val"),
+    "category": ("string_val",),
+    "integer": ("int64_val", "int32_val"),
     "float": ("double_val", "float_val"),
-    "bool": ("bool_val",),
+    "boolean": ("bool_val",),
     "date": ("unix_timestamp_val",),
 }
 """Column kind -> the Value fields that can hold it."""
