@@ -33,6 +33,7 @@ BENCHMARKS = [
     "offline_retrieval",
     "memory",
     "verify",
+    "startup",
     "scale",
     "table_growth",
 ]

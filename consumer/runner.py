@@ -52,6 +52,8 @@ class ConsumerSettings:
     bootstrap: str = ""
     max_batch: int = 5000
     poll_timeout_ms: int = 500
+    """Milliseconds a poll waits for records (longer while the member joins its group:
+    ``kafka_clients.poll_timeout_ms``)."""
     retry_initial: float = 0.5
     retry_max: float = 15.0
     until_drained: bool = False
@@ -446,7 +448,7 @@ class StreamConsumer:
             self._waiting("no partition assigned")
             self._check_joined()
             return
-        self._unjoined_since = None
+        self._check_joined()  # assigned partitions, yet outside the group: commits are refused
         # One request, bounded; positions as the client knows them (asking for them would block
         # while the group rebalances and keep this member from rejoining).
         ends = self.outage.call("end_offsets", self.consumer.end_offsets, list(assigned), timeout_ms=3_000)
@@ -506,9 +508,8 @@ class StreamConsumer:
         log.info("waiting for records: %s; member %s", why, kafka_clients.member_state(self.consumer))
 
     def poll(self) -> dict:
-        records = self.outage.call(
-            "poll", self.consumer.poll, timeout_ms=self.settings.poll_timeout_ms, default={}
-        )
+        timeout = kafka_clients.poll_timeout_ms(self.consumer, self.settings.poll_timeout_ms)
+        records = self.outage.call("poll", self.consumer.poll, timeout_ms=timeout, default={})
         if records:
             self.outage.ok()
         return records
@@ -529,6 +530,9 @@ class StreamConsumer:
                     self._abandon_in_flight()  # the new client reads it again from the committed offsets
                     self.rebuild()
                     continue
+                if self._in_flight is not None and all(f.done() for f in self._in_flight[0]):
+                    if not self._finish_in_flight():  # written: committed before the next poll
+                        break
                 records = self.poll()
                 if not records:
                     if self._in_flight is not None:

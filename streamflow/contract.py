@@ -508,10 +508,11 @@ def _rules(column: Column) -> str:
 def markdown_table(fields: list[tuple[str, Column]]) -> str:
     """The contract of the given (table, column) pairs as a Markdown table (the docs' copy)."""
     lines = [
-        "| table | field | kind | null | rule (full string, ASCII) |",
-        "|---|---|---|---|---|",
+        "| table | field | kind | null | rule (full string, ASCII) | reason when refused |",
+        "|---|---|---|---|---|---|",
     ]
     for table, column in fields:
         null = "allowed" if column.nullable else "no"
-        lines.append(f"| {table} | `{column.name}` | {column.kind} | {null} | {_rules(column)} |")
+        cells = [table, f"`{column.name}`", column.kind, null, _rules(column), expectation(column)]
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |")
     return "\n".join(lines) + "\n"

@@ -27,6 +27,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from dataclasses import dataclass, field, replace
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
@@ -461,6 +462,45 @@ def member_state(consumer: KafkaConsumer) -> str:
         return f"unknown ({type(exc).__name__})"
     member = meta.member_id or "-"
     return f"{state} generation {meta.generation_id} member {member[-12:]} coordinator {coordinator}"
+
+
+JOIN_POLL_MS = 3_000
+"""Milliseconds a poll of a group member waits while the member is not in its group (see
+:func:`poll_timeout_ms`)."""
+
+
+def poll_timeout_ms(consumer: KafkaConsumer, wanted_ms: int) -> int:
+    """The timeout to give ``consumer.poll``: ``wanted_ms`` once the member is in its group, at least
+    :data:`JOIN_POLL_MS` while it joins.
+
+    kafka-python 3.0.12 completes a join only inside the poll that waits for it: when a join
+    finishes between two polls, the member never becomes stable (no partition fetched as its own,
+    every commit refused). A member whose polls are shorter than its join never joins
+    (docs/explanation/kafka-client.md). Every poll of a group member takes its timeout from here.
+    """
+    return wanted_ms if joined(consumer) and not _rejoin_pending(consumer) else max(wanted_ms, JOIN_POLL_MS)
+
+
+def _rejoin_pending(consumer: KafkaConsumer) -> bool:
+    """Whether the member's next poll starts a rejoin (kafka-python has no public call for it)."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    try:
+        return bool(coordinator is not None and coordinator.need_rejoin())
+    except Exception:  # noqa: BLE001 - a client without it: the plain timeout
+        return False
+
+
+def await_assignment(consumer: KafkaConsumer, timeout: float) -> set:
+    """Poll a subscribed member until it has joined its group with at least one partition, for at
+    most ``timeout`` seconds; its assignment (empty on timeout). Records polled meanwhile are
+    dropped: for callers that do not read them (tools, tests), not for a consumer loop."""
+    deadline = time.monotonic() + timeout
+    while not (joined(consumer) and consumer.assignment()):
+        left_ms = int((deadline - time.monotonic()) * 1000)
+        if left_ms <= 0:
+            break
+        consumer.poll(timeout_ms=min(left_ms, poll_timeout_ms(consumer, 100)))
+    return set(consumer.assignment()) if joined(consumer) else set()
 
 
 def joined(consumer: KafkaConsumer) -> bool:

@@ -255,6 +255,12 @@ def table_for_topic(topic: str) -> Table | None:
     return topics.get(topic)
 
 
+def online_table(project: str, view: str) -> str:
+    """The online store's table of a feature view in a Feast project
+    (streamflow.feast_stores.online.StreamflowOnlineStore)."""
+    return f"{project}_{view}"
+
+
 def table_for_feature_view(view: str) -> Table:
     for t in TABLES:
         if t.feature_view == view:
@@ -290,3 +296,32 @@ def snapshot_as_of(snapshot_id: str) -> date:
 def as_of_timestamp(day: date) -> datetime:
     """Event time of a snapshot day: midnight UTC."""
     return datetime.combine(day, time(0), tzinfo=timezone.utc)
+
+
+def contract_fields() -> list[tuple[str, Column]]:
+    """Every field of the registry as (where, column): the event fields, then each table's columns."""
+    common = [("every event", c) for c in (KEY_COLUMN, EVENT_TIME_COLUMN, SNAPSHOT_COLUMN)]
+    return common + [(t.name, c) for t in TABLES for c in t.columns]
+
+
+def contract_markdown() -> str:
+    """The contract of every field as the Markdown table of docs/reference/contract.md."""
+    return contract.markdown_table(contract_fields())
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m streamflow.schema", description="The table registry.")
+    parser.add_argument(
+        "--markdown", action="store_true", help="print the contract of every field as Markdown"
+    )
+    args = parser.parse_args(argv)
+    if args.markdown:
+        sys.stdout.write(contract_markdown())
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

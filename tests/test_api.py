@@ -56,7 +56,7 @@ def json_value(value, kind: str):
         return pd.Timestamp(value).date().isoformat()
     if hasattr(value, "item"):
         value = value.item()
-    return {"int": int, "float": float, "bool": bool, "str": str}[kind](value)
+    return {"integer": int, "float": float, "boolean": bool, "category": str}[kind](value)
 
 
 def expected_features(frames: dict[str, pd.DataFrame], user: str) -> dict[str, dict]:

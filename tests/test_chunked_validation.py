@@ -110,7 +110,10 @@ def test_bad_value_names_its_line_at_chunk_boundaries(snapshot, tmp_path):
         mutate = test_bad_input.set_cell(line, "failed_payments_90d", b"many", "payments_agg_90d")
         path = copy_with(snapshot, tmp_path / f"line_{line}" / "month_000", "payments_agg_90d", mutate)
         text = message(path.parent, SMALL)
-        assert text == f"{path}, line {line}, column failed_payments_90d: not an integer (got 'many')"
+        assert (
+            text == f"{path}, line {line}, column failed_payments_90d: "
+            "expected an integer from 0 to 1000 (got 'many')"
+        )
 
 
 def test_bad_lines_in_many_chunks_are_all_counted(snapshot, tmp_path):
@@ -159,7 +162,7 @@ def test_quoted_value_with_a_line_break_is_one_record(snapshot, tmp_path):
     path = copy_with(snapshot, tmp_path / "month_000", "users", mutate)
     text = message(path.parent, SMALL)
     assert text == message(path.parent, WHOLE)
-    assert f"users.csv, line {line}, column user_gender: not one of 'Female', 'Male'" in text
+    assert f"users.csv, line {line}, column user_gender: expected one of 'Female', 'Male'" in text
 
 
 @pytest.mark.parametrize("newline", [b"\r\n", b"\r"])

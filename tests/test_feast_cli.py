@@ -370,7 +370,7 @@ def snapshot_value(value, kind: str):
         return pd.Timestamp(value).date().isoformat()
     if hasattr(value, "item"):
         value = value.item()
-    return {"int": int, "float": float, "bool": bool, "str": str}[kind](value)
+    return {"integer": int, "float": float, "boolean": bool, "category": str}[kind](value)
 
 
 def utc(text: str) -> datetime:
@@ -425,7 +425,6 @@ PUSH_DAY = TODAY - timedelta(days=1)
 
 TIME_FORMATS = {
     "Z": f"{PUSH_DAY}T06:00:00Z",
-    "no offset (UTC)": f"{PUSH_DAY}T06:00:00",
     "+00:00": f"{PUSH_DAY}T06:00:00+00:00",
     "+02:00": f"{PUSH_DAY}T08:00:00+02:00",
 }
@@ -492,7 +491,7 @@ def test_push_writes_what_to_says_with_any_iso_8601_time(repo, server, mode, fmt
 # --- malformed pushes ------------------------------------------------------------------------------
 
 MALFORMED = {
-    "out of range": (USAGE, {"skips_7d": -3}, "field skips_7d: out of range"),
+    "out of range": (USAGE, {"skips_7d": -3}, "field skips_7d: expected an integer from 0 to 1000000"),
     "not one of the choices": (SUBS, {"contract_type": "Weekly"}, "field contract_type: expected one of"),
     "bad timestamp": (
         USAGE,
@@ -501,7 +500,22 @@ MALFORMED = {
     ),
     "not a timestamp": (USAGE, {schema.SNAPSHOT_TIME: 1700000000}, "field as_of: expected an ISO 8601"),
     "null timestamp": (USAGE, {schema.SNAPSHOT_TIME: None}, "field as_of: must not be null"),
-    "not a number": (USAGE, {"watch_hours_30d": "lots"}, "field watch_hours_30d: expected a number"),
+    "timestamp without a zone": (
+        USAGE,
+        {schema.SNAPSHOT_TIME: f"{PUSH_DAY}T06:00:00"},
+        "field as_of: expected an ISO 8601 time with a zone",
+    ),
+    "user id with a trailing newline": (USAGE, {schema.KEY: "{user}\n"}, "field user_id: expected a user id"),
+    "category with a leading space": (
+        SUBS,
+        {"contract_type": " One year"},
+        "field contract_type: expected one of",
+    ),
+    "not a number": (
+        USAGE,
+        {"watch_hours_30d": "lots"},
+        "field watch_hours_30d: expected a finite number from 0 to 744",
+    ),
 }
 MIXED_TYPES = {"not a timestamp", "not a number"}
 """Cases whose column mixes JSON types (a number among strings, a string among numbers): with
@@ -538,6 +552,7 @@ def test_malformed_push_answers_422_naming_the_field_and_writes_nothing(repo, se
     table, change, message = MALFORMED[case]
     good, bad = repo.users[18], repo.users[19]
     row = usage_row if table is USAGE else subs_row
+    change = {k: v.format(user=bad) if k == schema.KEY else v for k, v in change.items()}
     rows = [row(good, TIME_FORMATS["Z"]), {**row(bad, TIME_FORMATS["Z"]), **change}]
     online_before = feast_features(server, [good, bad])
     offline_before = {u: offline_rows(table, u) for u in (good, bad)}
@@ -546,7 +561,7 @@ def test_malformed_push_answers_422_naming_the_field_and_writes_nothing(repo, se
 
     assert r.status_code == 422, r.text
     error = error_of(r)
-    assert message in error and f"row 1 (user {bad})" in error, error
+    assert message in error and f"row 1 (user {bad}" in error, error
     assert feast_features(server, [good, bad]) == online_before  # not even the good row
     assert {u: offline_rows(table, u) for u in (good, bad)} == offline_before
 

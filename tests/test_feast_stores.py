@@ -103,10 +103,14 @@ def test_same_event_twice_rewrites_nothing(store):
     [
         ("unique_devices_30d", 7.9, "field unique_devices_30d: expected an integer"),
         ("watch_hours_30d", float("inf"), "field watch_hours_30d: expected a finite number"),
-        ("watch_hours_30d", "lots", "field watch_hours_30d: expected a number"),
+        ("watch_hours_30d", "lots", "field watch_hours_30d: expected a finite number from 0 to 744"),
         ("skips_7d", None, "field skips_7d: must not be null"),
         (schema.KEY, "not-a-user", "field user_id: expected a user id"),
-        ("skips_7d", -3, "field skips_7d: out of range"),
+        (schema.KEY, "8888-HHHHH\n", "field user_id: expected a user id"),
+        (schema.KEY, " 8888-HHHHH", "field user_id: expected a user id"),
+        (schema.KEY, "888\u0668-HHHHH", "field user_id: expected a user id"),
+        (schema.EVENT_SNAPSHOT, "month_000\n", "field snapshot: expected a snapshot id"),
+        ("skips_7d", -3, "field skips_7d: expected an integer from 0 to 1000000"),
     ],
 )
 def test_bad_push_fails_early_naming_row_and_field_and_writes_nothing(store, column, value, message):
@@ -119,6 +123,18 @@ def test_bad_push_fails_early_naming_row_and_field_and_writes_nothing(store, col
     assert message in str(err.value)
     assert "row 1" in str(err.value)
     assert online_watch_hours("7777-GGGGG") is None  # the good row before it was not written either
+    assert len(pipeline.offline_rows(USAGE)) == 1
+
+
+@pytest.mark.parametrize("user", ["8888-HHHHH\n", " 8888-HHHHH", "888\u0668-HHHHH"])
+def test_feasts_own_store_push_refuses_a_value_off_the_contract_and_writes_nothing(store, user):
+    from feast.data_source import PushMode
+
+    push(USAGE, usage_frame([("6666-FFFFF", JAN, 10.0)]))
+    frame = usage_frame([("7777-GGGGG", JAN, 1.0), (user, JAN, 2.0)])
+    with pytest.raises(PushValidationError, match=r"(?s)row 1 \(user .*field user_id: expected a user id"):
+        store.push(USAGE.push_source, frame, to=PushMode.ONLINE_AND_OFFLINE)
+    assert online_watch_hours("7777-GGGGG") is None
     assert len(pipeline.offline_rows(USAGE)) == 1
 
 

@@ -113,6 +113,35 @@ def test_an_oversized_record_is_refused_by_the_client_and_the_producer_goes_on(t
     assert count_records(topic) == 3
 
 
+@pytest.mark.parametrize("wanted_ms", [1, 10])
+def test_a_member_polling_with_short_timeouts_joins_through_poll_timeout_ms(topic, wanted_ms):
+    """kafka-python 3.0.12 completes a join only inside the poll that waits for it: a member that
+    polls for 1 or 10 ms at a time stays 'rebalancing' for good (seen: not joined after 30 s).
+    Polls whose timeout comes from poll_timeout_ms wait long enough while the member joins."""
+    member = kafka_clients.group_consumer(f"{config.topic_prefix()}-short-{wanted_ms}", role="test")
+    try:
+        member.subscribe([topic])
+        deadline = time.monotonic() + 20
+        while not (kafka_clients.joined(member) and member.assignment()) and time.monotonic() < deadline:
+            member.poll(timeout_ms=kafka_clients.poll_timeout_ms(member, wanted_ms))
+        assert kafka_clients.joined(member), kafka_clients.member_state(member)
+        assert len(member.assignment()) == 1
+        assert kafka_clients.poll_timeout_ms(member, wanted_ms) == wanted_ms  # joined: as asked
+    finally:
+        member.close(autocommit=False)
+
+
+def test_await_assignment_gives_the_partitions_of_a_member_once_it_joined(topic):
+    member = kafka_clients.group_consumer(f"{config.topic_prefix()}-await", role="test")
+    try:
+        assert kafka_clients.poll_timeout_ms(member, 5) == kafka_clients.JOIN_POLL_MS  # not joined yet
+        member.subscribe([topic])
+        assert {tp.topic for tp in kafka_clients.await_assignment(member, timeout=20)} == {topic}
+        assert kafka_clients.joined(member)
+    finally:
+        member.close(autocommit=False)
+
+
 def test_a_producer_that_went_bad_is_replaced_and_the_rest_is_delivered(topic, monkeypatch):
     """Misconfigured on purpose (the client believes the broker takes 8 MiB): the broker refuses
     the 3 MiB record and kafka-python 3.0 would then fail every later send of that producer

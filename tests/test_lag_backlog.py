@@ -8,7 +8,6 @@ import json
 import os
 import re
 import subprocess
-import time
 import uuid
 from pathlib import Path
 
@@ -232,10 +231,7 @@ def test_rewind_refuses_a_live_group_and_bad_input(kafka_bootstrap, topics, caps
     )
     try:
         consumer.subscribe([topics[0]])
-        deadline = time.monotonic() + 30
-        while not consumer.assignment() and time.monotonic() < deadline:
-            consumer.poll(timeout_ms=200)
-        assert consumer.assignment()
+        assert kafka_clients.await_assignment(consumer, timeout=30)
         assert rewind.main(["--group", group, "--topic", topics[0], "--to", "earliest"]) == 1
         assert "active member" in capsys.readouterr().err
     finally:

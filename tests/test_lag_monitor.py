@@ -181,10 +181,7 @@ def test_owner_of_each_partition(kafka_bootstrap, monitor, loaded, topic, group)
     try:
         assert member.partitions_for_topic(topic) == set(range(PARTITIONS))
         member.subscribe([topic])
-        deadline = time.monotonic() + 15
-        while len(member.assignment()) < PARTITIONS and time.monotonic() < deadline:
-            member.poll(timeout_ms=100)
-        assert len(member.assignment()) == PARTITIONS
+        assert len(kafka_clients.await_assignment(member, timeout=15)) == PARTITIONS
         sample = monitor.sample()
         assert sample.state == "Stable" and sample.members == 1
         for row in sample.partitions:

@@ -378,61 +378,66 @@ BAD_FILES = {
         edit_cell("payments_agg_90d", 5, "failed_payments_90d", "1.5"),
         None,
         "payments_agg_90d.csv",
-        ["line 7", "column failed_payments_90d", "not an integer", "(got '1.5')"],
+        ["line 7", "column failed_payments_90d", "expected an integer", "(got '1.5')"],
     ),
     "NaN float": (
         edit_cell("usage_agg_30d", 0, "watch_hours_30d", "NaN"),
         None,
         "usage_agg_30d.csv",
-        ["line 2", "column watch_hours_30d", "not a finite number", "(got 'NaN')"],
+        ["line 2", "column watch_hours_30d", "expected a finite number", "(got 'NaN')"],
     ),
     "inf float": (
         edit_cell("support_agg_90d", 3, "ticket_avg_resolution_hrs_90d", "inf"),
         None,
         "support_agg_90d.csv",
-        ["line 5", "column ticket_avg_resolution_hrs_90d", "not a finite number"],
+        ["line 5", "column ticket_avg_resolution_hrs_90d", "expected a finite number"],
     ),
     "float underflow": (
         edit_cell("usage_agg_30d", 2, "avg_session_mins_7d", "1e-400"),
         None,
         "usage_agg_30d.csv",
-        ["line 4", "column avg_session_mins_7d", "too close to zero", "(got '1e-400')"],
+        [
+            "line 4",
+            "column avg_session_mins_7d",
+            "expected a finite number from 0 to 10080",
+            "(got '1e-400')",
+        ],
     ),
     "out of range": (
         edit_cell("subscriptions", 4, "months_active", "5000"),
         None,
         "subscriptions.csv",
-        ["line 6", "column months_active", "between 0 and 1200", "(got '5000')"],
+        ["line 6", "column months_active", "expected an integer from 0 to 1200", "(got '5000')"],
     ),
     "negative": (
         edit_cell("subscriptions", 1, "monthly_fee", "-0.5"),
         None,
         "subscriptions.csv",
-        ["line 3", "column monthly_fee", "out of range"],
+        ["line 3", "column monthly_fee", "expected a finite number from 0 to 10000"],
     ),
     "null in non-nullable": (
         edit_cell("support_agg_90d", 7, "ticket_avg_resolution_hrs_90d", ""),
         None,
         "support_agg_90d.csv",
-        ["line 9", "column ticket_avg_resolution_hrs_90d", "not nullable"],
+        ["line 9", "column ticket_avg_resolution_hrs_90d", "must not be null"],
     ),
     "bad choice": (
         edit_cell("subscriptions", 0, "contract_type", "Monthly"),
         None,
         "subscriptions.csv",
-        ["line 2", "column contract_type", "not one of", "(got 'Monthly')"],
+        ["line 2", "column contract_type", "expected one of", "(got 'Monthly')"],
     ),
     "bad date": (
         edit_cell("users", 1, "signup_date", "2023-02-30"),
         None,
         "users.csv",
-        ["line 3", "column signup_date", "not a date"],
+        ["line 3", "column signup_date", "expected a date YYYY-MM-DD"],
     ),
     "bad user_id": (
         edit_cell("labels", 6, "user_id", "12345-abcde"),
         None,
         "labels.csv",
-        ["line 8", "column user_id", "not a user id", "(got '12345-abcde')"],
+        ["line 8", "column user_id", "expected a user id", "(got '12345-abcde')"],
     ),
     "duplicate key": (
         edit_cell("labels", 5, "user_id", user_id(2)),
@@ -581,8 +586,8 @@ def test_bad_row_in_the_last_chunk_of_the_last_file_loads_nothing(pg_conn, tmp_p
     with pytest.raises(DataValidationError) as info:
         load.load_snapshot(bad, conn=pg_conn)
     assert (
-        str(info.value) == f"{bad / 'labels.csv'}, line {BIG + 1}, column churn_label: not a boolean: "
-        "must be True or False (got 'maybe')"
+        str(info.value) == f"{bad / 'labels.csv'}, line {BIG + 1}, column churn_label: expected a boolean "
+        "(JSON true or false, CSV True or False) (got 'maybe')"
     )
     assert dump(pg_conn) == before
 

@@ -105,7 +105,8 @@ def test_connection_errors_without_sqlstate_are_transient(exc):
         pa.ArrowInvalid("Could not convert 'x' with type str"),
         pa.ArrowTypeError("Expected bytes, got a 'int' object"),
         PushValidationError(
-            "batch of t.usage_agg_30d: row 3 (user 0001-ABCDE), field skips_7d: out of range"
+            "batch of t.usage_agg_30d: row 3 (user 0001-ABCDE), "
+            "field skips_7d: expected an integer from 0 to 1000000"
         ),
         psycopg.DataError(
             "PostgreSQL text fields cannot contain NUL (0x00) bytes"

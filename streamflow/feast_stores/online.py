@@ -42,6 +42,7 @@ from feast.protos.feast.types.Value_pb2 import Value as ValueProto
 from psycopg import sql
 from psycopg_pool import ConnectionPool
 
+from streamflow import schema
 from streamflow.feast_stores import value_encoding
 from streamflow.feast_stores.settings import DatabaseDefaults
 from streamflow.feast_stores.value_encoding import decode_elements, element, string_entity_key
@@ -61,8 +62,7 @@ class StreamflowOnlineStoreConfig(DatabaseDefaults, PostgreSQLConfig):
 
 
 def table_name(project: str, view: FeatureView | str) -> str:
-    name = view if isinstance(view, str) else view.name
-    return f"{project}_{name}"
+    return schema.online_table(project, view if isinstance(view, str) else view.name)
 
 
 def encode_values(values) -> bytes:

@@ -39,9 +39,7 @@ KEY_PREFIX = string_entity_key(KEY, "")[:-4]
 SNAPSHOT_STAGE = "_verify_snapshot_{}"
 
 
-def online_table(project: str, view: str) -> str:
-    """The online table of a view (``streamflow.feast_stores.online.table_name``, without importing Feast)."""
-    return f"{project}_{view}"
+online_table = schema.online_table
 
 
 def check_tables(cur: psycopg.Cursor, project: str, tables: list[schema.Table]) -> None:
