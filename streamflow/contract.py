@@ -478,6 +478,12 @@ def check_texts(
     raise ValueError(f"column {column.name} has unknown kind {kind!r}")
 
 
+def date_timestamps(days: pa.Array) -> pa.Array:
+    """Dates that keep the contract (``YYYY-MM-DD`` text, nulls allowed) as midnight-UTC timestamps
+    (nanoseconds), their normalized form in a frame."""
+    return pc.strptime(days, format="%Y-%m-%d", unit="s").cast(pa.timestamp("ns", tz="UTC"))
+
+
 # --- the contract as a table -------------------------------------------------------------------------
 
 

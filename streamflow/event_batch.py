@@ -24,7 +24,6 @@ import numpy as np
 import orjson
 import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from streamflow import contract, events, schema
 from streamflow.push_validation import push_columns
@@ -178,7 +177,7 @@ def _column(col: schema.Column, values: list) -> pa.Array:
     elif col.kind != "boolean" and not contract.check_texts(col, present)[0].all():
         raise _Fallback
     if col.kind == "date":
-        arr = pc.strptime(arr, format="%Y-%m-%d", unit="s").cast(pa.timestamp("ns", tz="UTC"))
+        arr = contract.date_timestamps(arr)
     return arr
 
 
