@@ -107,10 +107,8 @@ def api_first_200(user: str) -> float:
 def run(args) -> dict:
     users = getattr(args, "startup_users", None) or DEFAULT_USERS
     verify.prepare(users)  # both months loaded, materialized online
-    user = "7590-VHVEG" if users == DEFAULT_USERS else None
-    if user is None:
-        with common.connect() as conn:
-            user = conn.execute("SELECT user_id FROM users_snapshots LIMIT 1").fetchone()[0]
+    with common.connect() as conn:  # a user of the generated data
+        user = conn.execute("SELECT min(user_id) FROM users_snapshots").fetchone()[0]
     py = sys.executable
     results = {
         "import_feast": median(lambda: wall([py, "-c", "import feast"])),
