@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import urllib.parse
 from pathlib import Path
 
 import orjson
@@ -22,7 +23,7 @@ import pandas as pd
 import psycopg
 import pytest
 
-from streamflow import config, kafka_clients, schema
+from streamflow import config, contract, kafka_clients, schema
 from streamflow.batch.load import load_snapshot
 from streamflow.datagen.generate import generate
 from streamflow.errors import DataValidationError
@@ -684,6 +685,14 @@ def test_bad_api_requests_get_clear_errors_and_change_nothing(snapshots, fresh):
         check(client.post("/features", content=b'{"user_ids": []}', headers={"content-type": "text/plain"}))
         check(client.delete(f"/features/{users[0]}"))
         check(client.put("/features", content=b"{}"))
+        # an id off the contract at either end or with a Unicode digit: 422 with the contract's reason
+        rule = f"field user_id: {contract.expectation(schema.KEY_COLUMN)}"
+        for hostile in (users[0] + "\n", " " + users[0], users[0][:3] + "\u0663" + users[0][4:]):
+            for r in (
+                client.get(f"/features/{urllib.parse.quote(hostile)}"),
+                client.post("/features", json={"user_ids": [hostile]}),
+            ):
+                assert r.status_code == 422 and rule in r.json()["detail"], (hostile, r.text[:300])
         # the service still answers, with the same values
         again = client.get(f"/features/{users[0]}")
         assert again.status_code == 200 and without_age(again.json()) == without_age(good.json())
