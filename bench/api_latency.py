@@ -77,9 +77,7 @@ explicitly; the project also goes into the yaml it is given (-f), since Feast re
 
 
 def online_table(view: str) -> str:
-    from streamflow.feast_stores.online import table_name
-
-    return table_name(os.environ["FEAST_PROJECT"], view)
+    return schema.online_table(os.environ["FEAST_PROJECT"], view)
 
 
 def online_users(limit: int) -> list[str]:

@@ -161,15 +161,6 @@ def expectation(column: Column) -> str:
     raise ValueError(f"column {column.name} has unknown kind {kind!r}")
 
 
-def max_length(column: Column) -> int | None:
-    """The longest text a value of the column may have (None: not a text kind)."""
-    if column.kind in ("id", "date", "timestamp"):
-        return id_format(column).max_length
-    if column.kind == "category":
-        return max(len(c) for c in column.choices or ("",))
-    return None
-
-
 # --- one value ------------------------------------------------------------------------------------
 
 

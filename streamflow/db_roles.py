@@ -89,9 +89,7 @@ def all_registry_tables() -> list[str]:
 
 
 def online_tables(project: str, tables: Iterable[schema.Table] = schema.TABLES) -> list[str]:
-    from streamflow.feast_stores.online import table_name
-
-    return [table_name(project, t.feature_view) for t in tables]
+    return [schema.online_table(project, t.feature_view) for t in tables]
 
 
 PUSHED: tuple[schema.Table, ...] = schema.TABLES

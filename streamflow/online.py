@@ -36,6 +36,7 @@ def lookup(user_ids: list[str]) -> list[dict]:
 
     project = config.feast_project()
     tables = list(schema.FEATURE_TABLES)
+    dates = [{c.name for c in t.columns if c.kind == "date"} for t in tables]
     keys = {string_entity_key(schema.KEY, u): u for u in user_ids}
     query = sql.SQL(" UNION ALL ").join(
         sql.SQL("SELECT {i}::int2, entity_key, names, vals FROM {t} WHERE entity_key = ANY(%(keys)s)").format(
@@ -57,9 +58,8 @@ def lookup(user_ids: list[str]) -> list[dict]:
         ) from None
     found: dict[str, dict] = {u: {} for u in user_ids}
     for i, key, names, vals in rows:
-        kinds = {c.name: c.kind for c in tables[i].columns}
         for name, (field, value) in zip(names.split(","), decode_elements(vals)):
-            if field == "unix_timestamp_val" and kinds.get(name) == "date":
+            if field == "unix_timestamp_val" and name in dates[i]:
                 value = datetime.fromtimestamp(value, tz=timezone.utc)
             found[keys[bytes(key)]][name] = value
     names = [c.name for t in tables for c in t.columns]

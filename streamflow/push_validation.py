@@ -41,6 +41,10 @@ class PushValidationError(StreamflowError, ValueError):
         self.row = row
 
 
+_TIME_COLUMN = dataclasses.replace(schema.EVENT_TIME_COLUMN, name=schema.SNAPSHOT_TIME)
+"""The event time of a push frame: the event's timestamp contract, under the column it has there."""
+
+
 def push_columns(table: schema.Table) -> list[str]:
     """Columns of a push frame (and of the batch source it writes to), in order."""
     return [schema.KEY, schema.SNAPSHOT_TIME, *table.feature_names, schema.EVENT_SNAPSHOT]
@@ -150,9 +154,8 @@ def validate_frame(
         )
     frame = frame.reset_index(drop=True)
     now = now or datetime.now(timezone.utc)
-    time_column = dataclasses.replace(schema.EVENT_TIME_COLUMN, name=schema.SNAPSHOT_TIME)
     out = {}
-    for column in (schema.KEY_COLUMN, time_column, *table.columns, schema.SNAPSHOT_COLUMN):
+    for column in (schema.KEY_COLUMN, _TIME_COLUMN, *table.columns, schema.SNAPSHOT_COLUMN):
         null, ok, typed = _check_column(column, frame[column.name], now)
         if typed is None:
             bad = ~ok
