@@ -3,16 +3,13 @@
 ``python -m bench.consumer_split [--users N] [--rounds R]`` replays month_000 of N users (6 events
 per user) into fresh topics once, then, R times each, on emptied stores:
 
-* **ours**: ``StreamConsumer`` in-process as it runs in production, from its first batch to its
-  last commit (as benchmark 2 counts), with its loop's three steps timed (wall time and the loop
-  thread's CPU): ``poll`` (kafka-python fetching and parsing),
-  ``decode`` (validation into push frames) and ``wait for writes, commit`` (the loop waiting for
-  the writer threads to finish the batch, then committing it, before it hands over the next one;
-  the commit is also shown on its own);
-* **writes in 2 processes**: the same, with every table push sent to one of two worker processes
-  (spawned once, each with its own feature store) instead of being run by the writer threads:
-  an experiment that takes the writes' Python out of the consumer's interpreter lock (it is not
-  how the consumer runs);
+* **ours**: ``StreamConsumer`` in-process as it runs in production (tables decoded and pushed by
+  its write worker processes), from its first batch to its last commit (as benchmark 2 counts),
+  with its loop's steps timed (wall time and the loop thread's CPU): ``poll`` (kafka-python
+  fetching and parsing), ``group`` (the records by table) and ``wait for writes, commit`` (the loop
+  waiting for the writes of a batch, then committing it; the commit is also shown on its own);
+* **ours, one process**: the same with ``write_processes=0``: decoding and pushing in writer
+  threads of the consumer's own process, under its interpreter lock;
 * **bare**: a bare poll loop of the same client, its poll calls timed the same way.
 
 For each run of ours it also reads the process's CPU time and the machine's busy and idle CPU time
@@ -25,16 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-import threading
 import time
 import uuid
 
 from bench import common, consumer_e2e  # noqa: I001  (common first: sets the benchmark environment)
-from streamflow import schema
+from consumer.runner import ConsumerSettings
 
 NAME = "consumer_split"
-STEPS = {"poll": "poll", "decode_batch": "decode", "_finish_in_flight": "wait for writes, commit"}
+STEPS = {"poll": "poll", "batch_of": "group", "_finish_in_flight": "wait for writes, commit"}
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -43,56 +38,6 @@ def machine_cpu() -> tuple[float, float]:
         ticks = [int(x) for x in f.readline().split()[1:]]
     idle = ticks[3] + ticks[4]  # idle, iowait
     return (sum(ticks) - idle) / 100, idle / 100
-
-
-def _push_worker(conn) -> None:
-    """A worker process of the experiment: pushes the frames it is sent, answers None or the error."""
-    from streamflow.feature_store import get_store, push
-
-    get_store().list_feature_views()
-    conn.send("ready")
-    while (message := conn.recv()) is not None:
-        name, frame, where = message
-        try:
-            push(schema.table(name), frame, where=where, validated=True)
-            conn.send(None)
-        except Exception as exc:  # noqa: BLE001 - sent back: the writer thread raises it
-            conn.send(exc)
-
-
-class PushWorkers:
-    """Stands for ``consumer.runner.push`` in the experiment: each call borrows a worker process."""
-
-    def __init__(self, count: int):
-        context = multiprocessing.get_context("spawn")
-        self.processes, self.idle = [], []
-        for _ in range(count):
-            ours, theirs = context.Pipe()
-            process = context.Process(target=_push_worker, args=(theirs,), daemon=True)
-            process.start()
-            if ours.recv() != "ready":
-                raise RuntimeError("a push worker did not start")
-            self.processes.append(process)
-            self.idle.append(ours)
-        self.lock = threading.Lock()
-
-    def __call__(self, table, frame, where="push", *, validated=False) -> None:
-        with self.lock:
-            conn = self.idle.pop()
-        try:
-            conn.send((table.name, frame, where))
-            error = conn.recv()
-        finally:
-            with self.lock:
-                self.idle.append(conn)
-        if error is not None:
-            raise error
-
-    def close(self) -> None:
-        for conn in self.idle:
-            conn.send(None)
-        for process in self.processes:
-            process.join(timeout=10)
 
 
 def timed_steps(consumer) -> tuple[dict[str, list[float]], dict[str, float]]:
@@ -117,7 +62,7 @@ def timed_steps(consumer) -> tuple[dict[str, list[float]], dict[str, float]]:
         inner = getattr(consumer, method)
 
         def step(*args, _inner=inner, _label=label, **kwargs):
-            if _label == "decode":
+            if _label == "group":
                 # the polls since the last batch led to this one (those after the last batch, which
                 # only wait until the partitions are seen drained, are not counted)
                 spent["poll"][0] += polls[0]
@@ -136,12 +81,17 @@ def timed_steps(consumer) -> tuple[dict[str, list[float]], dict[str, float]]:
     return spent, marks
 
 
-def ours(events: int) -> dict:
+def ours(events: int, write_processes: int) -> dict:
     from consumer.runner import ConsumerSettings, StreamConsumer
 
     consumer_e2e.empty_stores()
     consumer = StreamConsumer(
-        ConsumerSettings(group_id=f"split-{uuid.uuid4().hex[:8]}", until_drained=True, max_idle_seconds=120)
+        ConsumerSettings(
+            group_id=f"split-{uuid.uuid4().hex[:8]}",
+            until_drained=True,
+            max_idle_seconds=120,
+            write_processes=write_processes,
+        )
     )
     spent, marks = timed_steps(consumer)
     busy, idle = machine_cpu()
@@ -187,22 +137,11 @@ def main() -> None:
     try:
         events = consumer_e2e.produce(common.snapshots(args.users)["month_000"])
         common.say(f"produced {events:,} events; {args.rounds} rounds of each")
-        import consumer.runner
-
-        results: dict[str, list[dict]] = {"ours": [], "writes in 2 processes": [], "bare": []}
-        workers = PushWorkers(2)
-        in_process = consumer.runner.push
-        try:
-            for _ in range(args.rounds):  # interleaved: the machine's speed drifts
-                consumer.runner.push = in_process
-                results["ours"].append(ours(events))
-                consumer.runner.push = workers
-                results["writes in 2 processes"].append(ours(events))
-                consumer.runner.push = in_process
-                results["bare"].append(bare(events, 5000))
-        finally:
-            consumer.runner.push = in_process
-            workers.close()
+        results: dict[str, list[dict]] = {"ours": [], "ours, one process": [], "bare": []}
+        for _ in range(args.rounds):  # interleaved: the machine's speed drifts
+            results["ours"].append(ours(events, ConsumerSettings.write_processes))
+            results["ours, one process"].append(ours(events, 0))
+            results["bare"].append(bare(events, 5000))
     finally:
         common.delete_run_topics()
     medians = {label: consumer_e2e.median_run(runs) for label, runs in results.items()}
@@ -212,7 +151,7 @@ def main() -> None:
     )
     for label, run in medians.items():
         print(show(label, run))
-    for label in ("ours", "writes in 2 processes"):
+    for label in ("ours", "ours, one process"):
         ratio = medians["bare"]["seconds"] / medians[label]["seconds"]
         spread = ", ".join(f"{medians['bare']['seconds'] / r['seconds']:.2f}" for r in results[label])
         print(f"  {label} / bare: {ratio:.2f}x (each round against the median bare: {spread})")

@@ -69,6 +69,14 @@ def parser() -> argparse.ArgumentParser:
         help="address of the metrics server (0.0.0.0 in a container)",
     )
     p.add_argument(
+        "--write-processes",
+        type=int,
+        default=env.write_processes,
+        metavar="N",
+        help="worker processes that decode and write the batches, outside the loop's interpreter "
+        "lock (default: %(default)s; 0: in this process)",
+    )
+    p.add_argument(
         "--partitions",
         type=int,
         default=None,
@@ -132,6 +140,7 @@ def consume(args: argparse.Namespace) -> int:
         max_idle_seconds=args.max_idle,
         instance_id=args.instance_id,
         max_outage=args.max_outage,
+        write_processes=args.write_processes,
     )
     starting = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: starting.set())

@@ -1,9 +1,12 @@
 """The consumer loop: poll a batch, validate, write online and offline, then commit.
 
-Two batches are in flight at most: while writer threads write batch N into PostgreSQL (its
-tables two at a time; the waits and Arrow's CSV writer release the GIL), the loop polls and
-decodes batch N+1; it commits batch N once all its writes are done, then hands N+1 to the
-writers. The Kafka client is only ever called from the loop's thread.
+While writer threads write one batch into PostgreSQL (its tables two at a time; the waits and
+Arrow's CSV writer release the GIL), the loop keeps polling and decoding, and gathers what it
+decodes into the next batch. Once the writes are done it commits the written batch and hands the
+gathered one over whole: the longer a write takes, the larger the next one, so the fixed cost of
+a write (a push per table, its statements and transactions) is paid once per write rather than
+once per poll. The gathered batch is bounded (``ConsumerSettings.max_write_batch``): beyond it the
+loop waits for the writes. The Kafka client is only ever called from the loop's thread.
 
 Guarantees (README, "Reliability"):
 * at-least-once: offsets are committed only after the batch's writes and its dead-letter
@@ -22,6 +25,7 @@ Guarantees (README, "Reliability"):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -32,18 +36,21 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import numpy as np
-import pandas as pd
 from kafka import KafkaConsumer, OffsetAndMetadata, TopicPartition
 from kafka.errors import CommitFailedError
 
 from consumer.dead_letter import DeadLetterError, DeadLetterQueue
 from consumer.metrics import ConsumerMetrics
 from consumer.outage import Outage, OutageExceeded, Watchdog
-from consumer.write_errors import describe, isolate
-from streamflow import config, db_roles, event_batch, kafka_clients, schema
+from consumer.write_errors import Refused, describe, isolate
+from consumer.write_workers import Decoded, LocalWrite, WriteWorkers
+from streamflow import config, db_roles, kafka_clients, schema
 from streamflow.feature_store import database_errors, get_store, push
 
 log = logging.getLogger("consumer")
+
+WRITING_POLL_MS = 20
+"""Milliseconds a poll waits for records while a batch is being written."""
 
 
 @dataclass
@@ -51,6 +58,10 @@ class ConsumerSettings:
     group_id: str = config.DEFAULT_CONSUMER_GROUP
     bootstrap: str = ""
     max_batch: int = 5000
+    """Records one poll returns at most (``max_poll_records``)."""
+    max_write_batch: int = 50_000
+    """Events gathered from several polls while a batch is being written, at most: the loop waits
+    for the write before it polls more (what is polled but not written is held in memory)."""
     poll_timeout_ms: int = 500
     """Milliseconds a poll waits for records (longer while the member joins its group:
     ``kafka_clients.poll_timeout_ms``)."""
@@ -77,9 +88,10 @@ class ConsumerSettings:
     bounded at 10 s, it failed instead, and the failures replaced the client, which then waited out
     its old member's session: 17 s recovery instead of 2.5 s). A client whose commits keep failing
     for ``join_timeout`` is replaced."""
-    write_threads: int = 2
-    """Tables of a batch written at once (each its own PostgreSQL connection): PostgreSQL merges
-    one while the other's rows are encoded."""
+    write_processes: int = 2
+    """Worker processes that push the batches' tables (``consumer.push_workers``), so that two
+    tables are written at once outside the loop's interpreter lock; 0: the pushes run in two
+    threads of the loop's own process."""
     switch_interval: float = 0.0005
     """Seconds a thread may hold Python's interpreter lock while another waits for it
     (``sys.setswitchinterval``, set while the loop runs; Python's default is 0.005). The loop's
@@ -97,18 +109,37 @@ class ConsumerSettings:
 
 @dataclass
 class Batch:
-    """One polled batch, decoded: the push frame of its valid events per table (with their
-    records: the frame's index holds each row's position in them, see ``event_batch.TableBatch``)
-    and the next offset of every partition it covers (committed once written)."""
+    """Records polled and not written yet: per table (in the order read), and the next offset of
+    every partition they cover (committed once written)."""
 
     records: dict[TopicPartition, list]
-    frames: dict[str, pd.DataFrame]
-    good_records: dict[str, list]
+    tables: dict[str, list]
     next_offsets: dict[TopicPartition, int]
+
+    @property
+    def events(self) -> int:
+        return sum(len(recs) for recs in self.records.values())
+
+    def then(self, later: Batch) -> Batch:
+        """This batch followed by one polled after it, as one batch (the later's records after this
+        one's in each table, so newest-wins sees them in the order they were read)."""
+        records = {tp: list(recs) for tp, recs in self.records.items()}
+        for tp, recs in later.records.items():
+            records.setdefault(tp, []).extend(recs)
+        tables = {name: list(recs) for name, recs in self.tables.items()}
+        for name, recs in later.tables.items():
+            tables.setdefault(name, []).extend(recs)
+        offsets = dict(self.next_offsets)
+        for tp, offset in later.next_offsets.items():
+            offsets[tp] = max(offset, offsets.get(tp, offset))
+        return Batch(records, tables, offsets)
 
 
 class StreamConsumer:
     """One member of the consumer group."""
+
+    _workers: WriteWorkers | None = None
+    """The worker processes that decode and push (None: both run in this process's writer threads)."""
 
     def __init__(
         self,
@@ -127,21 +158,32 @@ class StreamConsumer:
         self._in_flight: tuple[list[Future], Batch, float] | None = None
         """The batch the writer threads are writing (its futures, the batch, when handed over), not
         committed yet."""
+        self._gathered: Batch | None = None
+        """What was polled and decoded while ``_in_flight`` was written: the next batch to write."""
         self._giving_up = threading.Event()
         """Set when the loop ends for another reason than a stop request (an outage beyond its
         budget): a write still retrying stops, as on a stop request."""
         self._client_state()
         self._last_waiting = 0.0
-        self.consumer = self.outage.connect("connecting the consumer", self._new_consumer)
-        self.dead_letters = self.outage.connect(
-            "connecting the dead-letter producer", lambda: DeadLetterQueue(kafka=self.kafka)
-        )
-        # The role may write what the consumer writes (one line saying to run `streamflow apply` if
-        # not); then open the feature store (Feast import, registry) before joining, not in the
-        # first batch.
-        db_roles.check_ready("the consumer")
-        with database_errors("opening the feature store"):
-            get_store().list_feature_views()
+        # The write workers import Feast and open the store while this process connects to Kafka.
+        self._workers = WriteWorkers(settings.write_processes) if settings.write_processes > 0 else None
+        try:
+            self.consumer = self.outage.connect("connecting the consumer", self._new_consumer)
+            self.dead_letters = self.outage.connect(
+                "connecting the dead-letter producer", lambda: DeadLetterQueue(kafka=self.kafka)
+            )
+            # The role may write what the consumer writes (one line saying to run `streamflow apply`
+            # if not); then the feature store is open before joining, not in the first batch.
+            db_roles.check_ready("the consumer")
+            if self._workers is not None:
+                self._workers.wait_ready()
+            else:
+                with database_errors("opening the feature store"):
+                    get_store().list_feature_views()
+        except BaseException:
+            if self._workers is not None:
+                self._workers.close()
+            raise
         self._subscribe()
 
     def _new_consumer(self) -> KafkaConsumer:
@@ -205,42 +247,32 @@ class StreamConsumer:
 
     # -- one batch ------------------------------------------------------------------------------
 
-    def decode_batch(self, records: dict[TopicPartition, list]) -> Batch:
-        """Validate every record of a polled batch, table by table (``event_batch``); the invalid
-        ones go to the dead-letter topic (sent and acknowledged here: DeadLetterError when they
+    def batch_of(self, records: dict[TopicPartition, list]) -> Batch:
+        """A polled batch's records by table (decoded with the table's write); records of a topic of
+        no table go to the dead-letter topic (sent and acknowledged here: DeadLetterError when they
         cannot be)."""
-        by_table: dict[str, list] = defaultdict(list)
+        tables: dict[str, list] = defaultdict(list)
         next_offsets: dict[TopicPartition, int] = {}
         unknown: list = []
         for tp, recs in records.items():
             self.metrics.count(self.metrics.consumed, tp.topic, len(recs))
             table = schema.table_for_topic(tp.topic)
-            (by_table[table.name] if table else unknown).extend(recs)
+            (tables[table.name] if table else unknown).extend(recs)
             next_offsets[tp] = recs[-1].offset + 1
-        now = datetime.now(timezone.utc)
-        frames, good_records, dead = {}, {}, 0
-        for name, recs in by_table.items():
-            decoded = event_batch.decode_table_batch(schema.table(name), recs, now)
-            if decoded.good:
-                frames[name], good_records[name] = decoded.frame, decoded.good
-            for rec, exc in decoded.bad:
-                self._dead_letter(rec, exc.reason, exc.field)
-                dead += 1
         for rec in unknown:  # a topic of no table (the subscription names only the registry's)
             self._dead_letter(rec, f"unknown table: topic {rec.topic!r} belongs to no table of the registry")
-            dead += 1
-        if dead:
+        if unknown:
             self.dead_letters.flush()
-        return Batch(records, frames, good_records, next_offsets)
+        return Batch(records, dict(tables), next_offsets)
 
     def _dead_letter(self, rec, reason: str, field: str | None = None) -> None:
         self.dead_letters.send(rec, reason, field)
         self.metrics.count(self.metrics.dead_lettered, rec.topic)
 
-    def write_table(self, name: str, frame: pd.DataFrame, records: list) -> list[tuple[object, str]]:
-        """Write one table's frame of a batch, retrying until it is written (StopRequested when
-        asked to stop meanwhile); returns the dead letters ``(record, reason)`` of the events the
-        database refused for good.
+    def write_table(self, name: str, records: list) -> list[tuple[object, str, str | None]]:
+        """Decode and write one table's records of a batch, retrying until they are written
+        (StopRequested when asked to stop meanwhile); returns the dead letters ``(record, reason,
+        field)``: the invalid events (``event_batch``) and those the database refused for good.
 
         A write that fails for a transient reason is retried whole, with backoff. One that fails
         permanently is written in halves, and so on, until the refused rows stand alone
@@ -253,13 +285,7 @@ class StreamConsumer:
         attempt = 0
         while True:
             try:
-                refused = isolate(
-                    lambda start, stop: self._write(table, frame, start, stop),
-                    len(frame),
-                    on_permanent=lambda start, stop, exc: self._failed_for_good(
-                        name, len(frame), start, stop, exc
-                    ),
-                )
+                decoded, refused = self._write_once(table, records)
                 break
             except StopRequested:
                 raise
@@ -272,7 +298,7 @@ class StreamConsumer:
                     attempt,
                     name,
                     delay,
-                    type(exc).__name__,
+                    getattr(exc, "type_name", None) or type(exc).__name__,
                     first[:300],
                 )
                 if self._wait_or_stop(delay):
@@ -280,10 +306,11 @@ class StreamConsumer:
                 delay = min(delay * 2, self.settings.retry_max)
         if attempt:
             log.info("write succeeded after %d retries (%s)", attempt, name)
-        letters = []
+        letters: list[tuple[object, str, str | None]] = [
+            (records[position], reason, field) for position, reason, field in decoded.bad
+        ]
         for row in refused:
-            # The frame's index is the row's position in the table's records (event_batch.TableBatch).
-            rec = records[frame.index[row.row]]
+            rec = records[decoded.index[row.row]]
             reason = f"write failed: {describe(row.error)}"
             log.warning(
                 "poison event dead-lettered: table %s, %s partition %d offset %d: %s",
@@ -293,18 +320,37 @@ class StreamConsumer:
                 rec.offset,
                 reason,
             )
-            letters.append((rec, reason))
-        self._written(name, records, {id(rec) for rec, _ in letters})
+            letters.append((rec, reason, None))
+        self._written(name, records, {id(rec) for rec, _, _ in letters})
         return letters
 
-    def _write(self, table: schema.Table, frame: pd.DataFrame, start: int, stop: int) -> None:
-        """Push rows ``[start, stop)`` of a table's frame, online and offline."""
-        whole = start == 0 and stop == len(frame)
-        if not whole and (self.stopping.is_set() or self._giving_up.is_set()):
-            raise StopRequested()  # isolating poison events: the batch is read again after a restart
-        push(
-            table, frame if whole else frame.iloc[start:stop], where=f"batch of {table.topic}", validated=True
-        )  # decode checked every event
+    def _write_once(self, table: schema.Table, records: list) -> tuple[Decoded, list[Refused]]:
+        """One attempt at a table's write: decode its records, then push the frame, in halves
+        around the rows the database refuses for good."""
+        where = f"batch of {table.topic}"
+        with self._table_write() as writing:
+            decoded = writing.decode(table, records, datetime.now(timezone.utc))
+            rows = decoded.rows
+
+            def write(start: int, stop: int) -> None:
+                if (start, stop) != (0, rows) and (self.stopping.is_set() or self._giving_up.is_set()):
+                    raise StopRequested()  # isolating poison events: the batch is read again after a restart
+                writing.push(start, stop, where)
+
+            refused = isolate(
+                write,
+                rows,
+                on_permanent=lambda start, stop, exc: self._failed_for_good(
+                    table.name, rows, start, stop, exc
+                ),
+            )
+        return decoded, refused
+
+    def _table_write(self):
+        """A table's write session: on a worker process, or in this thread."""
+        if self._workers is not None:
+            return self._workers.session()
+        return contextlib.nullcontext(LocalWrite(push))
 
     def _failed_for_good(self, name: str, rows: int, start: int, stop: int, exc: BaseException) -> None:
         if stop - start == rows:
@@ -320,11 +366,12 @@ class StreamConsumer:
                 "rows %d..%d of %d of %s refused: %s", start, stop - 1, rows, name, describe(exc, limit=300)
             )
 
-    def _written(self, name: str, records: list, refused: set[int]) -> None:
-        """Count a table's written events (every record but the refused ones: of several events of
-        one user and time only the last is pushed, and stands for them) and their freshness."""
+    def _written(self, name: str, records: list, dead: set[int]) -> None:
+        """Count a table's written events (every record but the dead-lettered ones: of several
+        events of one user and time only the last is pushed, and stands for them) and their
+        freshness."""
         done = time.time()
-        written = [rec for rec in records if id(rec) not in refused] if refused else records
+        written = [rec for rec in records if id(rec) not in dead] if dead else records
         self.metrics.count(self.metrics.written, name, len(written))
         log.debug("wrote %d events of %s", len(written), name)
         stamps = np.fromiter((rec.timestamp or 0 for rec in written), dtype=float, count=len(written))
@@ -508,7 +555,14 @@ class StreamConsumer:
         log.info("waiting for records: %s; member %s", why, kafka_clients.member_state(self.consumer))
 
     def poll(self) -> dict:
-        timeout = kafka_clients.poll_timeout_ms(self.consumer, self.settings.poll_timeout_ms)
+        """Poll for records: ``poll_timeout_ms`` at most when idle; while a batch is written, a few
+        milliseconds at a time, so that a finished write is committed and what was gathered is
+        handed over at once (a poll waits for its timeout when no records come). The member's join
+        still gets a long poll (``kafka_clients.poll_timeout_ms``)."""
+        wanted = self.settings.poll_timeout_ms
+        if self._in_flight is not None:
+            wanted = min(wanted, WRITING_POLL_MS)
+        timeout = kafka_clients.poll_timeout_ms(self.consumer, wanted)
         records = self.outage.call("poll", self.consumer.poll, timeout_ms=timeout, default={})
         if records:
             self.outage.ok()
@@ -520,7 +574,9 @@ class StreamConsumer:
         last_report = last_probe = time.monotonic()
         hang_limit = self.settings.hang_limit or self.kafka.request_timeout_ms / 1000 + 30
         watchdog = Watchdog(self.outage, hang_limit, self._close_hung_consumer).start()
-        writers = ThreadPoolExecutor(max_workers=self.settings.write_threads, thread_name_prefix="writer")
+        writers = ThreadPoolExecutor(
+            max_workers=self.settings.write_processes or 2, thread_name_prefix="writer"
+        )
         switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(self.settings.switch_interval)
         try:
@@ -533,12 +589,14 @@ class StreamConsumer:
                 if self._in_flight is not None and all(f.done() for f in self._in_flight[0]):
                     if not self._finish_in_flight():  # written: committed before the next poll
                         break
+                if self._in_flight is None and self._gathered is not None:
+                    self._hand_over(writers)
                 records = self.poll()
                 if not records:
                     if self._in_flight is not None:
                         if not self._finish_in_flight():
                             break
-                        continue
+                        continue  # the next loop hands over what was gathered
                     now = time.monotonic()
                     if not kafka_clients.joined(self.consumer):
                         idle_since = now  # idle means nothing to do, which only a member can tell
@@ -556,22 +614,28 @@ class StreamConsumer:
                 idle_since = last_probe = time.monotonic()
                 self._stalled_since = None
                 try:
-                    batch = self.decode_batch(records)
+                    batch = self.batch_of(records)
                 except DeadLetterError as exc:
                     log.warning("%s: re-reading the batch", exc)
                     self.dead_letters.reset()
                     self.rewind(records)
                     continue
-                if self._in_flight is not None and not self._finish_in_flight(also_rewind=batch):
-                    break
+                self._gathered = batch if self._gathered is None else self._gathered.then(batch)
+                if self._in_flight is not None and self._gathered.events >= self.settings.max_write_batch:
+                    if not self._finish_in_flight():  # enough gathered: wait for the writes
+                        break
                 if self.outage.rebuild_wanted:  # the next loop replaces the client: it re-reads the batch
                     continue
-                self._in_flight = (self._submit(writers, batch), batch, time.perf_counter())
+                if self._in_flight is None and self._gathered is not None:
+                    self._hand_over(writers)
                 if time.monotonic() - last_report > 10:
                     last_report = time.monotonic()
                     log.info("progress: %s", self.metrics.snapshot())
-            if self._in_flight is not None and not self.outage.rebuild_wanted:
-                self._finish_in_flight()  # stopping: the batch being written is committed once written
+            if not self.outage.rebuild_wanted:  # stopping: what was polled is written and committed
+                if self._in_flight is None or self._finish_in_flight():
+                    if self._gathered is not None:
+                        self._hand_over(writers)
+                        self._finish_in_flight()
         finally:
             self._giving_up.set()  # a write still retrying gives up: this member is done
             self._abandon_in_flight()
@@ -588,20 +652,20 @@ class StreamConsumer:
         log.info("stopped: %s", stats)
         return stats
 
-    def _submit(self, writers: ThreadPoolExecutor, batch: Batch) -> list[Future]:
-        """Hand a batch's tables to the writer threads (each table is one push, online and offline;
-        tables are independent, so two write at once). Each returns its poison events."""
-        return [
-            writers.submit(self.write_table, name, frame, batch.good_records[name])
-            for name, frame in batch.frames.items()
-        ]
+    def _hand_over(self, writers: ThreadPoolExecutor) -> None:
+        """Hand what was gathered to the writer threads (each table is decoded, then pushed online
+        and offline; tables are independent, so two write at once). Each returns its dead letters."""
+        batch, self._gathered = self._gathered, None
+        assert batch is not None  # callers check it
+        futures = [writers.submit(self.write_table, name, recs) for name, recs in batch.tables.items()]
+        self._in_flight = (futures, batch, time.perf_counter())
 
-    def _finish_in_flight(self, also_rewind: Batch | None = None) -> bool:
+    def _finish_in_flight(self) -> bool:
         """Wait for the batch being written, then commit it; False when the loop must stop (asked
         to stop while its writes were retried: abandoned, not committed).
 
-        ``also_rewind``: the batch decoded meanwhile, read again with this one when the dead
-        letters of this one cannot be acknowledged (its partitions may be ahead of this one's)."""
+        When its poison events cannot be dead-lettered, it is read again, and so is what was
+        gathered meanwhile (whose partitions may be ahead of it): neither is committed."""
         assert self._in_flight is not None  # callers check it
         futures, batch, started = self._in_flight
         self._in_flight = None
@@ -617,22 +681,26 @@ class StreamConsumer:
                 log.warning(
                     "stop requested while a write was retried or split: batch abandoned, not committed"
                 )
+                self._gathered = None  # read again after a restart, as the abandoned batch
                 return False
             self.metrics.write_latency.observe(time.perf_counter() - started)
-            for rec, reason in letters:  # poison events: the database refused them for good
-                self._dead_letter(rec, reason)
-            self.dead_letters.flush()
+            for rec, reason, field in letters:  # invalid events, and those the database refused for good
+                self._dead_letter(rec, reason, field)
+            if letters:
+                self.dead_letters.flush()
         except DeadLetterError as exc:
             log.warning("%s: re-reading the batch", exc)
             self.dead_letters.reset()
-            self.rewind(batch.records, *([also_rewind.records] if also_rewind else []))
+            gathered, self._gathered = self._gathered, None
+            self.rewind(batch.records, *([gathered.records] if gathered else []))
             return True
         self.commit(batch.next_offsets)
         return True
 
     def _abandon_in_flight(self) -> None:
         """Let the batch being written finish (its rows are written, idempotently) without
-        committing it: it is read again from the committed offsets."""
+        committing it, and drop what was gathered: both are read again from the committed offsets."""
+        self._gathered = None
         if self._in_flight is None:
             return
         futures = self._in_flight[0]
@@ -662,7 +730,11 @@ class StreamConsumer:
         try:
             self.dead_letters.close()
         finally:
-            self._close_consumer()  # leaves the group
+            try:
+                self._close_consumer()  # leaves the group
+            finally:
+                if self._workers is not None:
+                    self._workers.close()
 
 
 class StopRequested(Exception):

@@ -111,6 +111,9 @@ def classify_sqlstate(code: str) -> str | None:
 
 def _verdict(exc: BaseException) -> str | None:
     """What one exception of a chain says by itself (None: nothing)."""
+    verdict = getattr(exc, "verdict", None)  # classified where it was raised (consumer.push_workers)
+    if verdict in (TRANSIENT, PERMANENT):
+        return verdict
     code = sqlstate_of(exc)
     if code:
         return classify_sqlstate(code)
@@ -191,7 +194,8 @@ def describe(exc: BaseException, limit: int = 500) -> str:
     first = lines[0].strip() if lines else ""
     if len(first) > limit:
         first = first[:limit] + "..."
-    text = f"{type(shown).__name__}: {first}" if first else type(shown).__name__
+    name = getattr(shown, "type_name", None) or type(shown).__name__  # a worker's error keeps its name
+    text = f"{name}: {first}" if first else name
     code = sqlstate_of(shown)
     return f"{text} (SQLSTATE {code})" if code else text
 

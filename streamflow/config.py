@@ -367,6 +367,14 @@ class Consumer(_Group):
     metrics_addr: str = var(
         "STREAMFLOW_METRICS_ADDR", "127.0.0.1", "address of the consumer's metrics server (`--metrics-addr`)"
     )
+    write_processes: int = var(
+        "STREAMFLOW_WRITE_PROCESSES",
+        2,
+        "worker processes that decode and write the consumer's batches (`--write-processes`; "
+        "0: in the consumer's own process)",
+        ge=0,
+        le=16,
+    )
     max_outage: float | None = var(
         "STREAMFLOW_MAX_OUTAGE",
         None,

@@ -208,9 +208,12 @@ def test_write_table_maps_refused_rows_to_their_records_and_counts_the_rest(monk
     fake = FakePush()
     monkeypatch.setattr("consumer.runner.push", fake)
     consumer = bare_consumer()
-    letters = consumer.write_table(TABLE.name, batch.frame, batch.good)
-    assert [(rec.offset, rec.key) for rec, _ in letters] == [(100, user(3).encode()), (7, user(7).encode())]
-    for _, reason in letters:
+    letters = consumer.write_table(TABLE.name, recs)
+    assert [(rec.offset, rec.key) for rec, _, _ in letters] == [
+        (100, user(3).encode()),
+        (7, user(7).encode()),
+    ]
+    for _, reason, _ in letters:
         assert reason == (
             'write failed: CheckViolation: new row for relation "usage_agg_30d_snapshots" violates '
             'check constraint "hours_below_700" (SQLSTATE 23514)'
@@ -221,26 +224,26 @@ def test_write_table_maps_refused_rows_to_their_records_and_counts_the_rest(monk
 
 
 def test_write_table_without_poison_writes_once(monkeypatch):
-    batch = decoded([record(i, row(i)) for i in range(8)])
+    recs = [record(i, row(i)) for i in range(8)]
+    batch = decoded(recs)
     fake = FakePush()
     monkeypatch.setattr("consumer.runner.push", fake)
     consumer = bare_consumer()
-    assert consumer.write_table(TABLE.name, batch.frame, batch.good) == []
-    assert len(fake.frames) == 1 and fake.frames[0] is batch.frame
+    assert consumer.write_table(TABLE.name, recs) == []
+    assert len(fake.frames) == 1 and fake.frames[0].equals(batch.frame.reset_index(drop=True))
     assert consumer.metrics.written[TABLE.name] == 8
 
 
 def test_a_transient_error_during_the_bisection_retries_the_whole_table(monkeypatch, caplog):
     recs = [record(i, row(i, 720.0 if i == 5 else 1.5)) for i in range(16)]
-    batch = decoded(recs)
     fake = FakePush(transient_at_call=3)  # the whole, its left half, then the database goes away
     monkeypatch.setattr("consumer.runner.push", fake)
     consumer = bare_consumer()
     with caplog.at_level(logging.INFO, logger="consumer"):
-        letters = consumer.write_table(TABLE.name, batch.frame, batch.good)
+        letters = consumer.write_table(TABLE.name, recs)
     sizes = [len(f) for f in fake.frames]
     assert sizes[:4] == [16, 8, 4, 16]  # after the transient error: the whole table again
-    assert [rec.offset for rec, _ in letters] == [5]  # refused once, by the retry's bisection
+    assert [rec.offset for rec, _, _ in letters] == [5]  # refused once, by the retry's bisection
     assert consumer.metrics.write_retries == 1
     assert consumer.metrics.written[TABLE.name] == 15
     assert len(re.findall(r"write failed \(attempt \d+\)", caplog.text)) == 1
@@ -248,12 +251,12 @@ def test_a_transient_error_during_the_bisection_retries_the_whole_table(monkeypa
 
 
 def test_a_stop_request_ends_the_bisection(monkeypatch):
-    batch = decoded([record(i, row(i, 720.0 if i == 5 else 1.5)) for i in range(16)])
+    recs = [record(i, row(i, 720.0 if i == 5 else 1.5)) for i in range(16)]
     consumer = bare_consumer()
     fake = FakePush(on_call=lambda n: n == 2 and consumer.stopping.set())
     monkeypatch.setattr("consumer.runner.push", fake)
     with pytest.raises(StopRequested):
-        consumer.write_table(TABLE.name, batch.frame, batch.good)
+        consumer.write_table(TABLE.name, recs)
     assert len(fake.frames) == 2  # no write after the stop request
 
 
@@ -352,10 +355,10 @@ def test_a_poison_event_is_dead_lettered_its_neighbours_are_written_and_the_cons
     interval_before = sys.getswitchinterval()
     write_table = consumer.write_table
 
-    def spy(name, frame, records):
+    def spy(name, records):
         batches.append((name, [r.offset for r in records]))
         intervals.add(sys.getswitchinterval())
-        return write_table(name, frame, records)
+        return write_table(name, records)
 
     consumer.write_table = spy
     caplog.set_level(logging.INFO, logger="consumer")
