@@ -145,17 +145,22 @@ EOF
     as_pg "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_SOCK/postgres.log" -w -t 60 start >/dev/null \
       || die "PostgreSQL did not start; see $PG_SOCK/postgres.log"
   fi
-  local psql=("$bin/psql" -h "$PG_SOCK" -p "$PG_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 -qtA)
-  # the owner role: createdb for the tests' own databases, createrole for `streamflow apply`, which
-  # creates the API's and the consumer's least-privilege roles (streamflow/db_roles.py)
-  if [ "$(as_pg "${psql[@]}" -c "select 1 from pg_roles where rolname='$PG_USER'")" != 1 ]; then
-    as_pg "${psql[@]}" -c "create role \"$PG_USER\" login createdb createrole password '$PG_PASSWORD'"
-  else
-    as_pg "${psql[@]}" -c "alter role \"$PG_USER\" login createdb createrole password '$PG_PASSWORD'"
-  fi
-  if [ "$(as_pg "${psql[@]}" -c "select 1 from pg_database where datname='$PG_DB'")" != 1 ]; then
-    as_pg "${psql[@]}" -c "create database \"$PG_DB\" owner \"$PG_USER\""
-  fi
+  # The owner role: createdb for the tests' own databases, createrole for `streamflow apply`, which
+  # creates the API's and the consumer's least-privilege roles (streamflow/db_roles.py). The names
+  # and the password reach psql through its environment (\getenv), and the statements quote them
+  # (format's %I and %L): any character is safe, and none shows in a process's arguments.
+  SF_ROLE="$PG_USER" SF_PASSWORD="$PG_PASSWORD" SF_DB="$PG_DB" as_pg "$bin/psql" -h "$PG_SOCK" -p "$PG_PORT" \
+    -U postgres -d postgres -v ON_ERROR_STOP=1 -qtA >/dev/null <<'SQL'
+\getenv role SF_ROLE
+\getenv password SF_PASSWORD
+\getenv db SF_DB
+SELECT format(CASE WHEN EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'role')
+                   THEN 'ALTER ROLE %I LOGIN CREATEDB CREATEROLE PASSWORD %L'
+                   ELSE 'CREATE ROLE %I LOGIN CREATEDB CREATEROLE PASSWORD %L' END,
+              :'role', :'password') \gexec
+SELECT format('CREATE DATABASE %I OWNER %I', :'db', :'role')
+ WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = :'db') \gexec
+SQL
 }
 
 pg_down() {

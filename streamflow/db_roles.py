@@ -134,6 +134,8 @@ def ensure_roles(conn: psycopg.Connection, pg: config.Postgres, project: str) ->
             f"role {owner} may not create roles: give it CREATEROLE (as a superuser: "
             f'ALTER ROLE "{owner}" CREATEROLE; scripts/services.sh up does), then run streamflow apply again'
         )
+    for role in RESTRICTED:  # before any change: a privileged role named here is never altered
+        _refuse_privileged(conn, pg.credentials(role)[0])
     for role in RESTRICTED:
         user, password = pg.credentials(role)
         _ensure_login_role(conn, user, password.get_secret_value())
@@ -162,6 +164,12 @@ def _ensure_login_role(conn: psycopg.Connection, user: str, password: str) -> No
             ident, verifier
         )
     )
+    _refuse_privileged(conn, user)  # also after: a role changed meanwhile by someone else
+
+
+def _refuse_privileged(conn: psycopg.Connection, user: str) -> None:
+    """RoleSetupError when an existing role ``user`` is a superuser, has REPLICATION or BYPASSRLS,
+    or is a member of another role: it is not least-privilege, and it is not ours to change."""
     row = conn.execute(
         """
         SELECT r.rolsuper OR r.rolreplication OR r.rolbypassrls,
@@ -171,8 +179,7 @@ def _ensure_login_role(conn: psycopg.Connection, user: str, password: str) -> No
         """,
         (user,),
     ).fetchone()
-    assert row is not None
-    if row[0] or row[1]:
+    if row is not None and (row[0] or row[1]):
         raise RoleSetupError(
             f"role {user} is meant to be least-privilege but "
             + (

@@ -66,8 +66,10 @@ def test_compose_services_have_health_checks_and_ordering():
     doc = yaml.safe_load(COMPOSE.read_text())
     services = doc["services"]
     assert {"postgres", "kafka", "init", "producer", "consumer", "api"} <= set(services)
-    for name in ("postgres", "kafka", "consumer", "api"):
+    for name in ("postgres", "kafka", "consumer", "api", "prometheus", "grafana"):
         assert "healthcheck" in services[name], name
+    for name, service in services.items():  # every long-running service; init and producer end
+        assert "healthcheck" in service or service.get("restart") == "no", name
     assert services["init"]["depends_on"]["postgres"]["condition"] == "service_healthy"
     for name in ("producer", "consumer", "api"):
         assert services[name]["depends_on"]["init"]["condition"] == "service_completed_successfully"
@@ -96,7 +98,13 @@ def test_compose_cluster_override_runs_three_brokers_with_rf3_and_min_isr2():
         assert env["KAFKA_NODE_ID"] == str(n)
         assert env["KAFKA_PROCESS_ROLES"] == "broker,controller"
         assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"] == voters
-        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://kafka{n}:9092"
+        # inside the network as kafka<n>:9092; from the host as 127.0.0.1:1909<n+1>, published there
+        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://kafka{n}:9092,HOST://127.0.0.1:{19091 + n}"
+        assert "HOST://:19092" in env["KAFKA_LISTENERS"].split(",")
+        assert "HOST:PLAINTEXT" in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(",")
+        assert _published(node) == [f"127.0.0.1:{19091 + n}:19092/tcp"] or _published(node) == [
+            f"127.0.0.1:{19091 + n}:19092"
+        ]
         for key, value in {
             "KAFKA_DEFAULT_REPLICATION_FACTOR": "3",
             "KAFKA_MIN_INSYNC_REPLICAS": "2",
@@ -162,7 +170,8 @@ def test_compose_runs_prometheus_and_grafana_provisioned_from_the_repository_on_
         for target, source in binds.items():
             assert mounts[target] == (f"./{source}", True), (name, target, mounts)
             assert (config.REPO_ROOT / source).exists(), source
-    assert "--config.file=/etc/prometheus/prometheus.yml" in services["prometheus"]["command"]
+    [script] = services["prometheus"]["command"]  # the entrypoint's shell (below), then prometheus
+    assert "exec /bin/prometheus --config.file=/etc/prometheus/prometheus.yml" in " ".join(script.split())
     # the admin password comes from the environment (or .env), without a default
     env = services["grafana"]["environment"]
     assert env["GF_SECURITY_ADMIN_PASSWORD"] == "${GRAFANA_ADMIN_PASSWORD:?set it in .env, see .env.example}"
@@ -270,3 +279,87 @@ def test_each_process_gets_only_its_own_roles_credentials(files):
         assert services[name]["environment"][f"POSTGRES_{name.upper()}_USER"] == config.default(
             f"POSTGRES_{name.upper()}_USER"
         )
+
+
+# -- tokens, metrics URL and the one-shot jobs ------------------------------------------------------
+
+
+def test_the_api_gets_its_tokens_and_the_consumers_metrics_url_and_prometheus_scrapes_with_the_token():
+    services = merged(COMPOSE, env={"STREAMFLOW_API_TOKEN": "tok-a,tok-b", "STREAMFLOW_METRICS_TOKEN": "scr"})
+    api = services["api"]["environment"]
+    assert api["STREAMFLOW_API_TOKEN"] == "tok-a,tok-b" and api["STREAMFLOW_METRICS_TOKEN"] == "scr"
+    # inside the API's container 127.0.0.1:9108 is the API itself: the consumer is `consumer`
+    command = services["consumer"]["command"]
+    port = command[command.index("--metrics-port") + 1]
+    assert api["STREAMFLOW_CONSUMER_METRICS_URL"] == f"http://consumer:{port}/metrics"
+    for name in ("consumer", "producer", "init"):  # the tokens are the API's
+        assert "STREAMFLOW_API_TOKEN" not in services[name]["environment"], name
+    # unset in .env: empty, which the settings read as no token
+    assert merged(COMPOSE)["api"]["environment"]["STREAMFLOW_API_TOKEN"] == ""
+    prom = yaml.safe_load((config.REPO_ROOT / "monitoring/prometheus/prometheus.yml").read_text())
+    [api_job] = [job for job in prom["scrape_configs"] if job["job_name"] == "streamflow-api"]
+    assert api_job["authorization"] == {"type": "Bearer", "credentials_file": "metrics_token"}
+
+
+def _as_run(command: str) -> str:
+    """A command as the container runs it: ``docker-compose config`` keeps compose's ``$$`` escape."""
+    return command.replace("$$", "$")
+
+
+def _token_file_written_by_prometheus_entrypoint(tmp_path: Path, env: dict) -> str:
+    """Run the compose Prometheus entrypoint's shell with a stand-in prometheus; the token file."""
+    service = merged(COMPOSE, env=env)["prometheus"]
+    assert service["entrypoint"] == ["/bin/sh", "-c"]
+    [script] = service["command"]
+    script = _as_run(script).replace("/etc/prometheus/", f"{tmp_path}/").replace("/bin/prometheus", "true")
+    done = subprocess.run(["sh", "-c", script], env=service["environment"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return (tmp_path / "metrics_token").read_text()
+
+
+def test_prometheus_scrapes_with_the_metrics_token_else_the_first_api_token_else_none(tmp_path):
+    both = {"STREAMFLOW_API_TOKEN": "tok-a,tok-b", "STREAMFLOW_METRICS_TOKEN": "scr"}
+    assert _token_file_written_by_prometheus_entrypoint(tmp_path, both) == "scr"
+    assert (
+        _token_file_written_by_prometheus_entrypoint(tmp_path, {"STREAMFLOW_API_TOKEN": "tok-a,tok-b"})
+        == "tok-a"
+    )
+    assert _token_file_written_by_prometheus_entrypoint(tmp_path, {}) == ""
+
+
+def _run_job(name: str, data: Path, env: dict | None = None) -> list[str]:
+    """Run a one-shot service's rendered shell command with /app/data at ``data`` and a stand-in
+    ``streamflow`` that logs its arguments; the commands it ran."""
+    service = merged(COMPOSE)[name]
+    assert service["command"][:2] == ["sh", "-c"], service["command"]
+    script = _as_run(service["command"][2]).replace("/app/data", str(data))
+    bin_dir = data.parent / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    log = data.parent / "calls.log"
+    log.write_text("")
+    fake = bin_dir / "streamflow"
+    fake.write_text(
+        f'#!/bin/sh\necho "$*" >> {log}\n'
+        f'if [ "$1" = generate ]; then mkdir -p {data}/month_001 && touch {data}/month_001/labels.csv; fi\n'
+    )
+    fake.chmod(0o755)
+    run_env = {"PATH": f"{bin_dir}:{os.environ['PATH']}", **(env or {})}
+    done = subprocess.run(["sh", "-c", script], env=run_env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return [line.split()[0] for line in log.read_text().splitlines()]
+
+
+def test_init_generates_and_loads_once_and_reloads_when_asked(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    assert _run_job("init", data) == ["generate", "apply", "load", "materialize"]
+    assert _run_job("init", data) == ["apply", "materialize"]  # the next `up`
+    assert _run_job("init", data, {"STREAMFLOW_RELOAD": "1"}) == ["apply", "load", "materialize"]
+
+
+def test_the_producer_replays_once_and_again_when_asked(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    assert _run_job("producer", data) == ["produce"]
+    assert _run_job("producer", data) == []  # the next `up`
+    assert _run_job("producer", data, {"STREAMFLOW_REPLAY": "1"}) == ["produce"]

@@ -7,6 +7,7 @@ the same passwords); the grants live in the test database."""
 
 from __future__ import annotations
 
+import glob
 import os
 import subprocess
 import sys
@@ -274,3 +275,67 @@ def test_the_roles_passwords_are_masked_by_streamflow_config(monkeypatch, capsys
     assert "not-shown" not in out
     doc = orjson.loads(out)
     assert doc["postgres.api_password"]["value"] == doc["postgres.consumer_password"]["value"] == "****"
+
+
+def as_postgres(statements: str) -> str:
+    """Run SQL as the cluster's superuser over the local services' own socket (trust; root only)."""
+    if os.geteuid() != 0:
+        pytest.skip("the superuser's socket is reached as root (runuser -u postgres)")
+    state = os.environ.get("STREAMFLOW_STATE_DIR", str(config.REPO_ROOT / ".services"))
+    [psql] = sorted(glob.glob("/usr/lib/postgresql/*/bin/psql"))[-1:]
+    done = subprocess.run(
+        [
+            "runuser",
+            "-u",
+            "postgres",
+            "--",
+            psql,
+            "-h",
+            f"{state}/pg-socket",
+            "-p",
+            str(config.postgres().port),
+        ]
+        + ["-d", "postgres", "-qtA", "-v", "ON_ERROR_STOP=1"],
+        input=statements,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_apply_refuses_a_superuser_or_a_member_role_before_it_changes_anything(pg_settings, monkeypatch):
+    # an owner that is a superuser (as the docker image's): it could change any role's password
+    as_postgres(
+        "CREATE ROLE sf_super_owner SUPERUSER LOGIN PASSWORD 'own3r-pw';"
+        "CREATE ROLE sf_member LOGIN PASSWORD 'm3mber-pw'; GRANT pg_read_all_data TO sf_member;"
+    )
+    passwords = (
+        "SELECT rolname, coalesce(rolpassword, '-') FROM pg_authid WHERE rolname IN ('postgres', 'sf_member')"
+    )
+    before = as_postgres(passwords)
+    try:
+        monkeypatch.setenv("POSTGRES_USER", "sf_super_owner")
+        monkeypatch.setenv("POSTGRES_PASSWORD", "own3r-pw")
+        monkeypatch.setenv("POSTGRES_CONSUMER_USER", "sf_never_created")
+        for api_user, why in (
+            ("postgres", "is a superuser"),
+            ("sf_member", "is a member of pg_read_all_data"),
+        ):
+            monkeypatch.setenv("POSTGRES_API_USER", api_user)
+            pg = config.postgres()
+            with psycopg.connect(pg.conninfo, autocommit=True) as conn:
+                assert conn.execute("SELECT current_user").fetchone() == ("sf_super_owner",)
+                with pytest.raises(
+                    db_roles.RoleSetupError, match=f"role {api_user} is meant to be least-privilege but {why}"
+                ):
+                    db_roles.ensure_roles(conn, config.settings().postgres, "streamflow_test")
+        # neither role was altered, and the other role was not even created
+        assert as_postgres(passwords) == before
+        assert as_postgres("SELECT count(*) FROM pg_roles WHERE rolname = 'sf_never_created'").strip() == "0"
+    finally:
+        as_postgres(
+            "DROP ROLE IF EXISTS sf_super_owner; DROP ROLE IF EXISTS sf_member;"
+            "DROP ROLE IF EXISTS sf_never_created;"
+        )

@@ -265,9 +265,11 @@ def test_freshness_alert_holds_its_budget_of_one_second_as_a_constant():
 
 @needs_promtool
 def test_compose_prometheus_config_passes_promtool_check_config(tmp_path):
-    # as mounted in the container: prometheus.yml with alerts.yml beside it
+    # as mounted in the container: prometheus.yml with alerts.yml beside it, and the scrape token's
+    # file that compose's entrypoint writes there (empty without a token)
     shutil.copy(PROMETHEUS_CONFIG, tmp_path / "prometheus.yml")
     shutil.copy(ALERTS, tmp_path / "alerts.yml")
+    (tmp_path / "metrics_token").write_text("")
     result = promtool("check", "config", "prometheus.yml", cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS: 1 rule files found" in result.stdout
