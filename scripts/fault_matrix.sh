@@ -10,7 +10,7 @@ scripts/bootstrap.sh
 scripts/services.sh up >/dev/null
 export STREAMFLOW_NO_PROGRESS=1
 tests=(tests/test_kafka_faults.py tests/test_reliability.py tests/test_lag_unreachable.py tests/test_cluster.py
-       tests/test_kafka_clients.py)
+       tests/test_kafka_clients.py tests/test_poison_batch.py tests/test_write_workers.py)
 passed=0
 for i in $(seq 1 "$runs"); do
   log="$ROOT/.services/fault_matrix_run_$i.log"

@@ -21,4 +21,12 @@ echo "[test] ruff check, ruff format --check, mypy (config in pyproject.toml)" >
 .venv/bin/mypy
 scripts/services.sh up
 export STREAMFLOW_NO_PROGRESS=1
-exec .venv/bin/python -m pytest "$@"
+status=0
+.venv/bin/python -m pytest "$@" || status=$?
+# the whole suite (no arguments): then the unit tests and a small demo on every other supported
+# Python the machine has (scripts/other_pythons.sh)
+if [ $# -eq 0 ]; then
+  echo "[test] the other supported Pythons: unit tests and a 200-user demo each" >&2
+  scripts/other_pythons.sh || status=1
+fi
+exit "$status"

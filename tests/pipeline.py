@@ -52,13 +52,17 @@ def replay(folders: list[Path], env: dict | None = None) -> None:
     assert stats.total_failed == 0 and stats.unacknowledged == 0, stats.summary()
 
 
-def drain(group: str, max_idle: float = 60.0) -> dict[str, float]:
-    """Run one consumer in-process until every partition is consumed."""
+def drain(group: str, max_idle: float = 60.0, write_processes: int | None = None) -> dict[str, float]:
+    """Run one consumer in-process until every partition is consumed (``write_processes``: its
+    write workers, the default when None; 0 decodes and writes in this process)."""
     from consumer.runner import ConsumerSettings, StreamConsumer
     from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
 
     ensure_topics(table_topics() + [dead_letter_topic()], partitions=4)
-    consumer = StreamConsumer(ConsumerSettings(group_id=group, until_drained=True, max_idle_seconds=max_idle))
+    settings = ConsumerSettings(group_id=group, until_drained=True, max_idle_seconds=max_idle)
+    if write_processes is not None:
+        settings.write_processes = write_processes
+    consumer = StreamConsumer(settings)
     return consumer.run()
 
 
