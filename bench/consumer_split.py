@@ -93,6 +93,8 @@ def ours(events: int, write_processes: int) -> dict:
             write_processes=write_processes,
         )
     )
+    if consumer._workers is not None:  # steady state: every write worker started
+        consumer._workers.wait_ready(every=True)
     spent, marks = timed_steps(consumer)
     busy, idle = machine_cpu()
     cpu = time.process_time()

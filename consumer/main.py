@@ -42,7 +42,8 @@ def parser() -> argparse.ArgumentParser:
         "--max-batch",
         type=int,
         default=env.max_batch,
-        help="most events per batch (one write and one commit per batch)",
+        help="most events per poll (what is polled while a batch is written is written and "
+        "committed together, up to 50,000 events)",
     )
     p.add_argument(
         "--until-drained",

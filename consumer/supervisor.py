@@ -40,6 +40,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from streamflow import config
+
 log = logging.getLogger("consumer.supervisor")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -290,8 +292,12 @@ class Supervisor:
 
 def member_command(argv: list[str], args: argparse.Namespace, index: int) -> list[str]:
     """Member ``index``'s command line: the supervisor's own options (a later option wins in
-    argparse) plus its index, metrics port and instance id."""
+    argparse) plus its index, metrics port and instance id. Unless the write workers' count was
+    given (flag or variable), the members share the default's: ``write_processes // processes``
+    each, at least one (every member's workers run on the same host)."""
     extra = ["--member", str(index)]
+    if "--write-processes" not in argv and config.source("STREAMFLOW_WRITE_PROCESSES") == "default":
+        extra += ["--write-processes", str(max(1, args.write_processes // args.processes))]
     if args.metrics_port:
         extra += ["--metrics-port", str(args.metrics_port + index)]
     if args.instance_id:

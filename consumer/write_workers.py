@@ -32,7 +32,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -216,11 +215,12 @@ class TableWrite:
 class WriteWorkers:
     """``count`` worker processes that decode and push tables' events (:meth:`session`).
 
-    Workers start at once, in the background; :meth:`wait_ready` waits until all of them have
-    opened the feature store (a worker that starts later would take the cores from the first
-    batches). A session borrows an idle worker (waiting for one) for one table's write; the
-    calling thread holds no interpreter lock while it waits for the worker's answers. A worker that ends is
-    replaced (tried again every ``restart_delay`` seconds while it cannot start). Thread-safe."""
+    Workers start in the background, one after the other (two Feast imports at once would take
+    both cores from the first one); :meth:`wait_ready` waits for the first by default, and
+    ``wait_ready(every=True)`` for all of them. A session borrows an idle worker (waiting for one)
+    for one table's write; the calling thread holds no interpreter lock while it waits for the
+    worker's answers. A worker that ends is replaced (tried again every ``restart_delay`` seconds
+    while it cannot start). Thread-safe."""
 
     def __init__(self, count: int, *, restart_delay: float = 2.0, borrow_timeout: float = 30.0):
         if count < 1:
@@ -230,14 +230,13 @@ class WriteWorkers:
         self._idle: queue.Queue[_Worker] = queue.Queue()
         self._workers: list[_Worker] = []
         self._lock = threading.Lock()  # guards _workers
-        self._ready_lock = threading.Lock()
-        self._started = threading.Semaphore(0)
-        self._count = count
+        self._first = threading.Event()
+        self._every = threading.Event()
         self._start_failure: str | None = None
-        self._ready = False
         self._closed = threading.Event()
-        for i in range(count):
-            threading.Thread(target=self._start_one, name=f"write-worker-start-{i}", daemon=True).start()
+        threading.Thread(
+            target=self._start_all, args=(count,), name="write-workers-start", daemon=True
+        ).start()
 
     def _spawn(self) -> _Worker | str:
         """Start one worker and wait until it has opened the store; why not, when it could not."""
@@ -266,11 +265,21 @@ class WriteWorkers:
         self._idle.put(worker)
         return worker
 
-    def _start_one(self) -> None:
-        started = self._spawn()
-        if isinstance(started, str):
-            self._start_failure = started
-        self._started.release()
+    def _start_all(self, count: int) -> None:
+        try:
+            started = self._spawn()
+            if isinstance(started, str):
+                self._start_failure = started
+                return
+            self._first.set()
+            for _ in range(count - 1):
+                if self._closed.is_set():
+                    return
+                if isinstance(self._spawn(), str):  # the first works: keep trying this one
+                    self._respawn()
+        finally:
+            self._first.set()
+            self._every.set()
 
     def _respawn(self) -> None:
         while not self._closed.is_set():
@@ -285,19 +294,11 @@ class WriteWorkers:
             )
             self._closed.wait(self.restart_delay)
 
-    def wait_ready(self, timeout: float = 120.0) -> None:
-        """Wait until every worker has started; ServiceUnavailable when one could not open the
-        feature store (its reason), or did not start within ``timeout`` seconds."""
-        if self._ready:
-            return
-        deadline = time.monotonic() + timeout
-        with self._ready_lock:
-            for _ in range(self._count):
-                if not self._started.acquire(timeout=max(0.0, deadline - time.monotonic())):
-                    raise ServiceUnavailable(
-                        f"the write worker processes were not ready within {timeout:.0f} s"
-                    )
-            self._ready = True
+    def wait_ready(self, timeout: float = 120.0, *, every: bool = False) -> None:
+        """Wait until the first worker (``every``: all of them) has opened the feature store;
+        ServiceUnavailable when the first could not (its reason), or not within ``timeout`` s."""
+        if not (self._every if every else self._first).wait(timeout):
+            raise ServiceUnavailable(f"the write worker processes were not ready within {timeout:.0f} s")
         if self._start_failure is not None:
             raise ServiceUnavailable(self._start_failure)
 

@@ -351,7 +351,13 @@ class Consumer(_Group):
         DEFAULT_CONSUMER_GROUP,
         "consumer group of `consume`; the group `lag`, `rewind` and the API report on",
     )
-    max_batch: int = var("STREAMFLOW_MAX_BATCH", 5000, "most events per consumer batch (`--max-batch`)", ge=1)
+    max_batch: int = var(
+        "STREAMFLOW_MAX_BATCH",
+        5000,
+        "most events per consumer poll; polls made while a batch is written are written together "
+        "(`--max-batch`)",
+        ge=1,
+    )
     instance_id: str | None = var(
         "STREAMFLOW_CONSUMER_INSTANCE_ID",
         None,
