@@ -443,8 +443,11 @@ node_launch() {
 # Wait until node N answers; $2: deadline (epoch seconds). Returns 1 when the node exited.
 node_wait() {
   local n=$1 deadline=$2
+  node_env "$n"
+  local pid; pid=$(cat "$NODE_PID")
   while :; do
-    node_pid "$n" >/dev/null || return 1
+    # the pid just launched (not node_pid: until nohup has exec'd java, its command line is the shell's)
+    alive "$pid" || return 1
     node_answers "$n" && return 0
     [ "$(date +%s)" -lt "$deadline" ] || return 2
     sleep 0.5

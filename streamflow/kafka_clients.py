@@ -478,7 +478,10 @@ def poll_timeout_ms(consumer: KafkaConsumer, wanted_ms: int) -> int:
     every commit refused). A member whose polls are shorter than its join never joins
     (docs/explanation/kafka-client.md). Every poll of a group member takes its timeout from here.
     """
-    return wanted_ms if joined(consumer) and not _rejoin_pending(consumer) else max(wanted_ms, JOIN_POLL_MS)
+    if joined(consumer) and not _rejoin_pending(consumer):
+        return wanted_ms
+    _restart_lost_join(consumer)
+    return max(wanted_ms, JOIN_POLL_MS)
 
 
 def _rejoin_pending(consumer: KafkaConsumer) -> bool:
@@ -487,6 +490,36 @@ def _rejoin_pending(consumer: KafkaConsumer) -> bool:
     try:
         return bool(coordinator is not None and coordinator.need_rejoin())
     except Exception:  # noqa: BLE001 - a client without it: the plain timeout
+        return False
+
+
+def _restart_lost_join(consumer: KafkaConsumer) -> bool:
+    """Ask for a new join when the member's last one finished outside a poll and nothing would
+    start another; whether it did.
+
+    kafka-python 3.0.12: a rejoin started because the subscribed topics' metadata changed (not by
+    a request) is finished by a leader whose assignment already records the new metadata, so once
+    its JoinGroup/SyncGroup task ends after the poll that started it, the member no longer "needs"
+    a rejoin, no poll takes the task's result up, and the member stays "rebalancing" for good
+    (docs/explanation/kafka-client.md). A requested rejoin sends one more JoinGroup with the same
+    member id, which the next (long) poll waits for."""
+    coordinator = getattr(consumer, "_coordinator", None)
+    if coordinator is None:
+        return False
+    try:
+        from kafka.structs import MemberState
+
+        task = getattr(coordinator, "_join_task", None)
+        lost = (
+            coordinator.state == MemberState.REBALANCING
+            and (task is None or task.is_done)
+            and not coordinator.need_rejoin()
+        )
+        if lost:
+            log.info("the member's last join ended between two polls: joining again")
+            coordinator.request_rejoin()
+        return lost
+    except Exception:  # noqa: BLE001 - a client without these internals: nothing to restart
         return False
 
 

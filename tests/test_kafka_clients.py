@@ -131,6 +131,40 @@ def test_a_member_polling_with_short_timeouts_joins_through_poll_timeout_ms(topi
         member.close(autocommit=False)
 
 
+def test_a_member_whose_join_ended_between_two_polls_joins_again_through_poll_timeout_ms(topic):
+    """kafka-python 3.0.12: the rejoin that follows a member's first join (its topics' metadata
+    arrived) ends outside the 1 ms poll that started it, and nothing takes it up: the member stays
+    'rebalancing' with no rejoin pending, and plain polls never join it (the consumer's 20 ms polls
+    while it writes hit this: a commit refused, then 30 s outside the group). poll_timeout_ms sees
+    the lost join and asks for another, which its long poll completes."""
+    member = kafka_clients.group_consumer(f"{config.topic_prefix()}-lost-join", role="test")
+    coordinator = member._coordinator  # noqa: SLF001 - the library state this test is about
+    try:
+        member.subscribe([topic])
+        deadline = time.monotonic() + 20
+        lost = False
+        while not lost and time.monotonic() < deadline:
+            member.poll(timeout_ms=1)
+            task = coordinator._join_task  # noqa: SLF001
+            lost = (
+                not kafka_clients.joined(member)
+                and coordinator._generation.generation_id > 0  # noqa: SLF001 - it had joined once
+                and (task is None or task.is_done)
+                and not coordinator.need_rejoin()
+            )
+        assert lost, f"the lost join was not seen: {kafka_clients.member_state(member)}"
+        for _ in range(20):  # plain short polls: it stays outside
+            member.poll(timeout_ms=1)
+        assert not kafka_clients.joined(member)
+        deadline = time.monotonic() + 20
+        while not kafka_clients.joined(member) and time.monotonic() < deadline:
+            member.poll(timeout_ms=kafka_clients.poll_timeout_ms(member, 1))
+        assert kafka_clients.joined(member), kafka_clients.member_state(member)
+        assert len(member.assignment()) == 1
+    finally:
+        member.close(autocommit=False)
+
+
 def test_await_assignment_gives_the_partitions_of_a_member_once_it_joined(topic):
     member = kafka_clients.group_consumer(f"{config.topic_prefix()}-await", role="test")
     try:
@@ -388,6 +422,63 @@ def test_a_commit_lost_to_an_outage_is_made_later_even_if_no_record_comes_and_ne
     sent = len(c.consumer.committed)
     c.retry_commit()
     assert c._pending == {} and len(c.consumer.committed) == sent
+
+
+class _Rejoining(_Committer):
+    """A member stopped while its group rebalances: each poll brings it closer to the group (stable
+    after ``polls_to_join`` polls, never when None); it pauses and polls as the stop path does."""
+
+    def __init__(self, polls_to_join: int | None, held: set):
+        from kafka.structs import MemberState
+
+        super().__init__(None)
+        self.state = MemberState.REBALANCING
+        self.polls_to_join = polls_to_join
+        self.held = held
+        self.polls: list[int] = []
+        self.paused: set = set()
+
+    def assignment(self):
+        return self.held
+
+    def pause(self, *partitions):
+        self.paused.update(partitions)
+
+    def poll(self, timeout_ms=0):
+        from kafka.structs import MemberState
+
+        self.polls.append(timeout_ms)
+        if self.polls_to_join is not None and len(self.polls) >= self.polls_to_join:
+            self.state = MemberState.STABLE
+        return {}
+
+
+def test_a_stopping_member_commits_what_it_wrote_once_back_in_its_group_or_says_what_it_leaves():
+    from kafka import TopicPartition
+
+    from consumer.metrics import ConsumerMetrics
+    from consumer.runner import ConsumerSettings, StreamConsumer
+
+    p0, p1 = TopicPartition("t", 0), TopicPartition("t", 1)
+
+    def stopping(polls_to_join, leave_timeout=5.0):
+        c = StreamConsumer.__new__(StreamConsumer)  # the stop path alone: no client, no broker
+        c.settings = ConsumerSettings(group_id="g", leave_timeout=leave_timeout)
+        c.outage = Outage("b:1", threading.Event(), backoff_initial=0, backoff_max=0)
+        c.metrics = ConsumerMetrics()
+        c.consumer = _Rejoining(polls_to_join, {p0, p1})
+        c._client_state()
+        c._pending = {p0: 10, p1: 7}  # written; their commit was refused during the rebalance
+        c._commit_before_leaving()
+        return c
+
+    c = stopping(polls_to_join=3)
+    assert [offsets for offsets, _ in c.consumer.committed] == [{p0: _at(10), p1: _at(7)}]
+    assert c._pending == {} and len(c.consumer.polls) == 3
+    assert c.consumer.paused == {p0, p1}  # nothing new is fetched while it settles
+    c = stopping(polls_to_join=None, leave_timeout=0.3)  # never back: it leaves them pending
+    assert c.consumer.committed == [] and c._pending == {p0: 10, p1: 7}
+    assert c.consumer.polls and all(t <= 300 for t in c.consumer.polls)
 
 
 def _at(offset: int):

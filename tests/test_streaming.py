@@ -254,7 +254,7 @@ def test_sigterm_finishes_the_batch_commits_and_leaves_the_group(snapshots, fres
     written = int(
         [ln for ln in text.splitlines() if ln.startswith("consumed ")][-1].split("written ")[1].split(",")[0]
     )
-    assert pipeline.committed_total(fresh) == written
+    assert pipeline.committed_total(fresh) == written, text
     stats = pipeline.drain(fresh)
     assert stats["consumed"] == 2 * 6 * USERS - written
     assert pipeline.online_state(pipeline.users_of(m1)) == pipeline.expected_online(m1)
