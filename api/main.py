@@ -19,6 +19,7 @@ saying to run `streamflow apply`, when that role cannot log in or lacks a grant.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 
@@ -80,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     workers = config.settings().api.worker_count(args.workers)  # 0: one per CPU core
     config.use_role("api")  # this process and its workers read as the API's role (streamflow.db_roles)
     logs.setup(args.log_level)
+    # No garbage collection while the server imports and starts (the objects it creates live on):
+    # the app's start-up collects once, freezes what is alive, and turns it back on (api.app).
+    if workers == 1:  # (several: this process only supervises them)
+        gc.disable()
     try:
         db_roles.check_ready("the API")
     except ServiceUnavailable as exc:  # the API starts anyway: /ready answers 503 until PostgreSQL does

@@ -25,11 +25,8 @@ import sys
 import threading
 
 from consumer import supervisor
-from consumer.outage import Outage
-from consumer.runner import ConsumerSettings, StreamConsumer
-from streamflow import config, kafka_clients, logs
+from streamflow import config, logs
 from streamflow.errors import StreamflowError
-from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
 
 log = logging.getLogger("consumer")
 
@@ -134,6 +131,25 @@ def consume(args: argparse.Namespace) -> int:
     """Run this process's member of the group until it is stopped, drained or idle; the exit code."""
     # `kill -USR1 <pid>` prints every thread's stack to stderr: where a stuck consumer waits
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    # The write workers import Feast and open the store while this process imports the rest and
+    # connects to Kafka: started first, before the imports below.
+    from consumer.write_workers import WriteWorkers
+
+    workers = WriteWorkers(args.write_processes) if args.write_processes > 0 else None
+    try:
+        return _consume(args, workers)
+    except BaseException:
+        if workers is not None:
+            workers.close()  # the consumer owns them once it exists (and closes them itself)
+        raise
+
+
+def _consume(args: argparse.Namespace, workers) -> int:
+    from consumer.outage import Outage
+    from consumer.runner import ConsumerSettings, StreamConsumer
+    from streamflow import kafka_clients
+    from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
+
     settings = ConsumerSettings(
         group_id=args.group,
         max_batch=args.max_batch,
@@ -154,8 +170,10 @@ def consume(args: argparse.Namespace) -> int:
             "creating the topics",
             lambda: ensure_topics(table_topics() + [dead_letter_topic()], partitions=args.partitions),
         )
-        consumer = StreamConsumer(settings, stopping=starting)
+        consumer = StreamConsumer(settings, stopping=starting, workers=workers)
     except StreamflowError as exc:
+        if workers is not None:
+            workers.close()
         if starting.is_set():
             log.info("stopped while starting")
             return 0

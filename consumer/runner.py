@@ -150,7 +150,10 @@ class StreamConsumer:
         settings: ConsumerSettings,
         metrics: ConsumerMetrics | None = None,
         stopping: threading.Event | None = None,
+        workers: WriteWorkers | None = None,
     ):
+        """``workers``: write workers already starting (this consumer closes them), else started
+        here when ``settings.write_processes`` > 0."""
         self.settings = settings
         self.kafka = kafka_clients.settings(settings.bootstrap or None)
         self.settings.bootstrap = self.kafka.bootstrap_servers
@@ -170,7 +173,9 @@ class StreamConsumer:
         self._client_state()
         self._last_waiting = 0.0
         # The write workers import Feast and open the store while this process connects to Kafka.
-        self._workers = WriteWorkers(settings.write_processes) if settings.write_processes > 0 else None
+        if workers is None and settings.write_processes > 0:
+            workers = WriteWorkers(settings.write_processes)
+        self._workers = workers
         try:
             self.consumer = self.outage.connect("connecting the consumer", self._new_consumer)
             self.dead_letters = self.outage.connect(

@@ -37,12 +37,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
-import pandas as pd
-
-from streamflow import event_batch, schema
 from streamflow.errors import ServiceUnavailable
+
+if TYPE_CHECKING:  # imported where used: starting the workers needs neither pandas nor the decoder
+    import pandas as pd
+
+    from streamflow import schema
 
 log = logging.getLogger("consumer.write_workers")
 
@@ -104,6 +106,8 @@ class _Raw(NamedTuple):
 
 def decode(table: schema.Table, records: list, now: datetime) -> tuple[Decoded, pd.DataFrame]:
     """Decode a table's records (``event_batch``); the summary and the push frame."""
+    from streamflow import event_batch
+
     batch = event_batch.decode_table_batch(table, records, now)
     position = {id(rec): i for i, rec in enumerate(records)}
     good = [position[id(rec)] for rec in batch.good]
@@ -144,6 +148,7 @@ def _serve(conn: Connection, level: int) -> None:
     from streamflow import logs
 
     logs.setup(logging.getLevelName(level))
+    from streamflow import event_batch  # noqa: F401 - loaded before READY, not in the first decode
     from streamflow.feature_store import database_errors, get_store, push
 
     try:
@@ -168,6 +173,8 @@ def _answer(local: LocalWrite, message: tuple):
         if message[0] == "decode":
             _, name, topic, keys, values, now = message
             records = [_Raw(topic, key, value) for key, value in zip(keys, values)]
+            from streamflow import schema
+
             return local.decode(schema.table(name), records, now)
         _, start, stop, where = message
         local.push(start, stop, where)

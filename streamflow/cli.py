@@ -13,6 +13,7 @@ STREAMFLOW_LOG_LEVEL=DEBUG.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import sys
 import traceback
@@ -74,7 +75,12 @@ def main(argv: list[str] | None = None) -> int:
             logs.disable_progress()
             rest = [a for a in rest if a != "--no-progress"]
         logs.setup(logs.configured_level(QUIET_DEFAULT.get(name, "INFO")))
-        return int(getattr(importlib.import_module(module), func)(rest) or 0)
+        gc.disable()  # while the command's modules are imported (what they create lives on)
+        try:
+            entry = getattr(importlib.import_module(module), func)
+        finally:
+            gc.enable()
+        return int(entry(rest) or 0)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
