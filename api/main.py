@@ -7,7 +7,7 @@ one worker serves about 4,000 lookups/s at saturation (bench/api_load.py). ``--w
 (0: one per CPU core) shares one port between N processes, but each keeps its own Prometheus
 counters, lag sampler and dead-letter tally, and a scrape or a dashboard refresh reaches any
 one of them. To use more cores, run one API process per core, each on its own port behind
-the load balancer and each its own Prometheus target (README, "Scaling the API").
+the load balancer and each its own Prometheus target (docs/how-to/scaling.md).
 
 Every flag falls back to an environment variable (STREAMFLOW_API_HOST, STREAMFLOW_API_PORT,
 STREAMFLOW_API_WORKERS, STREAMFLOW_LOG_LEVEL); PostgreSQL and Feast come from the usual

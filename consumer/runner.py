@@ -8,7 +8,7 @@ a write (a push per table, its statements and transactions) is paid once per wri
 once per poll. The gathered batch is bounded (``ConsumerSettings.max_write_batch``): beyond it the
 loop waits for the writes. The Kafka client is only ever called from the loop's thread.
 
-Guarantees (README, "Reliability"):
+Guarantees (docs/explanation/guarantees.md):
 * at-least-once: offsets are committed only after the batch's writes and its dead-letter
   records are acknowledged; a write that fails for a transient reason (the database away,
   overloaded, a timeout, a deadlock: ``consumer.write_errors``) is retried with backoff, never

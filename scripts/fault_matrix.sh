@@ -20,7 +20,7 @@ for i in $(seq 1 "$runs"); do
   else
     verdict="FAILED (see $log)"
   fi
-  # each run's figures, for the ranges in the README's tables
+  # each run's figures, for the ranges in docs/explanation/guarantees.md
   cp bench/results/reliability.json "$ROOT/.services/fault_matrix_run_$i.reliability.json" 2>/dev/null || true
   echo "run $i: $verdict, $(tail -n 1 "$log" | tr -d '=' | sed 's/^ *//'), $(( $(date +%s) - start )) s"
 done

@@ -8,10 +8,8 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
-UNIT_TESTS=(tests/test_api_batcher.py tests/test_chunked_validation.py tests/test_cli.py tests/test_consumer_frame.py
-            tests/test_contract.py tests/test_contract_docs.py tests/test_event_batch.py tests/test_feast_settings.py
-            tests/test_generator.py tests/test_install.py tests/test_lag_status.py tests/test_logs.py
-            tests/test_producer_encoding.py tests/test_write_errors.py)
+# shellcheck source=scripts/unit_tests.sh
+source "$ROOT/scripts/unit_tests.sh"
 main_version=$(.venv/bin/python -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 
 find_python() {  # a working interpreter of version $1, or nothing

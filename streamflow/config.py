@@ -4,7 +4,7 @@
 ``consumer``, ``api``, ``lag``, ``logs``) hold every variable the code reads, each with a type, a
 local-development default (the same as docker-compose) and a one-line description. No other
 module reads the environment. ``streamflow config`` prints the values in effect and where they
-came from; the README's table of variables is generated from here
+came from; the table of variables in docs/reference/configuration.md is generated from here
 (``python -m streamflow.config --markdown``) and a test keeps it in step.
 
 ``settings()`` is cheap: the object is built again only when one of the variables changed (tests
@@ -399,7 +399,7 @@ class Api(_Group):
         "STREAMFLOW_API_WORKERS",
         1,
         "API worker processes (`--workers`; 0: one per CPU core); each has its own metrics, lag "
-        "sampler and dead-letter tally (README, Scaling the API)",
+        "sampler and dead-letter tally (docs/how-to/scaling.md)",
         ge=0,
     )
 
@@ -798,7 +798,7 @@ def render_text(rows: list[dict[str, Any]]) -> str:
 
 
 def markdown_default(value: Any) -> str:
-    """A default as the README's table shows it (paths relative to the repository)."""
+    """A default as the configuration reference shows it (paths relative to the repository)."""
     if value is None:
         return "unset"
     if isinstance(value, SecretStr):
@@ -809,7 +809,7 @@ def markdown_default(value: Any) -> str:
 
 
 def markdown_table() -> str:
-    """The README's table of variables: variable | default | meaning."""
+    """The configuration reference table: variable | default | meaning."""
     lines = ["| variable | default | meaning |", "|---|---|---|"]
     lines += [f"| `{v.name}` | {markdown_default(v.default)} | {v.description} |" for v in variables()]
     return "\n".join(lines) + "\n"
@@ -828,7 +828,7 @@ def parser() -> argparse.ArgumentParser:
     out.add_argument(
         "--markdown",
         action="store_true",
-        help="print the table of variables (variable | default | meaning) the README holds",
+        help="print the table of variables (variable | default | meaning) of docs/reference/configuration.md",
     )
     return p
 

@@ -1,7 +1,7 @@
 """The settings (streamflow/config.py): every variable typed, defaulted and documented, read from
 the environment and nowhere else, bad values as one line naming the variable, secrets masked by
-`streamflow config`, the README's table in step with the code, and connection strings that carry
-any password to a real PostgreSQL."""
+`streamflow config`, the configuration reference in step with the code, and connection strings that
+carry any password to a real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from pydantic_core import PydanticUndefined
 
 from streamflow import cli, config, kafka_clients
 
-README = config.REPO_ROOT / "README.md"
+REFERENCE = config.REPO_ROOT / "docs" / "reference" / "configuration.md"
 TABLE_START = "<!-- settings table"
 TABLE_END = "<!-- end of settings table -->"
 NASTY_PASSWORD = "p a'ss@w/o:r%d\\=?#&x"
@@ -325,17 +325,17 @@ def test_a_password_never_shows_in_errors_or_reprs(clean_env):
     assert "hunter2" not in str(pg.sqlalchemy_url) and "hunter2" not in pg.describe()
 
 
-# -- the README's table ---------------------------------------------------------------------------
+# -- the reference's table --------------------------------------------------------------------------
 
 
 def readme_table() -> str:
-    text = README.read_text()
+    text = REFERENCE.read_text()
     assert text.count(TABLE_START) == 1 and text.count(TABLE_END) == 1
     start = text.index("\n", text.index(TABLE_START)) + 1
     return text[start : text.index(TABLE_END)]
 
 
-def test_the_readme_table_lists_every_variable_with_its_default():
+def test_the_configuration_reference_lists_every_variable_with_its_default():
     rows = {}
     for line in readme_table().splitlines()[2:]:
         match = re.fullmatch(r"\| `([A-Z0-9_]+)` \| (.*?) \| (.*) \|", line)

@@ -370,7 +370,12 @@ def _parser() -> argparse.ArgumentParser:
         description="Generate deterministic StreamFlow snapshots "
         "(one CSV per table of streamflow/schema.py).",
     )
-    p.add_argument("--out", type=Path, default=config.data_dir(), help="output folder (default: %(default)s)")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=config.data_dir(),
+        help="output folder (default: STREAMFLOW_DATA_DIR, else data/ in the repository)",
+    )
     p.add_argument("--users", type=int, default=7043, help="number of users (default: %(default)s)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default: %(default)s)")
     p.add_argument(

@@ -1,7 +1,7 @@
 """StreamFlow's Feast online store on PostgreSQL: newest event wins, one row per entity and view.
 
 Named in feature_store.yaml as ``streamflow.feast_stores.online.StreamflowOnlineStore``.
-What it changes against Feast's stock ``PostgreSQLOnlineStore`` (README, "Our Feast store classes"):
+What it changes against Feast's stock ``PostgreSQLOnlineStore`` (docs/explanation/feast-stores.md):
 
 * **Newest wins.** A write never replaces a value with an older one: inside one batch the
   newest row per entity is kept (``DISTINCT ON``), and the merge into the table only updates a
