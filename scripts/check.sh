@@ -11,4 +11,5 @@ source scripts/unit_tests.sh
 .venv/bin/ruff format --check .
 .venv/bin/mypy
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
-.venv/bin/python -m pytest -q -p no:cacheprovider "${UNIT_TESTS[@]}" tests/test_docs.py "$@"
+# the unit tests but the slow ones (make test runs those too)
+.venv/bin/python -m pytest -q -p no:cacheprovider -m "not slow" "${UNIT_TESTS[@]}" tests/test_docs.py "$@"

@@ -62,6 +62,7 @@ def chunk_lines(path: Path, chunk_bytes: int = SMALL) -> list[int]:
 # --- the same message as for the whole file --------------------------------------------------------
 
 
+@pytest.mark.slow  # 35 files read a line at a time: about 2 minutes (make test runs it, make check not)
 @pytest.mark.parametrize("case", list(test_bad_input.BAD_FILES))
 def test_bad_input_corpus_same_message_in_chunks(case, snapshot, tmp_path):
     table, mutate, fragments = test_bad_input.BAD_FILES[case]
