@@ -321,3 +321,26 @@ def row(
         "met": met,
         "note": note,
     }
+
+
+def cli() -> list[str]:
+    """The `streamflow` command of this checkout (its virtualenv's, else ``python -m streamflow.cli``)."""
+    exe = REPO / ".venv" / "bin" / "streamflow"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "streamflow.cli"]
+
+
+PEAK_RSS = """
+import os, signal, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(pid, signum))  # a stop reaches the stage
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status) % 256)
+"""
+"""Runs a command and writes its peak RSS (KiB) to a file. A child's ru_maxrss counts the RSS of
+the process it was forked from (Linux keeps the forked image's high-water mark across exec): from
+the benchmark's process every stage read at least its RSS, 200-300 MiB. Forked from this small
+process (python -S, some 10 MiB), the stage's own peak is what is read."""

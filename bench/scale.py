@@ -7,7 +7,7 @@ what was streamed against month_001's snapshot, issue 13's 1,000,000-user parity
 ``bench.table_growth`` on the tables the run filled), in the
 benchmarks' database and topics. Wall time per
 stage, and the peak RSS of that process (``ru_maxrss`` of the stage's own process, read by a small
-wrapper it is forked from, see ``_PEAK_RSS``; no stage forks workers). The consumer's peak must
+wrapper it is forked from, see ``common.PEAK_RSS``; no stage forks workers). The consumer's peak must
 stay under 512 MiB (issue 12), the loader's and the producer's under 400 MiB. Logs go to
 bench/results/scale_<stage>.log.
 
@@ -42,28 +42,6 @@ MEMORY_SCHEMA = "bench_memory"
 """The memory benchmark loads into a schema of its own (search_path), dropped afterwards."""
 
 
-def cli() -> list[str]:
-    exe = common.REPO / ".venv" / "bin" / "streamflow"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "streamflow.cli"]
-
-
-_PEAK_RSS = """
-import os, signal, sys
-pid = os.fork()
-if pid == 0:
-    os.execvp(sys.argv[2], sys.argv[2:])
-signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(pid, signum))  # a stop reaches the stage
-_, status, usage = os.wait4(pid, 0)
-with open(sys.argv[1], "w") as out:
-    out.write(str(usage.ru_maxrss))
-sys.exit(os.waitstatus_to_exitcode(status) % 256)
-"""
-"""Runs a command and writes its peak RSS (KiB) to a file. A child's ru_maxrss counts the RSS of
-the process it was forked from (Linux keeps the forked image's high-water mark across exec): from
-the benchmark's process every stage read at least its RSS, 200-300 MiB. Forked from this small
-process (python -S, some 10 MiB), the stage's own peak is what is read."""
-
-
 def start_stage(name: str, argv: list[str], env: dict | None = None) -> dict:
     """Start a stage (its own process group, its peak RSS measured); ``finish_stage`` waits for it."""
     log_path = common.RESULTS / f"scale_{name}.log"
@@ -71,7 +49,7 @@ def start_stage(name: str, argv: list[str], env: dict | None = None) -> dict:
     rss_path.unlink(missing_ok=True)
     env = {**os.environ, "STREAMFLOW_LOG_LEVEL": "INFO", "STREAMFLOW_NO_PROGRESS": "1", **(env or {})}
     log = open(log_path, "wb")  # noqa: SIM115 - closed by finish_stage
-    measured = [sys.executable, "-S", "-c", _PEAK_RSS, str(rss_path), *cli(), *argv]
+    measured = [sys.executable, "-S", "-c", common.PEAK_RSS, str(rss_path), *common.cli(), *argv]
     proc = subprocess.Popen(
         measured, cwd=common.REPO, env=env, stdout=log, stderr=subprocess.STDOUT, process_group=0
     )

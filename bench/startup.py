@@ -33,7 +33,6 @@ import urllib.request
 from bench import (
     common,  # noqa: I001  (first: sets the benchmark environment)
     consumer_processes,
-    scale,
     verify,
 )
 from bench.consumer_e2e import produce
@@ -77,7 +76,7 @@ def api_first_200(user: str) -> float:
     url = f"http://127.0.0.1:{port}/features/{user}"
     started = time.perf_counter()
     proc = subprocess.Popen(
-        [*scale.cli(), "api", "--port", str(port), "--workers", "1"],
+        [*common.cli(), "api", "--port", str(port), "--workers", "1"],
         cwd=common.REPO,
         env=_env(),
         stdout=subprocess.DEVNULL,
@@ -119,11 +118,11 @@ def run(args) -> dict:
                 cwd=common.REPO / "feature_repo",
             )
         ),
-        "lookup": median(lambda: wall([*scale.cli(), "lookup", user])),
+        "lookup": median(lambda: wall([*common.cli(), "lookup", user])),
         "training_set": median(
             lambda: wall(
                 [
-                    *scale.cli(),
+                    *common.cli(),
                     "training-set",
                     "--as-of",
                     "2024-02-29",

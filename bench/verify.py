@@ -2,10 +2,10 @@
 
 Generates N users (default 7,043, seed 42), loads both months (batch load), materializes them
 online, then runs ``streamflow verify --snapshot-dir <month_001> --json`` as its own process (peak
-RSS read as in bench/scale.py: ``ru_maxrss`` through a small forking wrapper). Reported: the
-process's wall time (interpreter start included) and users/s, the time verify itself reports,
-and the peak RSS. Goal: 7,043 users in under 5 s; the design goal (1,000,000 users in under
-2 minutes, memory flat in the users) is not run by default.
+RSS read as in bench/scale.py: ``ru_maxrss`` through ``common.PEAK_RSS``, a small forking
+wrapper). Reported: the process's wall time (interpreter start included) and users/s, the time
+verify itself reports, and the peak RSS. Goal: 7,043 users in under 5 s; the design goal
+(1,000,000 users in under 2 minutes, memory flat in the users) is not run by default.
 
     .venv/bin/python -m bench.verify [--users N]
     .venv/bin/python -m bench.run --only verify [--verify-users N]
@@ -24,7 +24,6 @@ from pathlib import Path
 
 from bench import (
     common,  # noqa: I001  (first: sets the benchmark environment)
-    scale,
 )
 
 NAME = "verify"
@@ -56,9 +55,9 @@ def measure(snapshot: Path) -> dict:
         sys.executable,
         "-S",
         "-c",
-        scale._PEAK_RSS,
+        common.PEAK_RSS,
         str(rss_path),
-        *scale.cli(),
+        *common.cli(),
         "verify",
         "--snapshot-dir",
         str(snapshot),

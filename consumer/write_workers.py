@@ -121,7 +121,7 @@ class LocalWrite:
     """A table's write in the calling thread (no worker process): ``push`` is
     ``streamflow.feature_store.push`` or a stand-in with its signature."""
 
-    def __init__(self, push):
+    def __init__(self, push) -> None:
         self._push = push
         self._frame: pd.DataFrame | None = None
         self._table: schema.Table | None = None

@@ -23,18 +23,15 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta, timezone
 from functools import cache, lru_cache
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-
-if TYPE_CHECKING:  # the registry imports this module; its Column type is only named here
-    from streamflow.schema import Column
 
 # --- kinds and formats -----------------------------------------------------------------------------
 
@@ -51,6 +48,27 @@ class Format:
     """Regular expression without anchors, the same in Python's ``re`` and RE2 (Arrow, pydantic)."""
     max_length: int
     described: str
+
+
+class Column(Protocol):
+    """What the contract reads of a field: ``streamflow.schema.Column`` is one (the registry
+    imports this module, so the rules name no type of the registry's)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def nullable(self) -> bool: ...
+    @property
+    def min(self) -> float | None: ...
+    @property
+    def max(self) -> float | None: ...
+    @property
+    def choices(self) -> tuple[str, ...] | None: ...
+    @property
+    def format(self) -> Format | None: ...
+    def __hash__(self) -> int: ...  # the rules derived from a field are cached per field
 
 
 USER_ID = Format(r"[0-9]{4}-[A-Z]{5}", 10, "a user id like 7590-VHVEG (4 digits, '-', 5 capital letters)")
@@ -502,7 +520,7 @@ def _rules(column: Column) -> str:
     return ""
 
 
-def markdown_table(fields: list[tuple[str, Column]]) -> str:
+def markdown_table(fields: Sequence[tuple[str, Column]]) -> str:
     """The contract of the given (table, column) pairs as a Markdown table (the docs' copy)."""
     lines = [
         "| table | field | kind | null | rule (full string, ASCII) | reason when refused |",

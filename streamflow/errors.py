@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from streamflow.batch.validate import Problem
+from collections.abc import Sequence
 
 
 class StreamflowError(Exception):
@@ -22,10 +19,11 @@ class DataValidationError(StreamflowError):
 
     exit_code = 3
 
-    def __init__(self, message: str, problems: list[Problem] | None = None):
+    def __init__(self, message: str, problems: Sequence[object] | None = None):
         super().__init__(message)
-        self.problems: list[Problem] = problems or []
-        """The problems found, one line each (the message shows the first of them)."""
+        self.problems: list[object] = list(problems or [])
+        """The problems found (``streamflow.batch.validate.Problem``: file, line, column, what; each
+        prints as one line); the message shows the first of them."""
 
 
 class ServiceUnavailable(StreamflowError):

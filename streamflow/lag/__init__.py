@@ -4,6 +4,7 @@
   offsets, log-end offsets, the age of the oldest unconsumed event and the partition owners.
 * :mod:`streamflow.lag.status` -- :class:`StatusEvaluator` turns successive samples into
   OK / WARN / STALL / STOP / REWIND per partition and OK / WARN / ERR per group (pure, no I/O).
+* :mod:`streamflow.lag.marks` -- how a rewind marks a deliberate replay, and how it is read back.
 * :mod:`streamflow.lag.metrics` -- Prometheus gauges fed from a sample.
 * :mod:`streamflow.lag.cli` -- ``streamflow lag``.
 

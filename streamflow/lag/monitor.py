@@ -52,29 +52,12 @@ from kafka.net import KafkaNetClient
 
 from streamflow import config, kafka_clients, schema, timefmt
 from streamflow.errors import AuthenticationFailed, ServiceUnavailable
+from streamflow.lag.marks import marks_group, parse_mark
 from streamflow.lag.records import RecordReader
-from streamflow.lag.status import REPLAY_MARK
 
 log = logging.getLogger(__name__)
 
 DEFAULT_GROUP = config.DEFAULT_CONSUMER_GROUP
-
-
-def marks_group(group: str) -> str:
-    """The group whose committed offsets record the rewinds of ``group`` (``streamflow rewind``):
-    per partition, the offset it was reset to, with the time in the commit metadata. Kept apart
-    from the group's own commits, which its consumers overwrite."""
-    return f"{group}.rewinds"
-
-
-def parse_mark(metadata: str | None) -> float | None:
-    """Unix time of a rewind mark (``streamflow-replay <ISO time>``), None if it is none."""
-    if not metadata or not metadata.startswith(REPLAY_MARK):
-        return None
-    try:
-        return datetime.fromisoformat(metadata[len(REPLAY_MARK) :].strip()).timestamp()
-    except ValueError:
-        return None
 
 
 def _iso(ts: datetime | None) -> str | None:

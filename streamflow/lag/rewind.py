@@ -28,8 +28,8 @@ from kafka.structs import OffsetAndMetadata
 from streamflow import logs
 from streamflow.errors import StreamflowError
 from streamflow.lag import options
-from streamflow.lag.monitor import LagMonitor, marks_group
-from streamflow.lag.status import REPLAY_MARK
+from streamflow.lag.marks import REPLAY_MARK, marks_group
+from streamflow.lag.monitor import LagMonitor
 
 
 class RewindRefused(StreamflowError):

@@ -17,7 +17,7 @@ Partition status, first rule that applies (W = the partition's samples in the wi
 3. **UNKNOWN** -- fewer than ``min_samples`` (default 2) samples in W: nothing to compare yet.
 4. **REPLAY** -- the committed offset went back between two consecutive samples of W *on
    purpose*: ``streamflow rewind`` reset it after the first of them (its marks are kept as the
-   committed offsets of a group of their own, see :func:`~streamflow.lag.monitor.marks_group`,
+   committed offsets of a group of their own, see :func:`~streamflow.lag.marks.marks_group`,
    so the consumers' commits cannot overwrite them). Likewise, a partition that would be WARN
    (falling behind) or UNKNOWN while its oldest unconsumed event was sent by a replay
    (``streamflow produce`` marks its events) or produced before the partition's last rewind (the
@@ -97,8 +97,6 @@ STATUS_CODES: dict[Status, int] = {
 """Numeric codes for metrics. Partition: -1 UNKNOWN, 0 OK, 1 WARN, 2 STALL, 3 STOP, 4 REWIND,
 5 NEW, 6 REPLAY. Group: -1 UNKNOWN, 0 OK, 1 WARN, 2 ERR, 5 NEW, 6 REPLAY."""
 
-REPLAY_MARK = "streamflow-replay"
-"""How the commit metadata of a rewind mark starts (``streamflow rewind``)."""
 
 REWIND_CLOCK_SLACK = 5.0
 """Seconds a rewind mark may predate the sample before the rewind (clocks of two hosts)."""
