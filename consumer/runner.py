@@ -84,23 +84,17 @@ class ConsumerSettings:
     request timeout plus 30 s)."""
     commit_timeout: float | None = None
     """Seconds one commit may retry inside the client before it counts as failed (None: the request
-    timeout, 30 s: a commit sent during a short broker restart is made once the broker is back;
-    bounded at 10 s, it failed instead, and the failures replaced the client, which then waited out
-    its old member's session: 17 s recovery instead of 2.5 s). A client whose commits keep failing
-    for ``join_timeout`` is replaced."""
+    timeout, 30 s, so that a commit sent during a short broker restart is made once the broker is
+    back). A client whose commits keep failing for ``join_timeout`` is replaced."""
     write_processes: int = 2
     """Worker processes that push the batches' tables (``consumer.push_workers``), so that two
     tables are written at once outside the loop's interpreter lock; 0: the pushes run in two
     threads of the loop's own process."""
     switch_interval: float = 0.0005
     """Seconds a thread may hold Python's interpreter lock while another waits for it
-    (``sys.setswitchinterval``, set while the loop runs; Python's default is 0.005). The loop's
-    thread is busy in kafka-python's pure-Python record parsing most of the time, and every Arrow
-    kernel and PostgreSQL round trip of a writer thread gives the lock up and must get it back:
-    at 5 ms a write of 5,000 rows spent about 9 of every 10 seconds of its wall time waiting for
-    the lock (thread CPU 1.3 s, wall 10.3 s for 120,000 events). Runs of benchmark 2's consumer
-    interleaved with its bare poll loop, 3 rounds each, ours / bare: 0.36 at 5 ms, 0.44 at 1 ms,
-    0.44 at 0.5 ms, 0.46 at 0.2 ms."""
+    (``sys.setswitchinterval``, set while the loop runs; Python's default is 0.005): the loop's
+    thread parses records in pure Python most of the time, and a writer thread gives the lock up
+    and takes it back on every Arrow kernel and PostgreSQL round trip (docs/explanation/consumer.md)."""
     leave_timeout: float = 10.0
     """Seconds a stopping consumer keeps trying to commit the written batches whose commit failed
     (the group was rebalancing), back in its group, before it leaves; what stays uncommitted is

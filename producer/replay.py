@@ -9,8 +9,7 @@ Memory does not grow with the snapshot. A snapshot is read twice: a validating p
 file, chunk by chunk (``validate.check_snapshot``: a bad file sends nothing, its error names the
 file, line and column), then a sending pass that reads each file again a chunk at a time
 (``validate.read_chunks``: each chunk checked again and compared with the one validated, typed,
-encoded, sent). Peak RSS for one month of 1,000,000 users: 1,400 MiB when the snapshot was held
-whole, 334 MiB now.
+encoded, sent).
 
 The work per event is kept to the send itself: the events of a chunk of rows are encoded column by
 column (``events.encode_frame``, the same bytes as ``events.encode_value`` row by row), their
@@ -54,9 +53,8 @@ SEND_BLOCK = 500
 
 MAX_PENDING = 100_000
 """Events sent but neither acknowledged nor failed yet, above which the replay waits for the
-broker (down to half of it). kafka-python 3 does not bound its send buffer: a broker slower than
-the replay made that backlog, and the memory, grow with the snapshot (595 MiB at 1,000,000 users
-on a loaded machine). 100,000 events are a few seconds of sending; 40,000 cost 15% of the rate."""
+broker (down to half of it): kafka-python 3 does not bound its send buffer, so without it a
+broker slower than the replay would let the backlog, and the memory, grow with the snapshot."""
 
 
 @dataclass
