@@ -49,6 +49,7 @@ from api.batcher import LookupBatcher
 from api.errors import add_exception_handlers, error
 from api.fast_path import FeatureFastPath
 from api.features import FeatureReader
+from api.limits import BodyLimit
 from streamflow import config, schema
 from streamflow.dead_letters.tally import DeadLetterTally
 from streamflow.kafka_topics import dead_letter_topic
@@ -248,8 +249,10 @@ def create_app(
     scrape_tokens = env.metrics_tokens() if metrics_tokens is None else metrics_tokens
 
     def outer_layers(inner):
-        """Metrics (every answer counted, 401s too), authentication, the fast path, FastAPI."""
+        """Metrics (every answer counted, 401s too), authentication, the body limit, the fast path,
+        FastAPI."""
         layer = FeatureFastPath(inner, state=app.state) if fast_path else inner
+        layer = BodyLimit(layer)
         layer = BearerAuth(layer, tokens=api_tokens, metrics_tokens=scrape_tokens)
         return MetricsMiddleware(layer, metrics=metrics)
 

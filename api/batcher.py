@@ -12,6 +12,10 @@ for nothing. While reads are running, requests that arrive wait for the next one
 every pending request (up to ``max_keys`` user ids) and answers them all with one query per
 feature selection. There is no timer: batching grows with load and costs no latency when idle.
 
+The queue is bounded: when more than ``max_waiting`` user ids already wait for a read, a request
+is refused at once with :class:`Overloaded` (a 503 with ``Retry-After``) instead of adding to a
+backlog that every later request would wait behind.
+
 The reads run on a small thread pool of their own (``max_inflight`` threads), through
 :meth:`api.features.FeatureReader.lookup`, so the blocking psycopg calls never stall the loop,
 and errors (unknown features, an unreachable database) reach exactly the requests they concern.
@@ -25,11 +29,25 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from api.features import MAX_BATCH, FeatureReader, UserResult
+from api.features import MAX_BATCH, FeatureReader, FeaturesUnavailable, UserResult
 
 log = logging.getLogger("api.batcher")
 
 Selection = tuple[str, ...] | None
+
+MAX_WAITING = 20 * MAX_BATCH
+"""User ids that may wait for a read at most (by default): 20 full batches."""
+
+
+class Overloaded(FeaturesUnavailable):
+    """The lookup queue is full: the request is refused at once (503, ``Retry-After``)."""
+
+    def __init__(self, waiting: int, limit: int):
+        super().__init__(
+            "api",
+            f"the API is overloaded: {waiting:,} user ids already wait for a read (at most {limit:,}); "
+            "retry shortly",
+        )
 
 
 @dataclass
@@ -42,13 +60,24 @@ class _Pending:
 class LookupBatcher:
     """Coalesces the lookups of concurrent requests into few database reads (see the module)."""
 
-    def __init__(self, reader: FeatureReader, max_inflight: int = 2, max_keys: int = MAX_BATCH):
+    def __init__(
+        self,
+        reader: FeatureReader,
+        max_inflight: int = 2,
+        max_keys: int = MAX_BATCH,
+        max_waiting: int = MAX_WAITING,
+    ):
         if max_inflight < 1:
             raise ValueError(f"max_inflight must be at least 1, got {max_inflight}")
         self.reader = reader
         self.max_inflight = max_inflight
         self.max_keys = max(max_keys, 1)
+        self.max_waiting = max(max_waiting, 1)
         self._pending: list[_Pending] = []
+        self._waiting = 0
+        """User ids of the pending requests."""
+        self.refused = 0
+        """Requests refused because the queue was full."""
         self._inflight = 0
         self._launch_due = False
         self._executor: ThreadPoolExecutor | None = None
@@ -67,9 +96,15 @@ class LookupBatcher:
             self._executor = None
 
     async def lookup(self, user_ids: Sequence[str], selection: Sequence[str] | None) -> list[UserResult]:
-        """Features of each user, in the order asked; raises what FeatureReader.lookup raises."""
+        """Features of each user, in the order asked; raises what FeatureReader.lookup raises, and
+        :class:`Overloaded` when ``max_waiting`` user ids already wait (a request alone in the queue
+        is always taken)."""
+        if self._pending and self._waiting + len(user_ids) > self.max_waiting:
+            self.refused += 1
+            raise Overloaded(self._waiting, self.max_waiting)
         future = asyncio.get_running_loop().create_future()
         self._pending.append(_Pending(user_ids, tuple(selection) if selection is not None else None, future))
+        self._waiting += len(user_ids)
         if self._inflight < self.max_inflight and not self._launch_due:
             self._launch_due = True
             asyncio.get_running_loop().call_soon(self._launch)
@@ -84,6 +119,7 @@ class LookupBatcher:
             taken += 1
             keys += len(pending.user_ids)
         batch, self._pending = self._pending[:taken], self._pending[taken:]
+        self._waiting -= keys
         return batch
 
     def _launch(self) -> None:

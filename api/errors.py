@@ -17,8 +17,12 @@ log = logging.getLogger("api")
 RESPONSES = {
     400: {"model": models.ErrorResponse, "description": "Unknown feature name in the selection"},
     404: {"model": models.ErrorResponse, "description": "The user has no features in the online store"},
+    413: {"model": models.ErrorResponse, "description": "Request body over 256 KiB (api.limits)"},
     422: {"model": models.ErrorResponse, "description": "Malformed request (user id, body, limit)"},
-    503: {"model": models.ErrorResponse, "description": "PostgreSQL or the Feast registry is not reachable"},
+    503: {
+        "model": models.ErrorResponse,
+        "description": "PostgreSQL or the Feast registry is not reachable, or the lookup queue is full",
+    },
 }
 """OpenAPI descriptions of the error answers, by status."""
 

@@ -100,7 +100,7 @@ async def get_features(
 @router.post(
     "/features",
     response_model=models.BatchFeatures,
-    responses={k: RESPONSES[k] for k in (400, 422, 503)},
+    responses={k: RESPONSES[k] for k in (400, 413, 422, 503)},
     summary=f"Online features of up to {MAX_BATCH} users",
 )
 async def post_features(request: Request, body: models.FeaturesRequest):

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
+from api.limits import shown
 from streamflow import config as streamflow_config
 from streamflow import schema
 from streamflow.errors import first_line
@@ -64,8 +65,7 @@ class UnknownFeatures(ValueError):
 
     def __init__(self, unknown: list[str], hint: str = ""):
         self.unknown = unknown
-        names = ", ".join(repr(u) for u in unknown)
-        super().__init__(f"unknown feature{'s' if len(unknown) > 1 else ''}: {names}{hint}")
+        super().__init__(f"unknown feature{'s' if len(unknown) > 1 else ''}: {shown(unknown)}{hint}")
 
 
 class FeaturesUnavailable(RuntimeError):

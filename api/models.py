@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, WithJsonSchema
 from pydantic_core import PydanticCustomError
 
 from api.features import MAX_BATCH
+from api.limits import MAX_FEATURE_NAME, MAX_FEATURES
 from streamflow import contract, schema
 
 CONTRACT_ERROR = "contract"
@@ -80,8 +81,9 @@ class FeaturesRequest(BaseModel):
         description=f"Users to look up, at most {MAX_BATCH}; answers come back in this order.",
         examples=[["7590-VHVEG", "5575-GNVDE"]],
     )
-    features: list[str] | None = Field(
+    features: list[Annotated[str, StringConstraints(max_length=MAX_FEATURE_NAME)]] | None = Field(
         default=None,
+        max_length=MAX_FEATURES,
         description="Features to return as view:feature (e.g. subs_profile_fv:contract_type); default: "
         f"every feature of the feature service {schema.FEATURE_SERVICE}.",
     )

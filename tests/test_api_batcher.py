@@ -117,3 +117,48 @@ def test_a_read_never_takes_more_than_max_keys_user_ids_but_always_one_request()
 def test_max_inflight_must_be_positive():
     with pytest.raises(ValueError, match="max_inflight"):
         LookupBatcher(RecordingReader(), max_inflight=0)  # type: ignore[arg-type]
+
+
+def test_a_full_queue_refuses_a_request_at_once_and_takes_requests_again_once_read():
+    from api.batcher import Overloaded
+
+    reader = RecordingReader()
+    batcher = LookupBatcher(reader, max_inflight=1, max_keys=4, max_waiting=5)  # type: ignore[arg-type]
+
+    async def main():
+        reader.gate.clear()
+        held = asyncio.ensure_future(batcher.lookup(["1000-HHHHH"], None))  # the read in flight
+        await asyncio.get_running_loop().run_in_executor(None, reader.entered.wait, 10)
+        waiting = [
+            asyncio.ensure_future(batcher.lookup([f"{i}100-WWWWW", f"{i}200-WWWWW"], None)) for i in (1, 2)
+        ]
+        await asyncio.sleep(0)  # 4 user ids wait
+        with pytest.raises(Overloaded, match="4 user ids already wait"):
+            await batcher.lookup(["3100-RRRRR", "3200-RRRRR"], None)  # 6 > 5: refused, not queued
+        fits = asyncio.ensure_future(batcher.lookup(["4100-FFFFF"], None))  # 5: taken
+        await asyncio.sleep(0)
+        reader.gate.set()
+        try:
+            answers = await asyncio.gather(held, *waiting, fits)
+            return answers, await batcher.lookup(["5100-AAAAA", "5200-AAAAA"], None)  # drained: taken
+        finally:
+            batcher.stop()
+
+    answers, after = run(main())
+    assert [r.user_id for r in answers[-1]] == ["4100-FFFFF"]
+    assert [r.user_id for r in after] == ["5100-AAAAA", "5200-AAAAA"]
+    assert batcher.refused == 1
+    assert not any("3100-RRRRR" in ids for ids, _ in reader.reads)  # the refused one never read
+
+
+def test_a_request_larger_than_the_bound_is_taken_when_it_waits_alone():
+    reader = RecordingReader()
+    batcher = LookupBatcher(reader, max_waiting=2)  # type: ignore[arg-type]
+
+    async def main():
+        try:
+            return await batcher.lookup([f"{i}000-LLLLL" for i in range(1, 6)], None)
+        finally:
+            batcher.stop()
+
+    assert len(run(main())) == 5
