@@ -777,3 +777,25 @@ def test_a_null_timestamp_value_is_no_value_not_a_500():
     assert decode_value(("unix_timestamp_val", null), "date") is None
     assert decode_value(("unix_timestamp_val", null), "timestamp") is None
     assert decode_value(("unix_timestamp_val", 1706659200), "date") == "2024-01-31"
+
+
+def test_a_huge_body_or_feature_list_is_refused_before_any_work_and_the_echo_stays_short(client, data):
+    r = client.post("/features", content=b'{"user_ids": ["' + b"x" * (50 * 1024 * 1024) + b'"]}')
+    assert r.status_code == 413 and r.json()["error"] == "too_large"
+    many = ["a:b"] * 100_000  # 600 KB of JSON: refused by size, not parsed
+    r = client.post("/features", json={"user_ids": data.users[:1], "features": many})
+    assert r.status_code == 413
+    body = assert_error(
+        client.post("/features", json={"user_ids": data.users[:1], "features": ["a:b"] * 300}),
+        422,
+        "invalid_request",
+    )
+    assert "256" in body["detail"]
+    unknown = [f"v:{i}" + "z" * 150 for i in range(200)]
+    body = assert_error(
+        client.post("/features", json={"user_ids": data.users[:1], "features": unknown}),
+        400,
+        "unknown_feature",
+    )
+    assert body["detail"].count("'v:") == 5 and len(body["detail"]) < 2000
+    assert client.get(f"/features/{data.users[0]}").status_code == 200  # the API still answers
