@@ -29,6 +29,7 @@ BENCHMARKS = [
     "freshness",
     "api_latency",
     "api_load",
+    "api_flood",
     "lag_sample",
     "offline_retrieval",
     "memory",
