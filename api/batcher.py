@@ -12,6 +12,11 @@ for nothing. While reads are running, requests that arrive wait for the next one
 every pending request (up to ``max_keys`` user ids) and answers them all with one query per
 feature selection. There is no timer: batching grows with load and costs no latency when idle.
 
+Small requests (at most ``small_keys`` user ids: a model server asking for one user) are never
+stuck behind large ones: a read takes the small requests first, and large requests may hold
+every read thread but one, so a burst of 1,000-id requests leaves one thread to the lookups of
+everyone else.
+
 The queue is bounded: when more than ``max_waiting`` user ids already wait for a read, a request
 is refused at once with :class:`Overloaded` (a 503 with ``Retry-After``) instead of adding to a
 backlog that every later request would wait behind.
@@ -34,6 +39,9 @@ from api.features import MAX_BATCH, FeatureReader, FeaturesUnavailable, UserResu
 log = logging.getLogger("api.batcher")
 
 Selection = tuple[str, ...] | None
+
+SMALL_KEYS = 10
+"""Requests of at most this many user ids are small (see the module)."""
 
 MAX_WAITING = 20 * MAX_BATCH
 """User ids that may wait for a read at most (by default): 20 full batches."""
@@ -66,6 +74,7 @@ class LookupBatcher:
         max_inflight: int = 2,
         max_keys: int = MAX_BATCH,
         max_waiting: int = MAX_WAITING,
+        small_keys: int = SMALL_KEYS,
     ):
         if max_inflight < 1:
             raise ValueError(f"max_inflight must be at least 1, got {max_inflight}")
@@ -73,6 +82,9 @@ class LookupBatcher:
         self.max_inflight = max_inflight
         self.max_keys = max(max_keys, 1)
         self.max_waiting = max(max_waiting, 1)
+        self.small_keys = small_keys
+        self._large_inflight = 0
+        """Reads running that carry a large request."""
         self._pending: list[_Pending] = []
         self._waiting = 0
         """User ids of the pending requests."""
@@ -110,27 +122,42 @@ class LookupBatcher:
             asyncio.get_running_loop().call_soon(self._launch)
         return await future
 
-    def _take(self) -> list[_Pending]:
-        """The oldest pending requests, up to ``max_keys`` user ids (always at least one request)."""
-        taken, keys = 0, 0
-        for pending in self._pending:
-            if taken and keys + len(pending.user_ids) > self.max_keys:
+    def _large_allowed(self) -> bool:
+        """Whether a read may carry a large request: one read thread stays for the small ones."""
+        return self.max_inflight == 1 or self._large_inflight < self.max_inflight - 1
+
+    def _take(self) -> tuple[list[_Pending], bool]:
+        """The next read: the oldest small requests, then (when allowed) the oldest large ones, up
+        to ``max_keys`` user ids but always at least one request; whether it carries a large one."""
+        large_allowed = self._large_allowed()
+        taken: list[_Pending] = []
+        keys, large = 0, False
+        for wanted_small in (True, False):
+            if not wanted_small and not large_allowed:
                 break
-            taken += 1
-            keys += len(pending.user_ids)
-        batch, self._pending = self._pending[:taken], self._pending[taken:]
+            for pending in self._pending:
+                if (len(pending.user_ids) <= self.small_keys) != wanted_small:
+                    continue
+                if taken and keys + len(pending.user_ids) > self.max_keys:
+                    break
+                taken.append(pending)
+                keys += len(pending.user_ids)
+                large = large or not wanted_small
+        chosen = {id(p) for p in taken}
+        self._pending = [p for p in self._pending if id(p) not in chosen]
         self._waiting -= keys
-        return batch
+        return taken, large
 
     def _launch(self) -> None:
         self._launch_due = False
-        batch = self._take()
+        batch, large = self._take()
         if not batch:
-            return
+            return  # only large requests wait, and the threads they may use are busy
         self._inflight += 1
-        asyncio.get_running_loop().create_task(self._run(batch))
+        self._large_inflight += large
+        asyncio.get_running_loop().create_task(self._run(batch, large))
 
-    async def _run(self, batch: list[_Pending]) -> None:
+    async def _run(self, batch: list[_Pending], large: bool = False) -> None:
         try:
             self.start()
             loop = asyncio.get_running_loop()
@@ -152,8 +179,12 @@ class LookupBatcher:
                         pending.future.set_result(answer)
         finally:
             self._inflight -= 1
-            if self._pending and self._inflight < self.max_inflight and not self._launch_due:
+            self._large_inflight -= large
+            while self._pending and self._inflight < self.max_inflight and not self._launch_due:
+                started = self._inflight
                 self._launch()
+                if self._inflight == started:  # nothing it may take now
+                    break
 
     def _read(self, selection: Selection, members: list[_Pending]) -> list[list[UserResult]]:
         """One read for every user of ``members`` (on a lookup thread)."""

@@ -162,3 +162,40 @@ def test_a_request_larger_than_the_bound_is_taken_when_it_waits_alone():
             batcher.stop()
 
     assert len(run(main())) == 5
+
+
+class BulkHoldingReader(RecordingReader):
+    """Reads of more than 10 user ids wait for the gate; smaller ones go through."""
+
+    def lookup(self, user_ids, selection=None):
+        self.reads.append((list(user_ids), None))
+        if len(user_ids) > 10:
+            self.entered.set()
+            assert self.gate.wait(10), "the test never opened the gate"
+        return [UserResult(u, True, {}) for u in user_ids]
+
+
+def test_small_lookups_are_not_stuck_behind_large_ones():
+    reader = BulkHoldingReader()
+    batcher = LookupBatcher(reader, max_inflight=2, max_keys=1000)  # type: ignore[arg-type]
+    bulk = [f"{i:04d}-BULKK" for i in range(500)]
+
+    async def main():
+        reader.gate.clear()
+        first = asyncio.ensure_future(batcher.lookup(bulk, None))  # holds one thread
+        await asyncio.get_running_loop().run_in_executor(None, reader.entered.wait, 10)
+        second = asyncio.ensure_future(batcher.lookup(bulk[:300], None))  # may not take the last thread
+        small = asyncio.ensure_future(batcher.lookup(["1234-SMALL"], None))
+        answer = await asyncio.wait_for(small, 5)  # answered while both large ones wait
+        held = [len(ids) for ids, _ in reader.reads]
+        reader.gate.set()
+        try:
+            await asyncio.gather(first, second)
+            return answer, held
+        finally:
+            batcher.stop()
+
+    answer, held = run(main())
+    assert [r.user_id for r in answer] == ["1234-SMALL"]
+    assert held == [500, 1]  # the second large request had not been read yet
+    assert sorted(len(ids) for ids, _ in reader.reads) == [1, 300, 500]
