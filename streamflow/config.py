@@ -11,9 +11,8 @@ came from; the table of variables in docs/reference/configuration.md is generate
 set them per test), otherwise the last one is returned. A bad value raises :class:`ConfigError`
 (exit code 2) with one line naming the variable and what it expects.
 
-Importing this module also fills in the defaults in ``os.environ`` for the variables that
-``feature_repo/feature_store.yaml`` expands (:func:`export_defaults_for_feast_yaml`), so Feast
-sees the same values as our own code.
+Importing this module changes nothing in ``os.environ``; :func:`use_role` is the one function
+that sets a variable (for the processes an entry point starts).
 """
 
 from __future__ import annotations
@@ -708,46 +707,13 @@ def feast_project() -> str:
     return settings().feast.project
 
 
-# -- the environment Feast's yaml expands (to be dropped once feature_store.yaml no longer does) -----
-
-FEAST_YAML_VARIABLES = (
-    "POSTGRES_HOST",
-    "POSTGRES_PORT",
-    "POSTGRES_DB",
-    "POSTGRES_USER",
-    "POSTGRES_PASSWORD",
-    "FEAST_PROJECT",
-)
-"""What ``feature_repo/feature_store.yaml`` expands with ``${...}`` from ``os.environ``."""
-
-_EXPORTED: dict[str, str] = {}
-"""The defaults :func:`export_defaults_for_feast_yaml` put into os.environ (they are still defaults)."""
-
-
-def export_defaults_for_feast_yaml() -> None:
-    """Put the defaults of the variables ``feature_store.yaml`` expands into ``os.environ`` where
-    they are unset or empty, so Feast sees the same values as :func:`settings`. Called on import;
-    drop it (and its call below) once the yaml no longer reads ``${...}`` from the environment."""
-    for name in FEAST_YAML_VARIABLES:
-        if not os.environ.get(name):
-            os.environ[name] = _env_text(default(name))
-            _EXPORTED[name] = os.environ[name]
-
-
-def _env_text(value: Any) -> str:
-    return value.get_secret_value() if isinstance(value, SecretStr) else str(value)
-
-
-export_defaults_for_feast_yaml()
-
-
 # -- streamflow config ------------------------------------------------------------------------------
 
 
 def source(name: str) -> str:
     """Where a variable's value comes from: ``environment`` or ``default``."""
     value = os.environ.get(name)
-    if not value or _EXPORTED.get(name) == value:
+    if not value:
         return "default"
     return "environment"
 

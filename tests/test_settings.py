@@ -5,6 +5,7 @@ carry any password to a real PostgreSQL."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import re
@@ -188,16 +189,38 @@ def test_the_kafka_settings_come_from_the_settings(clean_env):
     assert k.bootstrap_servers == "other:1"
 
 
-def test_the_defaults_feast_yaml_expands_are_put_into_the_environment(monkeypatch):
-    monkeypatch.setattr(config, "_EXPORTED", {})
+def test_importing_the_settings_or_any_command_changes_no_environment_variable():
+    """Only entry points set variables (config.use_role); importing a module sets none."""
+    code = (
+        "import os, importlib; before = dict(os.environ); "
+        "from streamflow.cli import COMMANDS; "
+        "[importlib.import_module(m) for m, _, _ in COMMANDS.values()]; "
+        "import streamflow.feature_store, api.app; "
+        "changed = {k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)}; "
+        "print(sorted(changed))"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "FEAST_", "STREAMFLOW_"))}
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code],
+        cwd=config.REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    # Feast's own import sets these (feast/metrics.py), whoever imports it
+    feast_sets = {"PROMETHEUS_MULTIPROCESS_DIR", "PROMETHEUS_MULTIPROC_DIR"}
+    changed = set(ast.literal_eval(result.stdout.strip()))
+    assert changed <= feast_sets, changed - feast_sets
+
+
+def test_a_variable_unset_or_empty_is_reported_as_the_default(monkeypatch):
     monkeypatch.delenv("POSTGRES_HOST", raising=False)
     monkeypatch.setenv("POSTGRES_PASSWORD", "")
     monkeypatch.setenv("FEAST_PROJECT", "mine")
-    config.export_defaults_for_feast_yaml()
-    assert os.environ["POSTGRES_HOST"] == "127.0.0.1" and os.environ["POSTGRES_PASSWORD"] == "streamflow"
-    assert os.environ["FEAST_PROJECT"] == "mine"
-    # a default put there is still reported as the default
-    assert config.source("POSTGRES_HOST") == "default" and config.source("FEAST_PROJECT") == "environment"
+    assert config.source("POSTGRES_HOST") == "default" and config.source("POSTGRES_PASSWORD") == "default"
+    assert config.source("FEAST_PROJECT") == "environment"
 
 
 # -- bad values -----------------------------------------------------------------------------------
