@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from pathlib import Path
 
 os.environ.setdefault("POSTGRES_DB", "streamflow_test")
 os.environ["POSTGRES_DB"] = os.environ.get("STREAMFLOW_TEST_DB", "streamflow_test")
@@ -68,3 +69,19 @@ def fresh(monkeypatch, pg_settings, kafka_bootstrap):
     ensure_topics(table_topics() + [dead_letter_topic()], partitions=4)
     yield f"{prefix}-group"
     pipeline.delete_topics(prefix)
+
+
+UNIT_FILES = {
+    line.strip()
+    for line in (Path(__file__).parent / "unit_tests.txt").read_text().splitlines()
+    if line.strip() and not line.startswith("#")
+}
+"""The test files that need no service (tests/unit_tests.txt)."""
+
+
+def pytest_collection_modifyitems(items):
+    """Mark every test ``unit`` or ``integration`` by its file (``pytest -m unit``: no services)."""
+    root = Path(__file__).parent.parent
+    for item in items:
+        relative = Path(str(item.fspath)).resolve().relative_to(root).as_posix()
+        item.add_marker(pytest.mark.unit if relative in UNIT_FILES else pytest.mark.integration)
