@@ -370,6 +370,22 @@ logger.groups.level = INFO
 CONF
 }
 
+# Run java with the main class and its arguments in an argument file (mode 600, removed after):
+# a password among them never shows in the process's arguments (ps, /proc/PID/cmdline).
+# $1: the file; then the JVM options, `--`, the main class and its arguments.
+java_with_argfile() {
+  local file=$1 a opts=(); shift
+  while [ "$1" != -- ]; do opts+=("$1"); shift; done; shift
+  (
+    umask 077
+    for a in "$@"; do a=${a//\\/\\\\}; a=${a//\"/\\\"}; printf '"%s"\n' "$a"; done >"$file"
+  )
+  local rc=0
+  java "${opts[@]}" "@$file" || rc=$?
+  rm -f "$file"
+  return "$rc"
+}
+
 # Format node N's storage (once). $2: the extra StorageTool arguments (quorum bootstrap).
 # KAFKA_SASL=1 adds the SCRAM user to the metadata log (--add-scram) and notes it in
 # $NODE_DIR/sasl.user, checked at every later start (node_check_sasl).
@@ -378,7 +394,7 @@ node_format() {
   node_env "$n"
   local scram=()
   [ "$KAFKA_SASL" = 1 ] && scram=(--add-scram "$SASL_MECHANISM=[name=$KAFKA_SASL_USERNAME,password=$KAFKA_SASL_PASSWORD]")
-  java -cp "$KAFKA_LIB/*" -Dlog4j2.configurationFile="$NODE_LOG4J" \
+  java_with_argfile "$NODE_DIR/format.args" -cp "$KAFKA_LIB/*" -Dlog4j2.configurationFile="$NODE_LOG4J" -- \
     kafka.tools.StorageTool format -t "$cid" -c "$NODE_CONF" "$@" "${scram[@]}" >"$NODE_LOGS/format.log" 2>&1 \
     || die "formatting Kafka storage of node $NODE_ID failed; see $NODE_LOGS/format.log"
   if [ "$KAFKA_SASL" = 1 ]; then sasl_mark >"$NODE_DIR/sasl.user"; else rm -f "$NODE_DIR/sasl.user"; fi

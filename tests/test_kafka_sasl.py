@@ -167,3 +167,35 @@ def test_a_wrong_password_is_one_clear_line_and_writes_nothing(sasl_env, snapsho
     assert set(pipeline.end_offsets(table_topics() + [dead_letter_topic()]).values()) == {0}
     assert set(rows_written().values()) == {0}
     assert pipeline.committed_offsets(group) == {}
+
+
+def test_the_scram_password_is_in_no_process_arguments(tmp_path, monkeypatch):
+    """services.sh formats a SASL broker's storage with the SCRAM user in a java argument file
+    (mode 600, removed after): a `java` first on the PATH logs every argument list it is given."""
+    shims = tmp_path / "bin"
+    shims.mkdir()
+    calls = tmp_path / "java-calls"
+    real_java = subprocess.run(
+        ["bash", "-c", "command -v java"], capture_output=True, text=True
+    ).stdout.strip()
+    (shims / "java").write_text(
+        f'#!/bin/bash\nprintf "%s\\n" "$*" >>{calls}\nfor a in "$@"; do case $a in @*) '
+        f'ls -l "${{a#@}}" >>{calls}.files;; esac; done\nexec {real_java} "$@"\n'
+    )
+    (shims / "java").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}:{os.environ['PATH']}")
+    password = f"pw-{uuid.uuid4().hex}"
+    broker = SingleBroker(29392, tmp_path / "state", sasl=("argfile-test", password))
+    wait_until(lambda: not broker.ports_in_use(), 300, "ports 29392/29393 free")
+    try:
+        broker.up()
+        with kafka_clients.admin_session("test-sasl-argfile", kafka=broker.settings()) as admin:
+            admin.list_topics()  # the user the storage was formatted with logs in
+        logged = calls.read_text()
+        assert "StorageTool" not in logged  # the format's main class and arguments came from a file
+        assert "@" in logged and password not in logged
+        assert "-rw-------" in (tmp_path / "java-calls.files").read_text()
+        assert not list((tmp_path / "state").rglob("format.args"))  # removed after the format
+    finally:
+        broker.close_admin()
+        broker.run("reset-kafka", check=False)
