@@ -36,7 +36,7 @@ COMMANDS = {
     "rewind": ("streamflow.lag.rewind", "main", "move a stopped group back on purpose (reported as REPLAY)"),
     "dead-letters": ("streamflow.dead_letters.cli", "main", "list, show and re-drive dead letters"),
     "api": ("api.main", "main", "serve the online feature API"),
-    "config": ("streamflow.config", "main", "print the settings in effect (--json); secrets masked"),
+    "config": ("streamflow.config_cli", "main", "print the settings in effect (--json); secrets masked"),
 }
 
 

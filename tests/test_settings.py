@@ -20,7 +20,7 @@ from psycopg import sql
 from pydantic import SecretStr
 from pydantic_core import PydanticUndefined
 
-from streamflow import cli, config, kafka_clients
+from streamflow import cli, config, config_cli, kafka_clients
 
 REFERENCE = config.REPO_ROOT / "docs" / "reference" / "configuration.md"
 TABLE_START = "<!-- settings table"
@@ -367,22 +367,22 @@ def test_the_configuration_reference_lists_every_variable_with_its_default():
         rows[match.group(1)] = match.group(2), match.group(3)
     missing = [v.name for v in config.variables() if v.name not in rows]
     unknown = [name for name in rows if name not in config.VARIABLES]
-    assert missing == [] and unknown == [], "regenerate it: python -m streamflow.config --markdown"
+    assert missing == [] and unknown == [], "regenerate it: python -m streamflow.config_cli --markdown"
     for var in config.variables():
-        assert rows[var.name] == (config.markdown_default(var.default), var.description), var.name
-    assert readme_table() == config.markdown_table()
+        assert rows[var.name] == (config_cli.markdown_default(var.default), var.description), var.name
+    assert readme_table() == config_cli.markdown_table()
 
 
 def test_the_markdown_table_is_what_python_m_streamflow_config_prints():
     result = subprocess.run(
-        [sys.executable, "-m", "streamflow.config", "--markdown"],
+        [sys.executable, "-m", "streamflow.config_cli", "--markdown"],
         cwd=config.REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=60,
         check=True,
     )
-    assert result.stdout == config.markdown_table()
+    assert result.stdout == config_cli.markdown_table()
 
 
 # -- connection strings with any password --------------------------------------------------------
