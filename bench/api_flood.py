@@ -24,7 +24,6 @@ import http.client
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import threading
@@ -35,18 +34,13 @@ from bench import (
     common,  # noqa: I001  (first: sets the benchmark environment)
     verify,
 )
+from streamflow.net import free_port
 
 NAME = "api_flood"
 DEFAULT_USERS = 7043
 VICTIMS, VICTIM_RATE = 5, 20.0
 FLOODERS, FLOOD_IDS = 4, 1000
 HUGE_BYTES = 50 * 1024 * 1024
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start_api(port: int, user: str) -> subprocess.Popen:
@@ -164,7 +158,7 @@ def run(args) -> dict:
     verify.prepare(users_count)  # both months loaded and materialized online
     with common.connect() as conn:
         users = [r[0] for r in conn.execute("SELECT DISTINCT user_id FROM users_snapshots")]
-    port = _free_port()
+    port = free_port()
     proc = _start_api(port, users[0])
     try:
         alone = _phase(port, users, seconds, flood=False)

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -36,6 +35,7 @@ from bench import (
     verify,
 )
 from bench.consumer_e2e import produce
+from streamflow.net import free_port
 
 NAME = "startup"
 RUNS = 3
@@ -64,15 +64,9 @@ def median(measure, runs: int = RUNS) -> dict:
     return {"median": statistics.median(times), "runs": times}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def api_first_200(user: str) -> float:
     """Seconds from ``streamflow api``'s start to its first 200 for one user's features."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}/features/{user}"
     started = time.perf_counter()
     proc = subprocess.Popen(
