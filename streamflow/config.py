@@ -75,6 +75,7 @@ class _Group(BaseSettings):
 
 
 DbRole = Literal["owner", "consumer", "api"]
+SslMode = Literal["disable", "allow", "prefer", "require", "verify-ca", "verify-full"]
 DB_ROLES: tuple[DbRole, ...] = ("owner", "consumer", "api")
 
 
@@ -135,6 +136,16 @@ class Postgres(_Group):
         SecretStr("streamflow_api"),
         "password of the API's role (`apply` sets it; shown masked)",
     )
+    sslmode: SslMode = var(
+        "POSTGRES_SSLMODE",
+        "disable",
+        "libpq sslmode of every connection: disable, allow, prefer, require, verify-ca or verify-full",
+    )
+    sslrootcert: str | None = var(
+        "POSTGRES_SSLROOTCERT",
+        None,
+        "file of the CA certificates that verify the server (verify-ca, verify-full); unset: libpq's default",
+    )
     role: DbRole = var(
         "STREAMFLOW_DB_ROLE",
         "owner",
@@ -156,6 +167,14 @@ class Postgres(_Group):
         user, password = self.credentials(role)
         return self.model_copy(update={"user": user, "password": password, "role": role})
 
+    def tls(self) -> dict[str, str]:
+        """The libpq TLS parameters (``sslmode`` and, when set, ``sslrootcert``), the same for
+        every connection: psycopg, SQLAlchemy, Feast's stores and its registry."""
+        out: dict[str, str] = {"sslmode": self.sslmode}
+        if self.sslrootcert:
+            out["sslrootcert"] = self.sslrootcert
+        return out
+
     def conninfo_kwargs(self) -> dict[str, Any]:
         return dict(
             host=self.host,
@@ -163,7 +182,7 @@ class Postgres(_Group):
             dbname=self.database,
             user=self.user,
             password=self.password.get_secret_value(),
-            sslmode="disable",
+            **self.tls(),
         )
 
     @property
@@ -186,7 +205,7 @@ class Postgres(_Group):
             host=self.host,
             port=self.port,
             database=self.database,
-            query={"sslmode": "disable"},
+            query=self.tls(),
         )
 
     def with_database(self, database: str) -> Postgres:

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 import pandas as pd
 import pytest
 from feast.errors import FeastError
+from sqlalchemy.engine import make_url
 from starlette.exceptions import HTTPException
 
 from streamflow import contract, schema
@@ -63,6 +64,7 @@ def test_registry_url_fills_in_what_it_leaves_out(monkeypatch):
         "p@ss:w/rd",
     )
     assert url.query == {"sslmode": "disable"} and url.drivername == "postgresql+psycopg"
+    assert settings.registry_url("postgresql+psycopg://").query == {"sslmode": "disable"}
     explicit = settings.registry_url("postgresql+psycopg://u:x@other:1/reg")
     assert (explicit.host, explicit.port, explicit.database, explicit.username, explicit.password) == (
         "other",
@@ -71,6 +73,26 @@ def test_registry_url_fills_in_what_it_leaves_out(monkeypatch):
         "u",
         "x",
     )
+
+
+def test_tls_settings_reach_the_stores_and_the_registry(monkeypatch):
+    """POSTGRES_SSLMODE and POSTGRES_SSLROOTCERT reach every connection Feast makes: both store
+    configs (what Feast's _get_conn_kwargs hands psycopg) and the registry's URL; a value the
+    registry URL gives itself wins."""
+    from feast.infra.utils.postgres.connection_utils import _get_conn_kwargs
+
+    monkeypatch.setenv("POSTGRES_SSLMODE", "verify-full")
+    monkeypatch.setenv("POSTGRES_SSLROOTCERT", "/etc/ssl/ca.pem")
+    store = open_store()
+    for section in (store.config.online_store, store.config.offline_store):
+        kwargs = _get_conn_kwargs(section)
+        assert (kwargs["sslmode"], kwargs["sslrootcert"]) == ("verify-full", "/etc/ssl/ca.pem")
+    assert make_url(store.config.registry.path).query == {
+        "sslmode": "verify-full",
+        "sslrootcert": "/etc/ssl/ca.pem",
+    }
+    own = settings.registry_url("postgresql+psycopg://?sslmode=require")
+    assert own.query == {"sslmode": "require", "sslrootcert": "/etc/ssl/ca.pem"}
 
 
 def test_any_password_survives_the_registry_url(monkeypatch):

@@ -85,6 +85,8 @@ SAMPLES = {
     "POSTGRES_CONSUMER_PASSWORD": ("s3cret-w", "s3cret-w"),
     "POSTGRES_API_USER": ("reader", "reader"),
     "POSTGRES_API_PASSWORD": ("s3cret-r", "s3cret-r"),
+    "POSTGRES_SSLMODE": ("verify-full", "verify-full"),
+    "POSTGRES_SSLROOTCERT": ("/etc/ssl/ca.pem", "/etc/ssl/ca.pem"),
     "STREAMFLOW_DB_ROLE": ("api", "api"),
     "KAFKA_BOOTSTRAP_SERVERS": ("k1:9092,k2:9092", "k1:9092,k2:9092"),
     "STREAMFLOW_KAFKA_CLIENT_ID": ("me", "me"),
@@ -416,6 +418,26 @@ def test_conninfo_and_url_carry_any_password_exactly(clean_env):
         "d b/1",
     )
     assert url.query == {"sslmode": "disable"}
+
+
+def test_tls_settings_reach_psycopg_and_sqlalchemy(monkeypatch):
+    from psycopg.conninfo import conninfo_to_dict
+    from sqlalchemy.engine import make_url
+
+    monkeypatch.setenv("POSTGRES_SSLMODE", "verify-full")
+    monkeypatch.setenv("POSTGRES_SSLROOTCERT", "/etc/ssl/my ca.pem")
+    for role in config.DB_ROLES:
+        pg = config.settings().postgres.for_role(role)
+        parsed = conninfo_to_dict(pg.conninfo)
+        assert (parsed["sslmode"], parsed["sslrootcert"]) == ("verify-full", "/etc/ssl/my ca.pem")
+        url = make_url(pg.sqlalchemy_url.render_as_string(hide_password=False))
+        assert url.query == {"sslmode": "verify-full", "sslrootcert": "/etc/ssl/my ca.pem"}
+
+
+def test_a_bad_sslmode_is_refused_naming_the_variable(monkeypatch):
+    monkeypatch.setenv("POSTGRES_SSLMODE", "sometimes")
+    with pytest.raises(config.ConfigError, match="POSTGRES_SSLMODE"):
+        config.settings()
 
 
 def admin_connection(settings: config.Postgres) -> psycopg.Connection:

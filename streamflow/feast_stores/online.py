@@ -169,6 +169,7 @@ def _pool_key(config) -> tuple:
         config.user,
         config.password,
         config.sslmode,
+        config.sslrootcert_path,
         config.min_conn,
         config.max_conn,
     )

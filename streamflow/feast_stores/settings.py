@@ -9,7 +9,8 @@ what we use instead:
 * **Store config classes.** Feast imports the online and offline store named by ``type:`` and
   builds its ``<Store>Config`` pydantic class from the yaml section. Ours
   (``StreamflowOnlineStoreConfig``, ``StreamflowOfflineStoreConfig``) give host, port, database,
-  user and password defaults from :func:`database` (the ``DatabaseDefaults`` fields below), so
+  user and password defaults from :func:`database`, and ``sslmode`` and ``sslrootcert_path`` from
+  :func:`tls` (the ``DatabaseDefaults`` fields below), so
   the yaml names none of them.
 * **The SQL registry's engine.** Feast's ``registry_type: sql`` is fixed (0.67 resolves no custom
   registry class by import path), but it hands ``sqlalchemy_config_kwargs`` to SQLAlchemy's
@@ -39,7 +40,7 @@ from sqlalchemy.engine import URL, CreateEnginePlugin, make_url
 from streamflow import config
 from streamflow.errors import StreamflowError
 
-# --- the one place that reads streamflow.config (the two functions below) --------------------
+# --- the one place that reads streamflow.config (the functions below) ------------------------
 
 
 def database() -> dict:
@@ -57,6 +58,13 @@ def database() -> dict:
     }
 
 
+def tls() -> dict:
+    """``sslmode`` and ``sslrootcert_path`` (Feast's names for libpq's ``sslmode`` and
+    ``sslrootcert``) of every connection: POSTGRES_SSLMODE and POSTGRES_SSLROOTCERT."""
+    pg = config.postgres()
+    return {"sslmode": pg.sslmode, "sslrootcert_path": pg.sslrootcert}
+
+
 def project() -> str:
     """The Feast project StreamFlow works on."""
     return config.feast_project()
@@ -67,6 +75,10 @@ def project() -> str:
 
 def _setting(name: str):
     return Field(default_factory=lambda: database()[name])
+
+
+def _tls_setting(name: str):
+    return Field(default_factory=lambda: tls()[name])
 
 
 class DatabaseDefaults(BaseModel):
@@ -81,12 +93,14 @@ class DatabaseDefaults(BaseModel):
     database: StrictStr = _setting("database")
     user: StrictStr = _setting("user")
     password: StrictStr = _setting("password")
+    sslmode: StrictStr | None = _tls_setting("sslmode")
+    sslrootcert_path: StrictStr | None = _tls_setting("sslrootcert_path")
 
 
 def connection_fields() -> dict:
-    """host, port, database, user and password as a stock PostgreSQL store section wants them
-    (for a stock-class store next to ours, as the tests and benchmarks build)."""
-    return database()
+    """host, port, database, user, password and the TLS fields as a stock PostgreSQL store section
+    wants them (for a stock-class store next to ours, as the tests and benchmarks build)."""
+    return {**database(), **tls()}
 
 
 # --- the registry's engine ---------------------------------------------------------------------
@@ -96,16 +110,19 @@ PLUGIN = "streamflow"
 
 
 def registry_url(url: str | URL) -> URL:
-    """The registry URL with what it leaves out (host, port, database, user, password) filled in."""
+    """The registry URL with what it leaves out (host, port, database, user, password, and the
+    query parameters ``sslmode`` and ``sslrootcert``) filled in."""
     url = make_url(url)
     db = database()
+    given = tls()
+    query = {"sslmode": given["sslmode"], "sslrootcert": given["sslrootcert_path"]}
     return url.set(
         host=url.host or db["host"],
         port=url.port or db["port"],
         database=url.database or db["database"],
         username=url.username or db["user"],
         password=url.password if url.password is not None else db["password"],
-    )
+    ).update_query_dict({k: v for k, v in query.items() if v and k not in url.query})
 
 
 class RegistryDatabase(CreateEnginePlugin):
