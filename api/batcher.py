@@ -30,15 +30,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from api.features import MAX_BATCH, FeatureReader, FeaturesUnavailable, UserResult
 
 log = logging.getLogger("api.batcher")
 
 Selection = tuple[str, ...] | None
+R = TypeVar("R")
 
 SMALL_KEYS = 10
 """Requests of at most this many user ids are small (see the module)."""
@@ -63,6 +65,12 @@ class _Pending:
     user_ids: Sequence[str]
     selection: Selection
     future: asyncio.Future = field(repr=False)
+    render: Callable[[list[UserResult]], Any] | None = field(default=None, repr=False)
+
+
+@dataclass
+class _RenderFailed:
+    error: Exception
 
 
 class LookupBatcher:
@@ -111,11 +119,28 @@ class LookupBatcher:
         """Features of each user, in the order asked; raises what FeatureReader.lookup raises, and
         :class:`Overloaded` when ``max_waiting`` user ids already wait (a request alone in the queue
         is always taken)."""
+        return await self._submit(user_ids, selection, None)
+
+    async def lookup_rendered(
+        self,
+        user_ids: Sequence[str],
+        selection: Sequence[str] | None,
+        render: Callable[[list[UserResult]], R],
+    ) -> R:
+        """``render(await lookup(user_ids, selection))``, with ``render`` run on the lookup thread
+        right after the read: a large answer is built (and serialized) off the event loop, so the
+        loop stays free for other requests. Raises what :meth:`lookup` raises, and what ``render``
+        raises."""
+        return await self._submit(user_ids, selection, render)
+
+    async def _submit(self, user_ids: Sequence[str], selection: Sequence[str] | None, render) -> Any:
         if self._pending and self._waiting + len(user_ids) > self.max_waiting:
             self.refused += 1
             raise Overloaded(self._waiting, self.max_waiting)
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Pending(user_ids, tuple(selection) if selection is not None else None, future))
+        self._pending.append(
+            _Pending(user_ids, tuple(selection) if selection is not None else None, future, render)
+        )
         self._waiting += len(user_ids)
         if self._inflight < self.max_inflight and not self._launch_due:
             self._launch_due = True
@@ -175,7 +200,11 @@ class LookupBatcher:
                 self.reads += 1
                 self.requests += len(members)
                 for pending, answer in zip(members, answers):
-                    if not pending.future.done():  # (a client that went away cancelled it)
+                    if pending.future.done():  # (a client that went away cancelled it)
+                        continue
+                    if isinstance(answer, _RenderFailed):
+                        pending.future.set_exception(answer.error)
+                    else:
                         pending.future.set_result(answer)
         finally:
             self._inflight -= 1
@@ -186,10 +215,22 @@ class LookupBatcher:
                 if self._inflight == started:  # nothing it may take now
                     break
 
-    def _read(self, selection: Selection, members: list[_Pending]) -> list[list[UserResult]]:
-        """One read for every user of ``members`` (on a lookup thread)."""
+    def _read(self, selection: Selection, members: list[_Pending]) -> list[Any]:
+        """One read for every user of ``members``, then each member's ``render`` of its users (on a
+        lookup thread)."""
         if len(members) == 1:
-            return [self.reader.lookup(members[0].user_ids, selection)]
-        everyone = list(dict.fromkeys(u for pending in members for u in pending.user_ids))
-        by_user = {r.user_id: r for r in self.reader.lookup(everyone, selection)}
-        return [[by_user[u] for u in pending.user_ids] for pending in members]
+            answers = [self.reader.lookup(members[0].user_ids, selection)]
+        else:
+            everyone = list(dict.fromkeys(u for pending in members for u in pending.user_ids))
+            by_user = {r.user_id: r for r in self.reader.lookup(everyone, selection)}
+            answers = [[by_user[u] for u in pending.user_ids] for pending in members]
+        out: list[Any] = []
+        for pending, answer in zip(members, answers):
+            if pending.render is None:
+                out.append(answer)
+                continue
+            try:
+                out.append(pending.render(answer))
+            except Exception as exc:  # noqa: BLE001 - this request's failure, not its neighbours'
+                out.append(_RenderFailed(exc))
+        return out

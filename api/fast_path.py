@@ -9,7 +9,7 @@ request itself and hands every other request, unchanged, to FastAPI:
 * ``GET /features/{user_id}`` where the id keeps the registry's contract (``schema.KEY_COLUMN``)
   and the query string is empty or exactly one ``features=...``: answered here, through the
   same :class:`api.batcher.LookupBatcher`, the same selection parser, the same JSON shape
-  (:func:`api.feature_routes.user_json`) and the same error bodies (400, 404, 503);
+  (:func:`api.feature_routes.user_body`) and the same error bodies (400, 404, 503);
 * anything else (another method or path, a malformed id, other query parameters): FastAPI's
   route, which stays the reference and the OpenAPI description. tests/test_api_fast_path.py
   checks that both give byte-identical answers to the same requests.
@@ -24,7 +24,7 @@ from urllib.parse import unquote_plus
 
 import orjson
 
-from api.feature_routes import not_found_detail, user_json
+from api.feature_routes import not_found_detail, user_body
 from api.features import FeaturesUnavailable, UnknownFeatures, parse_selection
 from streamflow import contract, schema
 
@@ -93,6 +93,7 @@ class FeatureFastPath:
     async def _answer(self, user_id: str, selection: list[str] | None, send) -> None:
         state = self.state
         extra: tuple[tuple[bytes, bytes], ...] = ()
+        body: bytes | dict[str, str]
         try:
             [result] = await state.batcher.lookup([user_id], selection)
         except UnknownFeatures as exc:
@@ -103,10 +104,10 @@ class FeatureFastPath:
         else:
             state.metrics.users.labels("found" if result.found else "not_found").inc()
             if result.found:
-                status, body = 200, user_json(result)
+                status, body = 200, user_body(result)
             else:
                 status = 404
                 body = {"error": "not_found", "detail": not_found_detail(user_id, selection is not None)}
-        payload = orjson.dumps(body)
+        payload = body if isinstance(body, bytes) else orjson.dumps(body)
         await send({"type": "http.response.start", "status": status, "headers": _headers(payload, extra)})
         await send({"type": "http.response.body", "body": payload})

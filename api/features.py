@@ -234,6 +234,9 @@ def decode_value(element: Element | None, kind: str) -> JSONValue:
 
 @dataclass
 class ViewResult:
+    """One view of one user, as models.ViewFeatures (same fields, same order: the API writes it to
+    JSON as it is). ``event_timestamp`` is in UTC."""
+
     found: bool
     event_timestamp: datetime | None
     age_seconds: float | None
@@ -242,6 +245,8 @@ class ViewResult:
 
 @dataclass
 class UserResult:
+    """One user, as models.UserFeatures (same fields, same order)."""
+
     user_id: str
     found: bool
     views: dict[str, ViewResult]
@@ -391,6 +396,8 @@ class FeatureReader:
                     views[spec.name] = ViewResult(False, None, None, {})
                     continue
                 any_found = True
+                if event_ts is not None and event_ts.utcoffset():
+                    event_ts = event_ts.astimezone(timezone.utc)
                 views[spec.name] = ViewResult(
                     True,
                     event_ts,

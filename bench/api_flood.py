@@ -12,6 +12,9 @@ measured twice, ``--seconds`` each:
 * while 4 flooders send ``POST /features`` with 1,000 user ids each as fast as they can, and one
   more sends 50 MB bodies over and over (answered 413 before they are read).
 
+The flooders run in a process of their own, so that the victims' latencies are the server's and
+not the wait for the client process's own interpreter lock (reading the flood's 1 MB answers).
+
 Reported: the victims' p50 and p99 in both phases, their non-200 answers, and the flooders'
 answers by status (200, 413, and 503 from the bounded lookup queue). All of it shares the
 machine's cores with the server and PostgreSQL.
@@ -123,24 +126,41 @@ def _huge(port: int, until: float, answers: Counter) -> None:
             conn.close()
 
 
+def _flood(port: int, users: list[str], until: float, results) -> None:
+    """The flooders and the huge-body sender, as threads of one process; their answers to ``results``."""
+    answers: Counter = Counter()
+    threads = [threading.Thread(target=_flooder, args=(port, users, until, answers)) for _ in range(FLOODERS)]
+    threads.append(threading.Thread(target=_huge, args=(port, until, answers)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    results.put(dict(answers))
+
+
 def _phase(port: int, users: list[str], seconds: float, flood: bool) -> dict:
-    until = time.monotonic() + seconds
+    import multiprocessing
+
+    until = time.monotonic() + seconds  # (monotonic: the same clock in a forked process)
     latencies: list[list[float]] = [[] for _ in range(VICTIMS)]
     bad: Counter = Counter()
     flood_answers: Counter = Counter()
     threads = [
         threading.Thread(target=_victim, args=(port, users, until, latencies[i], bad)) for i in range(VICTIMS)
     ]
+    flooders = None
     if flood:
-        threads += [
-            threading.Thread(target=_flooder, args=(port, users, until, flood_answers))
-            for _ in range(FLOODERS)
-        ]
-        threads.append(threading.Thread(target=_huge, args=(port, until, flood_answers)))
+        context = multiprocessing.get_context("fork")
+        results = context.Queue()
+        flooders = context.Process(target=_flood, args=(port, users, until, results))
+        flooders.start()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
+    if flooders is not None:
+        flood_answers.update(results.get(timeout=120))
+        flooders.join(timeout=30)
     everyone = sorted(x for lat in latencies for x in lat)
     q = statistics.quantiles(everyone, n=100) if len(everyone) > 1 else [float("nan")] * 99
     return {

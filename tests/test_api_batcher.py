@@ -199,3 +199,35 @@ def test_small_lookups_are_not_stuck_behind_large_ones():
     assert [r.user_id for r in answer] == ["1234-SMALL"]
     assert held == [500, 1]  # the second large request had not been read yet
     assert sorted(len(ids) for ids, _ in reader.reads) == [1, 300, 500]
+
+
+def test_a_rendered_lookup_is_rendered_on_the_lookup_thread_and_a_failed_render_fails_only_its_request():
+    reader = RecordingReader()
+    batcher = LookupBatcher(reader)  # type: ignore[arg-type]
+    loop_thread = threading.current_thread()
+    rendered_on: list[threading.Thread] = []
+
+    def render(results):
+        rendered_on.append(threading.current_thread())
+        return ",".join(r.user_id for r in results).encode()
+
+    def broken(results):
+        raise ValueError("cannot render")
+
+    async def main():
+        try:
+            return await asyncio.gather(
+                batcher.lookup_rendered(["1111-AAAAA", "2222-BBBBB"], None, render),
+                batcher.lookup_rendered(["3333-CCCCC"], None, broken),
+                batcher.lookup(["4444-DDDDD"], None),
+                return_exceptions=True,
+            )
+        finally:
+            batcher.stop()
+
+    rendered, failed, plain = run(main())
+    assert len(reader.reads) == 1  # one read for all three
+    assert rendered == b"1111-AAAAA,2222-BBBBB"
+    assert isinstance(failed, ValueError) and str(failed) == "cannot render"
+    assert [r.user_id for r in plain] == ["4444-DDDDD"]
+    assert rendered_on and all(t is not loop_thread and t.name.startswith("api-lookup") for t in rendered_on)
