@@ -2,6 +2,9 @@
 
     GET  /features/{user_id}   every feature of the churn feature service, by view, with freshness
     POST /features             the same for up to 1,000 users, in request order
+    GET  /predict/{user_id}    the user's churn probability from the champion model (MLflow), the
+                               model's name and version, and the features it read with their age
+    POST /predict              the same for up to 1,000 users, in request order
     GET  /health               liveness (the process answers)
     GET  /ready                PostgreSQL and the Feast registry answer (503 naming the failing part)
     GET  /metrics              Prometheus: requests and latency per route template and status,
@@ -40,12 +43,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.concurrency import run_in_threadpool
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info, generate_latest
 from starlette.types import ASGIApp
 
-from api import feature_routes, health_routes, lag_routes
+from api import feature_routes, health_routes, lag_routes, predict_routes
 from api.auth import BearerAuth
 from api.batcher import LookupBatcher
+from api.drift_gauges import DriftGauges
 from api.errors import add_exception_handlers, error
 from api.fast_path import FeatureFastPath
 from api.features import FeatureReader
@@ -57,6 +61,9 @@ from streamflow.lag.metrics import register_lag_metrics
 from streamflow.lag.sampler import LagSampler
 
 log = logging.getLogger("api")
+
+SCORE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+"""Deciles of the churn probability."""
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -87,6 +94,20 @@ class Metrics:
             ("result",),
             registry=self.registry,
         )
+
+        self.scores = Histogram(
+            "streamflow_churn_score",
+            "Churn probabilities answered by /predict",
+            buckets=SCORE_BUCKETS,
+            registry=self.registry,
+        )
+        self.model = Info(
+            "streamflow_model", "The churn model that serves /predict (name, version)", registry=self.registry
+        )
+
+    def set_model(self, champion) -> None:
+        """Record the model now serving (a streamflow.churn.scoring.Champion)."""
+        self.model.info({"name": champion.version.name, "version": champion.version.version})
 
     def observe(self, method: str, route: str, status: int, seconds: float) -> None:
         key = (method, route, status)
@@ -162,11 +183,14 @@ def _lifespan(
     sampler: LagSampler | None,
     tally: DeadLetterTally | None,
     freeze_gc: bool,
+    background: list,
 ):
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         await run_in_threadpool(reader.start)
         batcher.start()
+        for part in background:  # the model watcher loads the model: /predict answers 503 until then
+            part.start()
         if sampler is not None:
             sampler.start()
         if tally is not None:
@@ -182,6 +206,8 @@ def _lifespan(
                 await run_in_threadpool(sampler.stop)
             if tally is not None:
                 await run_in_threadpool(tally.stop)
+            for part in background:
+                await run_in_threadpool(part.stop)
             await run_in_threadpool(batcher.stop)
             await run_in_threadpool(reader.stop)
 
@@ -213,6 +239,8 @@ def create_app(
     fast_path: bool = True,
     tokens: tuple[str, ...] | None = None,
     metrics_tokens: tuple[str, ...] | None = None,
+    champion=None,
+    drift: bool = False,
 ) -> FastAPI:
     """The API application. ``reader`` or ``store`` replace the configured Feast store (tests).
 
@@ -220,6 +248,9 @@ def create_app(
     off, FastAPI's route answers every request (the reference the tests compare it with).
     ``tokens``, ``metrics_tokens``: the bearer tokens api.auth requires (default: the settings
     STREAMFLOW_API_TOKEN and STREAMFLOW_METRICS_TOKEN; empty, none).
+    ``champion``: the streamflow.churn.scoring.ChampionWatcher whose model answers /predict (started
+    and stopped with the app); None: /predict answers 503. ``drift``: the gauges of the last
+    ``streamflow drift`` report (api.drift_gauges).
 
     ``freeze_gc`` (the server does it): once started, move every object the start created to the
     garbage collector's permanent generation (the little garbage among them included), so that no
@@ -227,6 +258,9 @@ def create_app(
     """
     reader = reader or FeatureReader(store=store)
     metrics = Metrics()
+    background: list = [champion] if champion is not None else []
+    if drift:
+        background.append(DriftGauges(metrics.registry, config.settings().model.refresh))
     batcher = LookupBatcher(reader)
     sampler = lag_sampler_from_env(metrics.registry) if lag else None
     tally = DeadLetterTally(dead_letter_topic(), interval=max(5.0, sampler.interval)) if sampler else None
@@ -234,15 +268,19 @@ def create_app(
         title="StreamFlow online features",
         version="0.1.0",
         summary=f"Real-time features of the churn model (Feast feature service {schema.FEATURE_SERVICE}).",
-        lifespan=_lifespan(reader, batcher, sampler, tally, freeze_gc),
+        lifespan=_lifespan(reader, batcher, sampler, tally, freeze_gc, background),
     )
+    if champion is not None:
+        champion.on_change = metrics.set_model
     app.state.reader = reader
     app.state.batcher = batcher
     app.state.metrics = metrics
     app.state.lag_sampler = sampler
     app.state.dead_letters = tally
+    app.state.champion = champion
     app.include_router(lag_routes.router)
     app.include_router(feature_routes.router)
+    app.include_router(predict_routes.router)
     app.include_router(health_routes.router)
     env = config.settings().api
     api_tokens = env.tokens() if tokens is None else tokens
@@ -263,4 +301,6 @@ def create_app(
 
 def create_server_app() -> FastAPI:
     """The app as `streamflow api` serves it (uvicorn factory)."""
-    return create_app(freeze_gc=True)
+    from streamflow.churn.scoring import ChampionWatcher
+
+    return create_app(freeze_gc=True, champion=ChampionWatcher(config.settings().model.refresh), drift=True)

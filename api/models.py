@@ -116,3 +116,42 @@ class Readiness(BaseModel):
     status: str = Field(description="ready or unavailable")
     checks: dict[str, CheckResult] = Field(description="postgres and feast_registry")
     failing: list[str] = Field(default_factory=list, description="Names of the failing checks.")
+
+
+class ModelRef(BaseModel):
+    name: str = Field(description="Registered model name in MLflow's registry.")
+    version: str = Field(description="The version that scored (the one the alias champion named).")
+
+
+class Prediction(BaseModel):
+    """One user's churn probability, with the model that gave it and the features it read."""
+
+    user_id: str
+    churn_probability: float | None = Field(
+        description="Probability that the user churns; null when a feature is missing (see missing_features)."
+    )
+    missing_features: list[str] = Field(
+        description="view:feature references the online store lacks for the user; the user is scored only "
+        "when this is empty (no value is ever guessed)."
+    )
+    model: ModelRef
+    views: dict[str, ViewFeatures] = Field(
+        description="The model's feature views: each one's values, event time and age, as /features "
+        "gives them."
+    )
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user_ids: list[UserId] = Field(
+        max_length=MAX_BATCH,
+        description=f"Users to score, at most {MAX_BATCH}; answers come back in this order.",
+        examples=[["7590-VHVEG", "5575-GNVDE"]],
+    )
+
+
+class BatchPrediction(BaseModel):
+    results: list[Prediction] = Field(description="One entry per requested id, in request order.")
+    scored: int = Field(description="How many entries have a churn probability.")
+    not_scored: int = Field(description="How many entries lack a feature (or the user altogether).")

@@ -28,6 +28,11 @@ sf verify --snapshot-dir "$DATA/month_001"
 step "training set for 2024-02-29 from what was streamed"; sf training-set --as-of 2024-02-29
 users=$(sed -n '2p;3p;4p' "$DATA/month_001/users.csv" | cut -d, -f1)
 step "online lookups (newest values: month_001)"; sf lookup $users
+step "churn model: train on 2024-01-31, validate on 2024-02-29, register in MLflow (PostgreSQL)"
+sf train --as-of 2024-01-31
+step "training = serving: every user scored from the online and from the offline row"; sf verify --model champion
+step "churn scores from the online features"; sf predict $users
+step "drift between the months (PSI, KS), per feature and for the score"; sf drift
 step "the online feature API: GET /features/{user_id}"
 port="${STREAMFLOW_API_PORT:-8000}"
 sf api --port "$port" >out/api-demo.log 2>&1 &
@@ -42,6 +47,9 @@ print(urllib.request.urlopen(request, timeout=10).read().decode())' "http://127.
 for _ in $(seq 1 120); do get /health >/dev/null 2>&1 && break; sleep 0.5; done
 first=$(echo "$users" | head -n 1)
 get "/features/$first" | "$VENV/bin/python" -m json.tool | sed -n '1,30p'  # sed reads it all: no SIGPIPE
+step "the API's churn score: GET /predict/{user_id} (the model loads in the background)"
+for _ in $(seq 1 120); do get "/predict/$first" >/dev/null 2>&1 && break; sleep 0.5; done
+get "/predict/$first" | "$VENV/bin/python" -c 'import json,sys; d=json.load(sys.stdin); print(d["user_id"], "churn probability", round(d["churn_probability"], 4), "model", d["model"]["name"], "version", d["model"]["version"])'
 echo "lag (GET /lag): $(get /lag | "$VENV/bin/python" -c 'import json,sys; d=json.load(sys.stdin); s=d["sample"]; print(s["lag"], "messages,", s["lag_seconds"], "s,", (d["status"] or {}).get("status"))')"
 kill $api_pid; wait $api_pid 2>/dev/null || true
 echo; echo "try: .venv/bin/streamflow lookup $first  (or any id of data/month_001/users.csv)"

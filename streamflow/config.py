@@ -358,6 +358,37 @@ class Paths(_Group):
     )
 
 
+class Model(_Group):
+    """The churn model: `streamflow train`, `predict`, `drift`, and the API's `/predict`."""
+
+    name: str = var("STREAMFLOW_MODEL_NAME", "streamflow_churn", "registered model name in MLflow's registry")
+    mlflow_schema: str = var(
+        "STREAMFLOW_MLFLOW_SCHEMA",
+        "mlflow",
+        "PostgreSQL schema (in POSTGRES_DB) of MLflow's tracking store and model registry",
+        pattern=r"^[a-z_][a-z0-9_]{0,62}$",
+    )
+    artifacts: Path = var(
+        "STREAMFLOW_MLFLOW_ARTIFACTS",
+        REPO_ROOT / "mlartifacts",
+        "directory of MLflow's artifacts (the models `train` logs)",
+    )
+    experiment: str = var("STREAMFLOW_MLFLOW_EXPERIMENT", "streamflow_churn", "MLflow experiment of `train`")
+    promotion_margin: float = var(
+        "STREAMFLOW_PROMOTION_MARGIN",
+        0.002,
+        "ROC AUC by which a new model must beat the champion to take the alias `champion`",
+        ge=0,
+        le=1,
+    )
+    refresh: float = var(
+        "STREAMFLOW_MODEL_REFRESH_SECONDS",
+        15.0,
+        "how often the API checks which version the alias `champion` names (s)",
+        gt=0,
+    )
+
+
 class Consumer(_Group):
     """`streamflow consume` (each flag of the same name overrides its variable)."""
 
@@ -541,6 +572,7 @@ class Settings(BaseModel):
     api: Api
     lag: Lag
     logs: Logs
+    model: Model
 
 
 GROUPS: dict[str, type[_Group]] = {

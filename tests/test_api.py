@@ -702,6 +702,38 @@ def test_postgres_restart_gives_503_then_the_service_recovers(client, data):
 
 # --- fuzzing over the OpenAPI schema -------------------------------------------------------------
 
+
+class LoadedChampion:
+    """What the app needs of a streamflow.churn.scoring.ChampionWatcher, with its model loaded."""
+
+    def __init__(self, champion) -> None:
+        self.current, self.problem, self.on_change = champion, None, None
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+
+def synthetic_champion():
+    """A logistic-regression pipeline fitted on generated feature rows (no MLflow)."""
+    import numpy as np
+
+    from streamflow.churn import candidates, features
+    from streamflow.churn.registry import ModelVersion
+    from streamflow.churn.scoring import Champion
+
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(200):
+        row = {f.name: float(rng.integers(0, 10)) for f in features.MODEL_FEATURES if not f.categorical}
+        row.update(plan_stream_tv=bool(i % 2), plan_stream_movies=None, net_service=["DSL", "No"][i % 2])
+        rows.append(row)
+    model = candidates.logistic_regression().fit(features.model_frame(rows), [i % 2 for i in range(200)])
+    return Champion(ModelVersion("synthetic", "1", tuple(features.NAMES)), model)
+
+
 try:
     import schemathesis
     from hypothesis import HealthCheck, settings
@@ -716,7 +748,8 @@ if schemathesis is not None:
 
     @pytest.fixture(scope="module")
     def fuzz_client(data):
-        with TestClient(create_app()) as c:
+        """The app with a champion model loaded, so that /predict is fuzzed as it serves."""
+        with TestClient(create_app(champion=LoadedChampion(synthetic_champion()))) as c:
             yield c
 
     @fuzz_schema.parametrize()

@@ -328,11 +328,18 @@ def test_prometheus_scrapes_with_the_metrics_token_else_the_first_api_token_else
 
 
 def _run_job(name: str, data: Path, env: dict | None = None) -> list[str]:
-    """Run a one-shot service's rendered shell command with /app/data at ``data`` and a stand-in
-    ``streamflow`` that logs its arguments; the commands it ran."""
+    """Run a one-shot service's rendered shell command with /app/data at ``data`` (and
+    /app/mlartifacts beside it) and a stand-in ``streamflow`` that logs its arguments; the commands
+    it ran."""
     service = merged(COMPOSE)[name]
     assert service["command"][:2] == ["sh", "-c"], service["command"]
-    script = _as_run(service["command"][2]).replace("/app/data", str(data))
+    models = data.parent / "mlartifacts"
+    models.mkdir(exist_ok=True)
+    script = (
+        _as_run(service["command"][2])
+        .replace("/app/data", str(data))
+        .replace("/app/mlartifacts", str(models))
+    )
     bin_dir = data.parent / "bin"
     bin_dir.mkdir(exist_ok=True)
     log = data.parent / "calls.log"
@@ -349,12 +356,22 @@ def _run_job(name: str, data: Path, env: dict | None = None) -> list[str]:
     return [line.split()[0] for line in log.read_text().splitlines()]
 
 
-def test_init_generates_and_loads_once_and_reloads_when_asked(tmp_path):
+def test_init_generates_loads_and_trains_once_and_again_when_asked(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
-    assert _run_job("init", data) == ["generate", "apply", "load", "materialize"]
+    assert _run_job("init", data) == ["generate", "apply", "load", "materialize", "train"]
     assert _run_job("init", data) == ["apply", "materialize"]  # the next `up`
     assert _run_job("init", data, {"STREAMFLOW_RELOAD": "1"}) == ["apply", "load", "materialize"]
+    assert _run_job("init", data, {"STREAMFLOW_RETRAIN": "1"}) == ["apply", "materialize", "train"]
+
+
+def test_the_api_reads_the_models_that_init_trains():
+    services = merged(COMPOSE)
+    for name in ("init", "api"):
+        env = services[name]["environment"]
+        assert env["STREAMFLOW_MLFLOW_ARTIFACTS"] == "/app/mlartifacts", name
+        assert any(v.startswith("models:/app/mlartifacts") for v in services[name]["volumes"]), name
+    assert services["api"]["volumes"] == ["models:/app/mlartifacts:ro"]
 
 
 def test_the_producer_replays_once_and_again_when_asked(tmp_path):

@@ -70,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="examples shown per view and column (default 5)",
     )
+    parser.add_argument(
+        "--model",
+        metavar="ALIAS",
+        choices=["champion"],
+        help="instead: score every user from the online and the offline row with the model (champion) "
+        "and report any user whose two scores differ",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     return parser
 
@@ -79,6 +86,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.snapshot_as_of is not None and args.snapshot_dir is None:
         build_parser().error("--snapshot-as-of needs --snapshot-dir")
     logs.setup()
+    if args.model is not None:
+        return model_parity(args)
     from streamflow.verify import verify
 
     try:
@@ -93,6 +102,22 @@ def main(argv: list[str] | None = None) -> int:
             f"{report.mismatches:,}",
             ", ".join(v.view for v in report.views.values() if v.mismatches),
         )
+        return 1
+    return 0
+
+
+def model_parity(args: argparse.Namespace) -> int:
+    from streamflow.churn import parity
+    from streamflow.churn.scoring import Champion
+
+    try:
+        report = parity.check(Champion.load())
+    except StreamflowError as exc:
+        log.error("%s", exc)
+        return exc.exit_code
+    print(json.dumps(report.to_json(), indent=2) if args.json else report.to_text(args.examples))
+    if not report.ok:
+        log.error("%s users scored differently online and offline", f"{len(report.mismatches):,}")
         return 1
     return 0
 

@@ -1,0 +1,143 @@
+"""The churn model's pure parts: its features, the frame it scores, its metrics and the drift
+statistics (no database, no MLflow)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from streamflow import schema
+from streamflow.churn import drift, features
+from streamflow.churn.candidates import CANDIDATES
+from streamflow.churn.metrics import METRICS, scores
+
+
+def test_the_model_reads_the_courses_14_features_of_its_four_views():
+    assert len(features.MODEL_FEATURES) == 14
+    assert {f.view for f in features.MODEL_FEATURES} == set(features.MODEL_VIEWS)
+    for f in features.MODEL_FEATURES:
+        column = schema.table_for_feature_view(f.view).column(f.name)
+        assert (column.nullable, column.kind) == (f.nullable, f.kind)
+    assert features.CATEGORICAL == ["plan_stream_tv", "plan_stream_movies", "net_service"]
+    assert [f.name for f in features.MODEL_FEATURES if f.view == "subs_profile_fv"] == [
+        "months_active",
+        "plan_stream_tv",
+        "plan_stream_movies",
+        "paperless_billing",
+        "monthly_fee",
+        "net_service",
+    ]
+    assert features.refs()[0] == "subs_profile_fv:months_active"
+
+
+ROW = {
+    "months_active": 5,
+    "plan_stream_tv": True,
+    "plan_stream_movies": None,
+    "paperless_billing": True,
+    "monthly_fee": 70.5,
+    "net_service": "DSL",
+    "watch_hours_30d": 12.0,
+    "avg_session_mins_7d": 30.0,
+    "unique_devices_30d": 2,
+    "skips_7d": 4,
+    "rebuffer_events_7d": 1,
+    "failed_payments_90d": 0,
+    "support_tickets_90d": 1,
+    "ticket_avg_resolution_hrs_90d": 5.5,
+}
+
+
+def test_model_frame_gives_one_dtype_per_feature_whatever_the_source():
+    from_mappings = features.model_frame([ROW, {**ROW, "paperless_billing": False}])
+    feast_like = pd.DataFrame([ROW, {**ROW, "paperless_billing": False}]).astype(
+        {
+            "months_active": "Int64",
+            "paperless_billing": "boolean",
+            "plan_stream_tv": "boolean",
+            "plan_stream_movies": "boolean",
+            "net_service": "string",
+            "monthly_fee": "Float64",
+        }
+    )
+    from_frame = features.model_frame(feast_like.assign(user_id=["a", "b"]))
+    pd.testing.assert_frame_equal(from_mappings, from_frame)
+    assert list(from_frame.columns) == features.NAMES
+    assert from_frame["paperless_billing"].tolist() == [1.0, 0.0]
+    assert from_frame["plan_stream_tv"].tolist() == ["true", "true"]
+    assert from_frame["plan_stream_movies"].tolist() == ["unknown", "unknown"]  # null: no internet service
+    assert from_frame["net_service"].dtype == object and from_frame["months_active"].dtype == "float64"
+
+
+def test_a_missing_feature_is_named_and_never_scored():
+    row = {**ROW, "skips_7d": None}
+    del row["monthly_fee"]
+    assert features.missing(row) == ["subs_profile_fv:monthly_fee", "usage_agg_30d_fv:skips_7d"]
+    assert features.missing({**ROW, "watch_hours_30d": float("nan")}) == ["usage_agg_30d_fv:watch_hours_30d"]
+    assert features.missing(ROW) == []  # plan_stream_movies is null, which it may be
+    no_support = {
+        k: v for k, v in ROW.items() if k not in ("support_tickets_90d", "ticket_avg_resolution_hrs_90d")
+    }
+    assert features.missing(no_support) == [
+        "support_agg_90d_fv:support_tickets_90d",
+        "support_agg_90d_fv:ticket_avg_resolution_hrs_90d",
+    ]
+    no_subs = {**ROW, **{f.name: None for f in features.MODEL_FEATURES if f.view == "subs_profile_fv"}}
+    assert features.missing(no_subs) == [
+        f.ref for f in features.MODEL_FEATURES if f.view == "subs_profile_fv"
+    ]
+    with pytest.raises(ValueError, match="skips_7d is null"):
+        features.model_frame([{**ROW, "skips_7d": None}])
+
+
+def test_metrics_of_a_perfect_and_of_a_useless_model():
+    y = [0, 0, 1, 1]
+    perfect = scores(y, [0.01, 0.02, 0.98, 0.99])
+    useless = scores(y, [0.5, 0.5, 0.5, 0.5])
+    assert list(perfect) == list(METRICS)
+    assert perfect["roc_auc"] == 1.0 and perfect["pr_auc"] == 1.0 and perfect["brier"] < 0.001
+    assert useless["roc_auc"] == 0.5 and useless["brier"] == 0.25
+    with pytest.raises(ValueError, match="one class"):
+        scores([1, 1], [0.2, 0.3])
+
+
+@pytest.mark.parametrize("name", list(CANDIDATES))
+def test_each_candidate_learns_a_signal_from_the_model_frame(name):
+    rng = np.random.default_rng(0)
+    rows = []
+    for _ in range(400):
+        net = rng.choice(["DSL", "Fiber optic", "No"])
+        rows.append({**ROW, "net_service": net, "monthly_fee": float(rng.uniform(20, 110))})
+    frame = features.model_frame(rows)
+    y = ((frame["net_service"] == "Fiber optic") & (frame["monthly_fee"] > 60)).astype(int).to_numpy()
+    model = CANDIDATES[name]().fit(frame, y)
+    assert scores(y, model.predict_proba(frame)[:, 1])["roc_auc"] > 0.95
+    unseen = features.model_frame([{**ROW, "net_service": "Satellite"}])  # an unknown level still scores
+    assert 0 <= model.predict_proba(unseen)[0, 1] <= 1
+
+
+def test_psi_is_zero_for_the_same_sample_and_large_for_a_shifted_one():
+    rng = np.random.default_rng(1)
+    reference = rng.normal(50, 10, 5000)
+    assert drift.psi_numeric(reference, reference) == pytest.approx(0.0, abs=1e-12)
+    assert drift.psi_numeric(reference, rng.normal(50, 10, 5000)) < drift.WARN
+    assert drift.psi_numeric(reference, rng.normal(65, 10, 5000)) > drift.ALERT
+    cats = np.array(["a"] * 50 + ["b"] * 50)
+    assert drift.psi_categorical(cats, cats) == pytest.approx(0.0, abs=1e-12)
+    assert drift.psi_categorical(cats, np.array(["a"] * 90 + ["b"] * 10)) > drift.ALERT
+    assert [drift.status(x) for x in (0.05, 0.2, 0.3)] == ["ok", "warn", "alert"]
+
+
+def test_compare_gives_ks_for_numbers_only():
+    rng = np.random.default_rng(2)
+    numbers = drift.compare("x", rng.normal(0, 1, 500), rng.normal(1, 1, 500), categorical=False)
+    assert (
+        numbers.ks is not None
+        and numbers.ks > 0.2
+        and numbers.ks_pvalue is not None
+        and numbers.ks_pvalue < 1e-6
+    )
+    assert numbers.status == "alert"
+    levels = drift.compare("c", np.array(["a", "b"] * 50), np.array(["a", "b"] * 50), categorical=True)
+    assert (levels.ks, levels.ks_pvalue, levels.status) == (None, None, "ok")
