@@ -2,6 +2,7 @@
 
     GET  /features/{user_id}   every feature of the churn feature service, by view, with freshness
     POST /features             the same for up to 1,000 users, in request order
+    GET  /scores               the churn probabilities answered so far, by decile (the dashboard's chart)
     GET  /predict/{user_id}    the user's churn probability from the champion model (MLflow), the
                                model's name and version, and the features it read with their age
     POST /predict              the same for up to 1,000 users, in request order
@@ -104,6 +105,21 @@ class Metrics:
         self.model = Info(
             "streamflow_model", "The churn model that serves /predict (name, version)", registry=self.registry
         )
+
+    def score_distribution(self) -> tuple[int, list[dict]]:
+        """Scores answered so far: their number and the count of each decile bucket."""
+        cumulative = {
+            float(sample.labels["le"]): int(sample.value)
+            for metric in self.scores.collect()
+            for sample in metric.samples
+            if sample.name.endswith("_bucket")
+        }
+        buckets, below, low = [], 0, 0.0
+        for high in SCORE_BUCKETS:
+            count = cumulative.get(high, below)
+            buckets.append({"low": low, "high": high, "count": count - below})
+            below, low = count, high
+        return cumulative.get(float("inf"), below), buckets
 
     def set_model(self, champion) -> None:
         """Record the model now serving (a streamflow.churn.scoring.Champion)."""

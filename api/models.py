@@ -155,3 +155,17 @@ class BatchPrediction(BaseModel):
     results: list[Prediction] = Field(description="One entry per requested id, in request order.")
     scored: int = Field(description="How many entries have a churn probability.")
     not_scored: int = Field(description="How many entries lack a feature (or the user altogether).")
+
+
+class ScoreBucket(BaseModel):
+    low: float = Field(description="Lower bound of the bucket (exclusive, but 0 for the first).")
+    high: float = Field(description="Upper bound of the bucket (inclusive).")
+    count: int = Field(description="Scores answered in this bucket since the process started.")
+
+
+class ScoreDistribution(BaseModel):
+    """The churn probabilities this API process has answered, by decile (what the dashboard plots)."""
+
+    model: ModelRef | None = Field(description="The model serving now; null while none is loaded.")
+    total: int = Field(description="Scores answered since the process started.")
+    buckets: list[ScoreBucket]

@@ -65,6 +65,20 @@ def _render(champion, metrics):
 
 
 @router.get(
+    "/scores",
+    response_model=models.ScoreDistribution,
+    summary="The churn probabilities this process has answered, by decile",
+)
+async def score_distribution(request: Request):
+    state = request.app.state
+    watcher = getattr(state, "champion", None)
+    current = watcher.current if watcher is not None else None
+    total, buckets = state.metrics.score_distribution()
+    model = {"name": current.version.name, "version": current.version.version} if current else None
+    return JSONBytes(orjson.dumps({"model": model, "total": total, "buckets": buckets}))
+
+
+@router.get(
     "/predict/{user_id}",
     response_model=models.Prediction,
     responses={k: RESPONSES[k] for k in (404, 422, 503)},

@@ -832,3 +832,43 @@ def test_a_huge_body_or_feature_list_is_refused_before_any_work_and_the_echo_sta
     )
     assert body["detail"].count("'v:") == 5 and len(body["detail"]) < 2000
     assert client.get(f"/features/{data.users[0]}").status_code == 200  # the API still answers
+
+
+def test_scores_answered_are_counted_by_decile_and_plotted_on_the_dashboard(data, tmp_path):
+    import threading
+    import urllib.request
+
+    import uvicorn
+
+    from streamflow.net import free_port
+    from tests.test_dashboard import load_page
+
+    port = free_port()
+    app = create_app(lag=False, champion=LoadedChampion(synthetic_champion()))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started
+        scored = 0
+        for user in data.users[:4]:
+            with urllib.request.urlopen(f"{base}/predict/{user}", timeout=10) as answer:
+                scored += json.load(answer)["churn_probability"] is not None
+        with urllib.request.urlopen(f"{base}/scores", timeout=10) as answer:
+            scores = models.ScoreDistribution.model_validate(json.load(answer))
+        assert scored > 0 and scores.total == scored == sum(b.count for b in scores.buckets)
+        assert [b.high for b in scores.buckets] == [round(0.1 * i, 1) for i in range(1, 11)]
+        assert scores.model is not None and (scores.model.name, scores.model.version) == ("synthetic", "1")
+        dom = load_page(f"{base}/dashboard", tmp_path).stdout
+        assert 'data-ready="1"' in dom
+        before, after = dom.split('data-testid="chart-scores"', 1)
+        chart = before.rsplit("<canvas", 1)[1] + after.split(">", 1)[0]
+        assert f'data-total="{scored}"' in chart, chart
+        assert f"model synthetic version 1 · {scored} scores answered" in dom
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)

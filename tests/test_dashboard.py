@@ -199,6 +199,10 @@ def test_dashboard_renders_charts_with_data_and_no_console_errors(lagging_api, t
     dlq = dom.split('data-testid="dlq-reasons"')[1].split("</table>")[0]
     assert "not valid JSON: &lt;unexpected end&gt;</td><td>2</td>" in dlq, dlq  # escaped, counted
     assert "3 dead letters" in dom
+    before, after = dom.split('data-testid="chart-scores"', 1)
+    scores = before.rsplit("<canvas", 1)[1] + after.split(">", 1)[0]
+    assert 'data-total="0"' in scores, scores  # this API process has no model: nothing scored
+    assert "no model serving · 0 scores answered" in dom
     drain_now = dom.split('data-testid="drain-now"')[1].split(">", 1)[1].split("<", 1)[0]
     assert "events/s" in drain_now and "drains in" in drain_now, drain_now
     console_errors = [
