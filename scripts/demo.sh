@@ -19,6 +19,15 @@ step "create tables and register Feast definitions"; sf apply
 step "batch: load month_000 (Jan) into the offline store"; sf load "$DATA/month_000"
 step "batch: training set for 2024-01-31 (point in time)"; sf training-set --as-of 2024-01-31
 step "batch: materialize to the online store"; sf materialize
+users=$(sed -n '2p;3p;4p' "$DATA/month_001/users.csv" | cut -d, -f1)
+first=$(echo "$users" | head -n 1)
+# the users whose February brings the most new rebuffering: the ones to score before and after
+moved=$("$VENV/bin/python" -c 'import sys, pandas as pd
+jan, feb = (pd.read_csv(f"{sys.argv[1]}/{m}/usage_agg_30d.csv", index_col="user_id") for m in ("month_000", "month_001"))
+print(" ".join((feb.rebuffer_events_7d - jan.rebuffer_events_7d).nlargest(3).index))' "$DATA")
+step "churn model: train on January (2024-01-31), register in MLflow (PostgreSQL), promote"
+sf train --as-of 2024-01-31
+step "churn scores of $moved from January's online features"; sf predict $moved
 step "stream: replay month_000 and month_001 into Kafka"; sf produce --snapshots month_000 month_001
 step "lag before consuming (a group with no commits yet: status NEW)"; sf lag
 step "stream: consume until drained (validate, push online+offline, commit)"; sf consume --until-drained
@@ -26,12 +35,11 @@ step "lag after consuming"; sf lag
 step "parity: online = newest offline row = the month_001 snapshot, for every user and view"
 sf verify --snapshot-dir "$DATA/month_001"
 step "training set for 2024-02-29 from what was streamed"; sf training-set --as-of 2024-02-29
-users=$(sed -n '2p;3p;4p' "$DATA/month_001/users.csv" | cut -d, -f1)
 step "online lookups (newest values: month_001)"; sf lookup $users
-step "churn model: train on 2024-01-31, validate on 2024-02-29, register in MLflow (PostgreSQL)"
+step "the same users' scores now that their February events arrived (same model)"; sf predict $moved
+step "retrain on January, now validated on February's labels too: promoted only if it beats the champion"
 sf train --as-of 2024-01-31
 step "training = serving: every user scored from the online and from the offline row"; sf verify --model champion
-step "churn scores from the online features"; sf predict $users
 step "drift between the months (PSI, KS), per feature and for the score"; sf drift
 step "the online feature API: GET /features/{user_id}"
 port="${STREAMFLOW_API_PORT:-8000}"
@@ -45,7 +53,6 @@ token = os.environ.get("STREAMFLOW_API_TOKEN", "").split(",")[0].strip()
 request = urllib.request.Request(sys.argv[1], headers={"Authorization": f"Bearer {token}"} if token else {})
 print(urllib.request.urlopen(request, timeout=10).read().decode())' "http://127.0.0.1:$port$1"; }
 for _ in $(seq 1 120); do get /health >/dev/null 2>&1 && break; sleep 0.5; done
-first=$(echo "$users" | head -n 1)
 get "/features/$first" | "$VENV/bin/python" -m json.tool | sed -n '1,30p'  # sed reads it all: no SIGPIPE
 step "the API's churn score: GET /predict/{user_id} (the model loads in the background)"
 for _ in $(seq 1 120); do get "/predict/$first" >/dev/null 2>&1 && break; sleep 0.5; done

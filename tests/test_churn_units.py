@@ -141,3 +141,28 @@ def test_compare_gives_ks_for_numbers_only():
     assert numbers.status == "alert"
     levels = drift.compare("c", np.array(["a", "b"] * 50), np.array(["a", "b"] * 50), categorical=True)
     assert (levels.ks, levels.ks_pvalue, levels.status) == (None, None, "ok")
+
+
+@pytest.mark.parametrize("name", list(CANDIDATES))
+def test_each_fitted_candidate_round_trips_through_skops_with_only_scikit_learn_types_trusted(name):
+    import skops.io
+
+    from streamflow.churn.candidates import trusted_types
+
+    rows = [{**ROW, "monthly_fee": 20.0 + i, "net_service": ["DSL", "No"][i % 2]} for i in range(60)]
+    frame = features.model_frame(rows)
+    model = CANDIDATES[name]().fit(frame, [i % 2 for i in range(60)])
+    trusted = trusted_types(model)
+    assert all(t.startswith(("sklearn.", "numpy.")) or t == "functools.partial" for t in trusted), trusted
+    loaded = skops.io.loads(skops.io.dumps(model), trusted=trusted)
+    np.testing.assert_array_equal(loaded.predict_proba(frame), model.predict_proba(frame))
+
+
+def test_a_model_holding_a_foreign_type_is_not_trusted():
+    from sklearn.preprocessing import FunctionTransformer
+
+    from streamflow.churn.candidates import trusted_types
+
+    model = FunctionTransformer(func=pd.Series.abs).fit(pd.DataFrame({"x": [1.0, -2.0]}))
+    with pytest.raises(ValueError, match="not scikit-learn's: .*pandas"):
+        trusted_types(model)

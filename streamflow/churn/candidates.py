@@ -64,3 +64,29 @@ CANDIDATES: dict[str, Callable[[], Pipeline]] = {
 """Every candidate by name; the first is the baseline."""
 
 BASELINE = "logistic_regression"
+
+SAFE_TYPE_PREFIXES = ("sklearn.", "numpy.")
+SAFE_TYPES = frozenset({"functools.partial"})
+"""Types a candidate's pipeline may hold beyond skops' defaults (checked before it is stored)."""
+
+
+def one_thread() -> None:
+    """Run the models' native code (OpenMP: gradient boosting's fit and predict) on one thread in
+    this process. The pipeline shares 2 cores with PostgreSQL, Kafka and the API; spinning OpenMP
+    threads against them made a 200-user fit take 25 s instead of 2."""
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(limits=1, user_api="openmp")
+
+
+def trusted_types(model) -> list[str]:
+    """The types of ``model`` that skops does not trust by default, all of them scikit-learn's or
+    numpy's (or ``functools.partial``): what MLflow is told to trust when it stores the model in
+    skops' format, which runs no code when loaded. Raises ValueError for any other type."""
+    import skops.io
+
+    types = skops.io.get_untrusted_types(data=skops.io.dumps(model))
+    unsafe = [t for t in types if not (t.startswith(SAFE_TYPE_PREFIXES) or t in SAFE_TYPES)]
+    if unsafe:
+        raise ValueError(f"the model holds types that are not scikit-learn's: {', '.join(unsafe)}")
+    return list(types)

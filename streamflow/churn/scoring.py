@@ -41,7 +41,9 @@ class Champion:
     def load(cls, version: ModelVersion | None = None) -> Champion:
         """The champion (or the given version), loaded; raises NoChampion, IncompatibleModel."""
         from streamflow.churn import registry
+        from streamflow.churn.candidates import one_thread
 
+        one_thread()
         version = version or registry.champion()
         if tuple(version.features) != tuple(features.NAMES):
             raise IncompatibleModel(

@@ -210,8 +210,9 @@ def train(as_of: date, force: bool = False, folds: int = 5, margin: float | None
     from mlflow.models import infer_signature
 
     from streamflow.churn import registry
-    from streamflow.churn.candidates import CANDIDATES
+    from streamflow.churn.candidates import CANDIDATES, one_thread, trusted_types
 
+    one_thread()
     settings = config.settings().model
     margin = settings.promotion_margin if margin is None else margin
     experiment_id = registry.prepare()
@@ -267,6 +268,7 @@ def train(as_of: date, force: bool = False, folds: int = 5, margin: float | None
             input_example=example,
             registered_model_name=settings.name,
             pip_requirements=requirements(),  # given, so MLflow need not infer them (slow, needs pip)
+            skops_trusted_types=trusted_types(chosen.model),
         )
         version = str(info.registered_model_version)
         report.run_id, report.version = run.info.run_id, version
