@@ -43,7 +43,7 @@ step "training = serving: every user scored from the online and from the offline
 step "drift between the months (PSI, KS), per feature and for the score"; sf drift
 step "the online feature API: GET /features/{user_id}"
 port="${STREAMFLOW_API_PORT:-8000}"
-sf api --port "$port" >out/api-demo.log 2>&1 &
+"$VENV/bin/streamflow" api --port "$port" >out/api-demo.log 2>&1 &  # not through sf(): $! must be the API itself
 api_pid=$!
 trap 'kill $api_pid 2>/dev/null || true' EXIT
 # (with STREAMFLOW_API_TOKEN set, the requests carry its first token)
