@@ -141,8 +141,8 @@ def store_exists(pg: config.Postgres | None = None) -> bool:
     return bool(row and row[0])
 
 
-def champion(mlflow_client: Any = None) -> ModelVersion:
-    """The version the alias ``champion`` names, with its input features; raises NoChampion."""
+def champion_version(mlflow_client: Any = None) -> str:
+    """The version number the alias ``champion`` names (one registry read); raises NoChampion."""
     name = config.settings().model.name
     if mlflow_client is None and not store_exists():
         raise NoChampion(f"no model {name} is registered: run `streamflow train` first")
@@ -150,20 +150,25 @@ def champion(mlflow_client: Any = None) -> ModelVersion:
 
     mlflow_client = mlflow_client or client()
     try:
-        version = mlflow_client.get_model_version_by_alias(name, CHAMPION)
+        return str(mlflow_client.get_model_version_by_alias(name, CHAMPION).version)
     except MlflowException as exc:
         if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             raise NoChampion(
                 f"model {name} has no version with the alias {CHAMPION}: run `streamflow train` first"
             ) from None
         raise
-    return describe(mlflow_client, name, version.version)
 
 
-def describe(mlflow_client: Any, name: str, version: str) -> ModelVersion:
-    """A version with the input features of its signature."""
+def champion(mlflow_client: Any = None) -> ModelVersion:
+    """The version the alias ``champion`` names, with its input features; raises NoChampion."""
+    return describe(champion_version(mlflow_client))
+
+
+def describe(version: str) -> ModelVersion:
+    """A version of the model with the input features of its signature (reads its MLmodel file)."""
     from mlflow.models import get_model_info
 
+    name = config.settings().model.name
     info = get_model_info(f"models:/{name}/{version}")
     inputs = info.signature.inputs.input_names() if info.signature is not None else []
     return ModelVersion(name, str(version), tuple(inputs))

@@ -92,10 +92,11 @@ class ChampionWatcher:
         from streamflow.churn import registry
 
         try:
-            wanted = registry.champion()
-            if self.current is not None and self.current.version.version == wanted.version:
+            # one registry read per check; the model's files are read only when the alias moved
+            wanted = registry.champion_version()
+            if self.current is not None and self.current.version.version == wanted:
                 return
-            loaded = Champion.load(wanted)
+            loaded = Champion.load(registry.describe(wanted))
         except registry.NoChampion as exc:
             if self.current is None:
                 self.problem = str(exc)
