@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import sys
 import time
 from collections.abc import Callable
 from contextlib import asynccontextmanager
@@ -62,6 +63,12 @@ from streamflow.lag.metrics import register_lag_metrics
 from streamflow.lag.sampler import LagSampler
 
 log = logging.getLogger("api")
+
+SWITCH_INTERVAL = 0.0005
+"""Seconds a thread holds the interpreter lock before another one waiting gets it, while the server
+runs (Python's default is 0.005). A large request's read and rendering run on a lookup thread
+holding the lock; a small request needs it several times on its way (event loop, lookup thread,
+event loop), and with the default it waits up to 5 ms each time."""
 
 SCORE_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
 """Deciles of the churn probability."""
@@ -200,9 +207,13 @@ def _lifespan(
     tally: DeadLetterTally | None,
     freeze_gc: bool,
     background: list,
+    switch_interval: float | None,
 ):
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        previous_interval = sys.getswitchinterval()
+        if switch_interval is not None:
+            sys.setswitchinterval(switch_interval)
         await run_in_threadpool(reader.start)
         batcher.start()
         for part in background:  # the model watcher loads the model: /predict answers 503 until then
@@ -226,6 +237,7 @@ def _lifespan(
                 await run_in_threadpool(part.stop)
             await run_in_threadpool(batcher.stop)
             await run_in_threadpool(reader.stop)
+            sys.setswitchinterval(previous_interval)
 
     return lifespan
 
@@ -251,6 +263,7 @@ def create_app(
     *,
     store=None,
     freeze_gc: bool = False,
+    switch_interval: float | None = None,
     lag: bool = True,
     fast_path: bool = True,
     tokens: tuple[str, ...] | None = None,
@@ -271,6 +284,8 @@ def create_app(
     ``freeze_gc`` (the server does it): once started, move every object the start created to the
     garbage collector's permanent generation (the little garbage among them included), so that no
     full collection scans them while requests are served.
+    ``switch_interval`` (the server gives ``SWITCH_INTERVAL``): the interpreter's thread switch
+    interval (``sys.setswitchinterval``) while the app runs, restored when it stops.
     """
     reader = reader or FeatureReader(store=store)
     metrics = Metrics()
@@ -284,7 +299,7 @@ def create_app(
         title="StreamFlow online features",
         version="0.1.0",
         summary=f"Real-time features of the churn model (Feast feature service {schema.FEATURE_SERVICE}).",
-        lifespan=_lifespan(reader, batcher, sampler, tally, freeze_gc, background),
+        lifespan=_lifespan(reader, batcher, sampler, tally, freeze_gc, background, switch_interval),
     )
     if champion is not None:
         champion.on_change = metrics.set_model
@@ -319,4 +334,9 @@ def create_server_app() -> FastAPI:
     """The app as `streamflow api` serves it (uvicorn factory)."""
     from streamflow.churn.scoring import ChampionWatcher
 
-    return create_app(freeze_gc=True, champion=ChampionWatcher(config.settings().model.refresh), drift=True)
+    return create_app(
+        freeze_gc=True,
+        switch_interval=SWITCH_INTERVAL,
+        champion=ChampionWatcher(config.settings().model.refresh),
+        drift=True,
+    )

@@ -13,9 +13,15 @@ every pending request (up to ``max_keys`` user ids) and answers them all with on
 feature selection. There is no timer: batching grows with load and costs no latency when idle.
 
 Small requests (at most ``small_keys`` user ids: a model server asking for one user) are never
-stuck behind large ones: a read takes the small requests first, and large requests may hold
-every read thread but one, so a burst of 1,000-id requests leaves one thread to the lookups of
-everyone else.
+stuck behind large ones: a read takes the small requests first and then no large one (unless it
+has the only thread), and large requests may hold every read thread but one, so a burst of
+1,000-id requests leaves one thread to the lookups of everyone else.
+
+A large read yields to the small ones: it goes to the database in chunks of ``large_chunk``
+user ids, and while small requests are being served (one was read within the last
+``SMALL_RECENT`` seconds) it rests after each chunk, so that large reads hold their thread (and
+the interpreter lock, which every request needs) at most ``large_share`` of the time. With no
+small requests around, a large read runs at full speed.
 
 The queue is bounded: when more than ``max_waiting`` user ids already wait for a read, a request
 is refused at once with :class:`Overloaded` (a 503 with ``Retry-After``) instead of adding to a
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,6 +54,15 @@ SMALL_KEYS = 10
 
 MAX_WAITING = 20 * MAX_BATCH
 """User ids that may wait for a read at most (by default): 20 full batches."""
+
+LARGE_CHUNK = 50
+"""User ids per database read of a large request (by default)."""
+
+LARGE_SHARE = 0.5
+"""The share of its thread's time a large read may take while small requests are served (by default)."""
+
+SMALL_RECENT = 1.0
+"""Seconds after a small read during which large reads yield (see the module)."""
 
 
 class Overloaded(FeaturesUnavailable):
@@ -83,14 +99,26 @@ class LookupBatcher:
         max_keys: int = MAX_BATCH,
         max_waiting: int = MAX_WAITING,
         small_keys: int = SMALL_KEYS,
+        large_chunk: int = LARGE_CHUNK,
+        large_share: float = LARGE_SHARE,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
     ):
         if max_inflight < 1:
             raise ValueError(f"max_inflight must be at least 1, got {max_inflight}")
+        if not 0 < large_share <= 1:
+            raise ValueError(f"large_share must be in (0, 1], got {large_share}")
         self.reader = reader
         self.max_inflight = max_inflight
         self.max_keys = max(max_keys, 1)
         self.max_waiting = max(max_waiting, 1)
         self.small_keys = small_keys
+        self.large_chunk = max(large_chunk, 1)
+        self.large_share = large_share
+        self._clock = clock
+        self._sleep = sleep
+        self._last_small = float("-inf")
+        """When a small read last started (``clock``)."""
         self._large_inflight = 0
         """Reads running that carry a large request."""
         self._pending: list[_Pending] = []
@@ -158,8 +186,8 @@ class LookupBatcher:
         taken: list[_Pending] = []
         keys, large = 0, False
         for wanted_small in (True, False):
-            if not wanted_small and not large_allowed:
-                break
+            if not wanted_small and (not large_allowed or (taken and self.max_inflight > 1)):
+                break  # (small requests never wait in a large read when another thread may take it)
             for pending in self._pending:
                 if (len(pending.user_ids) <= self.small_keys) != wanted_small:
                     continue
@@ -174,13 +202,15 @@ class LookupBatcher:
         return taken, large
 
     def _launch(self) -> None:
+        """Start reads for the pending requests while threads are free and they may take them."""
         self._launch_due = False
-        batch, large = self._take()
-        if not batch:
-            return  # only large requests wait, and the threads they may use are busy
-        self._inflight += 1
-        self._large_inflight += large
-        asyncio.get_running_loop().create_task(self._run(batch, large))
+        while self._pending and self._inflight < self.max_inflight:
+            batch, large = self._take()
+            if not batch:
+                return  # only large requests wait, and the threads they may use are busy
+            self._inflight += 1
+            self._large_inflight += large
+            asyncio.get_running_loop().create_task(self._run(batch, large))
 
     async def _run(self, batch: list[_Pending], large: bool = False) -> None:
         try:
@@ -191,7 +221,9 @@ class LookupBatcher:
                 groups.setdefault(pending.selection, []).append(pending)
             for selection, members in groups.items():
                 try:
-                    answers = await loop.run_in_executor(self._executor, self._read, selection, members)
+                    answers = await loop.run_in_executor(
+                        self._executor, self._read, selection, members, large
+                    )
                 except Exception as exc:  # noqa: BLE001 - handed to the requests it concerns
                     for pending in members:
                         if not pending.future.done():
@@ -209,20 +241,32 @@ class LookupBatcher:
         finally:
             self._inflight -= 1
             self._large_inflight -= large
-            while self._pending and self._inflight < self.max_inflight and not self._launch_due:
-                started = self._inflight
+            if self._pending and self._inflight < self.max_inflight and not self._launch_due:
                 self._launch()
-                if self._inflight == started:  # nothing it may take now
-                    break
 
-    def _read(self, selection: Selection, members: list[_Pending]) -> list[Any]:
-        """One read for every user of ``members``, then each member's ``render`` of its users (on a
-        lookup thread)."""
+    def _lookup(self, user_ids: Sequence[str], selection: Selection, large: bool) -> list[UserResult]:
+        """The users' features: a small read at once; a large one by chunks, yielding (see the module)."""
+        if not large:
+            self._last_small = self._clock()
+            return self.reader.lookup(user_ids, selection)
+        out: list[UserResult] = []
+        for start in range(0, len(user_ids), self.large_chunk):
+            began = self._clock()
+            out.extend(self.reader.lookup(user_ids[start : start + self.large_chunk], selection))
+            ended = self._clock()
+            more = start + self.large_chunk < len(user_ids)
+            if more and self.large_share < 1 and ended - self._last_small < SMALL_RECENT:
+                self._sleep((ended - began) * (1 - self.large_share) / self.large_share)
+        return out
+
+    def _read(self, selection: Selection, members: list[_Pending], large: bool = False) -> list[Any]:
+        """One read for every user of ``members`` (by chunks when ``large``), then each member's
+        ``render`` of its users (on a lookup thread)."""
         if len(members) == 1:
-            answers = [self.reader.lookup(members[0].user_ids, selection)]
+            answers = [self._lookup(list(members[0].user_ids), selection, large)]
         else:
             everyone = list(dict.fromkeys(u for pending in members for u in pending.user_ids))
-            by_user = {r.user_id: r for r in self.reader.lookup(everyone, selection)}
+            by_user = {r.user_id: r for r in self._lookup(everyone, selection, large)}
             answers = [[by_user[u] for u in pending.user_ids] for pending in members]
         out: list[Any] = []
         for pending, answer in zip(members, answers):

@@ -68,7 +68,11 @@ class BodyLimit:
         payload = orjson.dumps(
             {"error": "too_large", "detail": f"request body over {self.max_bytes:,} bytes"}
         )
-        headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode())]
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(payload)).encode()),
+            (b"connection", b"close"),
+        ]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 

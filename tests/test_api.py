@@ -834,6 +834,51 @@ def test_a_huge_body_or_feature_list_is_refused_before_any_work_and_the_echo_sta
     assert client.get(f"/features/{data.users[0]}").status_code == 200  # the API still answers
 
 
+def test_a_body_refused_by_its_length_closes_the_connection_unread_and_the_switch_interval_is_the_servers(
+    data,
+):
+    """A 50 MB POST is answered 413 from its Content-Length, and the server closes the connection
+    instead of reading (and discarding) the 50 MB that follow; while the server app runs, the
+    interpreter's switch interval is SWITCH_INTERVAL, and it is restored after."""
+    import socket
+    import sys
+    import threading
+
+    import uvicorn
+
+    from api.app import SWITCH_INTERVAL
+    from streamflow.net import free_port
+
+    before = sys.getswitchinterval()
+    assert before != SWITCH_INTERVAL
+    port = free_port()
+    app = create_app(lag=False, switch_interval=SWITCH_INTERVAL)
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.started
+        assert sys.getswitchinterval() == SWITCH_INTERVAL
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /features HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                b"Content-Length: 52428800\r\n\r\n" + b"x" * 65536
+            )
+            answer = b""
+            while chunk := sock.recv(65536):  # b"": the server closed the connection
+                answer += chunk
+        head = answer.split(b"\r\n\r\n", 1)[0].lower()
+        assert head.startswith(b"http/1.1 413") and b"connection: close" in head, answer[:300]
+        assert b"too_large" in answer
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+    assert sys.getswitchinterval() == before
+
+
 def test_scores_answered_are_counted_by_decile_and_plotted_on_the_dashboard(data, tmp_path):
     import threading
     import urllib.request

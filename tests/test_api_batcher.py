@@ -177,7 +177,7 @@ class BulkHoldingReader(RecordingReader):
 
 def test_small_lookups_are_not_stuck_behind_large_ones():
     reader = BulkHoldingReader()
-    batcher = LookupBatcher(reader, max_inflight=2, max_keys=1000)  # type: ignore[arg-type]
+    batcher = LookupBatcher(reader, max_inflight=2, max_keys=1000, large_chunk=1000)  # type: ignore[arg-type]
     bulk = [f"{i:04d}-BULKK" for i in range(500)]
 
     async def main():
@@ -231,3 +231,92 @@ def test_a_rendered_lookup_is_rendered_on_the_lookup_thread_and_a_failed_render_
     assert isinstance(failed, ValueError) and str(failed) == "cannot render"
     assert [r.user_id for r in plain] == ["4444-DDDDD"]
     assert rendered_on and all(t is not loop_thread and t.name.startswith("api-lookup") for t in rendered_on)
+
+
+class TimedReader:
+    """Each read takes 10 ms of a fake clock."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+        self.reads: list[int] = []
+
+    def clock(self) -> float:
+        return self.now
+
+    def lookup(self, user_ids, selection=None):
+        self.reads.append(len(user_ids))
+        self.now += 0.01
+        return [UserResult(u, True, {}) for u in user_ids]
+
+
+@pytest.mark.parametrize(
+    ("share", "small_first", "rests"),
+    [(0.5, False, []), (0.5, True, [0.01, 0.01]), (0.25, True, [0.03, 0.03]), (1.0, True, [])],
+    ids=["no-small-requests", "half", "quarter", "share-1"],
+)
+def test_a_large_read_goes_by_chunks_and_rests_only_while_small_requests_are_served(
+    share, small_first, rests
+):
+    reader = TimedReader()
+    slept: list[float] = []
+    batcher = LookupBatcher(
+        reader,  # type: ignore[arg-type]
+        large_chunk=50,
+        large_share=share,
+        clock=reader.clock,
+        sleep=slept.append,
+    )
+    bulk = [f"{i:04d}-BULKK" for i in range(120)]
+
+    async def main():
+        try:
+            if small_first:
+                await batcher.lookup(["1234-SMALL"], None)
+            return await batcher.lookup(bulk, None)
+        finally:
+            batcher.stop()
+
+    answer = run(main())
+    assert [r.user_id for r in answer] == bulk
+    assert reader.reads == ([1] if small_first else []) + [50, 50, 20]
+    assert slept == pytest.approx(rests)
+
+
+def test_large_reads_stop_resting_once_small_requests_are_gone():
+    reader = TimedReader()
+    slept: list[float] = []
+    batcher = LookupBatcher(reader, large_chunk=50, clock=reader.clock, sleep=slept.append)  # type: ignore[arg-type]
+
+    async def main():
+        try:
+            await batcher.lookup(["1234-SMALL"], None)
+            reader.now += 1.5  # the last small request was read 1.5 s ago
+            return await batcher.lookup([f"{i:04d}-BULKK" for i in range(120)], None)
+        finally:
+            batcher.stop()
+
+    run(main())
+    assert slept == []
+
+
+def test_large_share_must_be_a_share():
+    for share in (0.0, -0.5, 1.5):
+        with pytest.raises(ValueError, match="large_share"):
+            LookupBatcher(RecordingReader(), large_share=share)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("threads", "reads"), [(2, [1, 20]), (1, [21])])
+def test_a_read_carries_small_or_large_requests_and_both_only_with_one_thread(threads, reads):
+    reader = RecordingReader()
+    batcher = LookupBatcher(reader, max_inflight=threads)  # type: ignore[arg-type]
+    bulk = [f"{i:04d}-BULKK" for i in range(20)]
+
+    async def main():
+        try:
+            return await asyncio.gather(batcher.lookup(["1234-SMALL"], None), batcher.lookup(bulk, None))
+        finally:
+            batcher.stop()
+
+    small, large = run(main())
+    assert [r.user_id for r in small] == ["1234-SMALL"] and [r.user_id for r in large] == bulk
+    assert sorted(len(ids) for ids, _ in reader.reads) == reads
