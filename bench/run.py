@@ -35,6 +35,7 @@ BENCHMARKS = [
     "memory",
     "verify",
     "startup",
+    "churn",
     "scale",
     "table_growth",
 ]
@@ -75,6 +76,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=15, help="seconds of the freshness benchmark, per rate")
     p.add_argument(
         "--verify-users", type=int, default=7043, help="users of the verify benchmark (default 7,043)"
+    )
+    p.add_argument(
+        "--churn-users",
+        type=int,
+        default=100_000,
+        help="users of the churn model benchmark (train, verify --model; default 100,000)",
     )
     p.add_argument(
         "--api-rates",

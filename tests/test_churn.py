@@ -244,3 +244,31 @@ def test_drift_reports_psi_and_ks_and_the_api_shows_them(first, loaded):
     assert f'streamflow_drift_psi{{feature="{drift.SCORE}"}} {score.psi}' in text
     assert f'streamflow_drift_ks{{feature="monthly_fee"}} {by_name["monthly_fee"].ks}' in text
     assert 'streamflow_drift_ks{feature="net_service"}' not in text
+
+
+def test_a_champion_whose_files_are_gone_is_named_and_only_force_replaces_it(loaded, pg_settings, tmp_path):
+    """The champion's artifacts deleted: `train` says which version cannot be read and that --force
+    replaces it (no traceback), and `train --force` makes the new version champion."""
+    import shutil
+
+    name = f"mlflow_t{uuid.uuid4().hex[:8]}"
+    artifacts = tmp_path / "mlartifacts"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("STREAMFLOW_MLFLOW_SCHEMA", name)
+    mp.setenv("STREAMFLOW_MLFLOW_ARTIFACTS", str(artifacts))
+    mp.setenv("STREAMFLOW_MODEL_NAME", f"churn_{name}")
+    try:
+        assert train(schema.SNAPSHOTS["month_000"], folds=2).version == "1"
+        shutil.rmtree(artifacts)
+        with pytest.raises(
+            registry.ModelUnreadable, match=r"version 1 cannot be read.*train --force` replaces it"
+        ):
+            train(schema.SNAPSHOTS["month_000"], folds=2)
+        forced = train(schema.SNAPSHOTS["month_000"], folds=2, force=True)
+        assert forced.decision is not None and forced.decision.promoted
+        assert "version 1 cannot be read" in forced.decision.reason
+        assert registry.champion_version() == forced.version != "1"
+    finally:
+        mp.undo()
+        with psycopg.connect(pg_settings.conninfo, autocommit=True) as conn:
+            conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(name)))

@@ -166,3 +166,100 @@ def test_a_model_holding_a_foreign_type_is_not_trusted():
     model = FunctionTransformer(func=pd.Series.abs).fit(pd.DataFrame({"x": [1.0, -2.0]}))
     with pytest.raises(ValueError, match="not scikit-learn's: .*pandas"):
         trusted_types(model)
+
+
+def _rows(count: int, seed: int) -> list[dict]:
+    """Complete feature rows, with categories the models saw and (from ``seed`` 1 on) some they did not."""
+    rng = np.random.default_rng(seed)
+    services = ["DSL", "Fiber optic", "No"] + (["Satellite"] if seed else [])
+    rows = []
+    for i in range(count):
+        row: dict = {f.name: float(rng.integers(0, 60)) + rng.random() for f in features.MODEL_FEATURES}
+        row.update(
+            months_active=int(rng.integers(0, 72)),
+            paperless_billing=bool(rng.integers(0, 2)),
+            plan_stream_tv=[True, False, None][i % 3],
+            plan_stream_movies=[None, True, False][i % 3],
+            net_service=services[int(rng.integers(0, len(services)))],
+        )
+        rows.append(row)
+    return rows
+
+
+@pytest.mark.parametrize("name", sorted(CANDIDATES))
+def test_the_compiled_scorer_gives_the_pipelines_probabilities(name):
+    from streamflow.churn.compiled import TOLERANCE, CompiledScorer
+
+    train = _rows(600, 0)
+    labels = [int(r["monthly_fee"] > 30) ^ int(i % 7 == 0) for i, r in enumerate(train)]
+    model = CANDIDATES[name]().fit(features.model_frame(train), labels)
+    compiled = CompiledScorer.compile(model)
+    assert compiled is not None
+    unseen = _rows(300, 1)  # an unknown net_service among them
+    assert any(r["net_service"] == "Satellite" for r in unseen)
+    ours = compiled.probabilities(unseen)
+    theirs = model.predict_proba(features.model_frame(unseen))[:, 1]
+    assert np.max(np.abs(ours - theirs)) <= TOLERANCE
+    assert compiled.probabilities([unseen[0]])[0] == pytest.approx(ours[0], abs=TOLERANCE)
+    assert len(set(np.round(ours, 6))) > 10  # scores that vary: the check compares something
+
+
+def test_a_pipeline_the_compiler_does_not_know_is_scored_through_the_pipeline():
+    from sklearn.compose import ColumnTransformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import MinMaxScaler, OneHotEncoder
+
+    from streamflow.churn.compiled import CompiledScorer
+    from streamflow.churn.registry import ModelVersion
+    from streamflow.churn.scoring import Champion
+
+    encode = ColumnTransformer(
+        [
+            ("categories", OneHotEncoder(handle_unknown="ignore"), features.CATEGORICAL),
+            ("numbers", MinMaxScaler(), features.NUMERIC),
+        ]
+    )
+    rows = _rows(200, 0)
+    model = Pipeline([("encode", encode), ("model", LogisticRegression())]).fit(
+        features.model_frame(rows), [i % 2 for i in range(200)]
+    )
+    assert CompiledScorer.compile(model) is None
+    champion = Champion(ModelVersion("m", "1", tuple(features.NAMES)), model, None)
+    [scored] = champion.score(["u"], [rows[0]])
+    assert scored.probability == pytest.approx(model.predict_proba(features.model_frame([rows[0]]))[0, 1])
+
+
+def test_a_compiled_scorer_that_differs_from_its_pipeline_is_refused_and_reported_by_verify():
+    from streamflow.churn import parity
+    from streamflow.churn.compiled import CompiledScorer
+    from streamflow.churn.registry import ModelVersion
+    from streamflow.churn.scoring import Champion
+
+    rows = _rows(200, 0)
+    model = CANDIDATES["logistic_regression"]().fit(features.model_frame(rows), [i % 2 for i in range(200)])
+    compiled = CompiledScorer.compile(model)
+    assert compiled is not None
+    compiled._linear = (compiled._linear[0], compiled._linear[1] + 0.5)  # a wrong intercept
+    users = [f"{i:04d}-AAAAA" for i in range(len(rows))]
+    champion = Champion(ModelVersion("m", "1", tuple(features.NAMES)), model, compiled)
+    scored = champion.score(users, rows)
+    mismatches = parity.scorer_mismatches(champion, users, rows, scored)
+    assert len(mismatches) == len(rows)
+    assert "serving scorer and the registered pipeline differ" in mismatches[0].detail
+    right = Champion(ModelVersion("m", "1", tuple(features.NAMES)), model, CompiledScorer.compile(model))
+    assert parity.scorer_mismatches(right, users, rows, right.score(users, rows)) == []
+
+
+def test_compiling_checks_the_scorer_on_probe_rows_of_every_known_category(monkeypatch):
+    from streamflow.churn.compiled import CompiledScorer, probe_rows
+
+    rows = _rows(200, 0)
+    model = CANDIDATES["gradient_boosting"]().fit(features.model_frame(rows), [i % 2 for i in range(200)])
+    probes = probe_rows(model)
+    assert {r["net_service"] for r in probes} >= {"DSL", "Fiber optic", "No"}
+    assert {r["plan_stream_tv"] for r in probes} == {True, False, None}
+    assert CompiledScorer.compile(model) is not None
+    honest = CompiledScorer.probabilities
+    monkeypatch.setattr(CompiledScorer, "probabilities", lambda self, rows: honest(self, rows) + 1e-6)
+    assert CompiledScorer.compile(model) is None

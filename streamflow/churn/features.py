@@ -97,14 +97,15 @@ def missing(row: Mapping[str, object]) -> list[str]:
     out = []
     for view in MODEL_VIEWS:
         of_view = [f for f in MODEL_FEATURES if f.view == view]
-        if all(_is_null(row.get(f.name)) for f in of_view):
+        if all(is_null(row.get(f.name)) for f in of_view):
             out += [f.ref for f in of_view]
         else:
-            out += [f.ref for f in of_view if f.name not in row or (not f.nullable and _is_null(row[f.name]))]
+            out += [f.ref for f in of_view if f.name not in row or (not f.nullable and is_null(row[f.name]))]
     return out
 
 
-def _is_null(value: object) -> bool:
+def is_null(value: object) -> bool:
+    """Whether a feature value is absent: None, pandas' NA or a float NaN."""
     return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
 
 
@@ -126,7 +127,7 @@ def model_frame(rows: pd.DataFrame | Iterable[Mapping[str, object]]) -> pd.DataF
 
 
 def _column(feature: ModelFeature, values) -> np.ndarray:
-    nulls = [_is_null(v) for v in values]
+    nulls = [is_null(v) for v in values]
     if any(nulls) and not feature.nullable:
         raise ValueError(f"feature {feature.name} is null in {sum(nulls)} row(s): score complete rows only")
     if feature.kind == "boolean" and feature.categorical:

@@ -124,5 +124,25 @@ def check(champion, now: datetime | None = None) -> ParityReport:
                 ("features differ: " + ", ".join(differ)) if differ else "same features, different scores"
             )
             report.mismatches.append(Mismatch(a.user_id, a.probability, b.probability, detail))
+    report.mismatches += scorer_mismatches(champion, users, offline, from_offline)
     report.seconds = time.perf_counter() - started
     return report
+
+
+def scorer_mismatches(champion, users: list[str], rows: list[dict], scored: list) -> list[Mismatch]:
+    """Users whose score by the champion's serving scorer (``scored``: ``champion.score(users,
+    rows)``) differs from the registered pipeline's own on the same row: the compiled encoding
+    (streamflow.churn.compiled) checked on every user, not only on its probe rows. None when the
+    champion scores through the pipeline."""
+    if getattr(champion, "compiled", None) is None:
+        return []
+    complete = [i for i, s in enumerate(scored) if s.probability is not None]
+    if not complete:
+        return []
+    theirs = champion.pipeline_probabilities([rows[i] for i in complete])
+    out = []
+    for i, p in zip(complete, theirs):
+        if abs(scored[i].probability - float(p)) > TOLERANCE:
+            detail = "the serving scorer and the registered pipeline differ on the same row"
+            out.append(Mismatch(users[i], scored[i].probability, float(p), detail))
+    return out

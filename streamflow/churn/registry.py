@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,10 @@ CHAMPION = "champion"
 
 class NoChampion(StreamflowError):
     """No version of the model carries the alias ``champion`` (run ``streamflow train``)."""
+
+
+class ModelUnreadable(StreamflowError):
+    """A registered version's files cannot be read (its artifacts were moved or deleted)."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +174,8 @@ def describe(version: str) -> ModelVersion:
     from mlflow.models import get_model_info
 
     name = config.settings().model.name
-    info = get_model_info(f"models:/{name}/{version}")
+    with _readable(name, version):
+        info = get_model_info(f"models:/{name}/{version}")
     inputs = info.signature.inputs.input_names() if info.signature is not None else []
     return ModelVersion(name, str(version), tuple(inputs))
 
@@ -178,4 +184,20 @@ def load(version: ModelVersion):
     """The scikit-learn pipeline of a registered version."""
     import mlflow.sklearn
 
-    return mlflow.sklearn.load_model(f"models:/{version.name}/{version.version}")
+    with _readable(version.name, version.version):
+        return mlflow.sklearn.load_model(f"models:/{version.name}/{version.version}")
+
+
+@contextmanager
+def _readable(name: str, version: str):
+    """Turn a failure to read a version's files into ModelUnreadable, naming the version."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except (MlflowException, OSError) as exc:
+        artifacts = config.settings().model.artifacts
+        raise ModelUnreadable(
+            f"model {name} version {version} cannot be read: {first_line(exc)} "
+            f"(STREAMFLOW_MLFLOW_ARTIFACTS={artifacts})"
+        ) from None

@@ -34,14 +34,20 @@ class Scored:
 
 @dataclass(frozen=True)
 class Champion:
+    """A loaded model version. ``compiled``: its :class:`streamflow.churn.compiled.CompiledScorer`
+    (checked equal to the pipeline when it was built), which :meth:`score` uses; None: the pipeline
+    scores."""
+
     version: ModelVersion
     model: Any = field(repr=False)
+    compiled: Any = field(default=None, repr=False)
 
     @classmethod
     def load(cls, version: ModelVersion | None = None) -> Champion:
         """The champion (or the given version), loaded; raises NoChampion, IncompatibleModel."""
         from streamflow.churn import registry
         from streamflow.churn.candidates import one_thread
+        from streamflow.churn.compiled import CompiledScorer
 
         one_thread()
         version = version or registry.champion()
@@ -50,18 +56,26 @@ class Champion:
                 f"model {version.name} version {version.version} reads {', '.join(version.features)}; "
                 f"this StreamFlow provides {', '.join(features.NAMES)}"
             )
-        return cls(version, registry.load(version))
+        model = registry.load(version)
+        return cls(version, model, CompiledScorer.compile(model))
 
     def score(self, user_ids: Sequence[str], rows: Sequence[Mapping[str, object]]) -> list[Scored]:
         """Score each user's row (feature name -> value); a row with a missing feature is not scored."""
         out = [Scored(u, None, features.missing(row)) for u, row in zip(user_ids, rows)]
         complete = [i for i, s in enumerate(out) if not s.missing]
         if complete:
-            frame = features.model_frame([rows[i] for i in complete])
-            probabilities = np.asarray(self.model.predict_proba(frame)[:, 1], dtype=float)
+            chosen = [rows[i] for i in complete]
+            if self.compiled is not None:
+                probabilities = self.compiled.probabilities(chosen)
+            else:
+                probabilities = self.pipeline_probabilities(chosen)
             for i, p in zip(complete, probabilities):
                 out[i].probability = float(p)
         return out
+
+    def pipeline_probabilities(self, rows: Sequence[Mapping[str, object]]) -> np.ndarray:
+        """The registered pipeline's own probabilities for complete rows (through model_frame)."""
+        return np.asarray(self.model.predict_proba(features.model_frame(rows))[:, 1], dtype=float)
 
 
 class ChampionWatcher:

@@ -117,13 +117,20 @@ def next_snapshot(as_of: date) -> date | None:
 
 
 def single_row_latency_ms(model, frame: pd.DataFrame, repeats: int = 200) -> float:
-    """Median time to build one row's input frame and score it (ms)."""
+    """Median time to score one feature row the way the API will (ms): through the compiled
+    scorer (streamflow.churn.compiled) when the model compiles, else building its input frame."""
+    from streamflow.churn.compiled import CompiledScorer
+
+    compiled = CompiledScorer.compile(model)
     records = frame.head(repeats).to_dict("records")
     times = []
     for i in range(repeats):
         row = records[i % len(records)]
         started = time.perf_counter()
-        model.predict_proba(features.model_frame([row]))
+        if compiled is not None:
+            compiled.probabilities([row])
+        else:
+            model.predict_proba(features.model_frame([row]))
         times.append((time.perf_counter() - started) * 1000)
     return statistics.median(times)
 
@@ -169,12 +176,16 @@ def decide(
     new_auc = new.validation_auc()
     try:
         current = registry.champion(mlflow_client)
+        if tuple(current.features) != tuple(features.NAMES):
+            reason = f"the champion (version {current.version}) reads other features"
+            return Decision(True, reason, new_auc, current.version)
+        champion_model = registry.load(current)
     except registry.NoChampion:
         return Decision(True, "no champion yet", new_auc)
-    if tuple(current.features) != tuple(features.NAMES):
-        reason = f"the champion (version {current.version}) reads other features"
-        return Decision(True, reason, new_auc, current.version)
-    champion_model = registry.load(current)
+    except registry.ModelUnreadable as exc:
+        if force:
+            return Decision(True, f"--force ({exc})", new_auc)
+        raise registry.ModelUnreadable(f"{exc}; `streamflow train --force` replaces it") from None
     # the champion on the same set as the new model's validation AUC: the next snapshot, or (no next
     # snapshot) the training date's users, which the new model saw only out of fold
     frame, labels = (
