@@ -10,12 +10,15 @@ request itself and hands every other request, unchanged, to FastAPI:
   and the query string is empty or exactly one ``features=...``: answered here, through the
   same :class:`api.batcher.LookupBatcher`, the same selection parser, the same JSON shape
   (:func:`api.feature_routes.user_body`) and the same error bodies (400, 404, 503);
+* ``GET /predict/{user_id}`` with a valid id and no query string: answered here by
+  :func:`api.predict_routes.one_prediction`, the function FastAPI's route answers with;
 * anything else (another method or path, a malformed id, other query parameters): FastAPI's
-  route, which stays the reference and the OpenAPI description. tests/test_api_fast_path.py
-  checks that both give byte-identical answers to the same requests.
+  route, which stays the reference and the OpenAPI description. tests/test_api.py checks that
+  both give the same answers to the same requests.
 
 The metrics, authentication and error middlewares sit outside this layer and see its requests
-like any other; it labels them with the route template ``/features/{user_id}``.
+like any other; it labels them with the route templates ``/features/{user_id}`` and
+``/predict/{user_id}``.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import orjson
 
 from api.feature_routes import not_found_detail, user_body
 from api.features import FeaturesUnavailable, UnknownFeatures, parse_selection
+from api.predict_routes import one_prediction
 from streamflow import contract, schema
 
 _check_id = contract.checker(schema.KEY_COLUMN)
@@ -41,15 +45,19 @@ def _valid_id(user_id: str) -> bool:
 
 ROUTE = "/features/{user_id}"
 PREFIX = "/features/"
+PREDICT_ROUTE = "/predict/{user_id}"
+PREDICT_PREFIX = "/predict/"
 
 
 class _RouteTemplate:
     """What the metrics middleware reads of a matched route (``scope["route"].path``)."""
 
-    path = ROUTE
+    def __init__(self, path: str) -> None:
+        self.path = path
 
 
-_ROUTE = _RouteTemplate()
+_ROUTE = _RouteTemplate(ROUTE)
+_PREDICT_ROUTE = _RouteTemplate(PREDICT_ROUTE)
 _FALL_THROUGH = object()
 
 
@@ -80,15 +88,29 @@ class FeatureFastPath:
         self.state = state  # the FastAPI app's state: batcher and metrics, set by create_app
 
     async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET" and scope["path"].startswith(PREFIX):
-            user_id = scope["path"][len(PREFIX) :]
-            if _valid_id(user_id):
-                selection = selection_of(scope.get("query_string", b""))
-                if selection is not _FALL_THROUGH:
-                    scope["route"] = _ROUTE
-                    await self._answer(user_id, selection, send)  # type: ignore[arg-type]
+        if scope["type"] == "http" and scope["method"] == "GET":
+            path = scope["path"]
+            if path.startswith(PREFIX):
+                user_id = path[len(PREFIX) :]
+                if _valid_id(user_id):
+                    selection = selection_of(scope.get("query_string", b""))
+                    if selection is not _FALL_THROUGH:
+                        scope["route"] = _ROUTE
+                        await self._answer(user_id, selection, send)  # type: ignore[arg-type]
+                        return
+            elif path.startswith(PREDICT_PREFIX) and not scope.get("query_string"):
+                user_id = path[len(PREDICT_PREFIX) :]
+                if _valid_id(user_id):
+                    scope["route"] = _PREDICT_ROUTE
+                    await self._predict(user_id, send)
                     return
         await self.app(scope, receive, send)
+
+    async def _predict(self, user_id: str, send) -> None:
+        status, payload, headers = await one_prediction(self.state, user_id)
+        extra = tuple((name.lower().encode(), value.encode()) for name, value in headers)
+        await send({"type": "http.response.start", "status": status, "headers": _headers(payload, extra)})
+        await send({"type": "http.response.body", "body": payload})
 
     async def _answer(self, user_id: str, selection: list[str] | None, send) -> None:
         state = self.state

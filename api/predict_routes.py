@@ -21,7 +21,7 @@ from fastapi.responses import Response
 from api import models
 from api.errors import RESPONSES, error
 from api.feature_routes import JSON_OPTIONS, JSONBytes
-from api.features import MAX_BATCH, UserResult
+from api.features import MAX_BATCH, FeaturesUnavailable, UserResult
 from streamflow.churn import features
 
 router = APIRouter(tags=["predictions"])
@@ -85,16 +85,42 @@ async def score_distribution(request: Request):
     summary="Churn probability of one user",
 )
 async def get_prediction(request: Request, user_id: Annotated[models.UserId, USER_ID]):
-    state = request.app.state
-    refused = _unavailable(state)
-    if refused is not None:
-        return refused
-    champion = state.champion.current
-    answers, _ = await state.batcher.lookup_rendered([user_id], SELECTION, _render(champion, state.metrics))
+    status, payload, headers = await one_prediction(request.app.state, user_id)
+    return JSONBytes(payload, status_code=status, headers=dict(headers))
+
+
+Headers = tuple[tuple[str, str], ...]
+
+
+def _error(status: int, code: str, detail: str, headers: Headers = ()) -> tuple[int, bytes, Headers]:
+    return status, orjson.dumps({"error": code, "detail": detail}), headers
+
+
+async def one_prediction(state, user_id: str) -> tuple[int, bytes, Headers]:
+    """The answer to `GET /predict/{user_id}` for a valid id: status, JSON body and extra headers.
+
+    The route above and api.fast_path both answer with it, so they cannot differ: 200 with the
+    prediction; 404 when the online store has none of the model's features for the user; 503 with
+    ``Retry-After`` when no model serves yet or the online store cannot be read.
+    """
+    watcher = getattr(state, "champion", None)
+    if watcher is None:
+        return _error(503, "unavailable", "this API serves no model (started without one)")
+    champion = watcher.current
+    if champion is None:
+        return _error(503, "unavailable", watcher.problem or "the model is loading", (("Retry-After", "5"),))
+    try:
+        answers, _ = await state.batcher.lookup_rendered(
+            [user_id], SELECTION, _render(champion, state.metrics)
+        )
+    except FeaturesUnavailable as exc:
+        return _error(503, "unavailable", str(exc), (("Retry-After", "1"),))
     [answer] = answers
     if not any(view.found for view in answer["views"].values()):
-        return error(404, "not_found", f"user {user_id} has none of the model's features in the online store")
-    return JSONBytes(orjson.dumps(answer, option=JSON_OPTIONS))
+        return _error(
+            404, "not_found", f"user {user_id} has none of the model's features in the online store"
+        )
+    return 200, orjson.dumps(answer, option=JSON_OPTIONS), ()
 
 
 @router.post(

@@ -45,9 +45,14 @@ VERIFY_TARGET_S = 60.0
 POST_USERS = 100
 
 
+MLFLOW_SCHEMA = f"mlflow_{common.RUN_ID}"
+"""MLflow's tracking store of this run (its experiment names the run's artifact folder); dropped after."""
+
+
 def _environment(artifacts: str) -> dict[str, str]:
     return {
         **os.environ,
+        "STREAMFLOW_MLFLOW_SCHEMA": MLFLOW_SCHEMA,
         "STREAMFLOW_MLFLOW_ARTIFACTS": artifacts,
         "STREAMFLOW_LOG_LEVEL": "WARNING",
         "STREAMFLOW_NO_PROGRESS": "1",
@@ -161,6 +166,8 @@ def measure(users_count: int, seconds: float) -> dict:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+        with common.connect(autocommit=True) as conn:
+            conn.execute(f"DROP SCHEMA IF EXISTS {MLFLOW_SCHEMA} CASCADE")
     return {
         "users": users_count,
         "seconds_per_load": seconds,

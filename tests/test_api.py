@@ -333,6 +333,50 @@ def test_fast_path_503_is_the_same_as_fastapis(data, monkeypatch):
         assert a.status_code == 503 and comparable(a) == comparable(b)
 
 
+def test_fast_path_predicts_like_fastapis_route(data, monkeypatch):
+    """GET /predict/{user_id}: the fast path and FastAPI's route give the same answers (a scored
+    user, one with none of the model's views, an unknown one, no model yet), and the fast path
+    takes only a valid id without a query string."""
+    from api.fast_path import FeatureFastPath
+
+    answered: list[str] = []
+    original = FeatureFastPath._predict
+
+    async def counting(self, user_id, send):
+        answered.append(user_id)
+        await original(self, user_id, send)
+
+    monkeypatch.setattr(FeatureFastPath, "_predict", counting)
+    champion = synthetic_champion()
+    fast = [
+        f"/predict/{data.users[0]}",
+        f"/predict/{data.partial}",
+        f"/predict/{UNKNOWN}",
+    ]
+    fastapi_only = [f"/predict/{data.users[0]}?x=1", "/predict/1234-abcde", f"/predict/{data.users[0]}/"]
+    with (
+        TestClient(create_app(lag=False, champion=LoadedChampion(champion))) as ours,
+        TestClient(create_app(lag=False, fast_path=False, champion=LoadedChampion(champion))) as reference,
+    ):
+        for path, on_fast_path in [(p, True) for p in fast] + [(p, False) for p in fastapi_only]:
+            before = len(answered)
+            a = ours.get(path, follow_redirects=False)
+            b = reference.get(path, follow_redirects=False)
+            assert comparable(a) == comparable(b), path
+            assert (len(answered) > before) == on_fast_path, path
+            assert int(a.headers["content-length"]) == len(a.content)
+        assert [ours.get(p).status_code for p in fast] == [200, 404, 404]
+        metrics = ours.get("/metrics").text
+        assert 'route="/predict/{user_id}",status="200"' in metrics.replace('method="GET",', "")
+    with (
+        TestClient(create_app(lag=False)) as ours,
+        TestClient(create_app(lag=False, fast_path=False)) as reference,
+    ):
+        a, b = ours.get(fast[0]), reference.get(fast[0])
+        assert a.status_code == 503 and comparable(a) == comparable(b)
+    assert len(answered) == 2 * len(fast) + 1  # (the status check asked each again; the 503)
+
+
 # --- POST /features ------------------------------------------------------------------------------
 
 

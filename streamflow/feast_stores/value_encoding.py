@@ -275,11 +275,12 @@ _unpack_double = struct.Struct("<d").unpack_from
 _unpack_float = struct.Struct("<f").unpack_from
 
 
-def _read_varint(raw: bytes, i: int) -> tuple[int, int]:
-    """The varint at raw[i:] and the index after it."""
+def _read_varint(raw: bytes, i: int, end: int | None = None) -> tuple[int, int]:
+    """The varint at raw[i:end] and the index after it."""
+    end = len(raw) if end is None else end
     n = shift = 0
     while True:
-        if i >= len(raw):
+        if i >= end:
             raise ValueError("truncated varint")
         b = raw[i]
         i += 1
@@ -293,21 +294,32 @@ def _signed64(n: int) -> int:
     return n - (1 << 64) if n >= 1 << 63 else n
 
 
-def _decode_value(raw: bytes) -> tuple[str | None, Any]:
-    """(oneof field name, Python value) of one serialized Value; (None, None) when no field is set.
+_SIGNED = frozenset({"int32_val", "int64_val", "unix_timestamp_val"})
+
+
+def _decode_value(raw: bytes, i: int, end: int) -> tuple[str | None, Any]:
+    """(oneof field name, Python value) of the serialized Value at raw[i:end]; (None, None) when no
+    field is set.
 
     Scalars only; any other field comes back as ("field_<number>", its raw bytes or number). When a
-    message sets several fields, the last one wins, as in protobuf.
+    message sets several fields, the last one wins, as in protobuf. One-byte tags and lengths (all
+    of a Value's but large varints) are read inline.
     """
     found: tuple[str | None, Any] = (None, None)
-    i = 0
-    while i < len(raw):
-        tag, i = _read_varint(raw, i)
+    while i < end:
+        tag = raw[i]
+        i += 1
+        if tag >= 0x80:
+            tag, i = _read_varint(raw, i - 1, end)
         number, wire = tag >> 3, tag & 7
-        name = _SCALAR_FIELDS.get(number, f"field_{number}")
+        name = _SCALAR_FIELDS.get(number) or f"field_{number}"
         if wire == 0:
-            n, i = _read_varint(raw, i)
-            if name in ("int32_val", "int64_val", "unix_timestamp_val"):
+            if i < end and raw[i] < 0x80:
+                n = raw[i]
+                i += 1
+            else:
+                n, i = _read_varint(raw, i, end)
+            if name in _SIGNED:
                 value: Any = _signed64(n)
                 if name == "int32_val":
                     value = (value + (1 << 31)) % (1 << 32) - (1 << 31)
@@ -316,21 +328,29 @@ def _decode_value(raw: bytes) -> tuple[str | None, Any]:
             else:
                 value = n
         elif wire == 1:
+            if i + 8 > end:
+                raise ValueError("truncated Value")
             value = _unpack_double(raw, i)[0] if name == "double_val" else raw[i : i + 8]
             i += 8
         elif wire == 5:
+            if i + 4 > end:
+                raise ValueError("truncated Value")
             value = _unpack_float(raw, i)[0] if name == "float_val" else raw[i : i + 4]
             i += 4
         elif wire == 2:
-            n, i = _read_varint(raw, i)
+            if i < end and raw[i] < 0x80:
+                n = raw[i]
+                i += 1
+            else:
+                n, i = _read_varint(raw, i, end)
+            if i + n > end:
+                raise ValueError("truncated Value")
             value = raw[i : i + n]
             if name == "string_val":
                 value = value.decode("utf-8")
             i += n
         else:
             raise ValueError(f"unsupported protobuf wire type {wire}")
-        if i > len(raw):
-            raise ValueError("truncated Value")
         found = (name, value)
     return found
 
@@ -345,13 +365,19 @@ def decode_elements(raw: bytes) -> list[tuple[str | None, Any]]:
     out = []
     i = 0
     raw = bytes(raw)
-    while i < len(raw):
-        tag, i = _read_varint(raw, i)
-        if tag != 0x0A:
-            raise ValueError(f"not a RepeatedValue: tag {tag:#x} at byte {i - 1}")
-        n, i = _read_varint(raw, i)
-        if i + n > len(raw):
+    end = len(raw)
+    while i < end:
+        if raw[i] != 0x0A:
+            tag, _ = _read_varint(raw, i)
+            raise ValueError(f"not a RepeatedValue: tag {tag:#x} at byte {i}")
+        i += 1
+        if i < end and raw[i] < 0x80:
+            n = raw[i]
+            i += 1
+        else:
+            n, i = _read_varint(raw, i)
+        if i + n > end:
             raise ValueError("truncated RepeatedValue")
-        out.append(_decode_value(raw[i : i + n]))
+        out.append(_decode_value(raw, i, i + n))
         i += n
     return out
