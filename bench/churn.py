@@ -14,6 +14,13 @@
    keep-alive clients, as ``bench.api_load``): 10 clients at 200 req/s asking ``GET
    /features/<user>``, then ``GET /predict/<user>`` for the same user (the baseline is the first,
    in the same run); then 1 client at 50 req/s posting ``POST /predict`` with 100 users.
+5. Event produced -> new score served: one consumer process (``python -m consumer.main``) on fresh
+   topics; this process sends usage_agg_30d events for the loaded users (``bench.freshness``'s
+   events: new usage values, event time = send time) at 2,000 events/s for 15 s, one user after
+   another. About 50 events a second are timed: a poller asks ``POST /predict`` every 25 ms for
+   the users of the unseen timed events, and an event is served once its user's answer has a
+   probability computed from a usage row with the event's time. Latency = the start of that poll
+   - send time (late by at most one poll period).
 
 hey, PostgreSQL and the server share the machine's 2 cores.
 """
@@ -26,13 +33,16 @@ import json
 import os
 import subprocess
 import tempfile
+import threading
 import time
+from datetime import datetime
 
 from bench import (
     api_load,
     common,  # noqa: I001  (first: sets the benchmark environment)
     verify,
 )
+from streamflow import schema
 from streamflow.net import free_port
 
 NAME = "churn"
@@ -43,6 +53,131 @@ POST_TARGET_MS = 20.0
 TRAIN_TARGET_S = 60.0
 VERIFY_TARGET_S = 60.0
 POST_USERS = 100
+SCORE_RATE, SCORE_SECONDS, SCORE_TARGET_MS = 2000.0, 15.0, 250.0
+SCORE_TIMED_PER_SECOND, SCORE_POLL_SECONDS = 50, 0.025
+USAGE_VIEW = schema.table("usage_agg_30d").feature_view
+
+
+class ScorePoller(threading.Thread):
+    """Finds when each timed event's new score is served (see the module, step 5)."""
+
+    def __init__(self, port: int, users: list[str]):
+        from bench.freshness import entity_key
+
+        super().__init__(daemon=True)
+        self.port = port
+        self.user_of = {entity_key(u): u for u in users}
+        self.lock = threading.Lock()
+        self.pending: dict[str, float] = {}  # user -> send time (wall clock)
+        self.latency: list[float] = []
+        self.polls = 0
+        self.last: object = None
+        """The newest answer (for a diagnosis)."""
+        self.stopping = threading.Event()
+
+    def expect(self, key: bytes, sent: float) -> None:
+        with self.lock:
+            self.pending[self.user_of[key]] = sent
+
+    def run(self) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        while not self.stopping.is_set():
+            with self.lock:
+                asked = list(self.pending)[:200]
+            start = time.time()
+            if asked:
+                conn.request(
+                    "POST",
+                    "/predict",
+                    body=json.dumps({"user_ids": asked}),
+                    headers={"Content-Type": "application/json"},
+                )
+                answer = self.last = json.loads(conn.getresponse().read())
+                self.polls += 1
+                with self.lock:
+                    for result in answer.get("results", []):
+                        user, sent = result["user_id"], self.pending.get(result["user_id"])
+                        view = result["views"].get(USAGE_VIEW) or {}
+                        ts = view.get("event_timestamp")
+                        served = result["churn_probability"] is not None and ts is not None
+                        if (
+                            sent is not None
+                            and served
+                            and datetime.fromisoformat(ts).timestamp() >= sent - 1e-3
+                        ):
+                            self.latency.append(start - sent)
+                            del self.pending[user]
+            self.stopping.wait(max(0.0, SCORE_POLL_SECONDS - (time.time() - start)))
+
+    def wait_seen(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self.pending:
+                    return True
+            time.sleep(0.05)
+        return False
+
+
+def _event_to_score(port: int, users: list[str]) -> dict:
+    """Step 5 of the module: the latency from an event's send to its new score served."""
+    from bench import freshness
+    from producer.replay import make_producer
+
+    common.use_topics("churn_scores")
+    count = int(SCORE_RATE * SCORE_SECONDS)
+    sent_users = [users[i % len(users)] for i in range(count)]
+    consumer_port = free_port()
+    consumer = freshness.start_consumer(consumer_port, common.data_dir() / "churn-consumer.log")
+    poller, producer = ScorePoller(port, users), make_producer()
+    poller.start()
+    try:
+        warm = users[: min(200, len(users))]
+        freshness.send_steady(producer, poller, warm, 200, 0, SCORE_TIMED_PER_SECOND)
+        if not poller.wait_seen(180):
+            log = (common.data_dir() / "churn-consumer.log").read_text()[-1500:]
+            raise RuntimeError(
+                f"the warm-up events' scores were never served ({len(poller.pending)} unseen, "
+                f"last answer {str(poller.last)[:600]}); consumer log:\n{log}"
+            )
+        poller.latency.clear()
+        poller.polls = 0
+        time.sleep(0.5)
+        before = freshness.scrape(consumer_port)
+        seconds = freshness.send_steady(
+            producer, poller, sent_users, SCORE_RATE, len(warm), SCORE_TIMED_PER_SECOND
+        )
+        producer.flush()
+        all_seen = poller.wait_seen(60)
+        time.sleep(0.5)
+        after = freshness.scrape(consumer_port)
+    finally:
+        poller.stopping.set()
+        producer.close()
+        freshness.stop_consumer(consumer)
+    ms = [x * 1000 for x in poller.latency]
+    result = {
+        "asked_rate": SCORE_RATE,
+        "achieved_rate": round(count / seconds, 1),
+        "events": count,
+        "timed_seen": len(ms),
+        "timed_unseen": len(poller.pending),
+        "all_seen": all_seen,
+        "polls": poller.polls,
+        "p50_ms": freshness.percentile(ms, 0.5),
+        "p99_ms": freshness.percentile(ms, 0.99),
+        "max_ms": max(ms, default=None),
+        "consumer_event_to_online_p50_bucket_s": freshness.bucket_quantile(before, after, 0.5),
+        "consumer_event_to_online_p99_bucket_s": freshness.bucket_quantile(before, after, 0.99),
+    }
+    common.say(
+        f"  event -> new score served, {count:,} events at {result['achieved_rate']:,.0f}/s: "
+        f"{len(ms):,} timed, p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, "
+        f"max {result['max_ms'] or float('nan'):.0f} ms, unseen {len(poller.pending)}; the consumer's "
+        f"event-to-online histogram: p50 <= {result['consumer_event_to_online_p50_bucket_s']} s, "
+        f"p99 <= {result['consumer_event_to_online_p99_bucket_s']} s"
+    )
+    return result
 
 
 MLFLOW_SCHEMA = f"mlflow_{common.RUN_ID}"
@@ -160,6 +295,7 @@ def measure(users_count: int, seconds: float) -> dict:
         predict = _hey(hey, port, f"/predict/{user}", 10, 200, seconds)
         body = json.dumps({"user_ids": users[:POST_USERS]})
         post = _hey(hey, port, "/predict", 1, 50, seconds, body=body)
+        scores = _event_to_score(port, users)
     finally:
         proc.terminate()
         try:
@@ -187,6 +323,7 @@ def measure(users_count: int, seconds: float) -> dict:
         "features_get": features,
         "predict_get": predict,
         "predict_post_100": post,
+        "event_to_score": scores,
     }
 
 
@@ -220,6 +357,18 @@ def run(args) -> dict:
             met=post99 < POST_TARGET_MS,
             higher_is_better=False,
             note=f"non-200: {d['predict_post_100']['non_200']}",
+        ),
+        common.row(
+            f"9e event produced -> new score served, {SCORE_RATE:,.0f} events/s",
+            "p99 ms (send to the first POST /predict poll whose answer scores the event's usage row)",
+            d["event_to_score"]["p99_ms"],
+            None,
+            "ms",
+            goal=f"< {SCORE_TARGET_MS:g} ms",
+            met=d["event_to_score"]["p99_ms"] < SCORE_TARGET_MS and d["event_to_score"]["all_seen"],
+            higher_is_better=False,
+            note=f"p50 {d['event_to_score']['p50_ms']:.0f} ms; {d['event_to_score']['timed_seen']:,} timed "
+            f"events; sent at {d['event_to_score']['achieved_rate']:,.0f}/s",
         ),
         common.row(
             f"9c streamflow train, {users_count:,} users",

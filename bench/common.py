@@ -43,7 +43,7 @@ from pathlib import Path  # noqa: E402
 
 import psycopg  # noqa: E402
 
-from streamflow import config, schema, warehouse  # noqa: E402
+from streamflow import config, db_roles, schema, warehouse  # noqa: E402
 
 STOCK_PROJECT = "streamflow_bench_stock"
 REPO = config.REPO_ROOT
@@ -239,6 +239,8 @@ def load_warehouse(users: int) -> None:
     ) as conn:  # settle the fresh rows (hint bits, statistics): fair to both readers
         for table in schema.TABLES:
             conn.execute(f"VACUUM (ANALYZE) {table.snapshot_table}")
+        # the tables were made again: the consumer's and the API's roles need their grants again
+        db_roles.ensure_roles(conn, config.postgres(), os.environ["FEAST_PROJECT"])
     say(f"  loaded {users:,} users x 2 months in {time.perf_counter() - started:.1f} s")
 
 

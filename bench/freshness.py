@@ -134,14 +134,17 @@ class Poller(threading.Thread):
         return False
 
 
-def send_steady(producer, poller: Poller, users: list[str], rate: float, offset: int) -> float:
-    """Send one event per user at a steady rate, timing every k-th; returns the seconds it took.
+def send_steady(
+    producer, poller, users: list[str], rate: float, offset: int, timed_per_second: int = TIMED_PER_SECOND
+) -> float:
+    """Send one event per user at a steady rate, timing every k-th (``poller.expect(entity key, send
+    time)``, about ``timed_per_second`` a second); returns the seconds it took.
 
     Keys are encoded before the clock starts: the sending loop is the load generator, and what
     it can spend per event decides whether the asked rate is reached."""
     topic = TABLE.topic
     headers = [(schema.EVENT_TABLE_HEADER, TABLE.name.encode())]
-    stride = max(1, round(rate / TIMED_PER_SECOND))
+    stride = max(1, round(rate / timed_per_second))
     prepared = [
         (user, user.encode(), entity_key(user) if i % stride == 0 else None) for i, user in enumerate(users)
     ]

@@ -87,12 +87,9 @@ def offline_rows(user_ids: list[str], now: datetime) -> list[dict]:
     entity_df = pd.DataFrame({schema.KEY: user_ids, "event_timestamp": [now] * len(user_ids)})
     with database_errors("offline rows"):
         frame = get_store().get_historical_features(entity_df=entity_df, features=features.refs()).to_df()
-    frame = frame.set_index(schema.KEY)
-    out = []
-    for user in user_ids:
-        row = frame.loc[user]
-        out.append({name: _plain(row[name]) for name in features.NAMES})
-    return out
+    frame = frame.drop_duplicates(schema.KEY).set_index(schema.KEY).reindex(user_ids)
+    columns = [[_plain(v) for v in frame[name].to_numpy(dtype=object)] for name in features.NAMES]
+    return [dict(zip(features.NAMES, values)) for values in zip(*columns)]
 
 
 def _plain(value):
