@@ -12,7 +12,8 @@ set them per test), otherwise the last one is returned. A bad value raises :clas
 (exit code 2) with one line naming the variable and what it expects.
 
 Importing this module changes nothing in ``os.environ``; :func:`use_role` is the one function
-that sets a variable (for the processes an entry point starts).
+that sets a variable (for the processes an entry point starts), and
+:func:`forget_prometheus_multiprocess` the one that removes some (those Feast sets on import).
 """
 
 from __future__ import annotations
@@ -733,6 +734,27 @@ def use_role(role: DbRole) -> None:
     if role not in DB_ROLES:
         raise ValueError(f"no such database role: {role!r} (one of {', '.join(DB_ROLES)})")
     os.environ["STREAMFLOW_DB_ROLE"] = role
+
+
+PROMETHEUS_MULTIPROCESS_VARIABLES = (
+    "PROMETHEUS_MULTIPROCESS_DIR",
+    "PROMETHEUS_MULTIPROC_DIR",
+    "prometheus_multiproc_dir",
+)
+"""prometheus_client's multiprocess-mode variables: not StreamFlow settings, an operator's choice
+that StreamFlow leaves as it is (see streamflow.feast_metrics_guard)."""
+
+
+def prometheus_multiprocess_chosen() -> bool:
+    """Whether one of :data:`PROMETHEUS_MULTIPROCESS_VARIABLES` is set in this process's environment."""
+    return any(name in os.environ for name in PROMETHEUS_MULTIPROCESS_VARIABLES)
+
+
+def forget_prometheus_multiprocess() -> None:
+    """Remove :data:`PROMETHEUS_MULTIPROCESS_VARIABLES` from this process's environment (what Feast's
+    metrics module sets on import), so that the processes it starts do not inherit them."""
+    for name in PROMETHEUS_MULTIPROCESS_VARIABLES:
+        os.environ.pop(name, None)
 
 
 def kafka_bootstrap() -> str:

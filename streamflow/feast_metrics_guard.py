@@ -19,11 +19,9 @@ from __future__ import annotations
 
 import importlib.abc
 import importlib.util
-import os
 import sys
 
 MODULE = "feast.metrics"
-VARIABLES = ("PROMETHEUS_MULTIPROCESS_DIR", "PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
 
 
 class _Loader(importlib.abc.Loader):
@@ -34,13 +32,14 @@ class _Loader(importlib.abc.Loader):
         return self._loader.create_module(spec)
 
     def exec_module(self, module) -> None:
-        chosen = [name for name in VARIABLES if name in os.environ]
+        from streamflow import config  # (the one module that reads and changes the environment)
+
+        chosen = config.prometheus_multiprocess_chosen()
         try:
             self._loader.exec_module(module)
         finally:
             if not chosen:
-                for name in VARIABLES:
-                    os.environ.pop(name, None)
+                config.forget_prometheus_multiprocess()
                 values = sys.modules.get("prometheus_client.values")
                 if values is not None:
                     values.ValueClass = values.MutexValue  # type: ignore[attr-defined]
