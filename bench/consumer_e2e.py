@@ -45,7 +45,8 @@ def mark_batches(consumer) -> dict[str, float]:
     """Wrap a consumer's batching and commit: the returned marks get the time its first batch is
     polled (``first_batch``) and its last commit returns (``last_commit``), what benchmark 2 counts."""
     marks: dict[str, float] = {}
-    batch_of, commit = consumer.batch_of, consumer.commit
+    offsets = consumer.client.offsets  # the commit protocol of the consumer's (first) client
+    batch_of, commit = consumer.batch_of, offsets.commit
 
     def timed_batch(records):
         marks.setdefault("first_batch", time.perf_counter())
@@ -56,7 +57,7 @@ def mark_batches(consumer) -> dict[str, float]:
         marks["last_commit"] = time.perf_counter()
         return ok
 
-    consumer.batch_of, consumer.commit = timed_batch, timed_commit
+    consumer.batch_of, offsets.commit = timed_batch, timed_commit
     return marks
 
 
@@ -76,19 +77,18 @@ def consume(batch: int) -> dict:
             max_idle_seconds=120,
         )
     )
-    if (
-        consumer._workers is not None
-    ):  # steady state: every write worker started (benchmark 9 times the start)
-        consumer._workers.wait_ready(every=True)
+    workers = consumer.writer.workers
+    if workers is not None:  # steady state: every write worker started (benchmark 9 times the start)
+        workers.wait_ready(every=True)
     marks = mark_batches(consumer)
-    write = consumer.write_table
+    write = consumer.writer.write_table
 
     def profiled_write(*args):  # the writer threads' own profile (pyinstrument follows one thread)
         with common.profiled(f"{NAME}_writer", append=True):
             return write(*args)
 
     if common.PROFILE:
-        consumer.write_table = profiled_write
+        consumer.writer.write_table = profiled_write
     started = time.perf_counter()
     with common.profiled(NAME):
         stats = consumer.run()

@@ -26,10 +26,10 @@ import time
 import uuid
 
 from bench import common, consumer_e2e  # noqa: I001  (common first: sets the benchmark environment)
-from consumer.runner import ConsumerSettings
+from consumer.settings import ConsumerSettings
 
 NAME = "consumer_split"
-STEPS = {"poll": "poll", "batch_of": "group", "_finish_in_flight": "wait for writes, commit"}
+STEPS = {"poll": "poll", "batch_of": "group", "_commit_written": "wait for writes, commit"}
 
 
 def machine_cpu() -> tuple[float, float]:
@@ -45,7 +45,8 @@ def timed_steps(consumer) -> tuple[dict[str, list[float]], dict[str, float]]:
     counted from the first batch on (as benchmark 2 and the bare loop count: not the group join);
     and the marks of the first batch and the last commit."""
     spent = {label: [0.0, 0.0] for label in [*STEPS.values(), "of which commit"]}
-    commit = consumer.commit
+    offsets = consumer.client.offsets
+    commit = offsets.commit
 
     def timed_commit(offsets):
         wall, cpu = time.perf_counter(), time.thread_time()
@@ -55,11 +56,12 @@ def timed_steps(consumer) -> tuple[dict[str, list[float]], dict[str, float]]:
             spent["of which commit"][0] += time.perf_counter() - wall
             spent["of which commit"][1] += time.thread_time() - cpu
 
-    consumer.commit = timed_commit
+    offsets.commit = timed_commit
     marks = consumer_e2e.mark_batches(consumer)  # inside the step timers below
     polls = [0.0, 0.0]
     for method, label in STEPS.items():
-        inner = getattr(consumer, method)
+        owner = consumer.client if method == "poll" else consumer  # the group client polls
+        inner = getattr(owner, method)
 
         def step(*args, _inner=inner, _label=label, **kwargs):
             if _label == "group":
@@ -77,7 +79,7 @@ def timed_steps(consumer) -> tuple[dict[str, list[float]], dict[str, float]]:
                     into[0] += time.perf_counter() - wall
                     into[1] += time.thread_time() - cpu
 
-        setattr(consumer, method, step)
+        setattr(owner, method, step)
     return spent, marks
 
 
@@ -93,8 +95,8 @@ def ours(events: int, write_processes: int) -> dict:
             write_processes=write_processes,
         )
     )
-    if consumer._workers is not None:  # steady state: every write worker started
-        consumer._workers.wait_ready(every=True)
+    if consumer.writer.workers is not None:  # steady state: every write worker started
+        consumer.writer.workers.wait_ready(every=True)
     spent, marks = timed_steps(consumer)
     busy, idle = machine_cpu()
     cpu = time.process_time()

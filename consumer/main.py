@@ -146,7 +146,8 @@ def consume(args: argparse.Namespace) -> int:
 
 def _consume(args: argparse.Namespace, workers) -> int:
     from consumer.outage import Outage
-    from consumer.runner import ConsumerSettings, StreamConsumer
+    from consumer.runner import StreamConsumer
+    from consumer.settings import ConsumerSettings
     from streamflow import kafka_clients
     from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
 

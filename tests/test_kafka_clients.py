@@ -310,24 +310,33 @@ class _Member:
 def test_a_member_that_stays_outside_the_group_gets_a_new_client_and_a_joined_one_never():
     from kafka.structs import MemberState
 
-    from consumer.runner import ConsumerSettings, StreamConsumer
+    from consumer.health import ClientHealth
 
     def member(state, outside_for):
-        c = StreamConsumer.__new__(StreamConsumer)  # the check alone: no client, no broker
-        c.settings = ConsumerSettings(group_id="g", join_timeout=30)
-        c.outage = Outage("b:1", threading.Event())
-        c.consumer = _Member(state)
-        c._client_state()
-        c._unjoined_since = time.monotonic() - outside_for
-        c._check_joined()
-        return c
+        health = ClientHealth(Outage("b:1", threading.Event()), "g", join_timeout=30, stall_timeout=20)
+        health.unjoined.start = time.monotonic() - outside_for
+        health.check_joined(_Member(state))  # the check alone: no client, no broker
+        return health
 
     assert member(MemberState.REBALANCING, outside_for=31).outage.rebuild_wanted
     assert member(MemberState.UNJOINED, outside_for=31).outage.rebuild_wanted
     assert not member(MemberState.REBALANCING, outside_for=10).outage.rebuild_wanted
     # a member of a group larger than its partitions: joined, no partition, left alone
     stable = member(MemberState.STABLE, outside_for=3600)
-    assert not stable.outage.rebuild_wanted and stable._unjoined_since is None
+    assert not stable.outage.rebuild_wanted and not stable.unjoined.holding
+
+
+def _offsets(client, **settings):
+    """The commit protocol of ``client`` (a stand-in: no broker), as a consumer of group "g" has it."""
+    from consumer.health import ClientHealth
+    from consumer.metrics import ConsumerMetrics
+    from consumer.offsets import Offsets
+    from consumer.settings import ConsumerSettings
+
+    config = ConsumerSettings(group_id="g", **settings)
+    outage = Outage("b:1", threading.Event(), backoff_initial=0, backoff_max=0)
+    health = ClientHealth(outage, "g", config.join_timeout, config.stall_timeout)
+    return Offsets(client, config, outage, health, ConsumerMetrics())
 
 
 class _Committer(_Member):
@@ -349,18 +358,11 @@ def test_commits_refused_for_longer_than_the_join_timeout_get_a_new_client_and_o
     from kafka.errors import CommitFailedError, CoordinatorNotAvailableError
     from kafka.structs import MemberState
 
-    from consumer.metrics import ConsumerMetrics
-    from consumer.runner import ConsumerSettings, StreamConsumer
-
     def member(refuse, failing_for):
-        c = StreamConsumer.__new__(StreamConsumer)  # the commit path alone: no client, no broker
-        c.settings = ConsumerSettings(group_id="g", join_timeout=30, commit_timeout=4)
-        c.outage = Outage("b:1", threading.Event(), backoff_initial=0, backoff_max=0)
-        c.metrics = ConsumerMetrics()
-        c.consumer = _Committer(refuse)
-        c.consumer.state = MemberState.STABLE
-        c._client_state()
-        c._uncommitted_since = None if failing_for is None else time.monotonic() - failing_for
+        client = _Committer(refuse)  # the commit path alone: no broker
+        client.state = MemberState.STABLE
+        c = _offsets(client, join_timeout=30, commit_timeout=4)
+        c.health.uncommitted.start = None if failing_for is None else time.monotonic() - failing_for
         ok = c.commit({TopicPartition("t", 0): 5})
         return c, ok
 
@@ -370,12 +372,12 @@ def test_commits_refused_for_longer_than_the_join_timeout_get_a_new_client_and_o
     c, ok = member(CoordinatorNotAvailableError(), failing_for=31)  # or the coordinator never comes
     assert not ok and c.outage.rebuild_wanted
     c, ok = member(CommitFailedError("stale"), failing_for=10)
-    assert not ok and not c.outage.rebuild_wanted and c._uncommitted_since is not None
+    assert not ok and not c.outage.rebuild_wanted and c.health.uncommitted.holding
     c, ok = member(CommitFailedError("stale"), failing_for=None)  # the first refusal starts the clock
-    assert not ok and not c.outage.rebuild_wanted and c._uncommitted_since is not None
+    assert not ok and not c.outage.rebuild_wanted and c.health.uncommitted.holding
     c, ok = member(None, failing_for=31)  # a commit that succeeds ends it, with its own bound
-    assert ok and not c.outage.rebuild_wanted and c._uncommitted_since is None
-    assert c.consumer.committed[0][1] == 4000
+    assert ok and not c.outage.rebuild_wanted and not c.health.uncommitted.holding
+    assert c.client.committed[0][1] == 4000
 
 
 def test_a_commit_lost_to_an_outage_is_made_later_even_if_no_record_comes_and_never_moves_back():
@@ -383,45 +385,42 @@ def test_a_commit_lost_to_an_outage_is_made_later_even_if_no_record_comes_and_ne
     from kafka.errors import CoordinatorNotAvailableError
     from kafka.structs import MemberState
 
-    from consumer.metrics import ConsumerMetrics
-    from consumer.runner import ConsumerSettings, StreamConsumer
+    from consumer.group_client import GroupClient
 
     p0, p1 = TopicPartition("t", 0), TopicPartition("t", 1)
-    c = StreamConsumer.__new__(StreamConsumer)  # the commit path alone: no client, no broker
-    c.settings = ConsumerSettings(group_id="g", probe_interval=0)
-    c.outage = Outage("b:1", threading.Event(), backoff_initial=0, backoff_max=0)
-    c.metrics = ConsumerMetrics()
-    c.consumer = _Committer(CoordinatorNotAvailableError())
-    c.consumer.state = MemberState.STABLE
-    c.consumer.assignment = lambda: {p0, p1}
-    c._client_state()
+    client = _Committer(CoordinatorNotAvailableError())  # the commit path alone: no broker
+    client.state = MemberState.STABLE
+    client.assignment = lambda: {p0, p1}
+    c = _offsets(client, probe_interval=0)
+    member = GroupClient.__new__(GroupClient)
+    member.offsets, member.outage = c, c.outage
 
     # the last batch of a stream is written, then its commit fails: the broker restarts
     assert not c.commit({p0: 10, p1: 7})
-    assert c._pending == {p0: 10, p1: 7} and not c.drained()
-    c.retry_commit()  # still refused: still pending
-    assert c._pending == {p0: 10, p1: 7}
+    assert c.pending == {p0: 10, p1: 7} and not member.drained()
+    c.retry()  # still refused: still pending
+    assert c.pending == {p0: 10, p1: 7}
     # no record comes any more; the broker answers again: the offsets are committed on their own
-    c.consumer.refuse = None
-    c.consumer.state = MemberState.REBALANCING
-    c.retry_commit()  # not while the member rejoins (the commit would be refused)
-    assert c.consumer.committed == []
-    c.consumer.state = MemberState.STABLE
-    c.consumer.assignment = lambda: {p0}  # p1 moved to another member, who reads it again
-    c.retry_commit()
-    assert [offsets for offsets, _ in c.consumer.committed] == [{p0: _at(10)}]
-    assert c._pending == {}
+    c.client.refuse = None
+    c.client.state = MemberState.REBALANCING
+    c.retry()  # not while the member rejoins (the commit would be refused)
+    assert c.client.committed == []
+    c.client.state = MemberState.STABLE
+    c.client.assignment = lambda: {p0}  # p1 moved to another member, who reads it again
+    c.retry()
+    assert [offsets for offsets, _ in c.client.committed] == [{p0: _at(10)}]
+    assert c.pending == {}
     # after a rejoin the client reads from the group's offsets again: no commit moves back
     assert c.commit({p0: 4})
-    assert c.consumer.committed[-1][0] == {p0: _at(10)}
-    assert c.commit({p0: 12}) and c.consumer.committed[-1][0] == {p0: _at(12)}
+    assert c.client.committed[-1][0] == {p0: _at(10)}
+    assert c.commit({p0: 12}) and c.client.committed[-1][0] == {p0: _at(12)}
     # a pending offset of a partition that moved away is dropped, not retried for ever
-    c.consumer.refuse = CoordinatorNotAvailableError()
-    assert not c.commit({p0: 15}) and c._pending == {p0: 15}
-    c.consumer.refuse, c.consumer.assignment = None, lambda: set()
-    sent = len(c.consumer.committed)
-    c.retry_commit()
-    assert c._pending == {} and len(c.consumer.committed) == sent
+    c.client.refuse = CoordinatorNotAvailableError()
+    assert not c.commit({p0: 15}) and c.pending == {p0: 15}
+    c.client.refuse, c.client.assignment = None, lambda: set()
+    sent = len(c.client.committed)
+    c.retry()
+    assert c.pending == {} and len(c.client.committed) == sent
 
 
 class _Rejoining(_Committer):
@@ -456,29 +455,21 @@ class _Rejoining(_Committer):
 def test_a_stopping_member_commits_what_it_wrote_once_back_in_its_group_or_says_what_it_leaves():
     from kafka import TopicPartition
 
-    from consumer.metrics import ConsumerMetrics
-    from consumer.runner import ConsumerSettings, StreamConsumer
-
     p0, p1 = TopicPartition("t", 0), TopicPartition("t", 1)
 
     def stopping(polls_to_join, leave_timeout=5.0):
-        c = StreamConsumer.__new__(StreamConsumer)  # the stop path alone: no client, no broker
-        c.settings = ConsumerSettings(group_id="g", leave_timeout=leave_timeout)
-        c.outage = Outage("b:1", threading.Event(), backoff_initial=0, backoff_max=0)
-        c.metrics = ConsumerMetrics()
-        c.consumer = _Rejoining(polls_to_join, {p0, p1})
-        c._client_state()
-        c._pending = {p0: 10, p1: 7}  # written; their commit was refused during the rebalance
-        c._commit_before_leaving()
+        c = _offsets(_Rejoining(polls_to_join, {p0, p1}), leave_timeout=leave_timeout)  # no broker
+        c.pending = {p0: 10, p1: 7}  # written; their commit was refused during the rebalance
+        c.settle_before_leaving()
         return c
 
     c = stopping(polls_to_join=3)
-    assert [offsets for offsets, _ in c.consumer.committed] == [{p0: _at(10), p1: _at(7)}]
-    assert c._pending == {} and len(c.consumer.polls) == 3
-    assert c.consumer.paused == {p0, p1}  # nothing new is fetched while it settles
+    assert [offsets for offsets, _ in c.client.committed] == [{p0: _at(10), p1: _at(7)}]
+    assert c.pending == {} and len(c.client.polls) == 3
+    assert c.client.paused == {p0, p1}  # nothing new is fetched while it settles
     c = stopping(polls_to_join=None, leave_timeout=0.3)  # never back: it leaves them pending
-    assert c.consumer.committed == [] and c._pending == {p0: 10, p1: 7}
-    assert c.consumer.polls and all(t <= 300 for t in c.consumer.polls)
+    assert c.client.committed == [] and c.pending == {p0: 10, p1: 7}
+    assert c.client.polls and all(t <= 300 for t in c.client.polls)
 
 
 def _at(offset: int):

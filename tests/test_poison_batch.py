@@ -3,7 +3,7 @@
 * the bisection (``consumer.write_errors.isolate``) on a fake writer that fails for given rows: no
   I/O. 0, 1, 2 and all rows bad; a transient error in the middle stops it (the whole batch is
   retried as transient, nothing dead-lettered);
-* ``StreamConsumer.write_table`` with a fake push (no I/O): the refused rows map back to their
+* ``TableWriter.write_table`` with a fake push (no I/O): the refused rows map back to their
   Kafka records (also when the frame dropped duplicates), a transient error during the bisection
   retries the whole table, a stop request ends it;
 * against the real PostgreSQL and Kafka: a CHECK constraint on the offline snapshot table of
@@ -30,7 +30,9 @@ import psycopg.errors
 import pytest
 
 from consumer.metrics import ConsumerMetrics
-from consumer.runner import ConsumerSettings, StopRequested, StreamConsumer
+from consumer.runner import StreamConsumer
+from consumer.settings import ConsumerSettings
+from consumer.table_writer import StopRequested, TableWriter
 from consumer.write_errors import PERMANENT, TRANSIENT, SystemicWriteError, classify, isolate
 from streamflow import config, event_batch, events, kafka_clients, schema
 from streamflow.kafka_topics import dead_letter_topic
@@ -153,14 +155,10 @@ def record(offset: int, values: dict, topic: str = "t.usage_agg_30d", partition:
     )
 
 
-def bare_consumer() -> StreamConsumer:
-    """A StreamConsumer without Kafka (write_table needs none of it)."""
-    consumer = object.__new__(StreamConsumer)
-    consumer.settings = ConsumerSettings(retry_initial=0.01, retry_max=0.02)
-    consumer.metrics = ConsumerMetrics()
-    consumer.stopping = threading.Event()
-    consumer._giving_up = threading.Event()
-    return consumer
+def local_writer() -> TableWriter:
+    """A table writer writing in this thread (no Kafka, no worker process)."""
+    settings = ConsumerSettings(retry_initial=0.01, retry_max=0.02)
+    return TableWriter(settings, ConsumerMetrics(), threading.Event(), threading.Event())
 
 
 class FakePush:
@@ -206,9 +204,9 @@ def test_write_table_maps_refused_rows_to_their_records_and_counts_the_rest(monk
     batch = decoded(recs)
     assert len(batch.frame) == 10  # duplicates dropped: the frame's index points into the records
     fake = FakePush()
-    monkeypatch.setattr("consumer.runner.push", fake)
-    consumer = bare_consumer()
-    letters = consumer.write_table(TABLE.name, recs)
+    monkeypatch.setattr("consumer.table_writer.push", fake)
+    writer = local_writer()
+    letters = writer.write_table(TABLE.name, recs)
     assert [(rec.offset, rec.key) for rec, _, _ in letters] == [
         (100, user(3).encode()),
         (7, user(7).encode()),
@@ -219,44 +217,44 @@ def test_write_table_maps_refused_rows_to_their_records_and_counts_the_rest(monk
             'check constraint "hours_below_700" (SQLSTATE 23514)'
         )
     assert sorted(fake.written_users) == sorted(user(i) for i in range(10) if i not in (3, 7))
-    assert consumer.metrics.written[TABLE.name] == len(recs) - 2
-    assert consumer.metrics.write_retries == 0
+    assert writer.metrics.written[TABLE.name] == len(recs) - 2
+    assert writer.metrics.write_retries == 0
 
 
 def test_write_table_without_poison_writes_once(monkeypatch):
     recs = [record(i, row(i)) for i in range(8)]
     batch = decoded(recs)
     fake = FakePush()
-    monkeypatch.setattr("consumer.runner.push", fake)
-    consumer = bare_consumer()
-    assert consumer.write_table(TABLE.name, recs) == []
+    monkeypatch.setattr("consumer.table_writer.push", fake)
+    writer = local_writer()
+    assert writer.write_table(TABLE.name, recs) == []
     assert len(fake.frames) == 1 and fake.frames[0].equals(batch.frame.reset_index(drop=True))
-    assert consumer.metrics.written[TABLE.name] == 8
+    assert writer.metrics.written[TABLE.name] == 8
 
 
 def test_a_transient_error_during_the_bisection_retries_the_whole_table(monkeypatch, caplog):
     recs = [record(i, row(i, 720.0 if i == 5 else 1.5)) for i in range(16)]
     fake = FakePush(transient_at_call=3)  # the whole, its left half, then the database goes away
-    monkeypatch.setattr("consumer.runner.push", fake)
-    consumer = bare_consumer()
+    monkeypatch.setattr("consumer.table_writer.push", fake)
+    writer = local_writer()
     with caplog.at_level(logging.INFO, logger="consumer"):
-        letters = consumer.write_table(TABLE.name, recs)
+        letters = writer.write_table(TABLE.name, recs)
     sizes = [len(f) for f in fake.frames]
     assert sizes[:4] == [16, 8, 4, 16]  # after the transient error: the whole table again
     assert [rec.offset for rec, _, _ in letters] == [5]  # refused once, by the retry's bisection
-    assert consumer.metrics.write_retries == 1
-    assert consumer.metrics.written[TABLE.name] == 15
+    assert writer.metrics.write_retries == 1
+    assert writer.metrics.written[TABLE.name] == 15
     assert len(re.findall(r"write failed \(attempt \d+\)", caplog.text)) == 1
     assert "write succeeded after 1 retries" in caplog.text
 
 
 def test_a_stop_request_ends_the_bisection(monkeypatch):
     recs = [record(i, row(i, 720.0 if i == 5 else 1.5)) for i in range(16)]
-    consumer = bare_consumer()
-    fake = FakePush(on_call=lambda n: n == 2 and consumer.stopping.set())
-    monkeypatch.setattr("consumer.runner.push", fake)
+    writer = local_writer()
+    fake = FakePush(on_call=lambda n: n == 2 and writer.stopping.set())
+    monkeypatch.setattr("consumer.table_writer.push", fake)
     with pytest.raises(StopRequested):
-        consumer.write_table(TABLE.name, recs)
+        writer.write_table(TABLE.name, recs)
     assert len(fake.frames) == 2  # no write after the stop request
 
 
@@ -264,12 +262,23 @@ def test_the_switch_interval_is_restored_when_closing_raises(monkeypatch):
     from types import SimpleNamespace
 
     from consumer.outage import Outage
+    from consumer.pipeline import WritePipeline
 
-    consumer = bare_consumer()
+    writer = local_writer()
+    consumer = object.__new__(StreamConsumer)  # the loop's set-up and tear-down alone: no client
+    consumer.settings, consumer.metrics, consumer.stopping = writer.settings, writer.metrics, writer.stopping
     consumer.settings.switch_interval = 0.0007
-    consumer.topics, consumer._in_flight = [], None
+    consumer._giving_up = writer.giving_up
+    consumer.writer, consumer.pipeline = writer, WritePipeline(writer, 2)
     consumer.kafka = SimpleNamespace(request_timeout_ms=1000)
     consumer.outage = Outage("127.0.0.1:1", consumer.stopping)
+    settled = []
+    consumer.client = SimpleNamespace(
+        topics=[],
+        rebuilds=0,
+        close_hung=lambda: None,
+        offsets=SimpleNamespace(settle_before_leaving=lambda: settled.append(1)),
+    )
     consumer.stopping.set()  # the loop ends at once; then the consumer closes
 
     def close():
@@ -280,6 +289,7 @@ def test_the_switch_interval_is_restored_when_closing_raises(monkeypatch):
     before = sys.getswitchinterval()
     with pytest.raises(RuntimeError, match="closing failed"):
         consumer.run()
+    assert settled == [1]  # the stop path ran before the close
     assert sys.getswitchinterval() == before != 0.0007
 
 
@@ -353,14 +363,14 @@ def test_a_poison_event_is_dead_lettered_its_neighbours_are_written_and_the_cons
     batches: list[tuple[str, list[int]]] = []
     intervals: set[float] = set()
     interval_before = sys.getswitchinterval()
-    write_table = consumer.write_table
+    write_table = consumer.writer.write_table
 
     def spy(name, records):
         batches.append((name, [r.offset for r in records]))
         intervals.add(sys.getswitchinterval())
         return write_table(name, records)
 
-    consumer.write_table = spy
+    consumer.writer.write_table = spy
     caplog.set_level(logging.INFO, logger="consumer")
     runner = threading.Thread(target=consumer.run, name="poison-consumer", daemon=True)
     runner.start()

@@ -211,10 +211,10 @@ def test_a_worker_killed_mid_stream_loses_nothing(snapshots, fresh):
             retry_initial=0.2,
         )
     )
-    assert consumer._workers is not None
-    [victim] = consumer._workers.pids
+    assert consumer.writer.workers is not None
+    [victim] = consumer.writer.workers.pids
     killed = threading.Event()
-    write_table = consumer.write_table
+    write_table = consumer.writer.write_table
 
     def kill_once(name, records):  # the first table's write: kill a worker as the writes begin
         if not killed.is_set():
@@ -222,7 +222,7 @@ def test_a_worker_killed_mid_stream_loses_nothing(snapshots, fresh):
             os.kill(victim, signal.SIGKILL)
         return write_table(name, records)
 
-    consumer.write_table = kill_once
+    consumer.writer.write_table = kill_once
     stats = consumer.run()
     assert killed.is_set()
     assert stats["write_retries"] >= 1  # the lost write was retried, on the worker started in its place
