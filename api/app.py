@@ -289,9 +289,7 @@ def create_app(
     """
     reader = reader or FeatureReader(store=store)
     metrics = Metrics()
-    background: list = [champion] if champion is not None else []
-    if drift:
-        background.append(DriftGauges(metrics.registry, config.settings().model.refresh))
+    background = _background(metrics, champion, drift)
     batcher = LookupBatcher(reader)
     sampler = lag_sampler_from_env(metrics.registry) if lag else None
     tally = DeadLetterTally(dead_letter_topic(), interval=max(5.0, sampler.interval)) if sampler else None
@@ -301,33 +299,48 @@ def create_app(
         summary=f"Real-time features of the churn model (Feast feature service {schema.FEATURE_SERVICE}).",
         lifespan=_lifespan(reader, batcher, sampler, tally, freeze_gc, background, switch_interval),
     )
+    for name, value in dict(
+        reader=reader,
+        batcher=batcher,
+        metrics=metrics,
+        lag_sampler=sampler,
+        dead_letters=tally,
+        champion=champion,
+    ).items():
+        setattr(app.state, name, value)
+    for routes in (lag_routes, feature_routes, predict_routes, health_routes):
+        app.include_router(routes.router)
+    app.outer_layers = _outer_layers(app, metrics, fast_path, tokens, metrics_tokens)
+    add_exception_handlers(app)
+    return app
+
+
+def _background(metrics: Metrics, champion, drift: bool) -> list:
+    """The threads the app starts and stops with it: the champion's watcher (its model version
+    shown in the metrics), the drift gauges' refresh."""
+    background: list = []
     if champion is not None:
         champion.on_change = metrics.set_model
-    app.state.reader = reader
-    app.state.batcher = batcher
-    app.state.metrics = metrics
-    app.state.lag_sampler = sampler
-    app.state.dead_letters = tally
-    app.state.champion = champion
-    app.include_router(lag_routes.router)
-    app.include_router(feature_routes.router)
-    app.include_router(predict_routes.router)
-    app.include_router(health_routes.router)
+        background.append(champion)
+    if drift:
+        background.append(DriftGauges(metrics.registry, config.settings().model.refresh))
+    return background
+
+
+def _outer_layers(app: FastAPI, metrics: Metrics, fast_path: bool, tokens, metrics_tokens):
+    """The layers around FastAPI, outermost first: metrics (every answer counted, 401s too),
+    authentication (the tokens given, else the settings'), the body limit, the fast path."""
     env = config.settings().api
     api_tokens = env.tokens() if tokens is None else tokens
     scrape_tokens = env.metrics_tokens() if metrics_tokens is None else metrics_tokens
 
     def outer_layers(inner):
-        """Metrics (every answer counted, 401s too), authentication, the body limit, the fast path,
-        FastAPI."""
         layer = FeatureFastPath(inner, state=app.state) if fast_path else inner
         layer = BodyLimit(layer)
         layer = BearerAuth(layer, tokens=api_tokens, metrics_tokens=scrape_tokens)
         return MetricsMiddleware(layer, metrics=metrics)
 
-    app.outer_layers = outer_layers
-    add_exception_handlers(app)
-    return app
+    return outer_layers
 
 
 def create_server_app() -> FastAPI:

@@ -55,6 +55,12 @@ def parser() -> argparse.ArgumentParser:
         "partitions at once instead of after the session timeout (15 s); one id per process "
         "(with --processes, member i gets ID-i)",
     )
+    _add_operations(p, env)
+    return p
+
+
+def _add_operations(p: argparse.ArgumentParser, env: config.Consumer) -> None:
+    """Metrics, workers, topics, outage budget and scale-out."""
     p.add_argument(
         "--metrics-port",
         type=int,
@@ -97,7 +103,6 @@ def parser() -> argparse.ArgumentParser:
         "--metrics-port PORT+i and --instance-id ID-i (default 1: this process consumes)",
     )
     p.add_argument("--member", type=int, default=None, help=argparse.SUPPRESS)  # set by the supervisor
-    return p
 
 
 def positive_int(text: str) -> int:
@@ -180,6 +185,11 @@ def _consume(args: argparse.Namespace, workers) -> int:
             return 0
         log.error("%s", exc)
         return exc.exit_code
+    return _run(consumer, args)
+
+
+def _run(consumer, args: argparse.Namespace) -> int:
+    """Serve the metrics, stop on SIGTERM/SIGINT after the current batch, run; the exit code."""
     if args.metrics_port:
         consumer.metrics.serve(args.metrics_port, args.metrics_addr)
         log.info("metrics on http://%s:%d/metrics", args.metrics_addr, args.metrics_port)

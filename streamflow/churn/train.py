@@ -217,11 +217,9 @@ def decide(
 def train(as_of: date, force: bool = False, folds: int = 5, margin: float | None = None) -> Report:
     """Steps 1 to 5 of the module; returns the report (raises StreamflowError for what a user can fix)."""
     import mlflow
-    import mlflow.sklearn
-    from mlflow.models import infer_signature
 
     from streamflow.churn import registry
-    from streamflow.churn.candidates import CANDIDATES, one_thread, trusted_types
+    from streamflow.churn.candidates import CANDIDATES, one_thread
 
     one_thread()
     settings = config.settings().model
@@ -251,47 +249,63 @@ def train(as_of: date, force: bool = False, folds: int = 5, margin: float | None
         candidates,
         chosen.name,
     )
-    mlflow_client = registry.client()
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"train {as_of}") as run:
-        mlflow.log_params(
-            {
-                "as_of": as_of.isoformat(),
-                "validation_as_of": next_day.isoformat() if next_day else "none",
-                "rows": len(train_set.frame),
-                "left_out": train_set.left_out,
-                "folds": folds,
-                "chosen": chosen.name,
-                "features": ",".join(features.NAMES),
-                "promotion_margin": margin,
-            }
-        )
-        for c in candidates:
-            mlflow.log_metrics({f"{c.name}.cv.{k}": v for k, v in c.cv.items()})
-            if c.temporal:
-                mlflow.log_metrics({f"{c.name}.temporal.{k}": v for k, v in c.temporal.items()})
-            mlflow.log_metric(f"{c.name}.single_row_ms", c.latency_ms)
-        example = train_set.frame.head(5)
-        signature = infer_signature(example, chosen.model.predict_proba(example)[:, 1])  # type: ignore[attr-defined]
-        info = mlflow.sklearn.log_model(
-            chosen.model,
-            name="model",
-            signature=signature,
-            input_example=example,
-            registered_model_name=settings.name,
-            pip_requirements=requirements(),  # given, so MLflow need not infer them (slow, needs pip)
-            skops_trusted_types=trusted_types(chosen.model),
-        )
-        version = str(info.registered_model_version)
-        report.run_id, report.version = run.info.run_id, version
-        decision = decide(chosen, validation or train_set, train_set, force, margin, mlflow_client)
-        report.decision = decision
-        if decision.promoted:
-            mlflow_client.set_registered_model_alias(settings.name, registry.CHAMPION, version)
-        text = ("promoted: " if decision.promoted else "not promoted: ") + decision.reason
+        _log_run(report, train_set, folds, margin)
+        report.run_id, report.version = run.info.run_id, _log_model(chosen, train_set, settings.name)
+        mlflow_client = registry.client()
+        report.decision = decide(chosen, validation or train_set, train_set, force, margin, mlflow_client)
+        if report.decision.promoted:
+            mlflow_client.set_registered_model_alias(settings.name, registry.CHAMPION, report.version)
+        text = ("promoted: " if report.decision.promoted else "not promoted: ") + report.decision.reason
         mlflow.set_tag("promotion", text)
-        mlflow_client.set_model_version_tag(settings.name, version, "promotion", text)
-    log.info("model %s version %s %s", settings.name, version, text)
+        mlflow_client.set_model_version_tag(settings.name, report.version, "promotion", text)
+    log.info("model %s version %s %s", settings.name, report.version, text)
     return report
+
+
+def _log_run(report: Report, train_set: Dataset, folds: int, margin: float) -> None:
+    """The run's parameters and every candidate's validation figures, into the active MLflow run."""
+    import mlflow
+
+    mlflow.log_params(
+        {
+            "as_of": report.as_of.isoformat(),
+            "validation_as_of": report.validation_as_of.isoformat() if report.validation_as_of else "none",
+            "rows": len(train_set.frame),
+            "left_out": train_set.left_out,
+            "folds": folds,
+            "chosen": report.chosen,
+            "features": ",".join(features.NAMES),
+            "promotion_margin": margin,
+        }
+    )
+    for c in report.candidates:
+        mlflow.log_metrics({f"{c.name}.cv.{k}": v for k, v in c.cv.items()})
+        if c.temporal:
+            mlflow.log_metrics({f"{c.name}.temporal.{k}": v for k, v in c.temporal.items()})
+        mlflow.log_metric(f"{c.name}.single_row_ms", c.latency_ms)
+
+
+def _log_model(chosen: Candidate, train_set: Dataset, name: str) -> str:
+    """Log the chosen model into the active MLflow run, with its signature (the features it was
+    trained on), and register it as ``name``; its new version."""
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    from streamflow.churn.candidates import trusted_types
+
+    example = train_set.frame.head(5)
+    signature = infer_signature(example, chosen.model.predict_proba(example)[:, 1])  # type: ignore[attr-defined]
+    info = mlflow.sklearn.log_model(
+        chosen.model,
+        name="model",
+        signature=signature,
+        input_example=example,
+        registered_model_name=name,
+        pip_requirements=requirements(),  # given, so MLflow need not infer them (slow, needs pip)
+        skops_trusted_types=trusted_types(chosen.model),
+    )
+    return str(info.registered_model_version)
 
 
 def requirements() -> list[str]:

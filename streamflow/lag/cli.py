@@ -158,28 +158,14 @@ def _table(rows: list[tuple[str, ...]], out: TextIO) -> None:
 
 
 def render(sample: GroupLag, status: GroupStatus, out: TextIO) -> None:
+    """The lag report as text: one row per partition, one per topic, then the group's summary."""
     doc = report(sample, status)
     rows: list[tuple[str, ...]] = [COLUMNS]
     totals: list[tuple[str, ...]] = [TOTAL_COLUMNS]
     notes: list[str] = []
     for topic in doc["topics"]:
         for p in topic["partitions"]:
-            rows.append(
-                (
-                    sample.group,
-                    p["topic"],
-                    str(p["partition"]),
-                    str(p["committed_offset"]) if p["committed_offset"] is not None else "-",
-                    str(p["log_end_offset"]),
-                    str(p["lag"]),
-                    _seconds(p["lag_seconds"]),
-                    _seconds(p["drain_seconds"]),
-                    p["consumer_id"] or "-",
-                    p["host"] or "-",
-                    p["client_id"] or "-",
-                    p["status"],
-                )
-            )
+            rows.append(_partition_row(sample.group, p))
             if p["status"] not in (Status.OK.value, Status.UNKNOWN.value, Status.NEW.value):
                 notes.append(f"{p['topic']}[{p['partition']}] {p['status']}: {p['status_reason']}")
         totals.append(
@@ -197,6 +183,27 @@ def render(sample: GroupLag, status: GroupStatus, out: TextIO) -> None:
     out.write("\n")
     _table(totals, out)
     out.write("\n")
+    _summary(sample, status, notes, out)
+
+
+def _partition_row(group: str, p: dict) -> tuple[str, ...]:
+    return (
+        group,
+        p["topic"],
+        str(p["partition"]),
+        str(p["committed_offset"]) if p["committed_offset"] is not None else "-",
+        str(p["log_end_offset"]),
+        str(p["lag"]),
+        _seconds(p["lag_seconds"]),
+        _seconds(p["drain_seconds"]),
+        p["consumer_id"] or "-",
+        p["host"] or "-",
+        p["client_id"] or "-",
+        p["status"],
+    )
+
+
+def _summary(sample: GroupLag, status: GroupStatus, notes: list[str], out: TextIO) -> None:
     members = f"{sample.members} member{'s' if sample.members != 1 else ''}"
     span = ""
     if status.samples > 1:

@@ -86,50 +86,10 @@ class LagMetrics:
         with self._lock:
             samples = list(self._samples.values())
             up = dict(self._up)
-
-        def family(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
-            return GaugeMetricFamily(f"{self.prefix}_{name}", doc, labels=labels)
-
-        lag_messages = family("lag_messages", "Unconsumed messages per partition", PARTITION_LABELS)
-        lag_seconds = family(
-            "lag_seconds", "Age of the oldest unconsumed event (produce time), seconds", PARTITION_LABELS
-        )
-        committed = family("committed_offset", "Committed offset of the group", PARTITION_LABELS)
-        log_end = family("log_end_offset", "Log-end offset of the partition", PARTITION_LABELS)
-        status_g = family(
-            "lag_status",
-            "Partition lag status: -1 UNKNOWN, 0 OK, 1 WARN, 2 STALL, 3 STOP, 4 REWIND, 5 NEW, 6 REPLAY",
-            PARTITION_LABELS,
-        )
-        drain = family(
-            "drain_seconds",
-            "Seconds until the partition is caught up at the window's consume rate "
-            "(+Inf: it consumes nothing)",
-            PARTITION_LABELS,
-        )
-        group_drain = family(
-            "group_drain_seconds",
-            "Seconds until the group is caught up at the window's "
-            "consume rate (+Inf: some lagging partition consumes nothing)",
-            GROUP_LABELS,
-        )
-        group_rate = family(
-            "group_consume_rate", "Events per second the group consumed over the status window", GROUP_LABELS
-        )
-        topic_messages = family("topic_lag_messages", "Unconsumed messages per topic", TOPIC_LABELS)
-        topic_seconds = family(
-            "topic_lag_seconds", "Age of the oldest unconsumed event of the topic, seconds", TOPIC_LABELS
-        )
-        group_messages = family("group_lag_messages", "Unconsumed messages of the group", GROUP_LABELS)
-        group_seconds = family(
-            "group_lag_seconds", "Age of the oldest unconsumed event of the group, seconds", GROUP_LABELS
-        )
-        group_status = family(
-            "group_status", "Group lag status: -1 UNKNOWN, 0 OK, 1 WARN, 2 ERR, 5 NEW, 6 REPLAY", GROUP_LABELS
-        )
-        sampled_at = family(
-            "lag_sample_timestamp_seconds", "Unix time of the last successful lag sample", GROUP_LABELS
-        )
+        f = {
+            key: GaugeMetricFamily(f"{self.prefix}_{name}", doc, labels=labels)
+            for key, name, doc, labels in FAMILIES
+        }
         kafka_up = GaugeMetricFamily(
             "streamflow_kafka_up", "1 if the newest lag sample attempt of every group reached Kafka, else 0"
         )
@@ -142,56 +102,107 @@ class LagMetrics:
             kafka_up.add_metric([], 1 if all(up.values()) else 0)
         for g, ok in sorted(up.items()):
             kafka_up_by_group.add_metric([g], 1 if ok else 0)
-
         for sample, status in samples:
-            g = sample.group
-            sampled_at.add_metric([g], sample.timestamp)
-            if not up.get(g, True):
-                continue  # the newest attempt failed: these figures are not current any more
-            for t in sample.topics:
-                topic_messages.add_metric([g, t.topic], t.lag)
-                if t.lag_seconds is not None:
-                    topic_seconds.add_metric([g, t.topic], t.lag_seconds)
-                for p in t.partitions:
-                    labels = [g, p.topic, str(p.partition)]
-                    lag_messages.add_metric(labels, p.lag)
-                    log_end.add_metric(labels, p.log_end_offset)
-                    if p.lag_seconds is not None:
-                        lag_seconds.add_metric(labels, p.lag_seconds)
-                    if p.committed_offset is not None:
-                        committed.add_metric(labels, p.committed_offset)
-                    ps = status.partitions.get((p.topic, p.partition)) if status is not None else None
-                    if ps is not None:
-                        status_g.add_metric(labels, STATUS_CODES[ps.status])
-                        if ps.consume_rate is not None:
-                            drain.add_metric(labels, _drain(ps.drain_seconds))
-            group_messages.add_metric([g], sample.lag)
-            if sample.lag_seconds is not None:
-                group_seconds.add_metric([g], sample.lag_seconds)
-            if status is not None:
-                group_status.add_metric([g], STATUS_CODES[status.status])
-                if status.consume_rate is not None:
-                    group_rate.add_metric([g], status.consume_rate)
-                    group_drain.add_metric([g], _drain(status.drain_seconds))
+            f["sampled_at"].add_metric([sample.group], sample.timestamp)
+            if up.get(sample.group, True):  # else the newest attempt failed: the figures are not current
+                _add_sample(f, sample, status)
+        yield from f.values()
+        yield from (kafka_up, kafka_up_by_group)
 
-        yield from (
-            lag_messages,
-            lag_seconds,
-            committed,
-            log_end,
-            status_g,
-            drain,
-            topic_messages,
-            topic_seconds,
-            group_messages,
-            group_seconds,
-            group_status,
-            group_drain,
-            group_rate,
-            sampled_at,
-            kafka_up,
-            kafka_up_by_group,
-        )
+
+FAMILIES = [
+    ("lag_messages", "lag_messages", "Unconsumed messages per partition", PARTITION_LABELS),
+    (
+        "lag_seconds",
+        "lag_seconds",
+        "Age of the oldest unconsumed event (produce time), seconds",
+        PARTITION_LABELS,
+    ),
+    ("committed", "committed_offset", "Committed offset of the group", PARTITION_LABELS),
+    ("log_end", "log_end_offset", "Log-end offset of the partition", PARTITION_LABELS),
+    (
+        "status",
+        "lag_status",
+        "Partition lag status: -1 UNKNOWN, 0 OK, 1 WARN, 2 STALL, 3 STOP, 4 REWIND, 5 NEW, 6 REPLAY",
+        PARTITION_LABELS,
+    ),
+    (
+        "drain",
+        "drain_seconds",
+        "Seconds until the partition is caught up at the window's consume rate (+Inf: it consumes nothing)",
+        PARTITION_LABELS,
+    ),
+    ("topic_messages", "topic_lag_messages", "Unconsumed messages per topic", TOPIC_LABELS),
+    (
+        "topic_seconds",
+        "topic_lag_seconds",
+        "Age of the oldest unconsumed event of the topic, seconds",
+        TOPIC_LABELS,
+    ),
+    ("group_messages", "group_lag_messages", "Unconsumed messages of the group", GROUP_LABELS),
+    (
+        "group_seconds",
+        "group_lag_seconds",
+        "Age of the oldest unconsumed event of the group, seconds",
+        GROUP_LABELS,
+    ),
+    (
+        "group_status",
+        "group_status",
+        "Group lag status: -1 UNKNOWN, 0 OK, 1 WARN, 2 ERR, 5 NEW, 6 REPLAY",
+        GROUP_LABELS,
+    ),
+    (
+        "group_drain",
+        "group_drain_seconds",
+        "Seconds until the group is caught up at the window's consume rate "
+        "(+Inf: some lagging partition consumes nothing)",
+        GROUP_LABELS,
+    ),
+    (
+        "group_rate",
+        "group_consume_rate",
+        "Events per second the group consumed over the status window",
+        GROUP_LABELS,
+    ),
+    (
+        "sampled_at",
+        "lag_sample_timestamp_seconds",
+        "Unix time of the last successful lag sample",
+        GROUP_LABELS,
+    ),
+]
+"""The lag gauges, in the order they are collected: (key, name after the prefix, help, labels)."""
+
+
+def _add_sample(f: dict[str, GaugeMetricFamily], sample: GroupLag, status: GroupStatus | None) -> None:
+    """One group's current figures into the families ``f`` (by their FAMILIES key)."""
+    g = sample.group
+    for t in sample.topics:
+        f["topic_messages"].add_metric([g, t.topic], t.lag)
+        if t.lag_seconds is not None:
+            f["topic_seconds"].add_metric([g, t.topic], t.lag_seconds)
+        for p in t.partitions:
+            labels = [g, p.topic, str(p.partition)]
+            f["lag_messages"].add_metric(labels, p.lag)
+            f["log_end"].add_metric(labels, p.log_end_offset)
+            if p.lag_seconds is not None:
+                f["lag_seconds"].add_metric(labels, p.lag_seconds)
+            if p.committed_offset is not None:
+                f["committed"].add_metric(labels, p.committed_offset)
+            ps = status.partitions.get((p.topic, p.partition)) if status is not None else None
+            if ps is not None:
+                f["status"].add_metric(labels, STATUS_CODES[ps.status])
+                if ps.consume_rate is not None:
+                    f["drain"].add_metric(labels, _drain(ps.drain_seconds))
+    f["group_messages"].add_metric([g], sample.lag)
+    if sample.lag_seconds is not None:
+        f["group_seconds"].add_metric([g], sample.lag_seconds)
+    if status is not None:
+        f["group_status"].add_metric([g], STATUS_CODES[status.status])
+        if status.consume_rate is not None:
+            f["group_rate"].add_metric([g], status.consume_rate)
+            f["group_drain"].add_metric([g], _drain(status.drain_seconds))
 
 
 def _drain(seconds: float | None) -> float:

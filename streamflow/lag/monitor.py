@@ -323,43 +323,41 @@ class LagMonitor:
         return ServiceUnavailable(f"{UNREACHABLE} at {self.bootstrap}: {what} failed ({_describe(exc)})")
 
     def _settings(self) -> kafka_clients.KafkaSettings:
-        # Outside the guards below: a malformed setting is a configuration error, not an outage.
         return kafka_clients.settings(self.bootstrap)
+
+    def _connect(self, what: str, build):
+        """``build(settings, timeout_ms)``: a client, or the monitor's outage error (refused
+        credentials are no outage: raised as they are)."""
+        s = self._settings()  # outside the guard: a malformed setting is a configuration error
+        try:
+            return build(s, int(self.timeout * 1000))
+        except AuthenticationFailed:
+            self.close()
+            raise
+        except Exception as exc:  # noqa: BLE001 - whatever kafka-python raises is an outage here
+            raise self._failed(what, exc) from None
 
     @property
     def admin(self) -> KafkaAdminClient:
         if self._admin is None:
-            s = self._settings()
-            ms = int(self.timeout * 1000)
-            try:
-                self._admin = kafka_clients.admin(
-                    "lag-monitor",
-                    kafka=s,
-                    request_timeout_ms=ms,
-                    bootstrap_timeout_ms=ms,
-                )
-            except AuthenticationFailed:  # refused credentials are no outage: said as they are
-                self.close()
-                raise
-            except Exception as exc:  # noqa: BLE001 - whatever kafka-python raises is an outage here
-                raise self._failed("connecting the admin client", exc) from None
+            self._admin = self._connect(
+                "connecting the admin client",
+                lambda s, ms: kafka_clients.admin(
+                    "lag-monitor", kafka=s, request_timeout_ms=ms, bootstrap_timeout_ms=ms
+                ),
+            )
         return self._admin
 
     @property
     def fetch_client(self) -> KafkaNetClient:
         """The network client that sends the Fetch requests of :meth:`read_records`."""
         if self._fetch is None:
-            s = self._settings()
-            ms = int(self.timeout * 1000)
-            try:
-                self._fetch = kafka_clients.fetch_client(
+            self._fetch = self._connect(
+                "connecting the reader",
+                lambda s, ms: kafka_clients.fetch_client(
                     "lag-reader", kafka=s, request_timeout_ms=max(ms, 1000), bootstrap_timeout_ms=ms
-                )
-            except AuthenticationFailed:
-                self.close()
-                raise
-            except Exception as exc:  # noqa: BLE001
-                raise self._failed("connecting the reader", exc) from None
+                ),
+            )
         return self._fetch
 
     def call(self, what: str, fn, *args, **kwargs):
@@ -434,15 +432,14 @@ class LagMonitor:
                     self._note_leaders(t)
         return {tp: self._leaders.get(tp) for tp in tps}
 
-    def _log_starts(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
-        starts = self.call(
-            "reading the log-start offsets",
-            self.admin.list_partition_offsets,
-            {tp: OffsetSpec.EARLIEST for tp in tps},
-        )
-        return {tp: o.offset for tp, o in starts.items()}
+    def _log_offsets(self, what: str, tps: list[TopicPartition], spec) -> dict[TopicPartition, int]:
+        listed = self.call(what, self.admin.list_partition_offsets, {tp: spec for tp in tps})
+        return {tp: o.offset for tp, o in listed.items()}
 
-    def _owners(self) -> tuple[str, int, dict[TopicPartition, tuple[str | None, str | None, str | None]]]:
+    def _log_starts(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return self._log_offsets("reading the log-start offsets", tps, OffsetSpec.EARLIEST)
+
+    def _owners(self) -> tuple[str, int, dict[TopicPartition, Owner]]:
         admin = self.admin
         described = self._coordinator_call(
             f"describing group {self.group}", admin.describe_groups, [self.group]
@@ -454,20 +451,8 @@ class LagMonitor:
             if "GroupIdNotFound" not in described["error"]:
                 log.warning("describing group %s: %s", self.group, described["error"])
             return described.get("group_state") or "Dead", 0, {}
-        owners: dict[TopicPartition, tuple[str | None, str | None, str | None]] = {}
         members = described.get("members") or []
-        for m in members:
-            assignment = m.get("member_assignment")
-            if not isinstance(assignment, dict):
-                continue
-            for a in assignment.get("assigned_partitions") or []:
-                for p in a.get("partitions") or []:
-                    owners[TopicPartition(a["topic"], p)] = (
-                        m.get("member_id"),
-                        m.get("client_id"),
-                        (m.get("client_host") or "").lstrip("/") or None,
-                    )
-        return described.get("group_state") or "Unknown", len(members), owners
+        return described.get("group_state") or "Unknown", len(members), _owners_of(members)
 
     def _offsets(self, tps: list[TopicPartition]):
         admin = self.admin
@@ -481,14 +466,8 @@ class LagMonitor:
             for tp, om in listed.get(marks_group(self.group), {}).items()
             if (t := parse_mark(getattr(om, "metadata", None))) is not None
         }
-        start = self.call(
-            "reading the log-start offsets",
-            admin.list_partition_offsets,
-            {tp: OffsetSpec.EARLIEST for tp in tps},
-        )
-        end = self.call(
-            "reading the log-end offsets", admin.list_partition_offsets, {tp: OffsetSpec.LATEST for tp in tps}
-        )
+        start = self._log_starts(tps)
+        end = self._log_offsets("reading the log-end offsets", tps, OffsetSpec.LATEST)
         return committed, start, end
 
     def read_records(self, positions: dict[TopicPartition, int]) -> dict[TopicPartition, Any]:
@@ -510,16 +489,7 @@ class LagMonitor:
         except Exception as exc:  # noqa: BLE001 - whatever the read raises: drop the clients, report it
             raise self._failed("reading the oldest unconsumed records", exc) from None
         if missing:
-            by_reason: dict[str, list[str]] = {}
-            for tp, reason in missing.items():
-                by_reason.setdefault(reason, []).append(f"{tp.topic}[{tp.partition}]")
-            log.warning(
-                "could not read the oldest unconsumed record of %d partition(s) within %.1f s "
-                "(their lag in seconds is unknown): %s",
-                len(missing),
-                self.read_timeout,
-                "; ".join(f"{', '.join(names)}: {reason}" for reason, names in by_reason.items()),
-            )
+            _log_unread(missing, self.read_timeout)
         return found
 
     def sample(self) -> GroupLag:
@@ -531,61 +501,105 @@ class LagMonitor:
         if tps:
             committed, start, end = self._offsets(tps)
         state, members, owners = self._owners()
-
-        rows: list[PartitionLag] = []
-        to_read: dict[TopicPartition, int] = {}
-        for tp in tps:
-            c = committed.get(tp)
-            c_off = c.offset if c is not None and c.offset is not None and c.offset >= 0 else None
-            c_meta = (getattr(c, "metadata", None) or None) if c_off is not None else None
-            s_off, e_off = start[tp].offset, end[tp].offset
-            position = c_off if c_off is not None else s_off
-            lag = max(0, e_off - position)
-            owner = owners.get(tp, (None, None, None))
-            row = PartitionLag(
-                topic=tp.topic,
-                partition=tp.partition,
-                committed_offset=c_off,
-                log_start_offset=s_off,
-                log_end_offset=e_off,
-                lag=lag,
-                lag_seconds=0.0 if lag == 0 else None,
-                event_lag_seconds=0.0 if lag == 0 else None,
-                consumer_id=owner[0],
-                client_id=owner[1],
-                host=owner[2],
-                commit_metadata=c_meta,
-                replay_marked_at=self._marks.get(tp),
-            )
-            rows.append(row)
-            if lag > 0:
-                # Below the log start the records are gone: the oldest pending one is the first left.
-                to_read[tp] = max(position, s_off)
-
+        rows = [_partition_row(tp, committed.get(tp), start[tp], end[tp], owners, self._marks) for tp in tps]
+        # Below the log start the records are gone: the oldest pending one is the first left.
+        to_read = {
+            TopicPartition(r.topic, r.partition): max(r.position, r.log_start_offset)
+            for r in rows
+            if r.lag > 0
+        }
         records = self.read_records(to_read)
         now = time.time()
         for row in rows:
             rec = records.get(TopicPartition(row.topic, row.partition))
-            if rec is None:
-                continue
-            row.oldest_offset = rec.offset
-            if rec.timestamp is not None and rec.timestamp >= 0:
-                row.oldest_produced_at = datetime.fromtimestamp(rec.timestamp / 1000, tz=timezone.utc)
-                row.lag_seconds = max(0.0, now - rec.timestamp / 1000)
-            row.oldest_event_time = event_time_of(rec)
-            row.replay_id = _header(getattr(rec, "headers", None), schema.REPLAY_HEADER)
-            if row.oldest_event_time is not None:
-                row.event_lag_seconds = max(0.0, now - row.oldest_event_time.timestamp())
-
+            if rec is not None:
+                _note_oldest(row, rec, now)
         by_topic: dict[str, list[PartitionLag]] = {}
         for row in rows:
             by_topic.setdefault(row.topic, []).append(row)
-        topics = [TopicLag(topic, by_topic[topic]) for topic in self.topics if topic in by_topic]
         return GroupLag(
             group=self.group,
             state=state,
             sampled_at=datetime.fromtimestamp(now, tz=timezone.utc),
-            topics=topics,
+            topics=[TopicLag(topic, by_topic[topic]) for topic in self.topics if topic in by_topic],
             missing_topics=missing,
             members=members,
         )
+
+
+def _log_unread(missing: dict[TopicPartition, str], timeout: float) -> None:
+    by_reason: dict[str, list[str]] = {}
+    for tp, reason in missing.items():
+        by_reason.setdefault(reason, []).append(f"{tp.topic}[{tp.partition}]")
+    log.warning(
+        "could not read the oldest unconsumed record of %d partition(s) within %.1f s "
+        "(their lag in seconds is unknown): %s",
+        len(missing),
+        timeout,
+        "; ".join(f"{', '.join(names)}: {reason}" for reason, names in by_reason.items()),
+    )
+
+
+Owner = tuple["str | None", "str | None", "str | None"]
+"""A partition's owner in the group: member id, client id, host."""
+
+
+def _owners_of(members: list[dict]) -> dict[TopicPartition, Owner]:
+    """Who owns each partition, from a group description's members."""
+    owners: dict[TopicPartition, Owner] = {}
+    for m in members:
+        assignment = m.get("member_assignment")
+        if not isinstance(assignment, dict):
+            continue
+        host = (m.get("client_host") or "").lstrip("/") or None
+        for a in assignment.get("assigned_partitions") or []:
+            for p in a.get("partitions") or []:
+                owners[TopicPartition(a["topic"], p)] = (m.get("member_id"), m.get("client_id"), host)
+    return owners
+
+
+def _partition_row(
+    tp: TopicPartition,
+    committed: Any,
+    log_start: int,
+    log_end: int,
+    owners: dict[TopicPartition, Owner],
+    marks: dict[TopicPartition, float],
+) -> PartitionLag:
+    """A partition's lag in messages (its lag in seconds 0 when it has none, else unknown until its
+    oldest unconsumed record is read); ``committed``: its committed offset and metadata, if any."""
+    c_off = (
+        committed.offset
+        if committed is not None and committed.offset is not None and committed.offset >= 0
+        else None
+    )
+    lag = max(0, log_end - (c_off if c_off is not None else log_start))
+    owner = owners.get(tp, (None, None, None))
+    return PartitionLag(
+        topic=tp.topic,
+        partition=tp.partition,
+        committed_offset=c_off,
+        log_start_offset=log_start,
+        log_end_offset=log_end,
+        lag=lag,
+        lag_seconds=0.0 if lag == 0 else None,
+        event_lag_seconds=0.0 if lag == 0 else None,
+        consumer_id=owner[0],
+        client_id=owner[1],
+        host=owner[2],
+        commit_metadata=(getattr(committed, "metadata", None) or None) if c_off is not None else None,
+        replay_marked_at=marks.get(tp),
+    )
+
+
+def _note_oldest(row: PartitionLag, rec: Any, now: float) -> None:
+    """Fill a lagging partition's row from its oldest unconsumed record: its offset, when it was
+    produced, its event time and replay, and the lags in seconds they give."""
+    row.oldest_offset = rec.offset
+    if rec.timestamp is not None and rec.timestamp >= 0:
+        row.oldest_produced_at = datetime.fromtimestamp(rec.timestamp / 1000, tz=timezone.utc)
+        row.lag_seconds = max(0.0, now - rec.timestamp / 1000)
+    row.oldest_event_time = event_time_of(rec)
+    row.replay_id = _header(getattr(rec, "headers", None), schema.REPLAY_HEADER)
+    if row.oldest_event_time is not None:
+        row.event_lag_seconds = max(0.0, now - row.oldest_event_time.timestamp())

@@ -100,27 +100,7 @@ def verify(
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         try:
             with conn.transaction():
-                with conn.cursor() as cur:
-                    cur.execute("SET LOCAL TIME ZONE 'UTC'")
-                    cur.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
-                    query.check_tables(cur, project, tables)
-                    staged = (
-                        query.stage_snapshot(cur, folder, day, tables)
-                        if folder is not None and day is not None
-                        else None
-                    )  # day is set with folder
-                reports = {}
-                for table in tables:
-                    reports[table.feature_view] = view = compare.compare_view(
-                        conn, table, project, now, staged, examples
-                    )
-                    log.info(
-                        "%s: %s users, %s mismatches in %.2f s",
-                        view.view,
-                        f"{view.users:,}",
-                        f"{view.mismatches:,}",
-                        view.seconds,
-                    )
+                reports = _compare(conn, tables, project, now, folder, day, examples)
         except psycopg.OperationalError as exc:
             reason = first_line(exc)
             raise ServiceUnavailable(
@@ -138,6 +118,28 @@ def verify(
         snapshot_as_of=day,
         seconds=time.perf_counter() - started,
     )
+
+
+def _compare(conn, tables, project: str, now: datetime, folder: Path | None, day: date | None, examples: int):
+    """Inside verify's transaction: check the tables, stage the snapshot (if any), compare each view."""
+    with conn.cursor() as cur:
+        cur.execute("SET LOCAL TIME ZONE 'UTC'")
+        cur.execute(f"SET LOCAL work_mem = '{WORK_MEM}'")
+        query.check_tables(cur, project, tables)
+        staged = (
+            query.stage_snapshot(cur, folder, day, tables) if folder is not None and day is not None else None
+        )
+    reports = {}
+    for table in tables:
+        reports[table.feature_view] = view = compare.compare_view(conn, table, project, now, staged, examples)
+        log.info(
+            "%s: %s users, %s mismatches in %.2f s",
+            view.view,
+            f"{view.users:,}",
+            f"{view.mismatches:,}",
+            view.seconds,
+        )
+    return reports
 
 
 __all__ = ["Report", "verify"]

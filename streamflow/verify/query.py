@@ -154,30 +154,31 @@ def view_query(table: schema.Table, project: str, snapshot: StagedSnapshot | Non
     if snapshot is None:
         parts.update(in_snap=sql.SQL(""), snap_cols=sql.SQL(""), snap_join=sql.SQL(""))
     else:
-        compared = [*names, AS_OF]
-        differs = [
-            sql.SQL("{} IS DISTINCT FROM {}").format(_col("off", n), _col("snap", n)) for n in compared
-        ]
-        bits = sql.SQL(" + ").join(
-            sql.SQL("(CASE WHEN {} THEN {} ELSE 0 END)").format(d, sql.Literal(1 << i))
-            for i, d in enumerate(differs)
-        )
-        values = [
-            sql.SQL("CASE WHEN {} THEN {} END").format(d, _col("snap", n)) for d, n in zip(differs, names)
-        ]
-        in_both = sql.SQL("off.user_id IS NOT NULL AND snap.user_id IS NOT NULL")
-        parts.update(
-            in_snap=sql.SQL("\n               + CASE WHEN snap.user_id IS NULL THEN 0 ELSE 4 END"),
-            snap_cols=sql.SQL(", CASE WHEN {} THEN {} ELSE 0 END, {}").format(
-                in_both, bits, sql.SQL(", ").join(values)
-            ),
-            snap_join=sql.SQL(" FULL JOIN snap USING (user_id)"),
-            staging=sql.Identifier(snapshot.staging(table)),
-        )
+        parts.update(_snapshot_parts(names, sql.Identifier(snapshot.staging(table))))
         ctes += """, snap AS (
             SELECT user_id, as_of, {cols} FROM {staging}
         )"""
     return sql.SQL(ctes + select).format(**parts)
+
+
+def _snapshot_parts(names: list[str], staging: sql.Identifier) -> dict[str, sql.Composable]:
+    """The parts of :func:`view_query` that compare the offline rows with a staged snapshot."""
+    compared = [*names, AS_OF]
+    differs = [sql.SQL("{} IS DISTINCT FROM {}").format(_col("off", n), _col("snap", n)) for n in compared]
+    bits = sql.SQL(" + ").join(
+        sql.SQL("(CASE WHEN {} THEN {} ELSE 0 END)").format(d, sql.Literal(1 << i))
+        for i, d in enumerate(differs)
+    )
+    values = [sql.SQL("CASE WHEN {} THEN {} END").format(d, _col("snap", n)) for d, n in zip(differs, names)]
+    in_both = sql.SQL("off.user_id IS NOT NULL AND snap.user_id IS NOT NULL")
+    return {
+        "in_snap": sql.SQL("\n               + CASE WHEN snap.user_id IS NULL THEN 0 ELSE 4 END"),
+        "snap_cols": sql.SQL(", CASE WHEN {} THEN {} ELSE 0 END, {}").format(
+            in_both, bits, sql.SQL(", ").join(values)
+        ),
+        "snap_join": sql.SQL(" FULL JOIN snap USING (user_id)"),
+        "staging": staging,
+    }
 
 
 def query_params(table: schema.Table, now) -> dict:
