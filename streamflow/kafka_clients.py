@@ -12,7 +12,7 @@ hold together:
 * reconnect backoff tops out at 2 s (kafka-python's default, 30 s, kept processes away for half a
   minute after a broker restart).
 * security (``KAFKA_SECURITY_PROTOCOL``, SASL mechanism and credentials, TLS files) is in
-  :meth:`KafkaSettings.common`, so every client authenticates the same way. A broker that refuses
+  :func:`common`, so every client authenticates the same way. A broker that refuses
   the credentials is :class:`~streamflow.errors.AuthenticationFailed`, one line naming the user
   and mechanism (kafka-python 3.0.12 itself retries the login until its bootstrap timeout and then
   raises only ``KafkaTimeoutError("Unable to bootstrap ...")``: see :func:`_watching_login`).
@@ -28,7 +28,6 @@ import contextlib
 import logging
 import threading
 import time
-from dataclasses import dataclass, field, replace
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import (
@@ -53,130 +52,63 @@ PRODUCER_BATCH_BYTES = 64 * 1024
 """batch_size of every producer: the most bytes of records one batch of ours holds."""
 
 
-@dataclass(frozen=True)
-class KafkaSettings:
-    """What every client shares, built from the ``kafka`` group of :func:`streamflow.config.settings`
-    (each variable's default and meaning: there, or ``streamflow config``)."""
+KafkaSettings = config.Kafka
+"""What every client shares: the ``kafka`` group of :func:`streamflow.config.settings` itself (each
+variable's default and meaning: there, or ``streamflow config``)."""
 
-    bootstrap_servers: str
-    """KAFKA_BOOTSTRAP_SERVERS: host:port[,host:port…] of one or more brokers of the cluster."""
-    client_id_prefix: str
-    """STREAMFLOW_KAFKA_CLIENT_ID: prefix of every client id (the broker logs and quotas see it)."""
-    message_max_bytes: int
-    """KAFKA_MESSAGE_MAX_BYTES: the broker's message.max.bytes; producers never ask for more."""
-    request_timeout_ms: int
-    """STREAMFLOW_KAFKA_REQUEST_TIMEOUT_MS: how long one request may wait for the broker."""
-    reconnect_backoff_max_ms: int
-    """STREAMFLOW_KAFKA_RECONNECT_BACKOFF_MAX_MS: the longest wait between two reconnects."""
-    bootstrap_timeout_ms: int
-    """STREAMFLOW_KAFKA_BOOTSTRAP_TIMEOUT_MS: how long building a client waits for a first broker."""
-    replication_factor: int
-    """STREAMFLOW_REPLICATION_FACTOR: replicas of the topics created (0: min(3, brokers))."""
-    security_protocol: str = "PLAINTEXT"
-    """KAFKA_SECURITY_PROTOCOL: PLAINTEXT, SASL_PLAINTEXT, SASL_SSL or SSL."""
-    sasl_mechanism: str | None = None
-    """KAFKA_SASL_MECHANISM: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_* protocols)."""
-    sasl_username: str | None = None
-    """KAFKA_SASL_USERNAME."""
-    sasl_password: str | None = field(default=None, repr=False)
-    """KAFKA_SASL_PASSWORD (never in the repr)."""
-    ssl_cafile: str | None = None
-    """KAFKA_SSL_CAFILE: CA certificates of the brokers (None: the system's)."""
-    ssl_certfile: str | None = None
-    """KAFKA_SSL_CERTFILE: the client's certificate, for brokers that ask for one."""
-    ssl_keyfile: str | None = None
-    """KAFKA_SSL_KEYFILE: its private key."""
-    ssl_check_hostname: bool = True
-    """KAFKA_SSL_CHECK_HOSTNAME: a broker's certificate must name its host."""
-    reconnect_backoff_ms: int = 100
-    retry_backoff_ms: int = 200
-
-    @classmethod
-    def from_config(cls, kafka: config.Kafka) -> KafkaSettings:
-        return cls(
-            bootstrap_servers=kafka.bootstrap_servers,
-            client_id_prefix=kafka.client_id,
-            message_max_bytes=kafka.message_max_bytes,
-            request_timeout_ms=kafka.request_timeout_ms,
-            reconnect_backoff_max_ms=kafka.reconnect_backoff_max_ms,
-            bootstrap_timeout_ms=kafka.bootstrap_timeout_ms,
-            replication_factor=kafka.replication_factor,
-            security_protocol=kafka.security_protocol,
-            sasl_mechanism=kafka.sasl_mechanism,
-            sasl_username=kafka.sasl_username,
-            sasl_password=kafka.sasl_password.get_secret_value() if kafka.sasl_password else None,
-            ssl_cafile=str(kafka.ssl_cafile) if kafka.ssl_cafile else None,
-            ssl_certfile=str(kafka.ssl_certfile) if kafka.ssl_certfile else None,
-            ssl_keyfile=str(kafka.ssl_keyfile) if kafka.ssl_keyfile else None,
-            ssl_check_hostname=kafka.ssl_check_hostname,
-        )
-
-    @classmethod
-    def from_env(cls) -> KafkaSettings:
-        """The settings in effect (ConfigError for a bad value)."""
-        return cls.from_config(config.settings().kafka)
-
-    def with_bootstrap(self, servers: str | None) -> KafkaSettings:
-        return replace(self, bootstrap_servers=servers) if servers else self
-
-    def client_id(self, role: str) -> str:
-        return f"{self.client_id_prefix}-{role}"
-
-    @property
-    def max_request_size(self) -> int:
-        """The largest request a producer builds: the broker's limit, never more."""
-        return self.message_max_bytes
-
-    @property
-    def uses_sasl(self) -> bool:
-        return self.security_protocol in ("SASL_PLAINTEXT", "SASL_SSL")
-
-    @property
-    def uses_tls(self) -> bool:
-        return self.security_protocol in ("SSL", "SASL_SSL")
-
-    def common(self, role: str) -> dict:
-        """The options every client takes (connection, timeouts, security)."""
-        return dict(
-            bootstrap_servers=self.bootstrap_servers.split(","),
-            client_id=self.client_id(role),
-            request_timeout_ms=self.request_timeout_ms,
-            reconnect_backoff_ms=self.reconnect_backoff_ms,
-            reconnect_backoff_max_ms=self.reconnect_backoff_max_ms,
-            retry_backoff_ms=self.retry_backoff_ms,
-            bootstrap_timeout_ms=self.bootstrap_timeout_ms,
-            **self.security(),
-        )
-
-    def security(self) -> dict:
-        """kafka-python's security options: the protocol, and the SASL or TLS options it uses."""
-        options: dict = {"security_protocol": self.security_protocol}
-        if self.uses_sasl:
-            # kafka-python names the user and password of every mechanism sasl_plain_* (SCRAM too)
-            options.update(
-                sasl_mechanism=self.sasl_mechanism,
-                sasl_plain_username=self.sasl_username,
-                sasl_plain_password=self.sasl_password,
-            )
-        if self.uses_tls:
-            options.update(
-                ssl_cafile=self.ssl_cafile,
-                ssl_certfile=self.ssl_certfile,
-                ssl_keyfile=self.ssl_keyfile,
-                ssl_check_hostname=self.ssl_check_hostname,
-            )
-        return options
-
-    def describe_login(self) -> str:
-        """Who the clients log in as, without the password (for errors)."""
-        if self.uses_sasl:
-            return f"user {self.sasl_username} ({self.sasl_mechanism})"
-        return self.security_protocol
+RECONNECT_BACKOFF_MS = 100
+RETRY_BACKOFF_MS = 200
 
 
 def settings(bootstrap: str | None = None) -> KafkaSettings:
     """The settings in effect (from the environment), optionally for other bootstrap servers."""
-    return KafkaSettings.from_env().with_bootstrap(bootstrap)
+    kafka = config.settings().kafka
+    return kafka.model_copy(update={"bootstrap_servers": bootstrap}) if bootstrap else kafka
+
+
+def client_id(s: KafkaSettings, role: str) -> str:
+    return f"{s.client_id}-{role}"
+
+
+def common(s: KafkaSettings, role: str) -> dict:
+    """The options every client takes (connection, timeouts, security)."""
+    return dict(
+        bootstrap_servers=s.bootstrap_servers.split(","),
+        client_id=client_id(s, role),
+        request_timeout_ms=s.request_timeout_ms,
+        reconnect_backoff_ms=RECONNECT_BACKOFF_MS,
+        reconnect_backoff_max_ms=s.reconnect_backoff_max_ms,
+        retry_backoff_ms=RETRY_BACKOFF_MS,
+        bootstrap_timeout_ms=s.bootstrap_timeout_ms,
+        **security(s),
+    )
+
+
+def security(s: KafkaSettings) -> dict:
+    """kafka-python's security options: the protocol, and the SASL or TLS options it uses."""
+    options: dict = {"security_protocol": s.security_protocol}
+    if s.uses_sasl:
+        # kafka-python names the user and password of every mechanism sasl_plain_* (SCRAM too)
+        options.update(
+            sasl_mechanism=s.sasl_mechanism,
+            sasl_plain_username=s.sasl_username,
+            sasl_plain_password=s.sasl_password.get_secret_value() if s.sasl_password else None,
+        )
+    if s.uses_tls:
+        options.update(
+            ssl_cafile=str(s.ssl_cafile) if s.ssl_cafile else None,
+            ssl_certfile=str(s.ssl_certfile) if s.ssl_certfile else None,
+            ssl_keyfile=str(s.ssl_keyfile) if s.ssl_keyfile else None,
+            ssl_check_hostname=s.ssl_check_hostname,
+        )
+    return options
+
+
+def describe_login(s: KafkaSettings) -> str:
+    """Who the clients log in as, without the password (for errors)."""
+    if s.uses_sasl:
+        return f"user {s.sasl_username} ({s.sasl_mechanism})"
+    return s.security_protocol
 
 
 def unreachable(servers: str, exc: BaseException, what: str = "") -> ServiceUnavailable:
@@ -214,7 +146,7 @@ def refused(s: KafkaSettings, exc: BaseException | None) -> AuthenticationFailed
             f"{where} takes no SASL login on that listener: check KAFKA_SECURITY_PROTOCOL "
             f"({s.security_protocol}) and KAFKA_BOOTSTRAP_SERVERS"
         )
-    refusal = f"{where} refused the credentials of {s.describe_login()}"
+    refusal = f"{where} refused the credentials of {describe_login(s)}"
     if exc is None:
         return AuthenticationFailed(
             f"{refusal}, or takes no {s.security_protocol} there: it closed every connection during "
@@ -338,7 +270,7 @@ def producer(
     delivery_ms = max(1_000, int(delivery_timeout * 1000))
     linger_ms = overrides.get("linger_ms", 10)
     options = dict(
-        s.common(role),
+        common(s, role),
         acks="all",
         enable_idempotence=True,
         retries=2_147_483_647,
@@ -348,7 +280,7 @@ def producer(
         max_in_flight_requests_per_connection=5,
         linger_ms=linger_ms,
         batch_size=PRODUCER_BATCH_BYTES,
-        max_request_size=s.max_request_size,
+        max_request_size=s.message_max_bytes,
         max_block_ms=min(60_000, delivery_ms),
     )
     options.update(overrides)
@@ -380,7 +312,7 @@ def group_consumer(
     """A member of a consumer group that commits by itself (auto-commit off)."""
     s = kafka or settings()
     options = dict(
-        s.common(f"{role}-{group_id}"),
+        common(s, f"{role}-{group_id}"),
         group_id=group_id,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -398,7 +330,7 @@ def reader(role: str = "reader", *, kafka: KafkaSettings | None = None, **overri
     """A consumer outside any group (it commits nothing): reads partitions it is assigned."""
     s = kafka or settings()
     options = dict(
-        s.common(role),
+        common(s, role),
         group_id=None,
         enable_auto_commit=False,
         auto_offset_reset="earliest",
@@ -416,7 +348,7 @@ def fetch_client(role: str = "fetch", *, kafka: KafkaSettings | None = None, **o
     ``send(node_id, request)`` (a future), whose I/O runs in the caller's ``poll(timeout_ms,
     future)`` -- no IO thread, no consumer bookkeeping. The lag monitor's Fetch goes through it."""
     s = kafka or settings()
-    options = dict(s.common(role), receive_message_max_bytes=100 * MIB)
+    options = dict(common(s, role), receive_message_max_bytes=100 * MIB)
     options.update(overrides)
 
     def make() -> KafkaNetClient:
@@ -433,7 +365,7 @@ def fetch_client(role: str = "fetch", *, kafka: KafkaSettings | None = None, **o
 
 def admin(role: str = "admin", *, kafka: KafkaSettings | None = None, **overrides) -> KafkaAdminClient:
     s = kafka or settings()
-    options = dict(s.common(role))
+    options = dict(common(s, role))
     options.update(overrides)
     return _build(KafkaAdminClient, s, options)
 

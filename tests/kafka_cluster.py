@@ -18,7 +18,6 @@ deadline (no fixed sleeps).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import signal
@@ -31,6 +30,7 @@ from typing import Any
 
 from kafka import errors as kafka_errors
 from kafka.errors import KafkaError
+from pydantic import SecretStr
 
 from streamflow import config, kafka_clients
 from streamflow.errors import ServiceUnavailable
@@ -136,12 +136,13 @@ class Cluster:
         s = kafka_clients.settings(self.bootstrap)
         if self.sasl:
             user, password = self.sasl
-            s = dataclasses.replace(
-                s,
-                security_protocol="SASL_PLAINTEXT",
-                sasl_mechanism=SASL_MECHANISM,
-                sasl_username=user,
-                sasl_password=password,
+            s = s.model_copy(
+                update=dict(
+                    security_protocol="SASL_PLAINTEXT",
+                    sasl_mechanism=SASL_MECHANISM,
+                    sasl_username=user,
+                    sasl_password=SecretStr(password),
+                )
             )
         return s
 

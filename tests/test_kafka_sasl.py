@@ -17,7 +17,6 @@ Every wait polls with a deadline (no fixed sleeps).
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -127,13 +126,14 @@ def test_replay_consume_and_lag_through_a_sasl_broker(sasl_env, snapshot):
 
 
 def test_a_client_without_sasl_gets_nothing_from_the_broker(broker):
-    plain = dataclasses.replace(
-        broker.settings(),
-        security_protocol="PLAINTEXT",
-        sasl_mechanism=None,
-        sasl_username=None,
-        sasl_password=None,
-        bootstrap_timeout_ms=3000,
+    plain = broker.settings().model_copy(
+        update=dict(
+            security_protocol="PLAINTEXT",
+            sasl_mechanism=None,
+            sasl_username=None,
+            sasl_password=None,
+            bootstrap_timeout_ms=3000,
+        )
     )
     with pytest.raises(ServiceUnavailable, match=f"^Kafka at 127.0.0.1:{PORT} is not reachable"):
         kafka_clients.admin("test-plain", kafka=plain)

@@ -188,13 +188,17 @@ def test_the_settings_are_read_again_when_the_environment_changes(clean_env):
 
 
 def test_the_kafka_settings_come_from_the_settings(clean_env):
-    assert kafka_clients.settings() == kafka_clients.KafkaSettings.from_config(config.settings().kafka)
+    assert kafka_clients.settings() is config.settings().kafka  # the settings themselves, not a copy
     clean_env.setenv("STREAMFLOW_KAFKA_CLIENT_ID", "probe")
     clean_env.setenv("STREAMFLOW_KAFKA_BOOTSTRAP_TIMEOUT_MS", "1234")
     clean_env.setenv("STREAMFLOW_REPLICATION_FACTOR", "2")
     k = kafka_clients.settings("other:1")
-    assert (k.client_id("x"), k.bootstrap_timeout_ms, k.replication_factor) == ("probe-x", 1234, 2)
-    assert k.bootstrap_servers == "other:1"
+    assert (kafka_clients.client_id(k, "x"), k.bootstrap_timeout_ms, k.replication_factor) == (
+        "probe-x",
+        1234,
+        2,
+    )
+    assert k.bootstrap_servers == "other:1" and config.settings().kafka.bootstrap_servers != "other:1"
 
 
 def test_importing_the_settings_or_any_command_changes_no_environment_variable():
