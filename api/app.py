@@ -58,9 +58,9 @@ from api.features import FeatureReader
 from api.limits import BodyLimit
 from streamflow import config, schema
 from streamflow.dead_letters.tally import DeadLetterTally
-from streamflow.kafka_topics import dead_letter_topic
 from streamflow.lag.metrics import register_lag_metrics
 from streamflow.lag.sampler import LagSampler
+from streamflow.topics import dead_letter_topic
 
 log = logging.getLogger("api")
 

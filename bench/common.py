@@ -173,7 +173,8 @@ def machine() -> dict:
 
 def use_topics(name: str, partitions: int = 4) -> str:
     """Point this process (and the subprocesses it starts) at fresh topics for one benchmark."""
-    from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
+    from streamflow.kafka_topics import ensure_topics
+    from streamflow.topics import dead_letter_topic, table_topics
 
     prefix = f"{BASE_PREFIX}-{name}-{uuid.uuid4().hex[:4]}"  # fresh on a second attempt too
     os.environ["STREAMFLOW_TOPIC_PREFIX"] = prefix

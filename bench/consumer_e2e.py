@@ -26,6 +26,7 @@ from bench import common  # noqa: I001  (first: sets the benchmark environment)
 from streamflow import schema
 from streamflow.batch.validate import read_snapshot
 from streamflow.push_validation import push_columns
+from streamflow.topics import table_topics
 
 NAME = "consumer_e2e"
 
@@ -114,7 +115,7 @@ def bare_poll(events: int, batch: int) -> dict:
 
     client = kafka_clients.group_consumer(f"bench-bare-{uuid.uuid4().hex[:8]}", max_poll_records=batch)
     try:
-        client.subscribe([t.topic for t in schema.TABLES])
+        client.subscribe(table_topics())
         seen, first, deadline = 0, None, time.monotonic() + 300
         poll_wall = poll_cpu = 0.0  # in the poll calls after the first records (bench.consumer_split)
         while seen < events and time.monotonic() < deadline:

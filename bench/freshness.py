@@ -39,6 +39,7 @@ from producer.replay import make_producer
 from streamflow import schema
 from streamflow.datagen.generate import user_ids
 from streamflow.net import free_port
+from streamflow.topics import topic_of
 
 NAME = "freshness"
 TABLE = schema.table("usage_agg_30d")
@@ -142,7 +143,7 @@ def send_steady(
 
     Keys are encoded before the clock starts: the sending loop is the load generator, and what
     it can spend per event decides whether the asked rate is reached."""
-    topic = TABLE.topic
+    topic = topic_of(TABLE)
     headers = [(schema.EVENT_TABLE_HEADER, TABLE.name.encode())]
     stride = max(1, round(rate / timed_per_second))
     prepared = [

@@ -34,8 +34,8 @@ def _tools() -> Path:
 
 def run(args) -> dict:
     from streamflow import kafka_clients
-    from streamflow.kafka_topics import table_topics
     from streamflow.lag.monitor import LagMonitor
+    from streamflow.topics import table_topics
 
     common.use_topics("lag", partitions=PARTITIONS)
     topics = table_topics()

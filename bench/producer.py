@@ -14,6 +14,7 @@ from bench import common  # noqa: I001  (first: sets the benchmark environment)
 from producer.replay import Replayer, _records, make_producer
 from streamflow import events, schema
 from streamflow.batch.validate import read_snapshot
+from streamflow.topics import topic_of
 
 NAME = "producer"
 
@@ -28,7 +29,7 @@ def serialized(folder) -> list[tuple]:
         for row in _records(frames[table.name]):
             out.append(
                 (
-                    table.topic,
+                    topic_of(table),
                     row[schema.KEY].encode(),
                     events.encode_value(table, row, as_of, folder.name),
                     hdrs,
@@ -54,7 +55,7 @@ def bare_loop(messages: list[tuple]) -> float:
 def replayer(folder) -> tuple[int, float, int]:
     producer = make_producer()
     try:
-        producer.send(schema.TABLES[0].topic, key=b"warm-up", value=b"{}")
+        producer.send(topic_of(schema.TABLES[0]), key=b"warm-up", value=b"{}")
         producer.flush()
         with common.profiled(NAME):
             stats = Replayer(producer).replay([folder])

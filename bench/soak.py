@@ -42,6 +42,8 @@ import uuid
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
+from streamflow.topics import topic_of
+
 REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "bench" / "results" / "soak.json"
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
@@ -256,7 +258,7 @@ def stream(rows: dict[str, list[dict]], rate: float, duration: float) -> dict:
                 value = events.encode_value(table, row, day, snapshot)
                 try:
                     future = producer.send(
-                        table.topic, key=row[schema.KEY].encode(), value=value, headers=headers
+                        topic_of(table), key=row[schema.KEY].encode(), value=value, headers=headers
                     )
                 except KafkaError:
                     fail(None)
@@ -368,8 +370,9 @@ def main(argv: list[str] | None = None) -> int:
 
     from streamflow import config
     from streamflow.datagen.generate import generate
-    from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
+    from streamflow.kafka_topics import ensure_topics
     from streamflow.lag.monitor import LagMonitor
+    from streamflow.topics import dead_letter_topic, table_topics
 
     work = Path(tempfile.mkdtemp(prefix="streamflow-soak-"))
     consumer_log = work / "consumer.log"

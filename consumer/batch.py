@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from kafka import TopicPartition
 
-from streamflow import schema
+from streamflow.topics import table_of_topic
 
 
 @dataclass
@@ -28,7 +28,7 @@ class Batch:
         next_offsets: dict[TopicPartition, int] = {}
         unknown: list = []
         for tp, recs in records.items():
-            table = schema.table_for_topic(tp.topic)
+            table = table_of_topic(tp.topic)
             (tables[table.name] if table else unknown).extend(recs)
             next_offsets[tp] = recs[-1].offset + 1
         return cls(records, dict(tables), next_offsets), unknown

@@ -16,7 +16,7 @@ import orjson
 
 from streamflow import kafka_clients
 from streamflow.dead_letters import REDRIVE_HEADER
-from streamflow.kafka_topics import dead_letter_topic
+from streamflow.topics import dead_letter_topic
 
 log = logging.getLogger("consumer.dead_letter")
 

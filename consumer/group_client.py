@@ -18,7 +18,8 @@ from consumer.metrics import ConsumerMetrics
 from consumer.offsets import Offsets
 from consumer.outage import Outage
 from consumer.settings import ConsumerSettings
-from streamflow import kafka_clients, schema
+from streamflow import kafka_clients
+from streamflow.topics import table_topics
 
 log = logging.getLogger("consumer")
 
@@ -38,7 +39,7 @@ class GroupClient:
         self.kafka = kafka
         self.outage = outage
         self.metrics = metrics
-        self.topics = [t.topic for t in schema.TABLES]
+        self.topics = table_topics()
         self.rebuilds = 0
         self.consumer = outage.connect("connecting the consumer", self._new_consumer)
 

@@ -154,7 +154,8 @@ def _consume(args: argparse.Namespace, workers) -> int:
     from consumer.runner import StreamConsumer
     from consumer.settings import ConsumerSettings
     from streamflow import kafka_clients
-    from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
+    from streamflow.kafka_topics import ensure_topics
+    from streamflow.topics import dead_letter_topic, table_topics
 
     settings = ConsumerSettings(
         group_id=args.group,

@@ -21,6 +21,7 @@ from consumer.write_errors import Refused, describe, isolate
 from consumer.write_workers import Decoded, LocalWrite, WriteWorkers
 from streamflow import schema
 from streamflow.feature_store import push
+from streamflow.topics import topic_of
 
 log = logging.getLogger("consumer")
 
@@ -120,7 +121,7 @@ class TableWriter:
     def _write_once(self, table: schema.Table, records: list) -> tuple[Decoded, list[Refused]]:
         """One attempt at a table's write: decode its records, then push the frame, in halves
         around the rows the database refuses for good."""
-        where = f"batch of {table.topic}"
+        where = f"batch of {topic_of(table)}"
         with self._session() as writing:
             decoded = writing.decode(table, records, datetime.now(timezone.utc))
             rows = decoded.rows

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, NamedTuple
 
 from streamflow.errors import ServiceUnavailable
+from streamflow.topics import topic_of
 
 if TYPE_CHECKING:  # imported where used: starting the workers needs neither pandas nor the decoder
     import pandas as pd
@@ -210,7 +211,7 @@ class TableWrite:
         return answer
 
     def decode(self, table: schema.Table, records: list, now: datetime) -> Decoded:
-        topic = records[0].topic if records else table.topic
+        topic = records[0].topic if records else topic_of(table)
         return self._ask(
             ("decode", table.name, topic, [r.key for r in records], [r.value for r in records], now)
         )

@@ -65,7 +65,7 @@ def feature_view(table: schema.Table) -> FeatureView:
         source=push_source(table),
         online=True,
         description=table.description,
-        tags={"table": table.name, "topic": table.topic},
+        tags={"table": table.name},  # its topic: streamflow.topics (the prefix is the deployment's)
     )
 
 

@@ -42,6 +42,7 @@ from streamflow.batch.validate import CheckedFile, check_snapshot, read_chunks
 from streamflow.errors import ServiceUnavailable
 from streamflow.kafka_clients import DELIVERY_TIMEOUT
 from streamflow.kafka_topics import ensure_topics
+from streamflow.topics import table_topics, topic_of
 
 log = logging.getLogger("producer")
 
@@ -345,7 +346,7 @@ class Replayer:
             flush_timeout = delivery + min(60.0, delivery)
         started = time.perf_counter()
         replay_id = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        self.load_metadata([t.topic for t in tables])
+        self.load_metadata([topic_of(t) for t in tables])
         previous: date | None = None
         for folder, snapshot_id, as_of in snapshot_order(folders):
             files = self._validate(folder)  # every file, before the first event of the snapshot
@@ -360,7 +361,7 @@ class Replayer:
             with tqdm(total=total, unit="ev", desc=snapshot_id, disable=not self.progress) as bar:
                 for table in tables:
                     hdrs = events.headers(table, as_of, replay=f"{snapshot_id}@{replay_id}")
-                    topic = table.topic  # read once per table, not per event
+                    topic = topic_of(table)  # read once per table, not per event
                     for chunk in _frames(files[table.name]):
                         if self.stopped.is_set():
                             break
@@ -379,4 +380,4 @@ class Replayer:
 
 
 def prepare_topics(partitions: int | None = None) -> None:
-    ensure_topics([t.topic for t in schema.TABLES], partitions=partitions)
+    ensure_topics(table_topics(), partitions=partitions)

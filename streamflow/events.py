@@ -22,6 +22,7 @@ import orjson
 import pandas as pd
 
 from streamflow import contract, schema
+from streamflow.topics import table_of_topic
 
 MAX_EVENT_BYTES = 1_000_000
 """Largest event value accepted (bytes); larger ones are dead-lettered."""
@@ -218,7 +219,7 @@ def decode(
 
     ``table`` is the topic's table when the caller resolved it already (once per partition).
     """
-    table = table or schema.table_for_topic(topic)
+    table = table or table_of_topic(topic)
     if table is None:
         raise InvalidEvent(f"unknown table: topic {topic!r} belongs to no table of the registry")
     if value is None:

@@ -12,7 +12,7 @@ import logging
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from streamflow import config, kafka_clients, schema
+from streamflow import config, kafka_clients
 from streamflow.errors import ServiceUnavailable
 
 log = logging.getLogger(__name__)
@@ -20,14 +20,6 @@ log = logging.getLogger(__name__)
 
 def default_partitions() -> int:
     return config.settings().kafka.partitions
-
-
-def dead_letter_topic() -> str:
-    return f"{config.topic_prefix()}.dead_letter"
-
-
-def table_topics() -> list[str]:
-    return [t.topic for t in schema.TABLES]
 
 
 def admin_client(bootstrap: str | None = None):

@@ -2,9 +2,10 @@
 
 For each table it declares the columns (name, type, nullability, allowed values and ranges),
 the key, the CSV file it comes from, the PostgreSQL base and snapshot tables it loads into,
-its Kafka topic, its Feast push source and feature view. The generator, the loader, the
-producer, the consumer, the feature views and the API all read it; nothing else declares a
-column.
+its Feast push source and feature view, and the name its Kafka topic ends with
+(``<prefix>.<name>``: :mod:`streamflow.topics`, where the deployment's prefix is read). The
+generator, the loader, the producer, the consumer, the feature views and the API all read it;
+nothing else declares a column. It is pure data: no setting is read here.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import date, datetime, time, timezone
 
-from streamflow import config, contract
+from streamflow import contract
 
 KEY = "user_id"
 """Join key of every table, Kafka record key of every event, Feast entity join key."""
@@ -122,10 +123,6 @@ class Table:
     @property
     def base_table(self) -> str:
         return self.name
-
-    @property
-    def topic(self) -> str:
-        return f"{config.topic_prefix()}.{self.name}"
 
     @property
     def push_source(self) -> str:
@@ -241,18 +238,6 @@ def table(name: str) -> Table:
         return TABLES_BY_NAME[name]
     except KeyError:
         raise KeyError(f"unknown table {name!r}; known: {', '.join(TABLES_BY_NAME)}") from None
-
-
-_TOPIC_MAPS: dict[str, dict[str, Table]] = {}
-
-
-def table_for_topic(topic: str) -> Table | None:
-    """The table whose topic this is (under the configured topic prefix), or None."""
-    prefix = config.topic_prefix()
-    topics = _TOPIC_MAPS.get(prefix)
-    if topics is None:
-        topics = _TOPIC_MAPS[prefix] = {t.topic: t for t in TABLES}
-    return topics.get(topic)
 
 
 def online_table(project: str, view: str) -> str:

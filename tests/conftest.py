@@ -60,7 +60,8 @@ def kafka_bootstrap() -> str:
 def fresh(monkeypatch, pg_settings, kafka_bootstrap):
     """Fresh topics (their own prefix, deleted afterwards) and empty stores for one pipeline test;
     returns a consumer group name of its own."""
-    from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
+    from streamflow.kafka_topics import ensure_topics
+    from streamflow.topics import dead_letter_topic, table_topics
     from tests import pipeline
 
     prefix = pipeline.fresh_prefix()

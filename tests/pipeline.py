@@ -15,6 +15,7 @@ import psycopg
 from streamflow import config, kafka_clients, schema, warehouse
 from streamflow.batch.validate import read_snapshot
 from streamflow.feature_store import apply, get_store
+from streamflow.topics import table_topics
 
 REPO = config.REPO_ROOT
 
@@ -56,7 +57,8 @@ def drain(group: str, max_idle: float = 60.0, write_processes: int | None = None
     """Run one consumer in-process until every partition is consumed (``write_processes``: its
     write workers, the default when None; 0 decodes and writes in this process)."""
     from consumer.runner import ConsumerSettings, StreamConsumer
-    from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
+    from streamflow.kafka_topics import ensure_topics
+    from streamflow.topics import dead_letter_topic, table_topics
 
     ensure_topics(table_topics() + [dead_letter_topic()], partitions=4)
     settings = ConsumerSettings(group_id=group, until_drained=True, max_idle_seconds=max_idle)
@@ -258,7 +260,7 @@ def end_offsets(topics: list[str]) -> dict:
 
 def caught_up(group: str, topics: list[str] | None = None) -> bool:
     """Whether the group has committed every partition of the topics up to its log end."""
-    ends = end_offsets(topics or [t.topic for t in schema.TABLES])
+    ends = end_offsets(topics or table_topics())
     committed = committed_offsets(group)
     return all(committed.get(tp, 0) >= end for tp, end in ends.items())
 

@@ -27,7 +27,8 @@ from streamflow import config, contract, kafka_clients, schema
 from streamflow.batch.load import load_snapshot
 from streamflow.datagen.generate import generate
 from streamflow.errors import DataValidationError
-from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
+from streamflow.kafka_topics import ensure_topics
+from streamflow.topics import dead_letter_topic, table_topics, topic_of
 from tests import pipeline
 
 USERS = 100
@@ -334,7 +335,7 @@ def test_producer_bad_row_in_the_last_chunk_sends_nothing_and_good_chunks_send_e
     as_of = schema.snapshot_as_of("month_000")
     for table in schema.TABLES:
         keys, values = events.encode_frame(table, frames[table.name], as_of, "month_000")
-        sent = pipeline.read_topic(table.topic)
+        sent = pipeline.read_topic(topic_of(table))
         assert sorted((r.key, r.value) for r in sent) == sorted(zip(keys, values))
 
 
@@ -553,7 +554,7 @@ def test_bad_kafka_records_go_to_the_dead_letter_topic_and_nothing_stored_change
     corpus = kafka_corpus(users[0], users[1])
     producer = kafka_clients.producer("test")
     futures = [
-        producer.send(schema.table(t).topic, key=key, value=value, headers=headers)
+        producer.send(topic_of(schema.table(t)), key=key, value=value, headers=headers)
         for t, key, value, headers, _ in corpus
     ]
     producer.flush()

@@ -44,6 +44,7 @@ from api import fast_path, models
 from streamflow import contract, event_batch, events, online, schema
 from streamflow.batch.validate import check_file
 from streamflow.push_validation import PushValidationError, push_columns, validate_frame
+from streamflow.topics import topic_of
 
 settings.register_profile(
     "contract",
@@ -289,7 +290,7 @@ def event_payload(table: schema.Table, column: schema.Column, value) -> tuple[by
 def event_door(table, column, value):
     key, data = event_payload(table, column, value)
     try:
-        event = events.decode(table.topic, key, data, now=NOW, table=table)
+        event = events.decode(topic_of(table), key, data, now=NOW, table=table)
     except events.InvalidEvent as exc:
         return Refused(exc.field, exc.rule)
     if column is schema.KEY_COLUMN:
@@ -309,7 +310,7 @@ def frame_value(column: schema.Column, frame: pd.DataFrame, row: int = 0):
 def batch_door(table, column, value):
     good_key, good = event_payload(table, schema.KEY_COLUMN, "0000-AAAAA")
     key, data = event_payload(table, column, value)
-    recs = [Record(table.topic, good_key, good, 0, 0), Record(table.topic, key, data, 0, 1)]
+    recs = [Record(topic_of(table), good_key, good, 0, 0), Record(topic_of(table), key, data, 0, 1)]
     batch = event_batch.decode_table_batch(table, recs, NOW)
     if batch.bad:
         assert not batch.columnar, "the column-wise path refused nothing itself: it only accepts"
@@ -490,7 +491,7 @@ def test_a_trailing_newline_leading_space_or_unicode_digit_is_refused_at_every_d
     rule = contract.expectation(column)
     key, data = event_payload(table, column, value)
     with pytest.raises(events.InvalidEvent) as exc:
-        events.decode(table.topic, key, data, now=NOW, table=table)
+        events.decode(topic_of(table), key, data, now=NOW, table=table)
     assert (exc.value.field, exc.value.rule) == (name, rule)
     assert batch_door(table, column, value) == Refused(name, rule)
     assert push_door(table, column, pd.Series([value], dtype=object)) == Refused(name, rule)

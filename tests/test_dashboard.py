@@ -15,8 +15,9 @@ from kafka import TopicPartition
 from consumer.dead_letter import dead_letter_value
 from streamflow import kafka_clients
 from streamflow.feature_store import apply
-from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
+from streamflow.kafka_topics import ensure_topics
 from streamflow.net import free_port
+from streamflow.topics import dead_letter_topic, table_topics
 from tests import pipeline
 
 CHROMIUM_FLAGS = [

@@ -30,7 +30,7 @@ from streamflow.dead_letters.cli import main
 from streamflow.dead_letters.letters import DeadLetter, Selection, iso, parse_id, parse_since
 from streamflow.dead_letters.redrive import Redriver, redrive
 from streamflow.errors import StreamflowError
-from streamflow.kafka_topics import dead_letter_topic
+from streamflow.topics import dead_letter_topic, topic_of
 from tests import pipeline
 
 USERS = 40
@@ -178,7 +178,7 @@ def bad_events(users: list[str]) -> dict[str, tuple[str, bytes, bytes, list]]:
 def send(evts) -> None:
     producer = kafka_clients.producer("test")
     futures = [
-        producer.send(schema.table(t).topic, key=k, value=v, headers=h) for t, k, v, h in evts.values()
+        producer.send(topic_of(schema.table(t)), key=k, value=v, headers=h) for t, k, v, h in evts.values()
     ]
     producer.flush()
     for future in futures:
@@ -191,7 +191,7 @@ def redriven_records() -> list:
     return [
         r
         for t in (PAY, SUB)
-        for r in pipeline.read_topic(schema.table(t).topic)
+        for r in pipeline.read_topic(topic_of(schema.table(t)))
         if "redrive_of" in dict(r.headers)
     ]
 
@@ -260,12 +260,12 @@ def test_list_show_redrive_once_through_crashes_then_fixed_events_are_written(
         by_user[users[0]]["reason"]
         == "field failed_payments_90d: expected an integer from 0 to 1000 (got 5000)"
     )
-    assert by_user[users[0]]["source"]["topic"] == schema.table(PAY).topic
+    assert by_user[users[0]]["source"]["topic"] == topic_of(schema.table(PAY))
     assert by_user[users[6]]["value_truncated"] is True
     assert {x["redriven"]["state"] for x in doc["dead_letters"]} == {"no"}
     assert len(listed("--reason", "INTEGER FROM 0 TO 1000 (GOT")["dead_letters"]) == 3
     assert {x["key"] for x in listed("--topic", SUB)["dead_letters"]} == {users[3], users[4]}
-    assert len(listed("--topic", schema.table(SUB).topic)["dead_letters"]) == 2
+    assert len(listed("--topic", topic_of(schema.table(SUB)))["dead_letters"]) == 2
     limited = listed("--limit", "2")
     assert len(limited["dead_letters"]) == 2 and limited["counts"]["matched"] == len(bad)
     assert len(listed("--since", "1h")["dead_letters"]) == len(bad)
@@ -288,13 +288,13 @@ def test_list_show_redrive_once_through_crashes_then_fixed_events_are_written(
         assert cli("show", unknown)[0] == 1
 
     # -- dry run: says what it would send, sends and records nothing
-    ends = pipeline.end_offsets([schema.table(PAY).topic, schema.table(SUB).topic])
+    ends = pipeline.end_offsets([topic_of(schema.table(PAY)), topic_of(schema.table(SUB))])
     code, text = cli("redrive", "--dry-run")
     assert code == 0
     assert summary(text) == (
         "sent 0 (dry run: would send 6), skipped (already re-driven) 0, skipped (truncated) 1"
     )
-    assert f"would send {by_user[users[0]]['id']} -> {schema.table(PAY).topic} key='{users[0]}'" in text
+    assert f"would send {by_user[users[0]]['id']} -> {topic_of(schema.table(PAY))} key='{users[0]}'" in text
     assert f"redrive_of={dlq}/" in text and f"event_timestamp={FEB}" in text
     assert f"skipped {by_user[users[6]]['id']} (truncated: the dead letter kept 65,536 of the value's" in text
     assert pipeline.end_offsets(list({tp.topic for tp in ends})) == ends
@@ -344,7 +344,7 @@ def test_list_show_redrive_once_through_crashes_then_fixed_events_are_written(
         if user == users[6]:
             continue
         record = by_ref[f"{dlq}/{by_user[user]['id'].replace(':', '/')}"]
-        assert (record.topic, record.key, record.value) == (schema.table(table).topic, key, value)
+        assert (record.topic, record.key, record.value) == (topic_of(schema.table(table)), key, value)
         assert [h for h in record.headers if h[0] != "redrive_of"] == headers  # table, event_timestamp kept
 
     # -- again: nothing to send

@@ -17,6 +17,7 @@ import pytest
 
 from streamflow import event_batch, events, schema
 from streamflow.event_batch import events_frame
+from streamflow.topics import topic_of
 
 Record = namedtuple("Record", "topic key value timestamp offset")
 NOW = datetime(2026, 12, 3, tzinfo=timezone.utc)
@@ -46,7 +47,7 @@ def records(table: schema.Table, n: int = 40) -> list[Record]:
     for i in range(n):
         row = valid_row(table, i % 30)  # users 0..29 repeat: duplicates keep the last
         value = events.encode_value(table, row, AS_OF, "month_000")
-        out.append(Record(table.topic, row[schema.KEY].encode(), value, 1_700_000_000_000 + i, i))
+        out.append(Record(topic_of(table), row[schema.KEY].encode(), value, 1_700_000_000_000 + i, i))
     return out
 
 

@@ -31,7 +31,8 @@ import pytest
 
 from streamflow import schema
 from streamflow.datagen.generate import generate
-from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
+from streamflow.kafka_topics import ensure_topics
+from streamflow.topics import dead_letter_topic, table_topics, topic_of
 from tests import pipeline
 from tests.kafka_cluster import SHARED_STATE as STATE
 from tests.kafka_cluster import Cluster, SingleBroker
@@ -363,7 +364,7 @@ def test_three_brokers_partition_leader_killed_mid_replay(
         monkeypatch,
         pg_settings,
         tmp_path,
-        lambda: cluster.leader_of(schema.TABLES[0].topic, 0),
+        lambda: cluster.leader_of(topic_of(schema.TABLES[0]), 0),
         "K4. three brokers: leader of a written partition SIGKILLed",
     )
 
@@ -390,7 +391,7 @@ def test_three_brokers_two_down_below_min_isr_producer_reports_and_loses_nothing
     plog2 = tmp_path / "producer2.log"
     with streaming(group, [m0, m1], tmp_path, "--rate", "60", "--delivery-timeout", "10") as s:
         consumer, producer, clog, plog = s.consumer, s.producer, s.clog, s.plog
-        survivor = cluster.leader_of(schema.TABLES[0].topic, 0)
+        survivor = cluster.leader_of(topic_of(schema.TABLES[0]), 0)
         down = [n for n in cluster.nodes if n != survivor]
         for n in down:
             cluster.stop_node(n)

@@ -29,7 +29,8 @@ import pytest
 from streamflow import config, kafka_clients, schema
 from streamflow.datagen.generate import generate
 from streamflow.errors import ServiceUnavailable
-from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
+from streamflow.kafka_topics import ensure_topics
+from streamflow.topics import dead_letter_topic, table_topics
 from tests import pipeline
 from tests.kafka_cluster import SHARED_STATE, SingleBroker, wait_until
 

@@ -34,8 +34,9 @@ from kafka import TopicPartition
 
 from api.app import create_app
 from streamflow import config, kafka_clients
-from streamflow.kafka_topics import ensure_topics, table_topics
+from streamflow.kafka_topics import ensure_topics
 from streamflow.net import free_port
+from streamflow.topics import table_topics
 from tests import pipeline
 from tests.kafka_cluster import SHARED_STATE, share_broker_jars
 

@@ -35,7 +35,7 @@ from consumer.settings import ConsumerSettings
 from consumer.table_writer import StopRequested, TableWriter
 from consumer.write_errors import PERMANENT, TRANSIENT, SystemicWriteError, classify, isolate
 from streamflow import config, event_batch, events, kafka_clients, schema
-from streamflow.kafka_topics import dead_letter_topic
+from streamflow.topics import dead_letter_topic, topic_of
 from tests import pipeline
 
 TABLE = schema.table("usage_agg_30d")
@@ -334,7 +334,7 @@ def produce(values: list[dict]) -> list[int]:
     try:
         futures = [
             producer.send(
-                TABLE.topic,
+                topic_of(TABLE),
                 key=v[schema.KEY].encode(),
                 partition=0,
                 value=events.encode_value(TABLE, v, AS_OF, "month_000"),
@@ -382,7 +382,7 @@ def test_a_poison_event_is_dead_lettered_its_neighbours_are_written_and_the_cons
         letters = [orjson.loads(r.value) for r in pipeline.read_topic(dead_letter_topic())]
         assert len(letters) == 1, letters
         letter = letters[0]
-        assert letter["source"] == {**letter["source"], "topic": TABLE.topic, "partition": 0, "offset": 3}
+        assert letter["source"] == {**letter["source"], "topic": topic_of(TABLE), "partition": 0, "offset": 3}
         assert letter["key"] == poison
         assert letter["reason"] == (
             f'write failed: CheckViolation: new row for relation "{TABLE.snapshot_table}" violates check '
@@ -396,7 +396,7 @@ def test_a_poison_event_is_dead_lettered_its_neighbours_are_written_and_the_cons
             v[schema.KEY]: v["watch_hours_30d"] for v in first if v[schema.KEY] != poison
         }
         assert online_hours(neighbours + [poison]) == {v[schema.KEY]: v["watch_hours_30d"] for v in first}
-        assert consumer.metrics.dead_lettered[TABLE.topic] == 1
+        assert consumer.metrics.dead_lettered[topic_of(TABLE)] == 1
         assert consumer.metrics.written[TABLE.name] == 6
 
         # the consumer goes on: later events are written
@@ -416,7 +416,7 @@ def test_a_poison_event_is_dead_lettered_its_neighbours_are_written_and_the_cons
     assert sys.getswitchinterval() == interval_before
 
     committed = pipeline.committed_offsets(group)
-    ends = pipeline.end_offsets([TABLE.topic])
+    ends = pipeline.end_offsets([topic_of(TABLE)])
     assert all(committed.get(tp, 0) == end for tp, end in ends.items()), (committed, ends)  # lag 0
     assert sum(ends.values()) == 10
     assert len(pipeline.read_topic(dead_letter_topic())) == 1  # dead-lettered once
@@ -425,7 +425,9 @@ def test_a_poison_event_is_dead_lettered_its_neighbours_are_written_and_the_cons
     assert consumer.metrics.write_retries == 0
     assert len(re.findall(r"failed for good", text)) == 1
     assert len(re.findall(r"poison event dead-lettered", text)) == 1
-    assert f"table usage_agg_30d, {TABLE.topic} partition 0 offset 3: write failed: CheckViolation" in text
+    assert (
+        f"table usage_agg_30d, {topic_of(TABLE)} partition 0 offset 3: write failed: CheckViolation" in text
+    )
 
     # after a fix (the constraint dropped), a redrive writes it online and offline
     from streamflow.dead_letters.cli import main as dead_letters

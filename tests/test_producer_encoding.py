@@ -26,6 +26,7 @@ from producer.replay import _records
 from streamflow import contract, events, schema
 from streamflow.batch.validate import read_snapshot
 from streamflow.datagen.generate import generate
+from streamflow.topics import topic_of
 
 AS_OF = date(2024, 1, 31)
 NOW = datetime(2024, 3, 1, tzinfo=timezone.utc)
@@ -51,8 +52,8 @@ def assert_same(
     assert values == ref_values  # byte for byte
     if decodable:  # the consumer sees the very same events
         for key, value, ref_value in zip(keys, values, ref_values):
-            assert events.decode(table.topic, key, value, now=NOW, table=table) == events.decode(
-                table.topic, key, ref_value, now=NOW, table=table
+            assert events.decode(topic_of(table), key, value, now=NOW, table=table) == events.decode(
+                topic_of(table), key, ref_value, now=NOW, table=table
             )
 
 

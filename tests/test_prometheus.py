@@ -30,8 +30,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from streamflow import config, kafka_clients, schema
 from streamflow.datagen.generate import generate
-from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
+from streamflow.kafka_topics import ensure_topics
 from streamflow.net import free_port
+from streamflow.topics import dead_letter_topic, table_topics, topic_of
 from tests import pipeline
 
 MONITORING = config.REPO_ROOT / "monitoring"
@@ -136,7 +137,7 @@ def stack(pg_settings, kafka_bootstrap, tmp_path_factory):
             generate(tmp / "data", users=USERS, seed=13, progress=False)
             pipeline.replay([tmp / "data" / "month_000"])
             producer = kafka_clients.producer("test")
-            producer.send(schema.table("users").topic, key=b"1234-ABCDE", value=None)  # a tombstone
+            producer.send(topic_of(schema.table("users")), key=b"1234-ABCDE", value=None)  # a tombstone
             producer.flush()
             producer.close()
             # The watched group: a consumer that stopped at the log start (committed 0 everywhere),
@@ -440,7 +441,7 @@ def test_prometheus_scrapes_the_consumer_and_evaluates_every_alert_rule(stack, p
     [series] = wait_for(
         dead_letters, "the consumer's dead-letter counter in prometheus", 60, (prometheus.log,)
     )
-    assert series["metric"]["topic"] == schema.table("users").topic and float(series["value"][1]) == 1
+    assert series["metric"]["topic"] == topic_of(schema.table("users")) and float(series["value"][1]) == 1
     ups = {r["metric"]["job"]: float(r["value"][1]) for r in prometheus.query("up")}
     assert ups == {"streamflow-api": 1.0, "streamflow-consumer": 1.0}
 

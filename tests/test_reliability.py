@@ -33,7 +33,8 @@ from kafka.errors import KafkaError
 
 from streamflow import config, kafka_clients, schema
 from streamflow.datagen.generate import generate
-from streamflow.kafka_topics import dead_letter_topic, ensure_topics, table_topics
+from streamflow.kafka_topics import ensure_topics
+from streamflow.topics import dead_letter_topic, table_topics, topic_of
 from tests import pipeline
 
 USERS = 150
@@ -207,7 +208,7 @@ def bad_records(users: list[str], n: int) -> list[tuple[str, bytes | None, bytes
 
 def send_bad(records) -> list[tuple[TopicPartition, int]]:
     producer = kafka_clients.producer("test")
-    futures = [producer.send(schema.table(t).topic, key=k, value=v) for t, k, v in records]
+    futures = [producer.send(topic_of(schema.table(t)), key=k, value=v) for t, k, v in records]
     producer.flush()
     out = []
     for f in futures:

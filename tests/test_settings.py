@@ -20,7 +20,7 @@ from psycopg import sql
 from pydantic import SecretStr
 from pydantic_core import PydanticUndefined
 
-from streamflow import cli, config, config_cli, kafka_clients
+from streamflow import cli, config, config_cli, kafka_clients, schema
 
 REFERENCE = config.REPO_ROOT / "docs" / "reference" / "configuration.md"
 TABLE_START = "<!-- settings table"
@@ -225,6 +225,68 @@ def test_importing_the_settings_or_any_command_changes_no_environment_variable()
     feast_sets = {"PROMETHEUS_MULTIPROCESS_DIR", "PROMETHEUS_MULTIPROC_DIR"}
     changed = set(ast.literal_eval(result.stdout.strip()))
     assert changed <= feast_sets, changed - feast_sets
+
+
+def test_no_module_reads_the_settings_when_it_is_imported():
+    """Every module of the application packages imports with a setting whose value is invalid:
+    none reads the settings at import (they are read where an entry point or a client needs
+    them). The check itself can fail: reading the settings with that value raises."""
+    code = (
+        "import importlib, pkgutil, streamflow, producer, consumer, api\n"
+        "from streamflow import config\n"
+        "names = [m.name for p in (streamflow, producer, consumer, api)\n"
+        "         for m in pkgutil.walk_packages(p.__path__, p.__name__ + '.')]\n"
+        "names = [n for n in names if not n.endswith('__main__')] + ['feature_repo.definitions']\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
+        "try:\n"
+        "    config.settings()\n"
+        "except config.ConfigError as exc:\n"
+        "    print(len(names), exc)\n"
+    )
+    env = {**os.environ, "STREAMFLOW_PARTITIONS": "lots"}
+    result = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code],
+        cwd=config.REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    imported, _, error = result.stdout.strip().partition(" ")
+    assert int(imported) > 90 and error == "STREAMFLOW_PARTITIONS: expected an integer, got 'lots'", (
+        result.stdout
+    )
+
+
+def test_the_table_registry_is_data_and_the_topics_come_from_the_prefix(clean_env):
+    from streamflow import topics
+
+    users = schema.table("users")
+    assert topics.topic_of(users) == "streamflow.users"
+    assert (
+        topics.topic_of(users, "other") == "other.users"
+        and topics.dead_letter_topic("other") == "other.dead_letter"
+    )
+    clean_env.setenv("STREAMFLOW_TOPIC_PREFIX", "tenant7")
+    assert schema.table("users") == users  # the registry does not change with the deployment
+    assert topics.table_topics() == [f"tenant7.{t.name}" for t in schema.TABLES]
+    assert (
+        topics.table_of_topic("tenant7.users") is users and topics.table_of_topic("streamflow.users") is None
+    )
+    assert "config" not in {n.split(".")[-1] for n in _imports(config.REPO_ROOT / "streamflow" / "schema.py")}
+
+
+def _imports(path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            names |= {f"{node.module}.{a.name}" for a in node.names}
+        elif isinstance(node, ast.Import):
+            names |= {a.name for a in node.names}
+    return names
 
 
 def test_a_variable_unset_or_empty_is_reported_as_the_default(monkeypatch):

@@ -16,7 +16,7 @@ import pytest
 from streamflow import config, kafka_clients, schema
 from streamflow.batch.load import load_snapshot
 from streamflow.datagen.generate import generate
-from streamflow.kafka_topics import dead_letter_topic
+from streamflow.topics import dead_letter_topic, topic_of
 from streamflow.training import build_training_set
 from tests import pipeline
 
@@ -189,12 +189,13 @@ def test_bad_events_go_to_dead_letter_topic_and_good_ones_around_them_are_writte
     users = pipeline.users_of(m0)
     corpus = _bad_corpus(users[0])
     producer = kafka_clients.producer("test")
-    from streamflow.kafka_topics import ensure_topics, table_topics
+    from streamflow.kafka_topics import ensure_topics
+    from streamflow.topics import table_topics
 
     ensure_topics(table_topics() + [dead_letter_topic()], partitions=4)
     pipeline.replay([m0])
     for table, key, value, _ in corpus:
-        producer.send(schema.table(table).topic, key=key, value=value)
+        producer.send(topic_of(schema.table(table)), key=key, value=value)
     producer.flush()
     producer.close()
     pipeline.replay([m0])  # good events after the bad ones (a replay: idempotent)

@@ -28,6 +28,7 @@ from consumer.write_errors import PERMANENT, TRANSIENT, classify, describe, isol
 from consumer.write_workers import RemoteWriteError, WorkerLost, WriteWorkers
 from streamflow import config, events, schema
 from streamflow.errors import ServiceUnavailable
+from streamflow.topics import topic_of
 from tests import pipeline
 
 TABLE = schema.table("usage_agg_30d")
@@ -48,7 +49,7 @@ def row(i: int, hours: float = 1.5) -> dict:
 
 def record(offset: int, values: dict) -> Record:
     value = events.encode_value(TABLE, values, AS_OF, "month_000")
-    return Record(TABLE.topic, 0, offset, 1_700_000_000_000, values[schema.KEY].encode(), value, [])
+    return Record(topic_of(TABLE), 0, offset, 1_700_000_000_000, values[schema.KEY].encode(), value, [])
 
 
 # --- the error that crosses the pipe (no I/O) ------------------------------------------------------

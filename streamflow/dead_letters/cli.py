@@ -37,7 +37,7 @@ from streamflow.dead_letters.letters import (
 )
 from streamflow.dead_letters.redrive import Outgoing, Redriver, Report
 from streamflow.errors import StreamflowError
-from streamflow.kafka_topics import dead_letter_topic
+from streamflow.topics import dead_letter_topic
 
 log = logging.getLogger("streamflow.dead_letters")
 

@@ -24,6 +24,7 @@ from kafka.errors import KafkaError
 from streamflow import kafka_clients, schema, timefmt
 from streamflow.dead_letters import REDRIVE_HEADER
 from streamflow.errors import StreamflowError
+from streamflow.topics import topic_of
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +202,7 @@ class Selection:
     @property
     def source_topic(self) -> str | None:
         if self.topic and self.topic in schema.TABLES_BY_NAME:
-            return schema.table(self.topic).topic
+            return topic_of(schema.table(self.topic))
         return self.topic
 
     def matches(self, letter: DeadLetter) -> bool:

@@ -13,7 +13,7 @@ from streamflow.dead_letters import REDRIVE_HEADER
 from streamflow.dead_letters.ledger import DONE, PENDING, Ledger, Redrive
 from streamflow.dead_letters.letters import DeadLetter, Selection, TopicReader, read_letters
 from streamflow.errors import ServiceUnavailable, StreamflowError
-from streamflow.kafka_topics import dead_letter_topic
+from streamflow.topics import dead_letter_topic
 
 log = logging.getLogger(__name__)
 

@@ -303,7 +303,7 @@ class LagMonitor:
         self.bootstrap = bootstrap or config.kafka_bootstrap()
         self.group = group
         if topics is None:
-            from streamflow.kafka_topics import table_topics
+            from streamflow.topics import table_topics
 
             topics = table_topics()
         self.topics = list(topics)
