@@ -224,7 +224,7 @@ def _lifespan(
             tally.start()
         if freeze_gc:
             gc.freeze()  # no collection first: it would take ~0.13 s of the start to free ~2,000 objects
-        gc.enable()  # off while the server started (api.main)
+        gc.enable()  # off while the server started (api.cli)
         log.info("online feature API ready to serve (feature service %s)", schema.FEATURE_SERVICE)
         try:
             yield

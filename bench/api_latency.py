@@ -9,7 +9,7 @@ What it does, in one run:
    default the demo's ``streamflow``; idempotent) and reuses the users it has online; if it
    has none, generates ``--load-users`` users, loads both snapshots and materializes them.
 2. Starts two HTTP servers on free ports of 127.0.0.1, one worker process each, and waits
-   until both answer: ours, ``python -m api.main`` (uvicorn), and the peer, ``feast serve``
+   until both answer: ours, ``python -m api.cli`` (uvicorn), and the peer, ``feast serve``
    (Feast's own feature server, gunicorn + uvicorn worker) on the same feature repo and
    project, so it reads the same online tables through the same online store class. One
    request to each must return the same features of the churn feature service.
@@ -104,7 +104,7 @@ def online_users(limit: int) -> list[str]:
 def load_data(users: int) -> None:
     from streamflow.batch.load import load_snapshot
     from streamflow.datagen.generate import generate
-    from streamflow.online import materialize
+    from streamflow.online_features import materialize
 
     print(
         f"no users online in {config.postgres().describe()} project {os.environ['FEAST_PROJECT']}: "
@@ -165,7 +165,7 @@ def start_api(port: int, workers: int, log_dir: Path) -> Server:
     command = [
         sys.executable,
         "-m",
-        "api.main",
+        "api.cli",
         "--host",
         "127.0.0.1",
         "--port",

@@ -14,7 +14,7 @@
    keep-alive clients, as ``bench.api_load``): 10 clients at 200 req/s asking ``GET
    /features/<user>``, then ``GET /predict/<user>`` for the same user (the baseline is the first,
    in the same run); then 1 client at 50 req/s posting ``POST /predict`` with 100 users.
-5. Event produced -> new score served: one consumer process (``python -m consumer.main``) on fresh
+5. Event produced -> new score served: one consumer process (``python -m consumer.cli``) on fresh
    topics; this process sends usage_agg_30d events for the loaded users (``bench.freshness``'s
    events: new usage values, event time = send time) at 2,000 events/s for 15 s, one user after
    another. About 50 events a second are timed: a poller asks ``POST /predict`` every 25 ms for

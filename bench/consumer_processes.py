@@ -3,7 +3,7 @@
 month_000 of N users (6 events per user) is replayed into fresh topics once (not timed). Then
 each command runs as a subprocess with ``--until-drained`` in a fresh group over the same events,
 on emptied stores (each run inserts the same rows, instead of the second one finding them
-written): ``python -m consumer.main --processes K --until-drained --max-batch B``. Timed from
+written): ``python -m consumer.cli --processes K --until-drained --max-batch B``. Timed from
 the process start to its exit (process start-up, imports, group join, consumption, leaving the
 group), and apart from the first 'wrote' log line (the first batch written by any member) to the
 exit: the consumption without the start-up and the join. Log lines are time-stamped as they
@@ -35,7 +35,7 @@ def consume(processes: int, batch: int) -> dict:
     command = [
         sys.executable,
         "-m",
-        "consumer.main",
+        "consumer.cli",
         "--group",
         f"bench-{uuid.uuid4().hex[:8]}",
         "--processes",

@@ -1,6 +1,6 @@
 """4. Freshness: event-to-online latency at steady event rates (default 2,000 then 5,000 events/s, 15 s each).
 
-Method: one consumer runs as its own process (``python -m consumer.main``, as in production) for
+Method: one consumer runs as its own process (``python -m consumer.cli``, as in production) for
 every rate. This process sends usage_agg_30d events at a steady rate, each for a user of its own
 (fresh users at every rate) and with its event time set to its send time (wall clock, taken just
 before ``producer.send``); the achieved send rate is reported next to the asked one. Every k-th
@@ -226,7 +226,7 @@ def start_consumer(port: int, log_path) -> subprocess.Popen:
             [
                 sys.executable,
                 "-m",
-                "consumer.main",
+                "consumer.cli",
                 "--group",
                 f"bench-{uuid.uuid4().hex[:8]}",
                 "--metrics-port",

@@ -9,7 +9,7 @@ Not a test (it runs for as long as it is told). What it does:
    missing; emptied at the start) and on fresh topics (prefix ``soak<random>``), so it never
    touches the demo's or the tests' data. PostgreSQL and Kafka must be on 127.0.0.1.
 2. Generates ``--users`` users (one snapshot), applies the Feast definitions, starts one consumer
-   process (``python -m consumer.main``) and waits until it has joined its group.
+   process (``python -m consumer.cli``) and waits until it has joined its group.
 3. Produces a steady, open-loop stream of ``--rate`` events/s for ``--duration`` s: the snapshot's
    rows, cycle after cycle, each cycle one day later in event time, so every event is a real
    write (a newer value online, a new row offline).
@@ -126,7 +126,7 @@ def prepare_database() -> None:
 def start_consumer(group: str, max_batch: int, log_path: Path) -> subprocess.Popen:
     log = open(log_path, "wb")
     return subprocess.Popen(
-        [sys.executable, "-m", "consumer.main", "--group", group, "--max-batch", str(max_batch)],
+        [sys.executable, "-m", "consumer.cli", "--group", group, "--max-batch", str(max_batch)],
         cwd=REPO,
         env={**os.environ, "STREAMFLOW_LOG_LEVEL": "INFO"},
         stdout=log,

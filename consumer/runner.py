@@ -34,7 +34,7 @@ import time
 from kafka import TopicPartition
 
 from consumer.batch import Batch
-from consumer.dead_letter import DeadLetterError, DeadLetterQueue
+from consumer.dead_letter_queue import DeadLetterError, DeadLetterQueue
 from consumer.group_client import GroupClient
 from consumer.metrics import ConsumerMetrics
 from consumer.outage import Outage, Watchdog

@@ -1,6 +1,6 @@
 """What one member of the consumer group is told: its group, its batch bounds, its timeouts.
 
-``consumer.main`` builds it from the command line and the ``STREAMFLOW_*`` settings; the tests and
+``consumer.cli`` builds it from the command line and the ``STREAMFLOW_*`` settings; the tests and
 benchmarks build it directly.
 """
 

@@ -1,7 +1,7 @@
 """`streamflow consume --processes N`: N members of one consumer group, each its own OS process.
 
 This parent process consumes nothing. It starts member i (i = 0 .. N-1) as
-``python -m consumer.main <the same options> --member i``, with ``--metrics-port P+i`` and
+``python -m consumer.cli <the same options> --member i``, with ``--metrics-port P+i`` and
 ``--instance-id ID-i`` when a port or an id is given (two members can share neither), and:
 
 * forwards SIGTERM and SIGINT to every member: each finishes its batch, commits and leaves the
@@ -46,14 +46,14 @@ log = logging.getLogger("consumer.supervisor")
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 HELD_SIGNALS = (*STOP_SIGNALS, signal.SIGUSR1)
-"""Blocked in a member until its handlers are set (SIGUSR1: its stack dump, consumer.main)."""
+"""Blocked in a member until its handlers are set (SIGUSR1: its stack dump, consumer.cli)."""
 EXPECTED_ERRORS = (2, 3, 4)
 """Exit codes of ``StreamflowError``s a member reports with a message (no traceback): restarting
 would meet the same error (2: a bad setting, or credentials Kafka refused)."""
 PR_SET_PDEATHSIG = 1
 
 
-# --- the member side (called by consumer.main when it runs with --member) -----------------------
+# --- the member side (called by consumer.cli when it runs with --member) -----------------------
 
 
 def accept_signals() -> None:
@@ -302,7 +302,7 @@ def member_command(argv: list[str], args: argparse.Namespace, index: int) -> lis
         extra += ["--metrics-port", str(args.metrics_port + index)]
     if args.instance_id:
         extra += ["--instance-id", f"{args.instance_id}-{index}"]
-    return [sys.executable, "-m", "consumer.main", *argv, *extra]
+    return [sys.executable, "-m", "consumer.cli", *argv, *extra]
 
 
 def plan(args: argparse.Namespace) -> str:

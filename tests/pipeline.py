@@ -72,7 +72,7 @@ def consumer_process(group: str, *args: str, log_path: Path | None = None) -> su
     """Start a consumer as its own process (same environment: topics, database, project)."""
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     return subprocess.Popen(
-        [sys.executable, "-m", "consumer.main", "--group", group, *args],
+        [sys.executable, "-m", "consumer.cli", "--group", group, *args],
         cwd=REPO,
         env={**os.environ, "STREAMFLOW_LOG_LEVEL": "INFO"},
         stdout=out,
@@ -84,7 +84,7 @@ def api_process(port: int, *, log_path: Path | None = None, env: dict | None = N
     """Start `streamflow api` as its own process on 127.0.0.1:port (same environment plus ``env``)."""
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL
     return subprocess.Popen(
-        [sys.executable, "-m", "api.main", "--host", "127.0.0.1", "--port", str(port)],
+        [sys.executable, "-m", "api.cli", "--host", "127.0.0.1", "--port", str(port)],
         cwd=REPO,
         env={**os.environ, **(env or {})},
         stdout=out,

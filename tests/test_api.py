@@ -832,7 +832,7 @@ else:  # pragma: no cover
 
 
 def test_lookup_command_prints_what_the_api_answers(client, data, capsys):
-    from streamflow.online import lookup_main
+    from streamflow.online_features import lookup_main
 
     user = data.users[0]
     api = client.get(f"/features/{user}").json()["views"]

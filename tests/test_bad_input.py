@@ -289,7 +289,7 @@ def test_old_mac_line_endings_load_like_unix_ones(snapshots, january_loaded, tmp
 
 
 def test_producer_rejects_a_bad_snapshot_before_sending_anything(snapshots, fresh, tmp_path, capsys):
-    from producer.main import main
+    from producer.cli import main
 
     path = bad_copy(
         snapshots[1], tmp_path / "month_001", "labels", set_cell(5, "churn_label", b"maybe", "labels")
@@ -316,7 +316,7 @@ def test_producer_bad_row_in_the_last_chunk_sends_nothing_and_good_chunks_send_e
     """The producer reads a snapshot in chunks (issue 12): a bad row in the last chunk of the last
     file still stops it before the first event of the snapshot, named by its line in the file; a
     good snapshot read in chunks sends every row once, the same events as the whole tables give."""
-    from producer.main import main
+    from producer.cli import main
     from streamflow import events
     from streamflow.batch import validate
 
@@ -722,7 +722,7 @@ def test_consumer_with_postgres_unreachable_exits_clearly(tmp_path, kafka_bootst
     monkeypatch.setenv("STREAMFLOW_TOPIC_PREFIX", pipeline.fresh_prefix())
     env = {**os.environ, "POSTGRES_PORT": "1", "POSTGRES_PASSWORD": "s3cret-pw"}
     done = subprocess.run(
-        [sys.executable, "-m", "consumer.main", "--group", "unreachable-pg", "--until-drained"],
+        [sys.executable, "-m", "consumer.cli", "--group", "unreachable-pg", "--until-drained"],
         cwd=pipeline.REPO,
         env=env,
         capture_output=True,

@@ -29,7 +29,7 @@ from streamflow.churn.train import train
 from streamflow.datagen.generate import generate
 from streamflow.feast_stores.online import decode_values, encode_values, table_name
 from streamflow.feast_stores.value_encoding import string_entity_key
-from streamflow.online import materialize
+from streamflow.online_features import materialize
 from tests import pipeline
 
 USERS = 900
@@ -144,7 +144,7 @@ def test_predict_answers_scores_missing_features_and_keeps_answering_through_a_r
         r = client.get(f"/predict/{user}")
         assert r.status_code == 200, r.text
         body = r.json()
-        from streamflow.online import lookup
+        from streamflow.online_features import lookup
 
         [row] = lookup([user])
         [expected] = champion.score([user], [row])

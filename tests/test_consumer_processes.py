@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from consumer import main as consumer_main
+from consumer import cli as consumer_cli
 from consumer.supervisor import MemberTag, Supervisor, member_command
 from streamflow.datagen.generate import generate
 from tests import pipeline
@@ -183,22 +183,22 @@ def test_member_command_gives_member_i_port_plus_i_and_id_dash_i():
         "host-a",
         "--until-drained",
     ]
-    args = consumer_main.parser().parse_args(argv)
+    args = consumer_cli.parser().parse_args(argv)
     for i in range(3):
         command = member_command(argv, args, i)
-        assert command[:3] == [sys.executable, "-m", "consumer.main"]
-        member = consumer_main.parser().parse_args(command[3:])
+        assert command[:3] == [sys.executable, "-m", "consumer.cli"]
+        member = consumer_cli.parser().parse_args(command[3:])
         assert (member.member, member.metrics_port, member.instance_id) == (i, 9108 + i, f"host-a-{i}")
         assert (member.group, member.until_drained, member.processes) == ("g", True, 3)
     plain = ["--processes", "2"]
-    command = member_command(plain, consumer_main.parser().parse_args(plain), 1)
-    bare = consumer_main.parser().parse_args(command[3:])
+    command = member_command(plain, consumer_cli.parser().parse_args(plain), 1)
+    bare = consumer_cli.parser().parse_args(command[3:])
     assert (bare.metrics_port, bare.instance_id, bare.member) == (None, None, 1)
 
 
 def test_processes_must_be_positive(capsys):
     with pytest.raises(SystemExit) as exc:
-        consumer_main.parser().parse_args(["--processes", "0"])
+        consumer_cli.parser().parse_args(["--processes", "0"])
     assert exc.value.code == 2
     assert "must be 1 or more" in capsys.readouterr().err
 

@@ -12,7 +12,7 @@ import orjson
 import pytest
 from kafka import TopicPartition
 
-from consumer.dead_letter import dead_letter_value
+from consumer.dead_letter_queue import dead_letter_value
 from streamflow import kafka_clients
 from streamflow.feature_store import apply
 from streamflow.kafka_topics import ensure_topics

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
-from consumer.dead_letter import dead_letter_value
+from consumer.dead_letter_queue import dead_letter_value
 from streamflow import events, kafka_clients, schema
 from streamflow.datagen.generate import generate
 from streamflow.dead_letters import ledger as ledger_mod

@@ -13,7 +13,7 @@ from feast.protos.feast.types.Value_pb2 import RepeatedValue, Value
 from streamflow import config, schema
 from streamflow.feast_stores.online import decode_values, encode_values, table_name
 from streamflow.feature_store import get_store, push
-from streamflow.online import materialize
+from streamflow.online_features import materialize
 from streamflow.push_validation import PushValidationError
 from tests import pipeline
 

@@ -157,7 +157,7 @@ def stack(pg_settings, kafka_bootstrap, tmp_path_factory):
             api_log = open(logs[1], "wb")
             procs.append(
                 subprocess.Popen(
-                    [sys.executable, "-m", "api.main", "--host", "127.0.0.1", "--port", str(api_port)],
+                    [sys.executable, "-m", "api.cli", "--host", "127.0.0.1", "--port", str(api_port)],
                     cwd=config.REPO_ROOT,
                     stdout=api_log,
                     stderr=api_log,

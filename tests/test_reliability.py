@@ -78,10 +78,10 @@ def wait_until(condition, timeout: float, interval: float = 0.2, what: str = "co
 def producer_process(
     folders: list[Path], *args: str, log_path: Path, env: dict | None = None
 ) -> subprocess.Popen:
-    """The real producer as its own process (`python -m producer.main`)."""
+    """The real producer as its own process (`python -m producer.cli`)."""
     out = open(log_path, "ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "producer.main", "--snapshots", *map(str, folders), "--no-progress", *args],
+        [sys.executable, "-m", "producer.cli", "--snapshots", *map(str, folders), "--no-progress", *args],
         cwd=pipeline.REPO,
         env={**os.environ, "STREAMFLOW_LOG_LEVEL": "INFO", **(env or {})},
         stdout=out,

@@ -579,7 +579,7 @@ def test_zero_api_workers_means_one_per_available_core(clean_env):
 
 
 def test_api_workers_flag_takes_zero_like_the_variable(clean_env, capsys):
-    from api.main import build_parser
+    from api.cli import build_parser
 
     clean_env.setenv("STREAMFLOW_API_WORKERS", "3")
     api = config.settings().api

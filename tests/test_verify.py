@@ -27,7 +27,7 @@ from streamflow.errors import ServiceUnavailable, StreamflowError
 from streamflow.feast_stores.online import decode_values, encode_values, table_name
 from streamflow.feast_stores.value_encoding import decode_elements, string_entity_key
 from streamflow.net import free_port
-from streamflow.online import materialize
+from streamflow.online_features import materialize
 from streamflow.verify import compare, query, verify
 from streamflow.verify.cli import main
 from streamflow.verify.values import MISSING, VALUE_TYPES, online_equals, show_online

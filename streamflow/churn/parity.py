@@ -98,7 +98,7 @@ def _plain(value):
 
 def check(champion, now: datetime | None = None) -> ParityReport:
     """Score every warehouse user from both rows with ``champion`` (a scoring.Champion)."""
-    from streamflow.online import lookup
+    from streamflow.online_features import lookup
 
     started = time.perf_counter()
     now = now or datetime.now(timezone.utc)

@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
     from streamflow import contract
     from streamflow.churn import features
     from streamflow.churn.scoring import Champion
-    from streamflow.online import check_user_ids, lookup
+    from streamflow.online_features import check_user_ids, lookup
 
     try:
         check_user_ids(args.user_ids)

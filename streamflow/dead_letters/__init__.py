@@ -1,6 +1,6 @@
 """Dead letters: list them, show one, re-drive them to their source topic (``streamflow dead-letters``).
 
-The consumer sends every invalid event to the dead-letter topic (:mod:`consumer.dead_letter`): its
+The consumer sends every invalid event to the dead-letter topic (:mod:`consumer.dead_letter_queue`): its
 value holds the reason, the source topic/partition/offset, the key, the original value (text or
 base64, cut at 64 KiB) and the original headers. A dead letter's id is its place in the
 dead-letter topic, ``partition:offset``.

@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from streamflow import config, contract, logs, schema, timefmt
 from streamflow.errors import ServiceUnavailable, StreamflowError, first_line
 
-log = logging.getLogger("streamflow.online")
+log = logging.getLogger("streamflow.online_features")
 
 
 def materialize(start: datetime, end: datetime) -> None:

@@ -18,7 +18,7 @@ from streamflow import kafka_clients
 from streamflow.dead_letters import REDRIVE_HEADER
 from streamflow.topics import dead_letter_topic
 
-log = logging.getLogger("consumer.dead_letter")
+log = logging.getLogger("consumer.dead_letter_queue")
 
 MAX_PAYLOAD_COPY = 64 * 1024
 """Bytes of the original value copied into the dead-letter record (the rest is cut)."""
