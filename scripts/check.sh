@@ -12,4 +12,4 @@ source scripts/unit_tests.sh
 .venv/bin/mypy
 NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict --quiet --site-dir "$(mktemp -d)"
 # the unit tests but the slow ones (make test runs those too)
-.venv/bin/python -m pytest -q -p no:cacheprovider -m "unit and not slow" "${UNIT_TESTS[@]}" "$@"
+.venv/bin/python -m pytest -q -p no:cacheprovider -n auto -m "unit and not slow" "${UNIT_TESTS[@]}" "$@"

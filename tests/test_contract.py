@@ -41,7 +41,7 @@ from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
 
 from api import fast_path, models
-from streamflow import contract, event_batch, events, online, schema
+from streamflow import contract, event_batch, events, online_features, schema
 from streamflow.batch.validate import check_file
 from streamflow.push_validation import PushValidationError, push_columns, validate_frame
 from streamflow.topics import topic_of
@@ -434,7 +434,7 @@ def compare_doors(table: schema.Table, column: schema.Column, value, tmp_path: P
         verdicts["api"] = api_door(value)
         verdicts["api fast path"] = Accepted(value) if fast_path._valid_id(value) else expected
         try:
-            verdicts["cli"] = Accepted(online.check_user_ids([value])[0])
+            verdicts["cli"] = Accepted(online_features.check_user_ids([value])[0])
         except contract.Violation as exc:
             verdicts["cli"] = Refused(exc.field, exc.reason)
     assert verdicts, "no door carried the value"
@@ -501,7 +501,7 @@ def test_a_trailing_newline_leading_space_or_unicode_digit_is_refused_at_every_d
         assert api_door(value) == Refused(name, rule)
         assert not fast_path._valid_id(value)
         with pytest.raises(contract.Violation, match="expected a user id"):
-            online.check_user_ids([USER, value])
+            online_features.check_user_ids([USER, value])
 
 
 def test_the_reason_names_the_field_and_what_was_expected():
