@@ -228,18 +228,30 @@ def fix_registry(monkeypatch) -> None:
     widened(SUB, "contract_type", choices=schema.table(SUB).column("contract_type").choices + ("Three year",))
 
 
-def test_list_show_redrive_once_through_crashes_then_fixed_events_are_written(
-    month_000, fresh, monkeypatch, pg_conn
-):
+@dataclasses.dataclass
+class DeadLettered:
+    """A month replayed, then the bad events sent and consumed: each is a dead letter."""
+
+    group: str
+    users: list[str]
+    bad: dict
+    by_user: dict
+    """The listed dead letters, by the user of their event."""
+
+
+@pytest.fixture
+def dead_lettered(month_000, fresh) -> DeadLettered:
     users = pipeline.users_of(month_000)
     pipeline.replay([month_000])
     bad = bad_events(users)
     send(bad)
     stats = pipeline.drain(fresh)
     assert stats["written"] == 6 * USERS and stats["dead_lettered"] == len(bad)
-    dlq = dead_letter_topic()
+    return DeadLettered(fresh, users, bad, {x["key"]: x for x in listed()["dead_letters"]})
 
-    # -- list: one line per dead letter, counts by reason; the filters
+
+def test_list_shows_one_line_per_dead_letter_and_the_counts_by_reason(dead_lettered):
+    bad = dead_lettered.bad
     code, text = cli("list")
     assert code == 0
     lines = text.splitlines()
@@ -248,12 +260,13 @@ def test_list_show_redrive_once_through_crashes_then_fixed_events_are_written(
     assert all(row.split()[4:6] == ["no", "-"] and row.split()[1].endswith("Z") for row in rows), text
     assert lines[len(bad) + 1] == "" and lines[len(bad) + 2] == "counts by reason:"
     assert lines[-1].split() == [str(len(bad)), "total"]
-    assert any(line.split()[0] == "2" and "expected one of" in line for line in lines[len(bad) + 3 : -1]), (
-        text
-    )
+    reasons = lines[len(bad) + 3 : -1]
+    assert any(line.split()[0] == "2" and "expected one of" in line for line in reasons), text
 
+
+def test_list_json_gives_each_dead_letters_reason_source_and_state(dead_lettered):
+    users, bad, by_user = dead_lettered.users, dead_lettered.bad, dead_lettered.by_user
     doc = listed()
-    by_user = {x["key"]: x for x in doc["dead_letters"]}
     assert by_user.keys() == set(bad)
     assert doc["counts"]["total"] == len(bad) and sum(doc["counts"]["by_reason"].values()) == len(bad)
     assert (
@@ -263,6 +276,10 @@ def test_list_show_redrive_once_through_crashes_then_fixed_events_are_written(
     assert by_user[users[0]]["source"]["topic"] == topic_of(schema.table(PAY))
     assert by_user[users[6]]["value_truncated"] is True
     assert {x["redriven"]["state"] for x in doc["dead_letters"]} == {"no"}
+
+
+def test_list_filters_by_reason_topic_limit_and_time(dead_lettered):
+    users, bad = dead_lettered.users, dead_lettered.bad
     assert len(listed("--reason", "INTEGER FROM 0 TO 1000 (GOT")["dead_letters"]) == 3
     assert {x["key"] for x in listed("--topic", SUB)["dead_letters"]} == {users[3], users[4]}
     assert len(listed("--topic", topic_of(schema.table(SUB)))["dead_letters"]) == 2
@@ -273,7 +290,9 @@ def test_list_show_redrive_once_through_crashes_then_fixed_events_are_written(
     assert listed("--since", future)["dead_letters"] == []
     assert cli("list", "--since", "yesterday")[0] == 1
 
-    # -- show: one whole, payload included
+
+def test_show_gives_one_dead_letter_whole_with_its_payload(dead_lettered):
+    users, bad, by_user = dead_lettered.users, dead_lettered.bad, dead_lettered.by_user
     code, text = cli("show", by_user[users[0]]["id"])
     assert code == 0
     shown = json.loads(text)
@@ -287,7 +306,9 @@ def test_list_show_redrive_once_through_crashes_then_fixed_events_are_written(
     for unknown in ("0:999999", "99:0", "abc"):
         assert cli("show", unknown)[0] == 1
 
-    # -- dry run: says what it would send, sends and records nothing
+
+def test_a_dry_run_says_what_it_would_send_and_sends_and_records_nothing(dead_lettered, pg_conn):
+    users, by_user, dlq = dead_lettered.users, dead_lettered.by_user, dead_letter_topic()
     ends = pipeline.end_offsets([topic_of(schema.table(PAY)), topic_of(schema.table(SUB))])
     code, text = cli("redrive", "--dry-run")
     assert code == 0
@@ -300,7 +321,11 @@ def test_list_show_redrive_once_through_crashes_then_fixed_events_are_written(
     assert pipeline.end_offsets(list({tp.topic for tp in ends})) == ends
     assert ledger_rows(pg_conn) == []
 
-    # -- a crash after the claims, before the send: claimed, nothing sent
+
+def crash_twice(monkeypatch) -> None:
+    """Two redrives killed: one after its claims, before the send (SUB); one after the send,
+    before the records are marked done (PAY)."""
+
     def crash(*args, **kwargs):
         raise Crash("killed before sending")
 
@@ -308,10 +333,6 @@ def test_list_show_redrive_once_through_crashes_then_fixed_events_are_written(
         m.setattr(Redriver, "_send", crash)
         with pytest.raises(Crash):
             redrive(Selection(topic=SUB))
-    assert [r[2] for r in ledger_rows(pg_conn)] == ["pending", "pending"]
-    assert redriven_records() == []
-
-    # -- a crash after the send, before the records are marked done
     real_mark_done = ledger_mod.Ledger.mark_done
 
     def crash_when_recording(self, sent, at):
@@ -323,11 +344,39 @@ def test_list_show_redrive_once_through_crashes_then_fixed_events_are_written(
         m.setattr(ledger_mod.Ledger, "mark_done", crash_when_recording)
         with pytest.raises(Crash):
             redrive(Selection(topic=PAY))
+
+
+def test_a_redrive_killed_before_sending_leaves_claims_and_sends_nothing(dead_lettered, monkeypatch, pg_conn):
+    def crash(*args, **kwargs):
+        raise Crash("killed before sending")
+
+    monkeypatch.setattr(Redriver, "_send", crash)
+    with pytest.raises(Crash):
+        redrive(Selection(topic=SUB))
+    assert [r[2] for r in ledger_rows(pg_conn)] == ["pending", "pending"]
+    assert redriven_records() == []
+
+
+def test_a_redrive_killed_after_sending_leaves_its_claims_pending_and_drops_the_unsent(
+    dead_lettered, monkeypatch, pg_conn
+):
+    crash_twice(monkeypatch)
     rows = ledger_rows(pg_conn)
     assert len(rows) == 4 and {r[2] for r in rows} == {"pending"}  # the unsent SUB claims were dropped
     assert len(redriven_records()) == 4
 
-    # -- the next redrive: finds the 4 sent (sends them not again), sends the 2 never sent
+
+def test_the_next_redrive_sends_each_dead_letter_once_through_the_crashes(
+    dead_lettered, monkeypatch, pg_conn
+):
+    users, bad, by_user, dlq = (
+        dead_lettered.users,
+        dead_lettered.bad,
+        dead_lettered.by_user,
+        dead_letter_topic(),
+    )
+    crash_twice(monkeypatch)
+    # finds the 4 sent (sends them not again), sends the 2 never sent
     code, text = cli("redrive")
     assert code == 0, text
     assert summary(text) == "sent 2, skipped (already re-driven) 4, skipped (truncated) 1"
@@ -347,7 +396,10 @@ def test_list_show_redrive_once_through_crashes_then_fixed_events_are_written(
         assert (record.topic, record.key, record.value) == (topic_of(schema.table(table)), key, value)
         assert [h for h in record.headers if h[0] != "redrive_of"] == headers  # table, event_timestamp kept
 
-    # -- again: nothing to send
+
+def test_a_second_redrive_sends_nothing_and_the_dead_letters_show_as_redriven(dead_lettered):
+    users, by_user = dead_lettered.users, dead_lettered.by_user
+    assert cli("redrive")[0] == 0
     code, text = cli("redrive")
     assert summary(text) == "sent 0, skipped (already re-driven) 6, skipped (truncated) 1"
     assert len(redriven_records()) == 6
@@ -358,12 +410,21 @@ def test_list_show_redrive_once_through_crashes_then_fixed_events_are_written(
     )
     assert json.loads(cli("show", by_user[users[0]]["id"])[1])["redrive"]["state"] == "yes"
 
-    # -- the fix, then the consumer: fixed events written, the others back in the dead-letter topic
+
+@pytest.fixture
+def fixed_and_consumed(dead_lettered, month_000, monkeypatch) -> DeadLettered:
+    """The dead letters re-driven, the fix, then the consumer."""
+    assert cli("redrive")[0] == 0
     fix_registry(monkeypatch)
     # the fix is this process's registry (a release would change schema.py): the consumer decodes
     # in its own process here, not in write workers that import the registry afresh
-    stats = pipeline.drain(fresh, write_processes=0)
+    stats = pipeline.drain(dead_lettered.group, write_processes=0)
     assert stats["written"] == 4 and stats["dead_lettered"] == 2
+    return dead_lettered
+
+
+def test_after_the_fix_the_redriven_events_are_written(fixed_and_consumed, month_000):
+    users = fixed_and_consumed.users
     online = pipeline.online_state(users[:5])
     assert online[users[0]]["payments_agg_90d_fv:failed_payments_90d"] == 5000
     assert online[users[1]]["payments_agg_90d_fv:failed_payments_90d"] == 7000
@@ -372,6 +433,9 @@ def test_list_show_redrive_once_through_crashes_then_fixed_events_are_written(
     expected = pipeline.expected_online(month_000)
     assert online[users[2]] == expected[users[2]]  # still failing: not written
 
+
+def test_after_the_fix_the_events_still_refused_are_dead_letters_again_naming_their_first(fixed_and_consumed):
+    users, by_user, dlq = fixed_and_consumed.users, fixed_and_consumed.by_user, dead_letter_topic()
     new = {x["key"]: x for x in listed()["dead_letters"] if x["redrive_of"]}
     assert new.keys() == {users[2], users[5]}
     assert (
@@ -386,7 +450,8 @@ def test_list_show_redrive_once_through_crashes_then_fixed_events_are_written(
     line = next(x for x in cli("list")[1].splitlines() if x.startswith(new[users[2]]["id"] + " "))
     assert line.split()[4:6] == ["no", by_user[users[2]]["id"]]
 
-    # -- the dead letters of the original reason are done: nothing sent
+
+def test_after_the_fix_the_dead_letters_of_the_first_reason_are_not_sent_again(fixed_and_consumed):
     code, text = cli("redrive", "--reason", "from 0 to 1000 (got")
     assert summary(text) == "sent 0, skipped (already re-driven) 3, skipped (truncated) 0"
     assert len(redriven_records()) == 6
