@@ -300,10 +300,9 @@ def dead_letter_producer(*, kafka: KafkaSettings | None = None) -> Producer:
 GROUP_FETCH_BYTES = 8 * MIB
 GROUP_PARTITION_FETCH_BYTES = 1 * MIB
 """Fetch bounds of a group member. With a backlog kafka-python keeps whole fetch responses
-buffered, so these bounds are most of the memory that grows with the backlog: `consume
---until-drained` on 1,200,000 waiting events peaked at 465-479 MiB with 32 MiB / 4 MiB and at
-345-346 MiB with 8 MiB / 1 MiB, and was no slower (60-70 s against 78-81 s, two runs each).
-A batch larger than a bound is still fetched whole (the broker returns at least one batch)."""
+buffered, so these bounds are most of the memory that grows with the backlog (the figures behind
+them: docs/explanation/performance.md). A batch larger than a bound is still fetched whole (the
+broker returns at least one batch)."""
 
 
 def group_consumer(

@@ -24,8 +24,7 @@ would be, lines counted on across them, so memory hardly grows with the file: wh
 it is a digest of each chunk and its user ids, one int64 each (exact, 8 bytes instead of a
 60-byte str), for the duplicates and the user sets. ``check_snapshot`` is the validating pass; then
 ``read_chunks`` reads a valid file again, chunk by chunk, checking every chunk again and that it
-is the one validated: the producer encodes and sends those, the loader COPYs them. Both used to
-hold the whole snapshot: 2.2 GiB for the producer at 1,000,000 users.
+is the one validated: the producer encodes and sends those, the loader COPYs them.
 """
 
 from __future__ import annotations
