@@ -16,10 +16,9 @@ from typing import Annotated
 
 import orjson
 from fastapi import APIRouter, Path, Request
-from fastapi.responses import Response
 
 from api import models
-from api.errors import RESPONSES, error
+from api.errors import RESPONSES
 from api.feature_routes import JSON_OPTIONS, JSONBytes
 from api.features import MAX_BATCH, FeaturesUnavailable, UserResult
 from streamflow.churn import features
@@ -28,15 +27,6 @@ router = APIRouter(tags=["predictions"])
 
 USER_ID = Path(description="A user id, e.g. 7590-VHVEG")
 SELECTION = features.refs()
-
-
-def _unavailable(state) -> Response | None:
-    watcher = getattr(state, "champion", None)
-    if watcher is None:
-        return error(503, "unavailable", "this API serves no model (started without one)")
-    if watcher.current is None:
-        return error(503, "unavailable", watcher.problem or "the model is loading", {"Retry-After": "5"})
-    return None
 
 
 def _render(champion, metrics):
@@ -96,6 +86,19 @@ def _error(status: int, code: str, detail: str, headers: Headers = ()) -> tuple[
     return status, orjson.dumps({"error": code, "detail": detail}), headers
 
 
+def _champion(state):
+    """The champion that serves now, and None; or None and the 503 answer saying why none serves
+    (the API started without one, or it is still loading)."""
+    watcher = getattr(state, "champion", None)
+    if watcher is None:
+        return None, _error(503, "unavailable", "this API serves no model (started without one)")
+    if watcher.current is None:
+        return None, _error(
+            503, "unavailable", watcher.problem or "the model is loading", (("Retry-After", "5"),)
+        )
+    return watcher.current, None
+
+
 async def one_prediction(state, user_id: str) -> tuple[int, bytes, Headers]:
     """The answer to `GET /predict/{user_id}` for a valid id: status, JSON body and extra headers.
 
@@ -103,12 +106,9 @@ async def one_prediction(state, user_id: str) -> tuple[int, bytes, Headers]:
     prediction; 404 when the online store has none of the model's features for the user; 503 with
     ``Retry-After`` when no model serves yet or the online store cannot be read.
     """
-    watcher = getattr(state, "champion", None)
-    if watcher is None:
-        return _error(503, "unavailable", "this API serves no model (started without one)")
-    champion = watcher.current
-    if champion is None:
-        return _error(503, "unavailable", watcher.problem or "the model is loading", (("Retry-After", "5"),))
+    champion, refused = _champion(state)
+    if refused is not None:
+        return refused
     try:
         answers, _ = await state.batcher.lookup_rendered(
             [user_id], SELECTION, _render(champion, state.metrics)
@@ -134,10 +134,10 @@ async def one_prediction(state, user_id: str) -> tuple[int, bytes, Headers]:
 )
 async def post_predictions(request: Request, body: models.PredictRequest):
     state = request.app.state
-    refused = _unavailable(state)
+    champion, refused = _champion(state)
     if refused is not None:
-        return refused
-    champion = state.champion.current
+        status, payload, headers = refused
+        return JSONBytes(payload, status_code=status, headers=dict(headers))
     render = _render(champion, state.metrics)
 
     def batch(results: list[UserResult]) -> bytes:

@@ -38,6 +38,7 @@ from bench import (
     verify,
 )
 from streamflow.net import free_port
+from streamflow.subprocesses import stop_process
 
 NAME = "api_flood"
 DEFAULT_USERS = 7043
@@ -184,11 +185,7 @@ def run(args) -> dict:
         alone = _phase(port, users, seconds, flood=False)
         flooded = _phase(port, users, seconds, flood=True)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
     for name, r in (("alone", alone), ("flooded", flooded)):
         common.say(
             f"  {name}: victims p50 {r['victim_p50_ms']:.1f} ms, p99 {r['victim_p99_ms']:.1f} ms, "

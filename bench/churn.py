@@ -44,6 +44,7 @@ from bench import (
 )
 from streamflow import schema
 from streamflow.net import free_port
+from streamflow.subprocesses import stop_process
 
 NAME = "churn"
 DEFAULT_USERS = 100_000
@@ -297,11 +298,7 @@ def measure(users_count: int, seconds: float) -> dict:
         post = _hey(hey, port, "/predict", 1, 50, seconds, body=body)
         scores = _event_to_score(port, users)
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         with common.connect(autocommit=True) as conn:
             conn.execute(f"DROP SCHEMA IF EXISTS {MLFLOW_SCHEMA} CASCADE")
     return {

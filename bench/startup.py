@@ -36,6 +36,7 @@ from bench import (
 )
 from bench.consumer_e2e import produce
 from streamflow.net import free_port
+from streamflow.subprocesses import stop_process
 
 NAME = "startup"
 RUNS = 3
@@ -90,11 +91,7 @@ def api_first_200(user: str) -> float:
             time.sleep(0.02)
         raise RuntimeError("streamflow api: no 200 within 120 s")
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
 
 
 def run(args) -> dict:

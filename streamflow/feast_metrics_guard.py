@@ -17,55 +17,37 @@ prometheus_client's value class is in-memory values, for every metric created fr
 
 from __future__ import annotations
 
-import importlib.abc
-import importlib.util
 import sys
+from collections.abc import Callable
+
+from streamflow.first_import import FirstImport
 
 MODULE = "feast.metrics"
 
 
-class _Loader(importlib.abc.Loader):
-    def __init__(self, loader: importlib.abc.Loader):
-        self._loader = loader
+def _keep_metrics_in_memory(run: Callable[[], None]) -> None:
+    """Run Feast's metrics module, then undo what it did to this process's metrics (unless the
+    variables were set before it)."""
+    from streamflow import config  # (the one module that reads and changes the environment)
 
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        from streamflow import config  # (the one module that reads and changes the environment)
-
-        chosen = config.prometheus_multiprocess_chosen()
-        try:
-            self._loader.exec_module(module)
-        finally:
-            if not chosen:
-                config.forget_prometheus_multiprocess()
-                values = sys.modules.get("prometheus_client.values")
-                if values is not None:
-                    values.ValueClass = values.MutexValue  # type: ignore[attr-defined]
+    chosen = config.prometheus_multiprocess_chosen()
+    try:
+        run()
+    finally:
+        if not chosen:
+            config.forget_prometheus_multiprocess()
+            values = sys.modules.get("prometheus_client.values")
+            if values is not None:
+                values.ValueClass = values.MutexValue  # type: ignore[attr-defined]
 
 
-class _Finder(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname, path, target=None):
-        if fullname != MODULE:
-            return None
-        uninstall()
-        spec = importlib.util.find_spec(fullname)
-        if spec is None or spec.loader is None:
-            return spec
-        spec.loader = _Loader(spec.loader)
-        return spec
-
-
-_FINDER = _Finder()
+_HOOK = FirstImport(MODULE, _keep_metrics_in_memory)
 
 
 def install() -> None:
     """Guard the first import of ``feast.metrics`` in this process (a no-op once it is imported)."""
-    if MODULE not in sys.modules and _FINDER not in sys.meta_path:
-        sys.meta_path.insert(0, _FINDER)
+    _HOOK.install()
 
 
 def uninstall() -> None:
-    if _FINDER in sys.meta_path:
-        sys.meta_path.remove(_FINDER)
+    _HOOK.uninstall()

@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import gc
 import importlib
-import importlib.abc
-import importlib.util
-import sys
 from collections.abc import Callable
 from typing import Any
+
+from streamflow.first_import import FirstImport
 
 ALSO_IMPORTED = ("feast.infra.offline_stores.contrib.postgres_offline_store.postgres_source",)
 """Feast modules with ``@typechecked`` that ``import feast`` does not load and StreamFlow uses."""
@@ -54,56 +53,34 @@ def _without_typechecked() -> Callable[[], None]:
     return restore
 
 
-class _Loader(importlib.abc.Loader):
-    """Feast's own loader, with ``typechecked`` switched off while the package and
-    :data:`ALSO_IMPORTED` execute."""
-
-    def __init__(self, loader: importlib.abc.Loader):
-        self._loader = loader
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        restore = _without_typechecked()
-        collecting = gc.isenabled()
-        gc.disable()  # the import allocates ~170,000 objects that live on: no collection over them meanwhile
-        try:
-            self._loader.exec_module(module)
-            for name in ALSO_IMPORTED:
-                try:
-                    importlib.import_module(name)
-                except ImportError:  # pragma: no cover - an install without Feast's postgres extra
-                    pass
-        finally:
-            if collecting:
-                gc.enable()
-            restore()
+def _import_without_typeguard(run: Callable[[], None]) -> None:
+    """Run the ``feast`` package and :data:`ALSO_IMPORTED` with ``typechecked`` switched off and no
+    garbage collection."""
+    restore = _without_typechecked()
+    collecting = gc.isenabled()
+    gc.disable()  # the import allocates ~170,000 objects that live on: no collection over them meanwhile
+    try:
+        run()
+        for name in ALSO_IMPORTED:
+            try:
+                importlib.import_module(name)
+            except ImportError:  # pragma: no cover - an install without Feast's postgres extra
+                pass
+    finally:
+        if collecting:
+            gc.enable()
+        restore()
 
 
-class _Finder(importlib.abc.MetaPathFinder):
-    def find_spec(self, fullname, path, target=None):
-        if fullname != "feast":
-            return None
-        uninstall()
-        spec = importlib.util.find_spec(fullname)
-        if spec is None or spec.loader is None:
-            return spec
-        spec.loader = _Loader(spec.loader)
-        return spec
-
-
-_FINDER = _Finder()
+_HOOK = FirstImport("feast", _import_without_typeguard)
 
 
 def install() -> None:
     """Skip typeguard's instrumentation for the first import of Feast in this process (a no-op
     when Feast is imported already)."""
-    if "feast" not in sys.modules and _FINDER not in sys.meta_path:
-        sys.meta_path.insert(0, _FINDER)
+    _HOOK.install()
 
 
 def uninstall() -> None:
     """Import Feast as it comes (with typeguard's instrumentation) from now on."""
-    if _FINDER in sys.meta_path:
-        sys.meta_path.remove(_FINDER)
+    _HOOK.uninstall()

@@ -95,20 +95,35 @@ def check_user_ids(user_ids: list[str]) -> list[str]:
     return [contract.check(schema.KEY_COLUMN, user_id) for user_id in user_ids]
 
 
-def lookup_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="streamflow lookup", description="Print users' online features.")
-    parser.add_argument("user_ids", nargs="+")
-    parser.add_argument(
-        "--json", action="store_true", help="one JSON object: the users and their features by view"
-    )
+class BadUserId(StreamflowError):
+    """A user id given on the command line breaks the contract of ``user_id``."""
+
+    exit_code = 2
+
+
+def user_ids_command(prog: str, description: str, json_help: str, argv: list[str] | None):
+    """The arguments of a command over users (``USER…``, ``--json``), with the logs set up and
+    every id checked against the contract (BadUserId naming the first bad one)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("user_ids", nargs="+", metavar="USER")
+    parser.add_argument("--json", action="store_true", help=json_help)
     args = parser.parse_args(argv)
     logs.setup()
     try:
         check_user_ids(args.user_ids)
     except contract.Violation as exc:
-        log.error("%s", exc)
-        return 2
+        raise BadUserId(str(exc)) from None
+    return args
+
+
+def lookup_main(argv: list[str] | None = None) -> int:
     try:
+        args = user_ids_command(
+            "streamflow lookup",
+            "Print users' online features.",
+            "one JSON object: the users and their features by view",
+            argv,
+        )
         rows = lookup(args.user_ids)
     except StreamflowError as exc:
         log.error("%s", exc)

@@ -32,6 +32,7 @@ from streamflow import config, kafka_clients, schema
 from streamflow.datagen.generate import generate
 from streamflow.kafka_topics import ensure_topics
 from streamflow.net import free_port
+from streamflow.subprocesses import stop_process, stop_processes
 from streamflow.topics import dead_letter_topic, table_topics, topic_of
 from tests import pipeline
 
@@ -195,14 +196,7 @@ def stack(pg_settings, kafka_bootstrap, tmp_path_factory):
             wait_for(lag_sampled, "the API samples the lag of the watched group", 60, logs)
             yield s
         finally:
-            for proc in procs:
-                proc.terminate()
-            for proc in procs:
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            stop_processes(procs)
             pipeline.delete_topics(prefix)
 
 
@@ -404,12 +398,7 @@ def prometheus(stack, tmp_path_factory):
         wait_for(lambda: http_get(f"{server.url}/-/ready"), "prometheus ready", 60, (log,))
         yield server
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
 
 
 @needs_prometheus

@@ -83,6 +83,8 @@ NAMES: list[str] = [f.name for f in MODEL_FEATURES]
 CATEGORICAL: list[str] = [f.name for f in MODEL_FEATURES if f.categorical]
 NUMERIC: list[str] = [f.name for f in MODEL_FEATURES if not f.categorical]
 _BY_NAME = {f.name: f for f in MODEL_FEATURES}
+_BY_VIEW = tuple(tuple(f for f in MODEL_FEATURES if f.view == view) for view in MODEL_VIEWS)
+"""The model's features, view by view."""
 
 
 def refs() -> list[str]:
@@ -94,19 +96,21 @@ def missing(row: Mapping[str, object]) -> list[str]:
     """The ``view:feature`` references that keep a row (feature name -> value) from being scored:
     every feature of a view of which the row has no value at all (no row of that view), and every
     feature that may not be null and is absent or null."""
-    out = []
-    for view in MODEL_VIEWS:
-        of_view = [f for f in MODEL_FEATURES if f.view == view]
-        if all(is_null(row.get(f.name)) for f in of_view):
+    out: list[str] = []
+    for of_view in _BY_VIEW:
+        nulls = [is_null(row.get(f.name)) for f in of_view]
+        if all(nulls):
             out += [f.ref for f in of_view]
-        else:
-            out += [f.ref for f in of_view if f.name not in row or (not f.nullable and is_null(row[f.name]))]
+        elif any(nulls):
+            out += [
+                f.ref for f, null in zip(of_view, nulls) if null and (not f.nullable or f.name not in row)
+            ]
     return out
 
 
 def is_null(value: object) -> bool:
     """Whether a feature value is absent: None, pandas' NA or a float NaN."""
-    return value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value))
+    return value is None or value is pd.NA or (isinstance(value, float) and value != value)
 
 
 def model_frame(rows: pd.DataFrame | Iterable[Mapping[str, object]]) -> pd.DataFrame:

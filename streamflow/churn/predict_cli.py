@@ -3,40 +3,33 @@ the champion (what ``GET /predict/{user_id}`` answers, without the API)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 
-from streamflow import logs
 from streamflow.errors import StreamflowError
 
 log = logging.getLogger("streamflow.predict")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="streamflow predict", description=__doc__.splitlines()[0])
-    parser.add_argument("user_ids", nargs="+", metavar="USER")
-    parser.add_argument(
-        "--json", action="store_true", help="one JSON object: the model and each user's score"
-    )
-    args = parser.parse_args(argv)
-    logs.setup()
-    from streamflow import contract
-    from streamflow.churn import features
-    from streamflow.churn.scoring import Champion
-    from streamflow.online_features import check_user_ids, lookup
+    from streamflow.online_features import lookup, user_ids_command
 
     try:
-        check_user_ids(args.user_ids)
-    except contract.Violation as exc:
-        log.error("%s", exc)
-        return 2
-    try:
+        args = user_ids_command(
+            "streamflow predict",
+            __doc__.splitlines()[0],
+            "one JSON object: the model and each user's score",
+            argv,
+        )
+        from streamflow.churn.scoring import Champion
+
         champion = Champion.load()
         rows = lookup(args.user_ids)
     except StreamflowError as exc:
         log.error("%s", exc)
         return exc.exit_code
+    from streamflow.churn import features
+
     scored = champion.score(args.user_ids, [{n: r.get(n) for n in features.NAMES} for r in rows])
     version = champion.version
     if args.json:
