@@ -297,24 +297,36 @@ def comparable(response) -> tuple:
     return response.status_code, headers.get("content-type"), headers.get("retry-after"), body
 
 
-def test_fast_path_answers_like_fastapis_route(client, reference_client, data, monkeypatch):
+def fast_path_answers(monkeypatch, method: str) -> list[str]:
+    """The user ids that ``FeatureFastPath.<method>`` answers from now on (the method still runs)."""
     from api.fast_path import FeatureFastPath
 
     answered: list[str] = []
-    original = FeatureFastPath._answer
+    original = getattr(FeatureFastPath, method)
 
-    async def counting(self, user_id, selection, send):
+    async def counting(self, user_id, *args):
         answered.append(user_id)
-        await original(self, user_id, selection, send)
+        await original(self, user_id, *args)
 
-    monkeypatch.setattr(FeatureFastPath, "_answer", counting)
-    for path, on_fast_path in parity_requests(data):
+    monkeypatch.setattr(FeatureFastPath, method, counting)
+    return answered
+
+
+def assert_same_answers(ours, reference, requests: list[tuple[str, bool]], answered: list[str]) -> None:
+    """Each GET ``(path, on_fast_path)`` gets the same answer from both apps, the fast path took it
+    exactly when said, and its length is the one announced."""
+    for path, on_fast_path in requests:
         before = len(answered)
-        ours = client.get(path, follow_redirects=False)
-        reference = reference_client.get(path, follow_redirects=False)
-        assert comparable(ours) == comparable(reference), path
+        a = ours.get(path, follow_redirects=False)
+        b = reference.get(path, follow_redirects=False)
+        assert comparable(a) == comparable(b), path
         assert (len(answered) > before) == on_fast_path, path
-        assert int(ours.headers["content-length"]) == len(ours.content)
+        assert int(a.headers["content-length"]) == len(a.content)
+
+
+def test_fast_path_answers_like_fastapis_route(client, reference_client, data, monkeypatch):
+    answered = fast_path_answers(monkeypatch, "_answer")
+    assert_same_answers(client, reference_client, parity_requests(data), answered)
     assert len(answered) == sum(fast for _, fast in parity_requests(data))
 
 
@@ -337,16 +349,7 @@ def test_fast_path_predicts_like_fastapis_route(data, monkeypatch):
     """GET /predict/{user_id}: the fast path and FastAPI's route give the same answers (a scored
     user, one with none of the model's views, an unknown one, no model yet), and the fast path
     takes only a valid id without a query string."""
-    from api.fast_path import FeatureFastPath
-
-    answered: list[str] = []
-    original = FeatureFastPath._predict
-
-    async def counting(self, user_id, send):
-        answered.append(user_id)
-        await original(self, user_id, send)
-
-    monkeypatch.setattr(FeatureFastPath, "_predict", counting)
+    answered = fast_path_answers(monkeypatch, "_predict")
     champion = synthetic_champion()
     fast = [
         f"/predict/{data.users[0]}",
@@ -358,13 +361,8 @@ def test_fast_path_predicts_like_fastapis_route(data, monkeypatch):
         TestClient(create_app(lag=False, champion=LoadedChampion(champion))) as ours,
         TestClient(create_app(lag=False, fast_path=False, champion=LoadedChampion(champion))) as reference,
     ):
-        for path, on_fast_path in [(p, True) for p in fast] + [(p, False) for p in fastapi_only]:
-            before = len(answered)
-            a = ours.get(path, follow_redirects=False)
-            b = reference.get(path, follow_redirects=False)
-            assert comparable(a) == comparable(b), path
-            assert (len(answered) > before) == on_fast_path, path
-            assert int(a.headers["content-length"]) == len(a.content)
+        requests = [(p, True) for p in fast] + [(p, False) for p in fastapi_only]
+        assert_same_answers(ours, reference, requests, answered)
         assert [ours.get(p).status_code for p in fast] == [200, 404, 404]
         metrics = ours.get("/metrics").text
         assert 'route="/predict/{user_id}",status="200"' in metrics.replace('method="GET",', "")
