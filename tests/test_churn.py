@@ -129,82 +129,93 @@ def test_scores_online_equal_scores_offline_and_a_changed_online_value_is_report
     assert parity.check(champion).ok
 
 
-def test_predict_answers_scores_missing_features_and_keeps_answering_through_a_reload(first, loaded):
+@pytest.fixture
+def serving(first, loaded):
+    """An API app whose champion watcher (checking every 0.2 s) has loaded the champion."""
     from api.app import create_app
 
     watcher = ChampionWatcher(refresh=0.2)
-    app = create_app(lag=False, champion=watcher, drift=True)
-    champion = Champion.load()
-    user, incomplete = loaded[0], loaded[3]
-    with TestClient(app) as client:
+    with TestClient(create_app(lag=False, champion=watcher, drift=True)) as client:
         deadline = time.monotonic() + 60
         while watcher.current is None and time.monotonic() < deadline:
             time.sleep(0.05)
         assert watcher.current is not None, watcher.problem
-        r = client.get(f"/predict/{user}")
-        assert r.status_code == 200, r.text
-        body = r.json()
-        from streamflow.online_features import lookup
+        yield client, watcher
 
-        [row] = lookup([user])
-        [expected] = champion.score([user], [row])
-        assert body["churn_probability"] == expected.probability and body["missing_features"] == []
-        assert body["model"] == {
-            "name": config.settings().model.name,
-            "version": watcher.current.version.version,
-        }
-        assert set(body["views"]) == set(features.MODEL_VIEWS)
-        assert all(
-            v["event_timestamp"].endswith("Z") and v["age_seconds"] > 0 for v in body["views"].values()
-        )
 
-        r = client.get(f"/predict/{incomplete}")
-        assert r.status_code == 200 and r.json()["churn_probability"] is None
-        assert r.json()["missing_features"] == [
-            f.ref for f in features.MODEL_FEATURES if f.view == USAGE.feature_view
-        ]
-        assert client.get("/predict/0000-NOONE").status_code == 404
+def test_get_predict_answers_the_champions_score_with_each_views_age(serving, loaded):
+    from streamflow.online_features import lookup
 
-        r = client.post("/predict", json={"user_ids": [user, incomplete, "0000-NOONE"]})
-        assert r.status_code == 200
-        batch = r.json()
-        assert (batch["scored"], batch["not_scored"]) == (1, 2)
-        assert [x["user_id"] for x in batch["results"]] == [user, incomplete, "0000-NOONE"]
-        assert batch["results"][0]["churn_probability"] == expected.probability
+    client, watcher = serving
+    user = loaded[0]
+    r = client.get(f"/predict/{user}")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    [row] = lookup([user])
+    [expected] = Champion.load().score([user], [row])
+    assert body["churn_probability"] == expected.probability and body["missing_features"] == []
+    assert body["model"] == {"name": config.settings().model.name, "version": watcher.current.version.version}
+    assert set(body["views"]) == set(features.MODEL_VIEWS)
+    assert all(v["event_timestamp"].endswith("Z") and v["age_seconds"] > 0 for v in body["views"].values())
 
-        # the alias moves while a client keeps asking: every answer is a 200 from a complete model
-        serving = watcher.current.version.version
-        statuses, versions, stop = [], set(), threading.Event()
 
-        def ask():
-            while not stop.is_set():
-                answer = client.get(f"/predict/{user}")
-                statuses.append(answer.status_code)
-                if answer.status_code == 200:
-                    versions.add(answer.json()["model"]["version"])
+def test_a_user_missing_a_view_is_not_scored_and_its_features_are_named(serving, loaded):
+    client, _ = serving
+    r = client.get(f"/predict/{loaded[3]}")
+    assert r.status_code == 200 and r.json()["churn_probability"] is None
+    assert r.json()["missing_features"] == [
+        f.ref for f in features.MODEL_FEATURES if f.view == USAGE.feature_view
+    ]
+    assert client.get("/predict/0000-NOONE").status_code == 404
 
-        asker = threading.Thread(target=ask)
-        asker.start()
-        try:
-            report = train(schema.SNAPSHOTS["month_000"], folds=3, force=True)
-            deadline = time.monotonic() + 60
-            while watcher.current.version.version != report.version and time.monotonic() < deadline:
-                time.sleep(0.05)
-            assert watcher.current.version.version == report.version != serving
-            seen = len(statuses)
-            while len(statuses) < seen + 3 and time.monotonic() < deadline:
-                time.sleep(0.05)
-        finally:
-            stop.set()
-            asker.join()
-        assert statuses and set(statuses) == {200}
-        assert report.version in versions
-        metrics = client.get("/metrics").text
-        assert (
-            f'streamflow_model_info{{name="{config.settings().model.name}",version="{report.version}"}} 1.0'
-            in metrics
-        )
-        assert "streamflow_churn_score_count" in metrics
+
+def test_post_predict_answers_in_request_order_with_the_counts(serving, loaded):
+    client, _ = serving
+    user, incomplete = loaded[0], loaded[3]
+    r = client.post("/predict", json={"user_ids": [user, incomplete, "0000-NOONE"]})
+    assert r.status_code == 200
+    batch = r.json()
+    assert (batch["scored"], batch["not_scored"]) == (1, 2)
+    assert [x["user_id"] for x in batch["results"]] == [user, incomplete, "0000-NOONE"]
+    assert (
+        batch["results"][0]["churn_probability"] == client.get(f"/predict/{user}").json()["churn_probability"]
+    )
+
+
+def test_the_alias_moving_while_a_client_asks_fails_no_request(serving, loaded):
+    """Every answer is a 200 from a complete model, old or new; the new version shows in the metrics."""
+    client, watcher = serving
+    user = loaded[0]
+    serving_version = watcher.current.version.version
+    statuses, versions, stop = [], set(), threading.Event()
+
+    def ask():
+        while not stop.is_set():
+            answer = client.get(f"/predict/{user}")
+            statuses.append(answer.status_code)
+            if answer.status_code == 200:
+                versions.add(answer.json()["model"]["version"])
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    try:
+        report = train(schema.SNAPSHOTS["month_000"], folds=3, force=True)
+        deadline = time.monotonic() + 60
+        while watcher.current.version.version != report.version and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert watcher.current.version.version == report.version != serving_version
+        seen = len(statuses)
+        while len(statuses) < seen + 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        asker.join()
+    assert statuses and set(statuses) == {200}
+    assert report.version in versions
+    metrics = client.get("/metrics").text
+    name = config.settings().model.name
+    assert f'streamflow_model_info{{name="{name}",version="{report.version}"}} 1.0' in metrics
+    assert "streamflow_churn_score_count" in metrics
 
 
 def test_predict_cli_scores_from_the_online_store(first, loaded, capsys):
