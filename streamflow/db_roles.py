@@ -152,7 +152,7 @@ def _ensure_login_role(conn: psycopg.Connection, user: str, password: str) -> No
     """Create the role, or update an existing one: LOGIN, the password, no extra attributes."""
     verifier = sql.Literal(conn.pgconn.encrypt_password(password.encode(), user.encode()).decode())
     ident = sql.Identifier(user)
-    if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,)).fetchone():
+    if not role_exists(conn, user):
         try:
             with conn.transaction():
                 conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(ident, verifier))
@@ -229,6 +229,29 @@ def _grant(conn: psycopg.Connection, names: dict[str, str], project: str) -> Non
                 )
         for statement in statements:
             conn.execute(statement)
+
+
+def role_exists(conn: psycopg.Connection, user: str) -> bool:
+    """Whether the database role ``user`` exists (``streamflow apply`` creates the pipeline's)."""
+    return conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (user,)).fetchone() is not None
+
+
+def grant_api_read(
+    conn: psycopg.Connection, api_user: str, *, schema_name: str = "", table: str = ""
+) -> None:
+    """Let the API's role read the tables of ``schema_name`` (and use the schema) or one ``table``,
+    when the role exists (before ``streamflow apply``, the owner alone reads them)."""
+    if not role_exists(conn, api_user):
+        return
+    role = sql.Identifier(api_user)
+    if schema_name:
+        conn.execute(
+            sql.SQL(
+                "GRANT USAGE ON SCHEMA {s} TO {r}; GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {r}"
+            ).format(s=sql.Identifier(schema_name), r=role)
+        )
+    if table:
+        conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(table), role))
 
 
 def _scalar(conn: psycopg.Connection, query: str) -> Any:

@@ -25,7 +25,7 @@ from datetime import date, datetime, timezone
 
 import numpy as np
 
-from streamflow import config, logs, schema
+from streamflow import config, db_roles, logs, schema
 from streamflow.churn import features
 from streamflow.errors import StreamflowError
 
@@ -114,7 +114,6 @@ def drift(reference: date, current: date, with_score: bool = True) -> list[Drift
 def store(results: list[Drift], reference: date, current: date) -> None:
     """Replace the table ``model_drift`` with these results (the API reads it for its gauges)."""
     import psycopg
-    from psycopg import sql
 
     settings = config.settings().postgres
     now = datetime.now(timezone.utc)
@@ -130,13 +129,7 @@ def store(results: list[Drift], reference: date, current: date) -> None:
                 f"INSERT INTO {TABLE} VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
                 [(d.feature, d.psi, d.ks, d.ks_pvalue, d.status, reference, current, now) for d in results],
             )
-        exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (settings.api_user,)).fetchone()
-        if exists:
-            conn.execute(
-                sql.SQL("GRANT SELECT ON {} TO {}").format(
-                    sql.Identifier(TABLE), sql.Identifier(settings.api_user)
-                )
-            )
+        db_roles.grant_api_read(conn, settings.api_user, table=TABLE)
 
 
 def read_stored(conn) -> list[tuple[str, float, float | None]]:

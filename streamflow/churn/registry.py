@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from streamflow import config
+from streamflow import config, db_roles
 from streamflow.errors import ServiceUnavailable, StreamflowError, first_line
 
 log = logging.getLogger("streamflow.churn.registry")
@@ -115,13 +115,7 @@ def prepare() -> str:
             experiment_id = experiment.experiment_id
         api_user = settings.postgres.api_user
         with psycopg.connect(pg.conninfo, autocommit=True, connect_timeout=5) as conn:
-            exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (api_user,)).fetchone()
-            if exists:
-                conn.execute(
-                    sql.SQL(
-                        "GRANT USAGE ON SCHEMA {s} TO {r}; GRANT SELECT ON ALL TABLES IN SCHEMA {s} TO {r}"
-                    ).format(s=sql.Identifier(schema), r=sql.Identifier(api_user))
-                )
+            db_roles.grant_api_read(conn, api_user, schema_name=schema)
     except psycopg.OperationalError as exc:
         raise ServiceUnavailable(
             f"MLflow's store: PostgreSQL at {pg.describe()} is not reachable ({first_line(exc)})"
