@@ -11,14 +11,9 @@ from __future__ import annotations
 from streamflow import config, schema
 
 
-def topic_prefix() -> str:
-    """The configured prefix (``STREAMFLOW_TOPIC_PREFIX``)."""
-    return config.settings().kafka.topic_prefix
-
-
 def topic_of(table: schema.Table, prefix: str | None = None) -> str:
     """The topic of a table's events."""
-    return f"{prefix or topic_prefix()}.{table.name}"
+    return f"{prefix or config.topic_prefix()}.{table.name}"
 
 
 def table_topics(prefix: str | None = None) -> list[str]:
@@ -28,7 +23,7 @@ def table_topics(prefix: str | None = None) -> list[str]:
 
 def dead_letter_topic(prefix: str | None = None) -> str:
     """The topic of the events the consumer could not write, with their reasons."""
-    return f"{prefix or topic_prefix()}.dead_letter"
+    return f"{prefix or config.topic_prefix()}.dead_letter"
 
 
 _TOPIC_MAPS: dict[str, dict[str, schema.Table]] = {}
@@ -36,7 +31,7 @@ _TOPIC_MAPS: dict[str, dict[str, schema.Table]] = {}
 
 def table_of_topic(topic: str, prefix: str | None = None) -> schema.Table | None:
     """The table whose topic this is, or None."""
-    prefix = prefix or topic_prefix()
+    prefix = prefix or config.topic_prefix()
     topics = _TOPIC_MAPS.get(prefix)
     if topics is None:
         topics = _TOPIC_MAPS[prefix] = {topic_of(t, prefix): t for t in schema.TABLES}
