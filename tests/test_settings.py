@@ -201,6 +201,18 @@ def test_the_kafka_settings_come_from_the_settings(clean_env):
     assert k.bootstrap_servers == "other:1" and config.settings().kafka.bootstrap_servers != "other:1"
 
 
+def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``python -c code`` in a fresh process at the repository's root, with ``env`` as its environment."""
+    return subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code],
+        cwd=config.REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_importing_the_settings_or_any_command_changes_no_environment_variable():
     """Only entry points set variables (config.use_role); importing a module sets none."""
     code = (
@@ -212,15 +224,8 @@ def test_importing_the_settings_or_any_command_changes_no_environment_variable()
         "print(sorted(changed))"
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith(("POSTGRES_", "FEAST_", "STREAMFLOW_"))}
-    result = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", code],
-        cwd=config.REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
+    result = run_python(code, env)
+    assert result.returncode == 0, result.stderr[-3000:]
     # Feast's own import sets these (feast/metrics.py), whoever imports it
     feast_sets = {"PROMETHEUS_MULTIPROCESS_DIR", "PROMETHEUS_MULTIPROC_DIR"}
     changed = set(ast.literal_eval(result.stdout.strip()))
@@ -245,14 +250,7 @@ def test_no_module_reads_the_settings_when_it_is_imported():
         "    print(len(names), exc)\n"
     )
     env = {**os.environ, "STREAMFLOW_PARTITIONS": "lots"}
-    result = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", code],
-        cwd=config.REPO_ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = run_python(code, env)
     assert result.returncode == 0, result.stderr[-3000:]
     imported, _, error = result.stdout.strip().partition(" ")
     assert int(imported) > 90 and error == "STREAMFLOW_PARTITIONS: expected an integer, got 'lots'", (
